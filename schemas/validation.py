@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from schemas.avro import entity_from_avro
 from schemas.components import Field
 from schemas.names import pointer_token, runtime_name
-from schemas.registry import IngestionSchema
-from transforms.records import RecordError
+from schemas.registry import IngestionSchema, SchemaRegistry
+from transforms.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 
 UNKNOWN_SCHEMA = "SCHEMA.UNKNOWN_SCHEMA"
 UNKNOWN_DATASET = "SCHEMA.UNKNOWN_DATASET"
@@ -63,6 +64,7 @@ FUTURE_TIMESTAMP = "SCHEMA.FUTURE_TIMESTAMP"
 TOO_MANY_ERRORS = "SCHEMA.TOO_MANY_ERRORS"
 
 MAX_IDENTITIES = 20
+AVRO_CONTENT_TYPE = "avro/binary"
 IDENTITY_MAP = "identityMap"
 _AUTHENTICATED_STATES = frozenset({"ambiguous", "authenticated", "loggedOut"})
 _IDENTITY_ITEM_FIELDS = {"id": "id", "xdm:id": "id", "authenticatedState": "authenticatedState"}
@@ -75,7 +77,7 @@ _IDENTITY_ITEM_FIELDS |= {
 _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
 
@@ -305,9 +307,38 @@ def _check_not_in_future(timestamp: Any, latest_us: int, errors: _Errors) -> Non
         return
     parsed = parse_date_time(timestamp)
     if parsed is not None and _micros(parsed) > latest_us:
-        latest = datetime.fromtimestamp(latest_us / 1e6, tz=timezone.utc).isoformat()
+        latest = datetime.fromtimestamp(latest_us / 1e6, tz=UTC).isoformat()
         errors.add(FUTURE_TIMESTAMP, "/timestamp", f"{timestamp} is later than the ingestion time plus skew ({latest})")
 
 
 def _micros(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
+
+
+def validate_decoded(
+    decoded: DecodedEntity, registry: SchemaRegistry, policy: ValidationPolicy = ValidationPolicy()
+) -> ValidRecord | FailedRecord:
+    """One decoded entity checked against the schema and dataset its message names."""
+    schema = registry.get(decoded.schema_id)
+    if schema is None:
+        error = RecordError(UNKNOWN_SCHEMA, "", f"no ingestion schema is registered as {decoded.schema_id!r}")
+        return FailedRecord.of_entity(decoded, "validate", (error,))
+    if decoded.dataset_id is not None and not schema.dataset.is_named_by(decoded.dataset_id):
+        message = f"dataset {decoded.dataset_id!r} is not registered for {schema.schema_id}"
+        return FailedRecord.of_entity(decoded, "validate", (RecordError(UNKNOWN_DATASET, "", message),))
+    entity = decoded.entity
+    if decoded.message.attributes.get("contentType", "").lower() == AVRO_CONTENT_TYPE:
+        entity = entity_from_avro(entity, schema.root)
+    normalised, errors = validate_entity(entity, schema, decoded.message.publish_time_us, policy)
+    if errors:
+        return FailedRecord.of_entity(decoded, "validate", tuple(errors))
+    message = decoded.message
+    return ValidRecord(
+        dataset=schema.dataset.name,
+        schema_id=schema.schema_id,
+        entity=normalised,
+        message_id=message.message_id,
+        index=decoded.index,
+        publish_time_us=message.publish_time_us,
+        read_time_us=message.read_time_us,
+    )

@@ -1,0 +1,49 @@
+# profilestream developer commands. `make` (or `make help`) lists them.
+
+VENV ?= .venv
+PYTHON ?= python3
+PIP_CACHE_DIR ?= $(HOME)/.cache/profilestream/pip
+export PIP_CACHE_DIR
+
+ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test bench lint format sample clean distclean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## Create the virtualenv with the package and test tools (reinstalls only when setup.py changes)
+
+$(VENV)/.installed: setup.py
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[test]'
+	touch $@
+
+run: venv ## Replay the sample stream into ./data/ (append flags with ARGS='...')
+	$(VENV)/bin/profilestream run --source replay:pipelines/samples/stream.jsonl $(ARGS)
+
+lint: venv ## Check lint and formatting with ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint ## Lint, then run the tests on 2 workers (extra pytest flags with PYTEST_ARGS='...')
+	$(VENV)/bin/pytest -n 2 -q $(PYTEST_ARGS)
+
+bench: venv ## Run the throughput benchmark
+	$(VENV)/bin/python -m pipelines.bench
+
+format: venv ## Format the code and apply ruff's safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+sample: venv ## Regenerate pipelines/samples/stream.jsonl
+	$(VENV)/bin/python -m pipelines.sample_stream --out pipelines/samples/stream.jsonl
+
+clean: ## Remove data/ and build artefacts (keeps the venv)
+	rm -rf data build dist *.egg-info .pytest_cache .ruff_cache
+	find pipelines transforms schemas tests -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## Also remove the venv
+	rm -rf $(VENV)

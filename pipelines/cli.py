@@ -1,0 +1,158 @@
+"""The ``profilestream`` command line (console script from setup.py).
+
+    profilestream run --source replay:PATH [--batch] [--lake DIR] [--schema-dir DIR] [--config FILE]
+                      [--runner NAME] [--commit-interval SECONDS] [Beam options]
+    profilestream validate [--schema-dir DIR] [--schema ID] [--conformance] [--config FILE] FILE...
+
+Every usage or input error prints one line on stderr and exits 2; no traceback reaches the user. ``run`` prints its
+summary as the last line on stdout; ``validate`` prints a JSON line per entity and exits 0 when all are valid, 1 when
+any is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines.config import ConfigError, load_config
+from schemas.components import UnknownComponentError, library
+from schemas.registry import SchemaFileError, SchemaRegistry
+from schemas.validation import ValidationPolicy
+from transforms.replay import ReplayPathError, expand_replay_path
+
+DEFAULT_LAKE = "data/lake"
+USAGE_ERROR = 2
+REPLAY_SCHEME = "replay:"
+PUBSUB_SCHEME = "pubsub:"
+
+
+class UsageError(Exception):
+    """Bad command-line input; its message is printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise UsageError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args, beam_args = parser.parse_known_args(argv)
+        if args.command == "validate" and beam_args:
+            raise UsageError(f"unrecognized arguments: {' '.join(beam_args)}")
+        return args.handler(args, beam_args)
+    except (UsageError, ConfigError, SchemaFileError, ReplayPathError) as error:
+        print(f"profilestream: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("profilestream: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="profilestream", description="Streaming customer-profile pipeline on Apache Beam.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the ingestion pipeline on a source")
+    run.add_argument("--source", required=True, help="replay:PATH (file, directory or glob)")
+    run.add_argument("--lake", default=DEFAULT_LAKE, help=f"lake directory (default {DEFAULT_LAKE})")
+    run.add_argument("--batch", action="store_true", help="run a replay as a bounded job (FnApiRunner locally)")
+    run.add_argument("--runner", help="Beam runner (default: the local streaming runner)")
+    run.add_argument("--commit-interval", type=int, dest="commit_interval_seconds", help="lake window in seconds")
+    _add_shared(run)
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser("validate", help="validate message files against their schemas")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("--schema", help="schema id of bare XDM entities (with --conformance: any XDM component)")
+    validate.add_argument("--conformance", action="store_true", help="plain JSON Schema conformance to --schema")
+    _add_shared(validate)
+    validate.set_defaults(handler=_validate)
+    return parser
+
+
+def _add_shared(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--schema-dir", help="directory of user-composed schema files")
+    command.add_argument("--config", help="configuration file (YAML, or TOML by its .toml suffix)")
+
+
+def _registry(args: argparse.Namespace, overrides: dict | None = None):
+    config = load_config(args.config, overrides)
+    registry = SchemaRegistry.load(
+        args.schema_dir, tenant_id=config.tenant_id, dataset_aliases=config.dataset_aliases()
+    )
+    return config, registry
+
+
+def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipelines.ingest import RunRequest, run
+
+    config, registry = _registry(args, {"commit_interval_seconds": args.commit_interval_seconds})
+    request = RunRequest(
+        replay_path=_replay_path(args.source),
+        lake_dir=_writable_directory(args.lake),
+        batch=args.batch,
+        runner=args.runner,
+        beam_args=tuple(beam_args),
+    )
+    summary = run(request, registry, config)
+    print(json.dumps(summary.as_json(), sort_keys=False), flush=True)
+    return 0
+
+
+def _replay_path(source: str) -> str:
+    if source.startswith(REPLAY_SCHEME):
+        path = source.removeprefix(REPLAY_SCHEME)
+        expand_replay_path(path)
+        return path
+    if source.startswith(PUBSUB_SCHEME):
+        raise UsageError("the pubsub: source is not available in this version; use replay:PATH")
+    scheme = source.partition(":")[0] if ":" in source else source
+    raise UsageError(f"unknown source {scheme!r}: expected replay:PATH")
+
+
+def _writable_directory(path: str) -> str:
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"lake directory {path} cannot be created: {error.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"lake directory {path} is not writable")
+    return str(directory)
+
+
+def _validate(args: argparse.Namespace, _beam_args: list[str]) -> int:
+    from pipelines.validate_files import validate_file
+
+    config, registry = _registry(args)
+    if args.conformance and args.schema is None:
+        raise UsageError("--conformance needs --schema ID (the XDM component to check against)")
+    if args.conformance and args.schema not in library():
+        raise UsageError(f"--schema {args.schema}: not an XDM component id")
+    for path in args.files:
+        if not Path(path).is_file():
+            raise UsageError(f"{path}: no such file")
+    policy = ValidationPolicy(timestamp_skew_us=config.timestamp_skew_seconds * 1_000_000, max_errors=config.max_errors)
+    all_valid = True
+    for path in args.files:
+        try:
+            verdicts = validate_file(
+                path,
+                registry,
+                schema_id=args.schema,
+                conformance=args.conformance,
+                policy=policy,
+                max_message_bytes=config.max_message_bytes,
+            )
+            for verdict in verdicts:
+                all_valid &= verdict.valid
+                print(json.dumps(verdict.as_json(), ensure_ascii=False), flush=True)
+        except (OSError, UnknownComponentError) as error:
+            raise UsageError(f"{path}: {error}") from None
+    return 0 if all_valid else 1

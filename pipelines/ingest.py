@@ -1,0 +1,95 @@
+"""The ingestion pipeline: messages in, lake files out.
+
+    messages | Decode | Validate | lake rows (valid and failed) | WriteToLake
+
+:class:`Ingest` is that sentence as one composite transform; :func:`run` builds it on a source, runs it on the
+chosen runner and returns the run summary (:mod:`pipelines.summary`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.config import Config
+from pipelines.summary import RunSummary, summarise
+from schemas.arrow import table_from_rows
+from schemas.registry import SchemaRegistry
+from schemas.validation import ValidationPolicy
+from transforms.decode import Decode
+from transforms.lake import WriteToLake
+from transforms.lake_rows import failed_row, lake_schemas, valid_row
+from transforms.replay import ReadReplay
+from transforms.validate import Validate
+
+LOCAL_STREAMING_RUNNER = "BundleBasedDirectRunner"
+LOCAL_BATCH_RUNNER = "FnApiRunner"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """What ``profilestream run`` was asked to do, checked and resolved."""
+
+    replay_path: str
+    lake_dir: str
+    batch: bool = False
+    runner: str | None = None
+    beam_args: tuple[str, ...] = ()
+
+
+class Ingest(beam.PTransform):
+    """``PCollection[Message]`` in; ``PCollection[LakeFile]``, the lake files committed, out."""
+
+    def __init__(self, registry: SchemaRegistry, config: Config, lake_dir: str) -> None:
+        super().__init__()
+        self._registry = registry
+        self._config = config
+        self._lake_dir = lake_dir
+
+    def expand(self, messages: beam.PCollection) -> beam.PCollection:
+        policy = ValidationPolicy(
+            timestamp_skew_us=self._config.timestamp_skew_seconds * 1_000_000, max_errors=self._config.max_errors
+        )
+        decoded = messages | "Decode" >> Decode(
+            self._registry.avro_schema_for, max_message_bytes=self._config.max_message_bytes
+        )
+        validated = decoded.entities | "Validate" >> Validate(self._registry, policy=policy)
+        valid_rows = validated.valid | "ValidRows" >> beam.Map(valid_row)
+        failed_rows = (
+            (decoded.failed, validated.failed) | "Failures" >> beam.Flatten() | "FailedRows" >> beam.Map(failed_row)
+        )
+        return (
+            (valid_rows, failed_rows)
+            | "LakeRows" >> beam.Flatten()
+            | "WriteLake"
+            >> WriteToLake(
+                self._lake_dir,
+                lake_schemas(self._registry),
+                commit_interval_s=self._config.commit_interval_seconds,
+                table_builder=table_from_rows,
+            )
+        )
+
+
+def pipeline_options(request: RunRequest) -> PipelineOptions:
+    """Beam options for a run: the local streaming runner by default, FnApiRunner for ``--batch``."""
+    options = PipelineOptions(list(request.beam_args))
+    standard = options.view_as(StandardOptions)
+    standard.runner = request.runner or (LOCAL_BATCH_RUNNER if request.batch else LOCAL_STREAMING_RUNNER)
+    standard.streaming = not request.batch
+    return options
+
+
+def run(request: RunRequest, registry: SchemaRegistry, config: Config) -> RunSummary:
+    """Runs the replay to its end and returns what it counted."""
+    pipeline = beam.Pipeline(options=pipeline_options(request))
+    _ = (
+        pipeline
+        | "ReadReplay" >> ReadReplay(request.replay_path)
+        | "Ingest" >> Ingest(registry, config, request.lake_dir)
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    return summarise(result, datasets=list(lake_schemas(registry)))

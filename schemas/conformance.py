@@ -1,0 +1,48 @@
+"""Plain JSON Schema conformance of an instance against any XDM component, as the XDM library checks its examples.
+
+This is ``profilestream validate --conformance``: no ingestion rules, no runtime names, just draft-06 validation of
+the instance against exactly the component (class, field group or data type) named by id, with every ``$ref``
+resolved inside the vendored library.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from jsonschema import Draft6Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT6
+
+from schemas.components import component, library
+from schemas.names import pointer_token
+from transforms.records import RecordError
+
+
+@functools.cache
+def _resources() -> Registry:
+    return Registry().with_resources(
+        (component_id, Resource(document, specification=DRAFT6)) for component_id, document in library().items()
+    )
+
+
+@functools.cache
+def _validator(component_id: str) -> Draft6Validator:
+    return Draft6Validator(component(component_id), registry=_resources())
+
+
+def conformance_errors(instance: Any, component_id: str) -> list[RecordError]:
+    """Every draft-06 violation of ``instance`` against the component, in document order.
+
+    The code is ``SCHEMA.`` and the JSON Schema keyword that failed (``SCHEMA.REQUIRED``, ``SCHEMA.TYPE``, ...).
+    Raises :class:`~schemas.components.UnknownComponentError` for an id outside the library.
+    """
+    errors = sorted(_validator(component_id).iter_errors(instance), key=lambda error: list(map(str, error.path)))
+    return [
+        RecordError(
+            code=f"SCHEMA.{str(error.validator).upper()}",
+            path="".join(f"/{pointer_token(str(token))}" for token in error.absolute_path),
+            message=error.message,
+        )
+        for error in errors
+    ]

@@ -1,0 +1,68 @@
+"""Lake rows: what valid and failed records look like as rows of their lake datasets.
+
+:func:`valid_row` turns a :class:`ValidRecord` into a row of its dataset (the entity's fields in runtime names, plus
+``_message_id`` and ``_ingest_time``); :func:`failed_row` turns a :class:`FailedRecord` into a row of
+``failed_records``, whose columns (:data:`FAILED_RECORDS_SCHEMA`) keep everything needed to replay it: the original
+``data`` bytes, ``attributes``, ``message_id`` and ``publish_time``, with the ``errors`` and the ``stage`` that
+failed. :func:`lake_schemas` gives every dataset's Arrow schema, derived from the registry.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from schemas.arrow import LINEAGE_FIELDS, TIMESTAMP
+from schemas.registry import SchemaRegistry
+from transforms.records import FailedRecord, LakeRow, ValidRecord
+
+FAILED_RECORDS = "failed_records"
+FAILED_RECORDS_SCHEMA = pa.schema(
+    [
+        pa.field("data", pa.binary(), nullable=False),
+        pa.field("attributes", pa.map_(pa.string(), pa.string())),
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("publish_time", TIMESTAMP, nullable=False),
+        pa.field("read_time", TIMESTAMP),
+        pa.field("entity_index", pa.int32()),
+        pa.field("schema_id", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field(
+            "errors",
+            pa.list_(pa.struct([("code", pa.string()), ("path", pa.string()), ("message", pa.string())])),
+        ),
+        *LINEAGE_FIELDS,
+    ]
+)
+
+
+def lake_schemas(registry: SchemaRegistry) -> dict[str, pa.Schema]:
+    """The Arrow schema of every dataset the pipeline writes."""
+    schemas = {schema.dataset.name: schema.arrow_schema for schema in registry.schemas}
+    schemas[FAILED_RECORDS] = FAILED_RECORDS_SCHEMA
+    return schemas
+
+
+def valid_row(record: ValidRecord) -> LakeRow:
+    row = dict(record.entity)
+    row["_message_id"] = record.message_id
+    row["_ingest_time"] = record.publish_time_us
+    return LakeRow(record.dataset, record.dedupe_key, record.publish_time_us, record.message_id, row)
+
+
+def failed_row(record: FailedRecord) -> LakeRow:
+    row = {
+        "data": record.data,
+        "attributes": dict(record.attributes),
+        "message_id": record.message_id,
+        "publish_time": record.publish_time_us,
+        "read_time": record.read_time_us,
+        "entity_index": record.index,
+        "schema_id": record.schema_id,
+        "stage": record.stage,
+        "errors": [{"code": error.code, "path": error.path, "message": error.message} for error in record.errors],
+        "_message_id": record.message_id,
+        "_ingest_time": record.publish_time_us,
+    }
+    # A redelivered failed message is the same failure: one row per message and entity position.
+    dedupe_key = f"{record.message_id}#{record.index if record.index is not None else ''}"
+    return LakeRow(FAILED_RECORDS, dedupe_key, record.publish_time_us, record.message_id, row)

@@ -1,0 +1,72 @@
+"""Validate: decoded entities in, valid records and failed records out.
+
+Input: ``PCollection[DecodedEntity]``. Outputs (:class:`ValidateResult`): ``valid``, ``PCollection[ValidRecord]``
+in runtime names, bound for their dataset; ``failed``, ``PCollection[FailedRecord]`` with every violation
+(:mod:`schemas.validation` lists the codes). Nothing raises out of the DoFn: an unexpected error becomes a failed
+record with code ``VALIDATE.INTERNAL``.
+
+Metrics (namespace ``profilestream``): ``valid``, ``validate_failed`` and ``failed.<CODE>`` for each code a failed
+record carries.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from schemas.registry import SchemaRegistry
+from schemas.validation import ValidationPolicy, validate_decoded
+from transforms.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
+
+METRICS_NAMESPACE = "profilestream"
+INTERNAL = "VALIDATE.INTERNAL"
+_FAILED = "failed"
+
+
+class ValidateResult(NamedTuple):
+    valid: beam.PCollection
+    failed: beam.PCollection
+
+
+def count_failure(failed: FailedRecord) -> None:
+    """Counts a failed record once under each code it carries."""
+    for code in dict.fromkeys(error.code for error in failed.errors):
+        Metrics.counter(METRICS_NAMESPACE, f"failed.{code}").inc()
+
+
+class _ValidateFn(beam.DoFn):
+    def __init__(self, registry: SchemaRegistry, policy: ValidationPolicy) -> None:
+        self._registry = registry
+        self._policy = policy
+        self._valid = Metrics.counter(METRICS_NAMESPACE, "valid")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "validate_failed")
+
+    def process(self, decoded: DecodedEntity):
+        try:
+            outcome = validate_decoded(decoded, self._registry, self._policy)
+        except Exception as error:  # a bug must not lose the record: it leaves as a failed one
+            outcome = FailedRecord.of_entity(decoded, "validate", (RecordError(INTERNAL, "", repr(error)),))
+        if isinstance(outcome, ValidRecord):
+            self._valid.inc()
+            yield outcome
+        else:
+            self._failed.inc()
+            count_failure(outcome)
+            yield beam.pvalue.TaggedOutput(_FAILED, outcome)
+
+
+class Validate(beam.PTransform):
+    """Checks each entity against its ingestion schema; see the module docstring."""
+
+    def __init__(self, registry: SchemaRegistry, *, policy: ValidationPolicy = ValidationPolicy()) -> None:
+        super().__init__()
+        self._registry = registry
+        self._policy = policy
+
+    def expand(self, entities: beam.PCollection) -> ValidateResult:
+        outputs = entities | "CheckEntities" >> beam.ParDo(_ValidateFn(self._registry, self._policy)).with_outputs(
+            _FAILED, main="valid"
+        )
+        return ValidateResult(valid=outputs.valid, failed=outputs[_FAILED])
