@@ -15,7 +15,7 @@ from pathlib import Path
 
 from schemas.conformance import conformance_errors
 from schemas.registry import SchemaRegistry
-from schemas.validation import ValidationPolicy, validate_decoded
+from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
 from transforms.decoding import decode_message, parse_json
 from transforms.records import DecodedEntity, FailedRecord, Message, RecordError
 from transforms.replay import read_replay_file
@@ -47,7 +47,7 @@ def validate_file(
     *,
     schema_id: str | None = None,
     conformance: bool = False,
-    policy: ValidationPolicy = ValidationPolicy(),
+    policy: ValidationPolicy = DEFAULT_POLICY,
     max_message_bytes: int = 1024 * 1024,
 ) -> Iterator[Verdict]:
     """One verdict per XDM entity in the file, in file order."""

@@ -90,6 +90,9 @@ class ValidationPolicy:
     max_errors: int = 100
 
 
+DEFAULT_POLICY = ValidationPolicy()
+
+
 class _TooManyErrors(Exception):
     pass
 
@@ -110,7 +113,7 @@ def validate_entity(
     entity: Any,
     schema: IngestionSchema,
     ingest_time_us: int,
-    policy: ValidationPolicy = ValidationPolicy(),
+    policy: ValidationPolicy = DEFAULT_POLICY,
 ) -> tuple[dict | None, list[RecordError]]:
     """The entity in runtime names, and every violation of the ingestion rules (empty when valid)."""
     errors = _Errors(policy.max_errors)
@@ -316,7 +319,7 @@ def _micros(moment: datetime) -> int:
 
 
 def validate_decoded(
-    decoded: DecodedEntity, registry: SchemaRegistry, policy: ValidationPolicy = ValidationPolicy()
+    decoded: DecodedEntity, registry: SchemaRegistry, policy: ValidationPolicy = DEFAULT_POLICY
 ) -> ValidRecord | FailedRecord:
     """One decoded entity checked against the schema and dataset its message names."""
     schema = registry.get(decoded.schema_id)

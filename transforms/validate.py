@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from schemas.registry import SchemaRegistry
-from schemas.validation import ValidationPolicy, validate_decoded
+from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
 from transforms.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 
 METRICS_NAMESPACE = "profilestream"
@@ -60,7 +60,7 @@ class _ValidateFn(beam.DoFn):
 class Validate(beam.PTransform):
     """Checks each entity against its ingestion schema; see the module docstring."""
 
-    def __init__(self, registry: SchemaRegistry, *, policy: ValidationPolicy = ValidationPolicy()) -> None:
+    def __init__(self, registry: SchemaRegistry, *, policy: ValidationPolicy = DEFAULT_POLICY) -> None:
         super().__init__()
         self._registry = registry
         self._policy = policy
