@@ -156,3 +156,7 @@ def _validate(args: argparse.Namespace, _beam_args: list[str]) -> int:
         except (OSError, UnknownComponentError) as error:
             raise UsageError(f"{path}: {error}") from None
     return 0 if all_valid else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

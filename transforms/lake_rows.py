@@ -4,7 +4,7 @@
 ``_message_id`` and ``_ingest_time``); :func:`failed_row` turns a :class:`FailedRecord` into a row of
 ``failed_records``, whose columns (:data:`FAILED_RECORDS_SCHEMA`) keep everything needed to replay it: the original
 ``data`` bytes, ``attributes``, ``message_id`` and ``publish_time``, with the ``errors`` and the ``stage`` that
-failed. :func:`lake_schemas` gives every dataset's Arrow schema, derived from the registry.
+failed (the read time is left out: a replay must write the same files). :func:`lake_schemas` gives every dataset's Arrow schema, derived from the registry.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ FAILED_RECORDS_SCHEMA = pa.schema(
         pa.field("attributes", pa.map_(pa.string(), pa.string())),
         pa.field("message_id", pa.string(), nullable=False),
         pa.field("publish_time", TIMESTAMP, nullable=False),
-        pa.field("read_time", TIMESTAMP),
         pa.field("entity_index", pa.int32()),
         pa.field("schema_id", pa.string()),
         pa.field("stage", pa.string(), nullable=False),
@@ -55,7 +54,6 @@ def failed_row(record: FailedRecord) -> LakeRow:
         "attributes": dict(record.attributes),
         "message_id": record.message_id,
         "publish_time": record.publish_time_us,
-        "read_time": record.read_time_us,
         "entity_index": record.index,
         "schema_id": record.schema_id,
         "stage": record.stage,

@@ -1,0 +1,152 @@
+"""``make bench``: throughput of replay → decode → validate → lake, each figure beside a reference from the same run.
+
+The machines are shared and noisy, so no figure stands alone. The reference is the project's own pure functions
+(replay reader, decode, validate, lake-row and Arrow conversion) called in a plain loop over the same input; each
+pipeline figure is printed with its share of that loop. The wide/sparse figure compares the cost of validating and
+converting the same entities against the built-in ExperienceEvent schema (hundreds of leaf fields) and against a
+narrow schema holding just the fields they use.
+
+    python -m pipelines.bench [--copies N] [--input FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from pipelines.config import Config
+from pipelines.ingest import RunRequest, run
+from schemas.arrow import table_from_rows
+from schemas.registry import SchemaRegistry
+from schemas.validation import validate_decoded, validate_entity
+from transforms.decoding import decode_message
+from transforms.lake_rows import failed_row, lake_schemas, valid_row
+from transforms.records import FailedRecord
+from transforms.replay import read_replay_file
+
+SAMPLE = Path(__file__).parent / "samples" / "stream.jsonl"
+ROWS_PER_TABLE = 1000
+NARROW_SCHEMA = {
+    "$id": "https://example.com/bench/narrow-event",
+    "class": "https://ns.adobe.com/xdm/context/experienceevent",
+    "fieldGroups": ["https://ns.adobe.com/xdm/context/identitymap", "https://ns.adobe.com/xdm/context/experienceevent-web"],
+    "dataset": {"name": "narrow_events"},
+}
+
+
+def make_input(source: Path, copies: int, target: Path) -> int:
+    """``copies`` copies of the sample stream with fresh message ids and entity ids, so nothing is a duplicate."""
+    lines = source.read_bytes().splitlines()
+    count = 0
+    with target.open("wb") as out:
+        for copy in range(copies):
+            for line in lines:
+                out.write(_renumbered(line, copy) + b"\n")
+                count += 1
+    return count
+
+
+def _renumbered(line: bytes, copy: int) -> bytes:
+    try:
+        message = json.loads(line)
+        message["messageId"] = f"{message['messageId']}-{copy}"
+        payload = base64.b64decode(message["data"]).replace(b'"_id": "', f'"_id": "c{copy}-'.encode())
+        message["data"] = base64.b64encode(payload).decode()
+    except (ValueError, KeyError, TypeError):
+        return line
+    return json.dumps(message).encode()
+
+
+def plain_loop(path: Path, registry: SchemaRegistry) -> tuple[float, int]:
+    """Seconds for the pure functions over the file, and the number of messages."""
+    schemas = lake_schemas(registry)
+    start = time.perf_counter()
+    pending: dict[str, list] = defaultdict(list)
+    messages = 0
+    for message in read_replay_file(str(path), clock=time.time_ns):
+        messages += 1
+        for decoded in decode_message(message, registry.avro_schema_for):
+            outcome = decoded if isinstance(decoded, FailedRecord) else validate_decoded(decoded, registry)
+            row = failed_row(outcome) if isinstance(outcome, FailedRecord) else valid_row(outcome)
+            rows = pending[row.dataset]
+            rows.append(row.row)
+            if len(rows) == ROWS_PER_TABLE:
+                table_from_rows(rows, schemas[row.dataset])
+                rows.clear()
+    for dataset, rows in pending.items():
+        if rows:
+            table_from_rows(rows, schemas[dataset])
+    return time.perf_counter() - start, messages
+
+
+def pipeline_seconds(path: Path, registry: SchemaRegistry, *, batch: bool) -> float:
+    with tempfile.TemporaryDirectory() as lake:
+        request = RunRequest(replay_path=str(path), lake_dir=lake, batch=batch)
+        start = time.perf_counter()
+        run(request, registry, Config())
+        return time.perf_counter() - start
+
+
+def schema_width_costs(path: Path, registry: SchemaRegistry, narrow: SchemaRegistry) -> tuple[float, float, int]:
+    """µs per entity to validate and convert narrow-shaped events against the wide and the narrow schema."""
+    wide_schema = registry.get("https://ns.adobe.com/xdm/context/experienceevent")
+    narrow_schema = narrow.get(NARROW_SCHEMA["$id"])
+    entities = []
+    for message in read_replay_file(str(path), clock=time.time_ns):
+        for decoded in decode_message(message, registry.avro_schema_for):
+            if isinstance(decoded, FailedRecord) or decoded.schema_id != wide_schema.schema_id:
+                continue
+            entity = {key: value for key, value in decoded.entity.items() if key in narrow_schema.root.accepts}
+            _, errors = validate_entity(entity, narrow_schema, message.publish_time_us)
+            if not errors:
+                entities.append((entity, message.publish_time_us))
+    costs = []
+    for schema in (wide_schema, narrow_schema):
+        start = time.perf_counter()
+        rows = []
+        for entity, ingest_time in entities:
+            normalised, _ = validate_entity(entity, schema, ingest_time)
+            rows.append(dict(normalised, _message_id="m", _ingest_time=ingest_time))
+        for offset in range(0, len(rows), ROWS_PER_TABLE):
+            table_from_rows(rows[offset : offset + ROWS_PER_TABLE], schema.arrow_schema)
+        costs.append((time.perf_counter() - start) / max(len(entities), 1) * 1e6)
+    return costs[0], costs[1], len(entities)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=5, help="copies of the sample stream to replay")
+    parser.add_argument("--input", type=Path, default=SAMPLE)
+    args = parser.parse_args(argv)
+    registry = SchemaRegistry.load()
+    with tempfile.TemporaryDirectory() as work:
+        narrow_dir = Path(work, "schemas")
+        narrow_dir.mkdir()
+        (narrow_dir / "narrow.json").write_text(json.dumps(NARROW_SCHEMA))
+        narrow = SchemaRegistry.load(narrow_dir)
+        path = Path(work, "input.jsonl")
+        messages = make_input(args.input, args.copies, path)
+        loop_seconds, counted = plain_loop(path, registry)
+        assert counted == messages
+        loop_rate = messages / loop_seconds
+        print(f"input: {messages} messages ({args.copies} copies of {args.input.name})")
+        print(f"reference, plain loop of decode+validate+arrow: {loop_rate:10,.0f} msg/s")
+        for label, batch in (("--batch (FnApiRunner)", True), ("streaming (BundleBasedDirectRunner)", False)):
+            rate = messages / pipeline_seconds(path, registry, batch=batch)
+            print(f"pipeline {label:<36} {rate:10,.0f} msg/s  ratio to reference {rate / loop_rate:5.2f}")
+        wide, narrow_cost, entities = schema_width_costs(path, registry, narrow)
+        wide_leaves = registry.get("https://ns.adobe.com/xdm/context/experienceevent").root.leaf_count()
+        narrow_leaves = narrow.get(NARROW_SCHEMA["$id"]).root.leaf_count()
+        print(
+            f"wide schema ({wide_leaves} leaves) {wide:7.1f} µs/entity vs narrow ({narrow_leaves} leaves) "
+            f"{narrow_cost:7.1f} µs/entity over {entities} events: ratio {wide / narrow_cost:4.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

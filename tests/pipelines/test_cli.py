@@ -1,0 +1,111 @@
+"""``profilestream`` command-line contracts: one-line errors with exit 2, and ``validate`` output and exit codes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from tests.pipelines.conftest import PROFILE_SCHEMA, envelope, event
+
+DATA = Path(__file__).parents[1] / "data" / "xdm"
+NOW = datetime.now(UTC)
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "--source", "kafka:topic"], "unknown source 'kafka'"),
+        (["run", "--source", "replay:/no/such/file.jsonl"], "/no/such/file.jsonl"),
+        (["run"], "--source"),
+        (["frobnicate"], "invalid choice"),
+        (["validate", "--conformance", "x.json"], "--conformance needs --schema"),
+        (["validate", "/no/such.json"], "/no/such.json: no such file"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, fragment, capsys):
+    assert main(args) == 2
+    assert fragment in one_line_error(capsys)
+
+
+def test_unwritable_lake_is_a_usage_error(tmp_path, capsys):
+    stream = tmp_path / "s.jsonl"
+    stream.write_text("{}\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", "--source", f"replay:{stream}", "--lake", str(blocker / "lake")]) == 2
+    assert "lake directory" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        ("bad.yaml", "tenant_id: [unclosed", "not valid YAML"),
+        ("bad.toml", "tenant_id = ", "not valid TOML"),
+        ("unknown.yaml", "colour: blue", "unknown key 'colour'"),
+        ("interval.yaml", "commit_interval_seconds: 7", "must divide an hour"),
+        ("type.yaml", "max_errors: many", "max_errors must be int"),
+    ],
+)
+def test_malformed_config_is_a_usage_error(name, text, fragment, tmp_path, capsys):
+    config = tmp_path / name
+    config.write_text(text)
+    stream = tmp_path / "s.jsonl"
+    stream.write_text("{}\n")
+    assert main(["run", "--source", f"replay:{stream}", "--config", str(config), "--lake", str(tmp_path)]) == 2
+    assert fragment in one_line_error(capsys)
+
+
+def verdicts(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_validate_prints_a_line_per_entity_and_exits_0_when_all_valid(tmp_path, capsys):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(envelope(event("e1", NOW))))
+
+    assert main(["validate", str(path)]) == 0
+    assert verdicts(capsys) == [
+        {"file": str(path), "index": 0, "valid": True, "schema": envelope({})["header"]["schemaRef"]["id"], "errors": []}
+    ]
+
+
+def test_validate_numbers_batch_entries_in_file_order_and_exits_1_on_any_invalid(tmp_path, capsys):
+    bad = event("e2", NOW)
+    bad["eventType"] = 7
+    path = tmp_path / "messages.jsonl"
+    batch = {"messages": [envelope(event("e1", NOW)), envelope(bad)]}
+    path.write_text(json.dumps(batch) + "\n" + json.dumps(envelope(event("e3", NOW))) + "\n")
+
+    assert main(["validate", str(path)]) == 1
+    lines = verdicts(capsys)
+    assert [(line["index"], line["valid"]) for line in lines] == [(0, True), (1, False), (2, True)]
+    assert lines[1]["errors"] == [{"code": "SCHEMA.TYPE", "path": "/eventType", "message": "expected string, got integer"}]
+
+
+def test_validate_bare_entity_with_schema_flag(tmp_path, capsys):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"_id": "p1", "person": {"name": {"firstName": ""}}}))
+
+    assert main(["validate", "--schema", PROFILE_SCHEMA, str(path)]) == 1
+    [line] = verdicts(capsys)
+    assert line["schema"] == PROFILE_SCHEMA
+    assert [(error["code"], error["path"]) for error in line["errors"]] == [("SCHEMA.EMPTY_VALUE", "/person/name/firstName")]
+
+
+def test_validate_conformance_mode_reports_plain_json_schema_errors(capsys):
+    example = DATA / "examples" / "components" / "datatypes" / "namespace.invalid.1.json"
+
+    assert main(["validate", "--conformance", "--schema", "https://ns.adobe.com/xdm/context/namespace", str(example)]) == 1
+    [line] = verdicts(capsys)
+    assert [error["message"] for error in line["errors"]] == ["'xdm:code' is a required property"]

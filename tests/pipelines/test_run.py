@@ -1,0 +1,111 @@
+"""``profilestream run`` end to end: streaming and ``--batch`` replays, the summary line, and a killed run resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipelines.cli import main
+from tests.pipelines.conftest import dataset_files, lake_rows, stream_lines
+
+# stream_lines: per minute of 10 messages, one is not JSON, one lacks its timestamp, one is a batch of 3 events,
+# seven are single events, and the last of those is delivered twice.
+MINUTES = 12
+EXPECTED_MESSAGES = MINUTES * 11
+EXPECTED_VALID = MINUTES * (7 + 3 + 1)
+EXPECTED_FAILED = MINUTES * 2
+EXPECTED_DUPLICATES = MINUTES
+
+
+def run_cli(capsys, *args: str) -> dict:
+    assert main(["run", *args]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_streaming_replay_summary_balances_and_counts_every_message(small_stream, tmp_path, capsys):
+    summary = run_cli(capsys, "--source", f"replay:{small_stream}", "--lake", str(tmp_path / "lake"))
+
+    assert summary["messages"] == EXPECTED_MESSAGES
+    assert summary["valid"] == EXPECTED_VALID
+    assert summary["failed"] == EXPECTED_FAILED
+    assert summary["records"] == summary["valid"] + summary["failed"]
+    assert summary["duplicates"] == EXPECTED_DUPLICATES
+    assert summary["lake"]["experience_events"]["rows"] == EXPECTED_VALID - EXPECTED_DUPLICATES
+    assert summary["lake"]["failed_records"]["rows"] == EXPECTED_FAILED
+    assert summary["failed_by_code"]["DECODE.NOT_JSON"] == MINUTES
+    assert summary["failed_by_code"]["SCHEMA.REQUIRED"] == MINUTES
+
+
+def test_streaming_and_batch_replays_write_the_same_lake(small_stream, tmp_path, capsys):
+    streaming = run_cli(capsys, "--source", f"replay:{small_stream}", "--lake", str(tmp_path / "streaming"))
+    batch = run_cli(capsys, "--source", f"replay:{small_stream}", "--lake", str(tmp_path / "batch"), "--batch")
+
+    assert streaming == batch
+    for dataset in ("experience_events", "failed_records"):
+        assert lake_rows(tmp_path / "streaming", dataset) == lake_rows(tmp_path / "batch", dataset)
+    assert dataset_files(tmp_path / "streaming") == dataset_files(tmp_path / "batch")
+
+
+def test_lake_reads_with_duckdb_hive_partitioning(small_stream, tmp_path, capsys):
+    lake = tmp_path / "lake"
+    run_cli(capsys, "--source", f"replay:{small_stream}", "--lake", str(lake), "--batch")
+
+    count, hours, ids = duckdb.sql(
+        f"select count(*), count(distinct hour), count(distinct _id) "
+        f"from read_parquet('{lake}/experience_events/**/*.parquet', hive_partitioning=true)"
+    ).fetchone()
+    assert count == ids == EXPECTED_VALID - EXPECTED_DUPLICATES
+    assert hours == 1  # the stream spans 09:00-09:12
+
+
+def test_failed_records_replay_into_the_same_failures(small_stream, tmp_path, capsys):
+    lake = tmp_path / "lake"
+    run_cli(capsys, "--source", f"replay:{small_stream}", "--lake", str(lake), "--batch")
+    again = run_cli(capsys, "--source", f"replay:{lake / 'failed_records'}", "--lake", str(tmp_path / "again"))
+
+    assert again["messages"] == EXPECTED_FAILED
+    assert again["failed"] == EXPECTED_FAILED
+    originals = {row["message_id"]: row["data"] for row in lake_rows(lake, "failed_records")}
+    replayed = {row["message_id"]: row["data"] for row in lake_rows(tmp_path / "again", "failed_records")}
+    assert replayed == originals
+
+
+@pytest.mark.slow
+def test_a_killed_replay_run_again_leaves_the_lake_of_one_clean_run(tmp_path, capsys):
+    stream = tmp_path / "stream.jsonl"
+    stream.write_text("\n".join(stream_lines(minutes=120, per_minute=4)) + "\n")
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--source", f"replay:{stream}", "--commit-interval", "60"]
+    killed_lake = tmp_path / "killed"
+
+    process = subprocess.Popen([*command, "--lake", str(killed_lake)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(killed_lake.rglob("*.parquet")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    was_running = process.poll() is None
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    if not was_running:
+        pytest.skip("the run finished before it could be killed")
+    subprocess.run([*command, "--lake", str(killed_lake)], check=True, capture_output=True)
+    subprocess.run([*command, "--lake", str(tmp_path / "clean")], check=True, capture_output=True)
+
+    assert dataset_files(killed_lake) == dataset_files(tmp_path / "clean")
+    for dataset in ("experience_events", "failed_records"):
+        assert lake_rows(killed_lake, dataset) == lake_rows(tmp_path / "clean", dataset)
+    assert not [path for path in (killed_lake / ".tmp").rglob("*") if path.is_file()]
+
+
+def test_resolves_relative_lake_against_working_directory(small_stream, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    summary = run_cli(capsys, "--source", f"replay:{small_stream}", "--batch")
+
+    assert summary["lake"]["experience_events"]["files"] > 0
+    assert any(Path("data/lake/experience_events").rglob("*.parquet"))
