@@ -1,0 +1,353 @@
+"""Tests for transforms/replay.py: the file readers, path expansion and the ReadReplay transform on both runners."""
+
+import base64
+import datetime
+import json
+
+import apache_beam as beam
+import fastavro
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.metrics import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.records import Message
+from transforms.replay import (
+    REPLAY_ERROR_ATTRIBUTE,
+    ReadReplay,
+    ReplayFormatError,
+    ReplayPathError,
+    expand_replay_path,
+    parse_rfc3339_us,
+    read_replay_file,
+)
+
+READ_TIME_US = 1_800_000_000_000_000
+T0_US = 1_793_523_600_000_000  # 2026-11-01T09:00:00Z
+ENVELOPE = b'{"header":{"schemaRef":{"id":"https://ns.adobe.com/xdm/context/experienceevent"}},"body":{}}'
+AVRO_SUBSCRIPTION_SCHEMA = {
+    "type": "record",
+    "name": "PubsubMessage",
+    "fields": [
+        {"name": "subscription_name", "type": "string"},
+        {"name": "message_id", "type": "string"},
+        {"name": "publish_time", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "attributes", "type": {"type": "map", "values": "string"}},
+        {"name": "data", "type": "bytes"},
+    ],
+}
+
+
+def fixed_clock() -> int:
+    return READ_TIME_US
+
+
+def rest_line(data: bytes, **fields: object) -> bytes:
+    return json.dumps({"data": base64.b64encode(data).decode(), **fields}).encode()
+
+
+def write_lines(path, *lines: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return str(path)
+
+
+def read(path: str) -> list[Message]:
+    return list(read_replay_file(path, clock=fixed_clock))
+
+
+def write_failed_records(path, rows: list[dict]) -> str:
+    schema = pa.schema(
+        [
+            ("data", pa.binary()),
+            ("attributes", pa.map_(pa.string(), pa.string())),
+            ("message_id", pa.string()),
+            ("publish_time", pa.timestamp("us", tz="UTC")),
+            ("stage", pa.string()),
+        ]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return str(path)
+
+
+def failed_row(message_id: str, publish_time_us: int, attributes: dict | None = None) -> dict:
+    return {
+        "data": ENVELOPE,
+        "attributes": list((attributes or {}).items()),
+        "message_id": message_id,
+        "publish_time": datetime.datetime.fromtimestamp(publish_time_us / 1e6, datetime.UTC),
+        "stage": "validate",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_us"),
+    [
+        ("2026-11-01T09:00:00Z", T0_US),
+        ("2026-11-01T09:00:00.5Z", T0_US + 500_000),
+        ("2026-11-01T09:00:01.123456789Z", T0_US + 1_123_456),
+        ("2026-11-01t11:00:00.000001+02:00", T0_US + 1),
+        ("2026-11-01T04:30:00-04:30", T0_US),
+        ("1969-12-31T23:59:59.999999z", -1),
+    ],
+)
+def test_parse_rfc3339_truncates_to_microseconds_and_applies_offsets(text, expected_us):
+    assert parse_rfc3339_us(text) == expected_us
+
+
+@pytest.mark.parametrize("text", ["2026-11-01T09:00:00", "2026-11-01", "2026-13-01T09:00:00Z", "x2026-11-01T09:00:00Z"])
+def test_parse_rfc3339_rejects_what_is_not_an_rfc3339_date_time(text):
+    with pytest.raises(ValueError):
+        parse_rfc3339_us(text)
+
+
+def test_rest_form_line_gives_decoded_data_attributes_id_and_publish_time(tmp_path):
+    path = write_lines(
+        tmp_path / "rest.jsonl",
+        rest_line(
+            ENVELOPE,
+            attributes={"schemaRef": "https://ns.adobe.com/xdm/context/profile"},
+            messageId="4821",
+            publishTime="2026-11-01T09:00:00.000001999Z",
+            orderingKey="person-1",
+        ),
+    )
+    assert read(path) == [
+        Message(ENVELOPE, {"schemaRef": "https://ns.adobe.com/xdm/context/profile"}, "4821", T0_US + 1, READ_TIME_US)
+    ]
+
+
+def test_rest_form_without_id_or_publish_time_takes_line_number_and_read_time(tmp_path):
+    path = write_lines(tmp_path / "rest.jsonl", b"", json.dumps({"attributes": {"a": "b"}}).encode())
+    assert read(path) == [Message(b"", {"a": "b"}, "2", READ_TIME_US, READ_TIME_US)]
+
+
+def test_rest_form_accepts_url_safe_and_unpadded_base64(tmp_path):
+    path = write_lines(tmp_path / "rest.jsonl", b'{"data": "-_8"}', b'{"data": "+/8="}')
+    assert [message.data for message in read(path)] == [b"\xfb\xff", b"\xfb\xff"]
+
+
+def test_bad_base64_keeps_the_line_as_a_message_marked_for_the_decode_stage(tmp_path):
+    path = write_lines(
+        tmp_path / "rest.jsonl",
+        b'{"data": "not base64!", "attributes": {"k": "v"}, "messageId": "m1", "publishTime": "2026-11-01T09:00:00Z"}',
+    )
+    assert read(path) == [
+        Message(b"not base64!", {"k": "v", REPLAY_ERROR_ATTRIBUTE: "DECODE.BASE64"}, "m1", T0_US, READ_TIME_US)
+    ]
+
+
+def test_bare_lines_are_payloads_numbered_by_line_and_blank_lines_are_skipped(tmp_path):
+    lines = [
+        ENVELOPE,
+        b"   ",
+        b"[1, 2]",
+        b'"just a string"',
+        b"not json at all",
+        b"\xff\xfe invalid utf-8 {",
+        b"",
+        b"[" * 100_000,
+    ]
+    path = write_lines(tmp_path / "bare.jsonl", *lines)
+    assert read(path) == [
+        Message(lines[index - 1], {}, str(index), READ_TIME_US, READ_TIME_US) for index in (1, 3, 4, 5, 6, 8)
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"data": "QQ==", "extra": 1}',
+        b'{"messageId": "m1", "publishTime": "2026-11-01T09:00:00Z"}',
+        b'{"data": 5}',
+        b'{"data": "QQ==", "attributes": {"n": 1}}',
+        b'{"data": "QQ==", "attributes": {"nested": {"a": "b"}}}',
+        b'{"data": "QQ==", "messageId": 7}',
+        b'{"data": "QQ==", "publishTime": "yesterday"}',
+        b'{"data": "QQ==", "attributes": {"lone": "\\ud800"}}',
+        b"{}",
+    ],
+)
+def test_objects_that_are_not_rest_form_are_bare_payloads(tmp_path, line):
+    path = write_lines(tmp_path / "bare.jsonl", line)
+    assert read(path) == [Message(line, {}, "1", READ_TIME_US, READ_TIME_US)]
+
+
+def test_crlf_line_ends_and_a_leading_byte_order_mark_are_not_payload(tmp_path):
+    path = tmp_path / "crlf.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + rest_line(b"a", messageId="m1") + b"\r\n" + b"plain\r\nlast")
+    assert [(message.message_id, message.data) for message in read(str(path))] == [
+        ("m1", b"a"),
+        ("2", b"plain"),
+        ("3", b"last"),
+    ]
+
+
+def test_two_reads_of_a_rest_form_file_give_the_same_messages_but_for_read_time(tmp_path):
+    lines = [rest_line(b"%d" % n, messageId=str(n), publishTime=f"2026-11-01T09:00:0{n}Z") for n in range(5)]
+    path = write_lines(tmp_path / "rest.jsonl", *lines)
+    first = list(read_replay_file(path, clock=lambda: 1))
+    second = list(read_replay_file(path, clock=lambda: 2))
+    assert [message.read_time_us for message in second] == [2] * 5
+    assert first == [Message(m.data, m.attributes, m.message_id, m.publish_time_us, 1) for m in second]
+
+
+def test_avro_container_in_the_cloud_storage_subscription_format(tmp_path):
+    path = tmp_path / "subscription.avro"
+    with open(path, "wb") as out:
+        fastavro.writer(
+            out,
+            AVRO_SUBSCRIPTION_SCHEMA,
+            [
+                {
+                    "subscription_name": "projects/p/subscriptions/s",
+                    "message_id": "9001",
+                    "publish_time": datetime.datetime(2026, 11, 1, 9, 0, 0, 250, tzinfo=datetime.UTC),
+                    "attributes": {"schemaRef": "https://ns.adobe.com/xdm/context/profile"},
+                    "data": b"\x00\x01 binary",
+                },
+                {
+                    "subscription_name": "projects/p/subscriptions/s",
+                    "message_id": "9002",
+                    "publish_time": T0_US + 1_000_000,
+                    "attributes": {},
+                    "data": ENVELOPE,
+                },
+            ],
+        )
+    assert read(str(path)) == [
+        Message(
+            b"\x00\x01 binary",
+            {"schemaRef": "https://ns.adobe.com/xdm/context/profile"},
+            "9001",
+            T0_US + 250,
+            READ_TIME_US,
+        ),
+        Message(ENVELOPE, {}, "9002", T0_US + 1_000_000, READ_TIME_US),
+    ]
+
+
+def test_avro_without_metadata_numbers_records_and_takes_the_read_time(tmp_path):
+    path = tmp_path / "data-only.avro"
+    schema = {"type": "record", "name": "PubsubMessage", "fields": [{"name": "data", "type": "bytes"}]}
+    with open(path, "wb") as out:
+        fastavro.writer(out, schema, [{"data": b"a"}, {"data": b"b"}])
+    assert read(str(path)) == [
+        Message(b"a", {}, "1", READ_TIME_US, READ_TIME_US),
+        Message(b"b", {}, "2", READ_TIME_US, READ_TIME_US),
+    ]
+
+
+def test_failed_records_parquet_replays_without_the_replay_error_marker(tmp_path):
+    path = write_failed_records(
+        tmp_path / "part-0.parquet",
+        [
+            failed_row("m1", T0_US + 7, {"schemaRef": "x", REPLAY_ERROR_ATTRIBUTE: "DECODE.BASE64"}),
+            failed_row("m2", T0_US + 8),
+        ],
+    )
+    assert read(path) == [
+        Message(ENVELOPE, {"schemaRef": "x"}, "m1", T0_US + 7, READ_TIME_US),
+        Message(ENVELOPE, {}, "m2", T0_US + 8, READ_TIME_US),
+    ]
+
+
+def test_parquet_without_a_data_column_is_refused(tmp_path):
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"_id": ["a"]}), path)
+    with pytest.raises(ReplayFormatError, match="no data column"):
+        read(str(path))
+
+
+def test_failed_records_dataset_directory_is_read_recursively_skipping_hidden_names(tmp_path):
+    dataset = tmp_path / "lake" / "failed_records"
+    late = write_failed_records(dataset / "date=2026-11-01" / "hour=10" / "part-b.parquet", [failed_row("m3", 3)])
+    early = write_failed_records(dataset / "date=2026-11-01" / "hour=09" / "part-a.parquet", [failed_row("m1", 1)])
+    write_failed_records(dataset / ".tmp" / "part-partial.parquet", [failed_row("tmp", 1)])
+    write_failed_records(dataset / "date=2026-11-01" / "hour=09" / ".part-c.parquet", [failed_row("hidden", 1)])
+    (dataset / "_SUCCESS").write_bytes(b"")
+    assert expand_replay_path(str(dataset)) == [early, late]
+    assert [message.message_id for path in expand_replay_path(str(dataset)) for message in read(path)] == ["m1", "m3"]
+
+
+def test_glob_expands_to_sorted_files_and_directories_below_it(tmp_path):
+    second = write_lines(tmp_path / "b.jsonl", b"x")
+    first = write_lines(tmp_path / "a.jsonl", b"x")
+    nested = write_lines(tmp_path / "c" / "d.jsonl", b"x")
+    write_lines(tmp_path / "a.txt", b"x")
+    assert expand_replay_path(str(tmp_path / "*.jsonl")) == [first, second]
+    assert expand_replay_path(str(tmp_path / "[bc]*")) == [second, nested]
+    assert expand_replay_path(str(tmp_path / "**" / "*.jsonl")) == [first, second, nested]
+
+
+def test_a_file_path_is_itself(tmp_path):
+    path = write_lines(tmp_path / "one.jsonl", b"x")
+    assert expand_replay_path(path) == [path]
+
+
+@pytest.mark.parametrize("name", ["missing.jsonl", "*.avro", "empty"])
+def test_a_path_that_names_no_file_raises_a_one_line_error(tmp_path, name):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".hidden").write_bytes(b"x")
+    with pytest.raises(ReplayPathError) as error:
+        expand_replay_path(str(tmp_path / name))
+    assert str(error.value) == f"replay path matches no file: {tmp_path / name}"
+
+
+def test_read_replay_fails_at_construction_on_a_bad_path(tmp_path):
+    with pytest.raises(ReplayPathError):
+        ReadReplay(str(tmp_path / "nothing-here"))
+
+
+def replay_fixture(tmp_path) -> tuple[str, list[tuple[str, int]]]:
+    """A directory of one JSONL file and one Avro file, and the (message id, publish time) of each message."""
+    write_lines(
+        tmp_path / "a.jsonl",
+        rest_line(b"1", messageId="j1", publishTime="2026-11-01T09:00:00.000001Z"),
+        rest_line(b"2", messageId="j2", publishTime="2026-11-01T10:59:59.999999Z"),
+    )
+    with open(tmp_path / "b.avro", "wb") as out:
+        fastavro.writer(
+            out,
+            AVRO_SUBSCRIPTION_SCHEMA,
+            [
+                {
+                    "subscription_name": "s",
+                    "message_id": "a1",
+                    "publish_time": T0_US + 300_000_001,
+                    "attributes": {},
+                    "data": b"3",
+                }
+            ],
+        )
+    return str(tmp_path), [("j1", T0_US + 1), ("j2", T0_US + 7_199_999_999), ("a1", T0_US + 300_000_001)]
+
+
+def run_and_check_timestamps(tmp_path, runner, options: PipelineOptions) -> None:
+    path, expected = replay_fixture(tmp_path)
+    with beam.Pipeline(runner=runner, options=options) as pipeline:
+        stamped = (
+            pipeline
+            | ReadReplay(path, clock=fixed_clock)
+            | beam.Map(
+                lambda message, ts=beam.DoFn.TimestampParam: (message.message_id, message.publish_time_us, ts.micros)
+            )
+        )
+        assert_that(stamped, equal_to([(message_id, time_us, time_us) for message_id, time_us in expected]))
+    counters = pipeline.result.metrics().query(MetricsFilter().with_name("replay_messages"))["counters"]
+    assert sum(counter.committed for counter in counters) == len(expected)
+
+
+def test_read_replay_stamps_elements_with_publish_time_in_streaming_on_the_direct_runner(tmp_path):
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    run_and_check_timestamps(tmp_path, BundleBasedDirectRunner(), options)
+
+
+def test_read_replay_stamps_elements_with_publish_time_in_batch_on_the_fn_api_runner(tmp_path):
+    run_and_check_timestamps(tmp_path, FnApiRunner(), PipelineOptions())
