@@ -101,17 +101,19 @@ def _struct_array(values: list, arrow: pa.StructType) -> pa.Array:
 
 
 def _map_array(values: list, arrow: pa.MapType) -> pa.Array:
-    offsets, mask = [0], []
+    offsets = [0]
     keys, items = [], []
     for value in values:
         if value is not None:
             keys.extend(value.keys())
             items.extend(value.values())
         offsets.append(len(keys))
-        mask.append(value is None)
-    offsets_array = pa.array(offsets, pa.int32(), mask=pa.array([False, *mask]) if any(mask) else None)
     return pa.MapArray.from_arrays(
-        offsets_array, pa.array(keys, pa.string()), _array(items, arrow.item_type), type=arrow
+        pa.array(offsets, pa.int32()),
+        pa.array(keys, pa.string()),
+        _array(items, arrow.item_type),
+        type=arrow,
+        mask=_null_mask(values),
     )
 
 

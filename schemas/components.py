@@ -101,16 +101,14 @@ def compose(class_id: str, field_group_ids: list[str], tenant_name: str, tenant_
         else Field(kind="json", name=tenant_name)
     )
     root.children[tenant_name] = tenant
-    root.accepts[tenant_name] = tenant_name
+    for accepted in {tenant_name, storage_name(tenant_name)}:
+        root.accepts[accepted] = tenant_name
     return root
 
 
 class _Composer:
     def __init__(self) -> None:
         self._expanding: list[str] = []
-
-    def field_of(self, schema: dict, base_id: str, name: str, depth: int) -> Field:
-        return self.field_of_parts([(schema, base_id)], name, depth)
 
     def field_of_parts(self, parts: list[tuple[dict, str]], name: str, depth: int) -> Field:
         flat = [piece for schema, base_id in parts for piece in self._flatten(schema, base_id)]
@@ -120,16 +118,15 @@ class _Composer:
         kind = merged["kind"]
         field = Field(kind=kind, name=name)
         if kind == "object":
-            for prop_name, (prop_schema, prop_base) in merged["properties"].items():
+            for prop_name, prop_parts in merged["properties"].items():
                 runtime = runtime_name(prop_name)
-                child = self.field_of(prop_schema, prop_base, runtime, depth + 1)
+                child = self.field_of_parts(prop_parts, runtime, depth + 1)
                 field.children[runtime] = child
                 for accepted in {prop_name, runtime, storage_name(runtime)}:
                     field.accepts[accepted] = runtime
             field.required = tuple(dict.fromkeys(runtime_name(required) for required in merged["required"]))
         elif kind in ("array", "map"):
-            item_schema, item_base = merged["item"]
-            field.item = self.field_of(item_schema, item_base, "", depth + 1)
+            field.item = self.field_of_parts(merged["item"], "", depth + 1)
         elif kind in SCALAR_KINDS:
             field.enum = merged.get("enum")
             field.format = merged.get("format")
@@ -174,14 +171,15 @@ def _merge(pieces: list[tuple[dict, str]]) -> dict:
         declared = schema.get("type")
         if isinstance(declared, str):
             merged["types"].append(declared)
+        # A property several pieces declare (two field groups that both extend ``xdm:web``) is all of them at once.
         for prop_name, prop_schema in schema.get("properties", {}).items():
-            merged["properties"].setdefault(prop_name, (prop_schema, base_id))
+            merged["properties"].setdefault(prop_name, []).append((prop_schema, base_id))
         merged["required"].extend(schema.get("required", ()))
         if "items" in schema and isinstance(schema["items"], dict):
-            merged["item"] = (schema["items"], base_id)
+            merged.setdefault("item", []).append((schema["items"], base_id))
         additional = schema.get("additionalProperties")
         if isinstance(additional, dict) and additional:
-            merged["map_value"] = (additional, base_id)
+            merged.setdefault("map_value", []).append((additional, base_id))
         if "enum" in schema:
             merged["enum"] = frozenset(schema["enum"])
         elif "const" in schema:

@@ -17,7 +17,7 @@ letter or digit (``_`` included) becomes ``__`` followed by its code point as tw
 ``__u``, above U+00FF), and a leading digit is escaped the same way. ``internal-site-search`` is stored as
 ``internal__2dsite__2dsearch``, ``@type`` as ``__40type``, ``repo:createDate`` as ``repo__3acreateDate``. The rule is
 reversible: a name that contains ``__`` is an escaped name, and every ``_`` in it starts an escape; any other name is
-stored as it is.
+stored as it is. The empty name, which no escape can spell, is stored as ``__`` alone.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import re
 
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ESCAPE = re.compile(r"__(u[0-9a-f]{6}|[0-9a-f]{2})")
+_EMPTY_NAME = "__"
 
 
 @functools.lru_cache(maxsize=65536)
@@ -44,6 +45,8 @@ def storage_name(name: str) -> str:
     """The Avro- and Parquet-safe name a runtime name is stored under."""
     if _PLAIN.fullmatch(name) and "__" not in name:
         return name
+    if not name:
+        return _EMPTY_NAME
     return "".join(_escape(char) if _needs_escape(char, position) else char for position, char in enumerate(name))
 
 
@@ -52,6 +55,8 @@ def name_from_storage(stored: str) -> str:
     """The runtime name a storage name stands for (the inverse of :func:`storage_name`)."""
     if "__" not in stored:
         return stored
+    if stored == _EMPTY_NAME:
+        return ""
     return _ESCAPE.sub(lambda match: chr(int(match.group(1).lstrip("u"), 16)), stored)
 
 

@@ -151,7 +151,12 @@ def _ingestion_schema(
         profile=bool(dataset_definition.get("profile", True)),
         aliases=aliases.get(name, ()),
     )
-    field_groups = tuple(definition.get("fieldGroups", ()))
+    field_groups = definition.get("fieldGroups", [])
+    if not isinstance(field_groups, list) or not all(isinstance(group, str) for group in field_groups):
+        raise SchemaFileError(f"{path}: fieldGroups must be a list of XDM component ids")
+    field_groups = tuple(field_groups)
+    if not isinstance(definition["$id"], str) or not isinstance(definition["class"], str):
+        raise SchemaFileError(f"{path}: $id and class must be strings")
     tenant_schema = definition.get("tenant")
     if tenant_schema is not None and not isinstance(tenant_schema, dict):
         raise SchemaFileError(f"{path}: tenant must be a JSON Schema object")

@@ -79,6 +79,8 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+# Integers are stored as Avro long and Arrow int64.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
 
 
@@ -177,6 +179,8 @@ def _value(value: Any, field: Field, path: str, errors: _Errors) -> Any:
         return {key: _value(entry, item, f"{path}/{pointer_token(key)}", errors) for key, entry in value.items()}
     if type(value) is not dict and type(value) is not list:
         return _wrong_type(value, "object", path, errors)
+    if not value:
+        errors.add(EMPTY_VALUE, path, "an empty value is not allowed: leave the field out instead")
     return value
 
 
@@ -241,6 +245,9 @@ def _number(value: Any, field: Field, path: str, errors: _Errors) -> Any:
             value = int(value)
         elif value_type is not int:
             return _wrong_type(value, "integer", path, errors)
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            errors.add(RANGE, path, f"{value} does not fit in a 64-bit integer")
+            return None
     elif value_type is not int and value_type is not float:
         return _wrong_type(value, "number", path, errors)
     if field.minimum is not None and value < field.minimum:
@@ -288,19 +295,25 @@ def _identity_item(item: Any, path: str, errors: _Errors) -> dict | None:
         errors.add(IDENTITY_ITEM, path, "an identity item is an object {id, authenticatedState, primary}")
         return None
     identity = {}
+    given: set[str] = set()
     for key, entry in item.items():
         name = _IDENTITY_ITEM_FIELDS.get(key)
         if name is None:
             errors.add(IDENTITY_ITEM, f"{path}/{pointer_token(runtime_name(key))}", f"{key!r} is not an identity field")
-        elif name == "id" and (type(entry) is not str or not entry):
+            continue
+        if name in given:
+            errors.add(DUPLICATE_FIELD, f"{path}/{name}", f"{name!r} is given twice, under two names")
+            continue
+        given.add(name)
+        if name == "id" and (type(entry) is not str or not entry):
             errors.add(IDENTITY_ITEM, f"{path}/id", "an identity id is a non-empty string")
-        elif name == "authenticatedState" and entry not in _AUTHENTICATED_STATES:
+        elif name == "authenticatedState" and (type(entry) is not str or entry not in _AUTHENTICATED_STATES):
             errors.add(IDENTITY_ITEM, f"{path}/{name}", f"{entry!r} is not one of {sorted(_AUTHENTICATED_STATES)}")
         elif name == "primary" and type(entry) is not bool:
             errors.add(IDENTITY_ITEM, f"{path}/primary", "primary is true or false")
         else:
             identity[name] = entry
-    if "id" not in identity and not any(_IDENTITY_ITEM_FIELDS.get(key) == "id" for key in item):
+    if "id" not in given:
         errors.add(IDENTITY_ITEM, f"{path}/id", "an identity item needs an id")
     return identity
 

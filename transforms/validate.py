@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from schemas.registry import SchemaRegistry
 from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
+from transforms.metrics import count_failure, counter
 from transforms.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 
-METRICS_NAMESPACE = "profilestream"
 INTERNAL = "VALIDATE.INTERNAL"
 _FAILED = "failed"
 
@@ -30,18 +29,12 @@ class ValidateResult(NamedTuple):
     failed: beam.PCollection
 
 
-def count_failure(failed: FailedRecord) -> None:
-    """Counts a failed record once under each code it carries."""
-    for code in dict.fromkeys(error.code for error in failed.errors):
-        Metrics.counter(METRICS_NAMESPACE, f"failed.{code}").inc()
-
-
 class _ValidateFn(beam.DoFn):
     def __init__(self, registry: SchemaRegistry, policy: ValidationPolicy) -> None:
         self._registry = registry
         self._policy = policy
-        self._valid = Metrics.counter(METRICS_NAMESPACE, "valid")
-        self._failed = Metrics.counter(METRICS_NAMESPACE, "validate_failed")
+        self._valid = counter("valid")
+        self._failed = counter("validate_failed")
 
     def process(self, decoded: DecodedEntity):
         try:

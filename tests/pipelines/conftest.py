@@ -84,4 +84,6 @@ def lake_rows(lake: Path, dataset: str) -> list[dict]:
 
 
 def dataset_files(lake: Path) -> list[str]:
-    return sorted(str(path.relative_to(lake)) for path in lake.rglob("*") if path.is_file() and ".tmp" not in path.parts)
+    return sorted(
+        str(path.relative_to(lake)) for path in lake.rglob("*") if path.is_file() and ".tmp" not in path.parts
+    )

@@ -76,7 +76,13 @@ def test_validate_prints_a_line_per_entity_and_exits_0_when_all_valid(tmp_path, 
 
     assert main(["validate", str(path)]) == 0
     assert verdicts(capsys) == [
-        {"file": str(path), "index": 0, "valid": True, "schema": envelope({})["header"]["schemaRef"]["id"], "errors": []}
+        {
+            "file": str(path),
+            "index": 0,
+            "valid": True,
+            "schema": envelope({})["header"]["schemaRef"]["id"],
+            "errors": [],
+        }
     ]
 
 
@@ -90,7 +96,9 @@ def test_validate_numbers_batch_entries_in_file_order_and_exits_1_on_any_invalid
     assert main(["validate", str(path)]) == 1
     lines = verdicts(capsys)
     assert [(line["index"], line["valid"]) for line in lines] == [(0, True), (1, False), (2, True)]
-    assert lines[1]["errors"] == [{"code": "SCHEMA.TYPE", "path": "/eventType", "message": "expected string, got integer"}]
+    assert lines[1]["errors"] == [
+        {"code": "SCHEMA.TYPE", "path": "/eventType", "message": "expected string, got integer"}
+    ]
 
 
 def test_validate_bare_entity_with_schema_flag(tmp_path, capsys):
@@ -100,12 +108,16 @@ def test_validate_bare_entity_with_schema_flag(tmp_path, capsys):
     assert main(["validate", "--schema", PROFILE_SCHEMA, str(path)]) == 1
     [line] = verdicts(capsys)
     assert line["schema"] == PROFILE_SCHEMA
-    assert [(error["code"], error["path"]) for error in line["errors"]] == [("SCHEMA.EMPTY_VALUE", "/person/name/firstName")]
+    assert [(error["code"], error["path"]) for error in line["errors"]] == [
+        ("SCHEMA.EMPTY_VALUE", "/person/name/firstName")
+    ]
 
 
 def test_validate_conformance_mode_reports_plain_json_schema_errors(capsys):
     example = DATA / "examples" / "components" / "datatypes" / "namespace.invalid.1.json"
 
-    assert main(["validate", "--conformance", "--schema", "https://ns.adobe.com/xdm/context/namespace", str(example)]) == 1
+    assert (
+        main(["validate", "--conformance", "--schema", "https://ns.adobe.com/xdm/context/namespace", str(example)]) == 1
+    )
     [line] = verdicts(capsys)
     assert [error["message"] for error in line["errors"]] == ["'xdm:code' is a required property"]

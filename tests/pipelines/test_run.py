@@ -85,7 +85,9 @@ def test_a_killed_replay_run_again_leaves_the_lake_of_one_clean_run(tmp_path, ca
     command = [sys.executable, "-m", "pipelines.cli", "run", "--source", f"replay:{stream}", "--commit-interval", "60"]
     killed_lake = tmp_path / "killed"
 
-    process = subprocess.Popen([*command, "--lake", str(killed_lake)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*command, "--lake", str(killed_lake)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not list(killed_lake.rglob("*.parquet")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)

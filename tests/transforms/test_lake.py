@@ -1,0 +1,430 @@
+"""Tests for transforms/lake.py: layout, panes, duplicates, idempotence and readers, on both local runners.
+
+Streaming tests drive a ``TestStream`` on the BundleBasedDirectRunner, whose processing time only moves when the
+stream says so; batch tests run on the FnApiRunner. Times are UTC; the commit interval is the default 5 minutes.
+Metrics are checked on the FnApiRunner only: the BundleBasedDirectRunner (Beam 2.77) drops the user metrics of every
+bundle after the first that a worker thread runs for a step (its StateSampler caches each step's ScopedState with
+the first bundle's MetricsContainer).
+"""
+
+import datetime
+import os
+import pathlib
+import random
+
+import apache_beam as beam
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.metrics import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.runner import PipelineResult
+from apache_beam.testing import test_stream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from transforms.lake import (
+    LakeFile,
+    WriteToLake,
+    _first_copies,
+    _in_deterministic_order,
+    clean_stale_temp_files,
+)
+from transforms.records import LakeRow
+
+INTERVAL_S = 300
+DATASET = "experience_events"
+UTC = datetime.UTC
+T0 = datetime.datetime(2026, 3, 5, 9, 0, tzinfo=UTC)  # a commit window starts here
+T0_NAME = "date=2026-03-05/hour=09/part-20260305T090000Z"
+
+IDENTITY_ITEM = pa.struct([("id", pa.string()), ("authenticatedState", pa.string()), ("primary", pa.bool_())])
+SCHEMA = pa.schema(
+    [
+        ("_id", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("eventType", pa.string()),
+        ("web", pa.struct([("webPageDetails", pa.struct([("name", pa.string()), ("URL", pa.string())]))])),
+        ("tags", pa.list_(pa.string())),
+        ("identityMap", pa.map_(pa.string(), pa.list_(IDENTITY_ITEM))),
+        ("_message_id", pa.string()),
+        ("_ingest_time", pa.timestamp("us", tz="UTC")),
+    ]
+)
+SCHEMAS = {DATASET: SCHEMA}
+
+
+def us(moment: datetime.datetime) -> int:
+    return (moment - datetime.datetime(1970, 1, 1, tzinfo=UTC)) // datetime.timedelta(microseconds=1)
+
+
+def lake_row(
+    key: str | None,
+    published: datetime.datetime,
+    message_id: str,
+    event_type: str = "web.webpagedetails.pageViews",
+    event_time: datetime.datetime | None = None,
+) -> LakeRow:
+    return LakeRow(
+        dataset=DATASET,
+        dedupe_key=key,
+        publish_time_us=us(published),
+        message_id=message_id,
+        row={
+            "_id": key,
+            "timestamp": event_time or published,
+            "eventType": event_type,
+            "web": {"webPageDetails": {"name": f"page of {message_id}", "URL": "https://example.com/"}},
+            "tags": ["a", "b"],
+            "identityMap": {"ECID": [{"id": "1" * 38, "authenticatedState": "ambiguous", "primary": True}]},
+            "_message_id": message_id,
+            "_ingest_time": published,
+        },
+    )
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+def stamped(row: LakeRow) -> TimestampedValue:
+    return TimestampedValue(row, Timestamp(micros=row.publish_time_us))
+
+
+def run_batch(lake: str, rows: list[LakeRow], **options) -> PipelineResult:
+    pipeline = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
+    _ = pipeline | beam.Create(rows) | beam.Map(stamped) | WriteToLake(lake, SCHEMAS, **options)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def run_stream(
+    lake: str, stream: test_stream.TestStream, expected_files: list[LakeFile] | None = None, **options
+) -> None:
+    pipeline = beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions([], streaming=True))
+    files = pipeline | stream | WriteToLake(lake, SCHEMAS, commit_interval_s=INTERVAL_S, **options)
+    if expected_files is not None:
+        assert_that(files, equal_to(expected_files))
+    pipeline.run().wait_until_finish()
+
+
+def lake_files(lake: str) -> list[str]:
+    root = os.path.join(lake, DATASET)
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), root)
+        for folder, _, names in os.walk(root)
+        for name in names
+        if name.endswith(".parquet")
+    )
+
+
+def file_bytes(lake: str) -> dict[str, bytes]:
+    return {name: pathlib.Path(lake, DATASET, name).read_bytes() for name in lake_files(lake)}
+
+
+def message_ids(lake: str, relative_path: str) -> list[str]:
+    return pq.read_table(os.path.join(lake, DATASET, relative_path)).column("_message_id").to_pylist()
+
+
+def counter(result: PipelineResult, name: str) -> int:
+    counters = result.metrics().query(MetricsFilter().with_name(name))["counters"]
+    return sum(c.committed for c in counters)
+
+
+# Streaming: when files appear.
+
+
+def test_files_appear_when_processing_time_passes_the_commit_interval(tmp_path):
+    """Pane 0 holds only the row that came before processing time moved one interval on.
+
+    The watermark stays before the window's end until the stream ends, so only processing time can have closed
+    pane 0 before ``m2`` arrived: had the file waited for the watermark, both rows would share one pane.
+    """
+    lake = str(tmp_path)
+    first, second = lake_row("e1", at(10), "m1"), lake_row("e2", at(60), "m2")
+    stream = (
+        test_stream.TestStream()
+        .advance_watermark_to(Timestamp(micros=us(T0)))
+        .add_elements([stamped(first)])
+        .advance_processing_time(INTERVAL_S + 1)
+        .add_elements([stamped(second)])
+        .advance_watermark_to_infinity()
+    )
+    pane0, pane1 = f"{T0_NAME}-0-0-of-1.parquet", f"{T0_NAME}-1-0-of-1.parquet"
+    expected = [
+        LakeFile(DATASET, os.path.join(lake, DATASET, pane0), 1, us(T0), 0),
+        LakeFile(DATASET, os.path.join(lake, DATASET, pane1), 1, us(T0), 1),
+    ]
+
+    run_stream(lake, stream, expected)
+
+    assert lake_files(lake) == [pane0, pane1]
+    assert message_ids(lake, pane0) == ["m1"]
+    assert message_ids(lake, pane1) == ["m2"]
+
+
+def test_backlog_older_than_the_commit_interval_is_written_not_dropped(tmp_path):
+    """Rows whose window ended long before the watermark arrived still land, in their window's next pane."""
+    lake = str(tmp_path)
+    stream = (
+        test_stream.TestStream()
+        .advance_watermark_to(Timestamp(micros=us(T0)))
+        .add_elements([stamped(lake_row("e1", at(10), "m1"))])
+        .advance_processing_time(INTERVAL_S + 1)
+        .advance_watermark_to(Timestamp(micros=us(at(3600))))
+        .add_elements([stamped(lake_row("e2", at(20), "m2")), stamped(lake_row("e3", at(30), "m3"))])
+        .advance_watermark_to_infinity()
+    )
+
+    run_stream(lake, stream)
+
+    assert lake_files(lake) == [f"{T0_NAME}-0-0-of-1.parquet", f"{T0_NAME}-1-0-of-1.parquet"]
+    assert message_ids(lake, f"{T0_NAME}-1-0-of-1.parquet") == ["m2", "m3"]
+
+
+def test_a_window_without_rows_writes_no_file(tmp_path):
+    lake = str(tmp_path)
+    stream = (
+        test_stream.TestStream()
+        .advance_watermark_to(Timestamp(micros=us(T0)))
+        .add_elements([stamped(lake_row("e1", at(10), "m1"))])
+        .advance_watermark_to(Timestamp(micros=us(at(2 * INTERVAL_S))))
+        .add_elements([stamped(lake_row("e2", at(2 * INTERVAL_S + 10), "m2"))])
+        .advance_watermark_to_infinity()
+    )
+
+    run_stream(lake, stream)
+
+    assert lake_files(lake) == [
+        f"{T0_NAME}-0-0-of-1.parquet",
+        "date=2026-03-05/hour=09/part-20260305T091000Z-0-0-of-1.parquet",
+    ]
+
+
+def test_a_copy_arriving_in_a_later_pane_is_not_written_again(tmp_path):
+    """The redelivered ``e1`` comes after pane 0 was committed; pane 1 is all duplicate, so it writes no file."""
+    lake = str(tmp_path)
+    stream = (
+        test_stream.TestStream()
+        .advance_watermark_to(Timestamp(micros=us(T0)))
+        .add_elements([stamped(lake_row("e1", at(10), "m1"))])
+        .advance_processing_time(INTERVAL_S + 1)
+        .add_elements([stamped(lake_row("e1", at(10), "m1"))])
+        .advance_watermark_to_infinity()
+    )
+
+    run_stream(lake, stream)
+
+    assert lake_files(lake) == [f"{T0_NAME}-0-0-of-1.parquet"]
+
+
+def test_a_copy_arriving_after_the_dedupe_horizon_is_written_again(tmp_path):
+    """The documented limit: keys are forgotten ``dedupe_horizon_s`` of processing time after a window's last file.
+
+    ``clock`` starts where the TestStream's processing time does (0), so the forget timer lands on its timeline.
+    """
+    lake = str(tmp_path)
+    stream = (
+        test_stream.TestStream()
+        .advance_watermark_to(Timestamp(micros=us(T0)))
+        .add_elements([stamped(lake_row("e1", at(10), "m1"))])
+        .advance_processing_time(INTERVAL_S + 1)
+        .advance_processing_time(600 + 1)
+        .add_elements([stamped(lake_row("e1", at(10), "m1"))])
+        .advance_watermark_to_infinity()
+    )
+
+    run_stream(lake, stream, dedupe_horizon_s=600, clock=lambda: 0)
+
+    assert lake_files(lake) == [f"{T0_NAME}-0-0-of-1.parquet", f"{T0_NAME}-1-0-of-1.parquet"]
+
+
+# Batch: what a pane writes.
+
+
+def test_rows_land_by_publish_time_not_payload_time(tmp_path):
+    lake = str(tmp_path)
+    published = datetime.datetime(2026, 3, 5, 14, 2, tzinfo=UTC)
+    row = lake_row("e1", published, "m1", event_time=published - datetime.timedelta(days=3))
+
+    run_batch(lake, [row])
+
+    assert lake_files(lake) == ["date=2026-03-05/hour=14/part-20260305T140000Z-0-0-of-1.parquet"]
+
+
+def test_a_redelivered_message_is_written_once_earliest_copy_first(tmp_path):
+    lake = str(tmp_path)
+    rows = [
+        lake_row("e1", at(7), "m3", event_type="later copy"),
+        lake_row("e1", at(5), "m2", event_type="same time, higher message id"),
+        lake_row("e1", at(5), "m1", event_type="earliest"),
+        lake_row("e1", at(5), "m1", event_type="earliest"),
+        lake_row("e2", at(6), "m4"),
+        lake_row(None, at(6), "m5"),
+        lake_row(None, at(6), "m6"),
+    ]
+
+    result = run_batch(lake, rows)
+
+    table = pq.read_table(os.path.join(lake, DATASET, f"{T0_NAME}-0-0-of-1.parquet"))
+    assert table.column("_message_id").to_pylist() == ["m1", "m4", "m5", "m6"]
+    assert table.column("eventType").to_pylist()[0] == "earliest"
+    assert counter(result, "duplicates") == 3
+    assert counter(result, f"duplicates.{DATASET}") == 3
+    assert counter(result, f"lake_rows.{DATASET}") == 4
+    assert counter(result, f"lake_files.{DATASET}") == 1
+
+
+def test_the_same_input_in_any_order_writes_the_same_files(tmp_path):
+    """Two runs into one lake, the second with its input shuffled, leave the same names and bytes, no temp files.
+
+    ``m2``'s two keyless rows tie on every sort field, so their order comes from their content.
+    """
+    lake = str(tmp_path)
+    rows = [lake_row(f"e{i}", at(i * 17), f"m{i}") for i in range(40)]
+    rows += [lake_row(None, at(2), "m2", event_type="b"), lake_row(None, at(2), "m2", event_type="a")]
+    run_batch(lake, rows)
+    first = file_bytes(lake)
+
+    shuffled = rows[:]
+    random.Random(7).shuffle(shuffled)
+    run_batch(lake, shuffled)
+
+    assert file_bytes(lake) == first
+    assert len(first) == 3
+    assert os.listdir(os.path.join(lake, ".tmp")) == []
+
+
+def test_a_killed_runs_temp_files_are_cleaned(tmp_path):
+    lake = str(tmp_path)
+    os.makedirs(os.path.join(lake, ".tmp"))
+    for name in ("0f3a.parquet", "9c1b.parquet"):
+        (tmp_path / ".tmp" / name).write_bytes(b"PAR1 half a file")
+
+    assert clean_stale_temp_files(lake) == 2
+    assert os.listdir(os.path.join(lake, ".tmp")) == []
+
+
+def test_applying_the_writer_cleans_stale_temp_files(tmp_path):
+    lake = str(tmp_path)
+    os.makedirs(os.path.join(lake, ".tmp"))
+    (tmp_path / ".tmp" / "0f3a.parquet").write_bytes(b"PAR1 half a file")
+
+    run_batch(lake, [lake_row("e1", at(10), "m1")])
+
+    assert os.listdir(os.path.join(lake, ".tmp")) == []
+
+
+def test_partitions_follow_the_window_start_in_utc(tmp_path):
+    lake = str(tmp_path)
+    rows = [
+        lake_row("e1", datetime.datetime(2026, 3, 5, 9, 57, 30, tzinfo=UTC), "m1"),
+        lake_row("e2", datetime.datetime(2026, 3, 5, 10, 0, 0, tzinfo=UTC), "m2"),
+        lake_row("e3", datetime.datetime(2026, 3, 5, 23, 59, 59, tzinfo=UTC), "m3"),
+        lake_row("e4", datetime.datetime(2026, 3, 6, 0, 0, 1, tzinfo=UTC), "m4"),
+    ]
+
+    run_batch(lake, rows)
+
+    assert lake_files(lake) == [
+        "date=2026-03-05/hour=09/part-20260305T095500Z-0-0-of-1.parquet",
+        "date=2026-03-05/hour=10/part-20260305T100000Z-0-0-of-1.parquet",
+        "date=2026-03-05/hour=23/part-20260305T235500Z-0-0-of-1.parquet",
+        "date=2026-03-06/hour=00/part-20260306T000000Z-0-0-of-1.parquet",
+    ]
+
+
+def test_a_pane_over_max_rows_per_file_is_split_into_ordered_shards(tmp_path):
+    lake = str(tmp_path)
+    rows = [lake_row(f"e{i}", at(i), f"m{i}") for i in range(5)]
+
+    run_batch(lake, rows, max_rows_per_file=2)
+
+    shards = [f"{T0_NAME}-0-{shard}-of-3.parquet" for shard in range(3)]
+    assert lake_files(lake) == shards
+    assert [message_ids(lake, shard) for shard in shards] == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+
+
+def test_nested_columns_read_back_with_pyarrow_dataset_and_duckdb(tmp_path):
+    lake = str(tmp_path)
+    rows = [lake_row("e1", at(10), "m1"), lake_row("e2", at(4000), "m2")]
+    run_batch(lake, rows)
+    expected = pa.Table.from_pylist([row.row for row in rows], schema=SCHEMA).to_pylist()
+
+    hive = ds.dataset(os.path.join(lake, DATASET), partitioning="hive").to_table().sort_by("_message_id")
+    duck = (
+        duckdb.sql(
+            f"SELECT * FROM read_parquet('{lake}/{DATASET}/**/*.parquet', hive_partitioning=true) ORDER BY _message_id"
+        )
+        .to_arrow_table()
+        .cast(hive.schema)  # DuckDB reads the partition keys as DATE and BIGINT, pyarrow as date32 and int32
+    )
+
+    assert hive.select(SCHEMA.names).to_pylist() == expected
+    assert duck.select(SCHEMA.names).to_pylist() == expected
+    assert hive.column("hour").to_pylist() == [9, 10]
+    assert duck.column("hour").to_pylist() == [9, 10]
+
+
+def test_lag_is_measured_from_the_oldest_rows_publish_time(tmp_path):
+    lake = str(tmp_path)
+    rows = [lake_row("e1", at(10), "m1"), lake_row("e2", at(40), "m2")]
+
+    result = run_batch(lake, rows, clock=lambda: us(at(100)))
+
+    lags = result.metrics().query(MetricsFilter().with_name(f"lake_lag_ms.{DATASET}"))["distributions"]
+    assert [lag.committed.max for lag in lags] == [90_000]
+
+
+# Construction.
+
+
+@pytest.mark.parametrize("interval_s", [0, -300, 7, 7200])
+def test_a_commit_interval_that_does_not_divide_an_hour_is_refused(interval_s):
+    with pytest.raises(ValueError, match="divide an hour"):
+        WriteToLake("lake", SCHEMAS, commit_interval_s=interval_s)
+
+
+@pytest.mark.parametrize("name", ["_hidden", ".tmp", "a/b", ""])
+def test_a_dataset_name_readers_would_skip_is_refused(name):
+    with pytest.raises(ValueError, match="plain folder names"):
+        WriteToLake("lake", {name: SCHEMA})
+
+
+# Pure helpers.
+
+SAMPLE_ROWS = [
+    lake_row("e1", at(5), "m2"),
+    lake_row("e1", at(5), "m1"),
+    lake_row("e1", at(1), "m9"),
+    lake_row("e2", at(3), "m3"),
+    lake_row(None, at(3), "m3", event_type="x"),
+    lake_row(None, at(3), "m3", event_type="y"),
+]
+
+
+@given(st.permutations(SAMPLE_ROWS))
+def test_kept_rows_do_not_depend_on_input_order(rows):
+    """Earliest copy of ``e1`` wins; ``m3``'s keyless rows sort before its keyed one, and by content between them."""
+    assert _first_copies(_in_deterministic_order(rows), set()) == [
+        SAMPLE_ROWS[2],
+        SAMPLE_ROWS[4],
+        SAMPLE_ROWS[5],
+        SAMPLE_ROWS[3],
+    ]
+
+
+def test_keys_written_in_an_earlier_pane_are_dropped():
+    assert _first_copies(_in_deterministic_order(SAMPLE_ROWS), {"e1"}) == [
+        SAMPLE_ROWS[4],
+        SAMPLE_ROWS[5],
+        SAMPLE_ROWS[3],
+    ]

@@ -1,0 +1,69 @@
+"""Decode: messages in, XDM entities and failed records out.
+
+Input: ``PCollection[Message]``. Outputs (:class:`DecodeResult`): ``entities``, ``PCollection[DecodedEntity]``, one
+per entity (a batch envelope gives several), not yet validated; ``failed``, ``PCollection[FailedRecord]`` for every
+message or batch entry that cannot be decoded (codes in :mod:`transforms.decoding`). Nothing raises out of the DoFn:
+an unexpected error becomes a failed record with code ``DECODE.INTERNAL``.
+
+Metrics (namespace ``profilestream``): ``messages``, ``decoded_entities``, ``decode_failed`` and ``failed.<CODE>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+
+from transforms.decoding import MAX_MESSAGE_BYTES, decode_message
+from transforms.metrics import count_failure, counter
+from transforms.records import FailedRecord, Message, RecordError
+
+INTERNAL = "DECODE.INTERNAL"
+_FAILED = "failed"
+
+
+class DecodeResult(NamedTuple):
+    entities: beam.PCollection
+    failed: beam.PCollection
+
+
+class _DecodeFn(beam.DoFn):
+    def __init__(self, avro_schema_for: Callable[[str], Any | None], max_message_bytes: int) -> None:
+        self._avro_schema_for = avro_schema_for
+        self._max_message_bytes = max_message_bytes
+        self._messages = counter("messages")
+        self._entities = counter("decoded_entities")
+        self._failed = counter("decode_failed")
+
+    def process(self, message: Message):
+        self._messages.inc()
+        try:
+            outputs = decode_message(message, self._avro_schema_for, max_message_bytes=self._max_message_bytes)
+        except Exception as error:  # a bug must not lose the message: it leaves as a failed record
+            outputs = [FailedRecord.of_message(message, "decode", (RecordError(INTERNAL, "", repr(error)),))]
+        for output in outputs:
+            if isinstance(output, FailedRecord):
+                self._failed.inc()
+                count_failure(output)
+                yield beam.pvalue.TaggedOutput(_FAILED, output)
+            else:
+                self._entities.inc()
+                yield output
+
+
+class Decode(beam.PTransform):
+    """Splits messages into entities; see the module docstring."""
+
+    def __init__(
+        self, avro_schema_for: Callable[[str], Any | None], *, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
+        super().__init__()
+        self._avro_schema_for = avro_schema_for
+        self._max_message_bytes = max_message_bytes
+
+    def expand(self, messages: beam.PCollection) -> DecodeResult:
+        outputs = messages | "SplitEntities" >> beam.ParDo(
+            _DecodeFn(self._avro_schema_for, self._max_message_bytes)
+        ).with_outputs(_FAILED, main="entities")
+        return DecodeResult(entities=outputs.entities, failed=outputs[_FAILED])
