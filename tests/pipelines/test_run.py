@@ -61,7 +61,7 @@ def test_lake_reads_with_duckdb_hive_partitioning(small_stream, tmp_path, capsys
     count, hours, ids = duckdb.sql(
         f"select count(*), count(distinct hour), count(distinct _id) "
         f"from read_parquet('{lake}/experience_events/**/*.parquet', hive_partitioning=true)"
-    ).fetchone()
+    ).fetchall()[0]
     assert count == ids == EXPECTED_VALID - EXPECTED_DUPLICATES
     assert hours == 1  # the stream spans 09:00-09:12
 

@@ -229,7 +229,8 @@ def test_a_copy_arriving_in_a_later_pane_is_not_written_again(tmp_path):
 def test_a_copy_arriving_after_the_dedupe_horizon_is_written_again(tmp_path):
     """The documented limit: keys are forgotten ``dedupe_horizon_s`` of processing time after a window's last file.
 
-    ``clock`` starts where the TestStream's processing time does (0), so the forget timer lands on its timeline.
+    ``clock`` reads 0, where the TestStream's processing time starts, so the forget timer (clock + horizon = 600 s)
+    is on the stream's timeline and fires when processing time passes it, before the copy arrives.
     """
     lake = str(tmp_path)
     stream = (
