@@ -93,8 +93,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def _bounded_int(text: str) -> int:
-    value = int(text)
-    if not _INT64_MIN <= value <= _INT64_MAX:
+    # JSON integers have no leading zeros, so one longer than "-9223372036854775808" is out of range; testing the length
+    # first also keeps int() away from CPython's 4,300-digit limit, whose plain ValueError would escape parse_json.
+    value = int(text) if len(text) <= 20 else None
+    if value is None or not _INT64_MIN <= value <= _INT64_MAX:
         raise JsonRejected(INTEGER_OUT_OF_RANGE, f"the integer {text[:40]} is outside signed 64 bits")
     return value
 
@@ -208,9 +210,10 @@ def _decode_batch(message: Message, entries: Any) -> list[DecodedEntity | Failed
     outputs = []
     for index, entry in enumerate(entries):
         raw = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode()
-        if type(entry) is not dict:
+        if type(entry) is not dict or ("header" not in entry and "body" not in entry):
             context = DecodedEntity(message, index, None, None, entry, raw)
-            error = RecordError(UNKNOWN_ENVELOPE, "", "a batch entry is a streaming envelope object")
+            text = "a batch entry is a streaming envelope object (with a header or a body)"
+            error = RecordError(UNKNOWN_ENVELOPE, f"/messages/{index}", text)
             outputs.append(FailedRecord.of_entity(context, "decode", (error,)))
         else:
             outputs.append(_from_envelope(message, entry, index, raw, f"/messages/{index}"))
