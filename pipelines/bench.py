@@ -34,7 +34,10 @@ ROWS_PER_TABLE = 1000
 NARROW_SCHEMA = {
     "$id": "https://example.com/bench/narrow-event",
     "class": "https://ns.adobe.com/xdm/context/experienceevent",
-    "fieldGroups": ["https://ns.adobe.com/xdm/context/identitymap", "https://ns.adobe.com/xdm/context/experienceevent-web"],
+    "fieldGroups": [
+        "https://ns.adobe.com/xdm/context/identitymap",
+        "https://ns.adobe.com/xdm/context/experienceevent-web",
+    ],
     "dataset": {"name": "narrow_events"},
 }
 

@@ -339,8 +339,8 @@ class _WriteStreamingPaneFn(_WritePaneFn):
         self,
         element: tuple[tuple[str, int], Iterable[LakeRow]],
         pane_info: Any = beam.DoFn.PaneInfoParam,
-        written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS),  # noqa: B008
-        forget_keys: Any = beam.DoFn.TimerParam(FORGET_KEYS),  # noqa: B008
+        written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS),
+        forget_keys: Any = beam.DoFn.TimerParam(FORGET_KEYS),
     ) -> Iterator[LakeFile]:
         (dataset, window_start_us), rows = element
         written = set(itertools.chain.from_iterable(written_keys.read()))
@@ -351,7 +351,7 @@ class _WriteStreamingPaneFn(_WritePaneFn):
         yield from files
 
     @on_timer(FORGET_KEYS)
-    def forget_written_keys(self, written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS)) -> None:  # noqa: B008
+    def forget_written_keys(self, written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS)) -> None:
         written_keys.clear()
 
 
