@@ -32,12 +32,12 @@ def _validator(component_id: str) -> Draft6Validator:
 
 
 def conformance_errors(instance: Any, component_id: str) -> list[RecordError]:
-    """Every draft-06 violation of ``instance`` against the component, in document order.
+    """Every draft-06 violation of ``instance`` against the component, ordered by where it is in the instance.
 
     The code is ``SCHEMA.`` and the JSON Schema keyword that failed (``SCHEMA.REQUIRED``, ``SCHEMA.TYPE``, ...).
     Raises :class:`~schemas.components.UnknownComponentError` for an id outside the library.
     """
-    errors = sorted(_validator(component_id).iter_errors(instance), key=lambda error: list(map(str, error.path)))
+    errors = sorted(_validator(component_id).iter_errors(instance), key=_path_order)
     return [
         RecordError(
             code=f"SCHEMA.{str(error.validator).upper()}",
@@ -46,3 +46,8 @@ def conformance_errors(instance: Any, component_id: str) -> list[RecordError]:
         )
         for error in errors
     ]
+
+
+def _path_order(error) -> list[tuple[int, int | str]]:
+    # Array positions sort as numbers (2 before 10), and before names at the same depth.
+    return [(0, token) if isinstance(token, int) else (1, token) for token in error.absolute_path]

@@ -150,7 +150,7 @@ def _depth(value: Any) -> int:
         else:
             continue
         deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:
+        if deepest >= MAX_JSON_DEPTH:
             return deepest
         stack.extend((child, depth + 1) for child in children)
     return deepest
@@ -266,7 +266,7 @@ def _decode_avro(message: Message, avro_schema_for: Callable[[str], Any | None])
         entity = fastavro.schemaless_reader(stream, avro_schema, None)
     except Exception as error:  # fastavro raises many types on corrupt input; all mean the same here
         return _failed(message, AVRO, f"not an Avro entity of {schema_id}: {type(error).__name__}: {error}")
-    if False:
+    if stream.tell() != len(message.data):
         return _failed(message, AVRO, f"{len(message.data) - stream.tell()} bytes left over after the Avro entity")
     return DecodedEntity(message, 0, schema_id, message.attributes.get("datasetId"), entity, message.data)
 

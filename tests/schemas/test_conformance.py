@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.cli import main
 from schemas.components import LIBRARY_DIR, UnknownComponentError
 from schemas.conformance import conformance_errors
 
@@ -22,19 +23,20 @@ def _component_id(relative: str) -> str:
     return json.loads(schema_path.read_text(encoding="utf-8"))["$id"]
 
 
-def _line(relative: str) -> str:
-    """The VALIDATION.txt line for one example, rebuilt from conformance_errors."""
-    errors = conformance_errors(
-        json.loads((EXAMPLES_DIR / relative).read_text(encoding="utf-8")), _component_id(relative)
-    )
-    result = f"{len(errors)} errors: " + "; ".join(error.message for error in errors) if errors else "valid"
+def _line(relative: str, capsys) -> str:
+    """The VALIDATION.txt line for one example, rebuilt from ``profilestream validate --conformance`` output."""
+    exit_code = main(["validate", "--conformance", "--schema", _component_id(relative), str(EXAMPLES_DIR / relative)])
+    [verdict] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert exit_code == (0 if verdict["valid"] else 1)
+    errors = verdict["errors"]
+    result = f"{len(errors)} errors: " + "; ".join(error["message"] for error in errors) if errors else "valid"
     kind = "invalid" if ".invalid." in Path(relative).name else "example"
     return f"{relative} -> {result} [{kind}]"
 
 
 @pytest.mark.parametrize("line", VALIDATION_LINES, ids=[line.partition(" -> ")[0] for line in VALIDATION_LINES])
-def test_conformance_reproduces_the_xdm_validation_line(line):
-    assert _line(line.partition(" -> ")[0]) == line
+def test_validate_conformance_reproduces_the_xdm_validation_line(line, capsys):
+    assert _line(line.partition(" -> ")[0], capsys) == line
 
 
 def test_validation_file_covers_invalid_examples():

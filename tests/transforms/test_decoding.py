@@ -193,6 +193,11 @@ def test_parse_json_rejects_100000_levels_as_too_deep_without_crashing(payload):
     assert raised.value.code == TOO_DEEP
 
 
+def test_depth_counts_nesting_not_the_number_of_containers():
+    payload = b'{"wide": [' + b",".join([b"[]", b"{}"] * 100) + b'], "deep": ' + nested(MAX_JSON_DEPTH - 1) + b"}"
+    assert parse_json(payload)["wide"] == [[], {}] * 100
+
+
 def test_brackets_inside_strings_do_not_count_as_depth():
     assert parse_json(b'{"a": "' + b"[{" * 100 + b'"}') == {"a": "[{" * 100}
 
