@@ -10,6 +10,8 @@ failed; the read time is left out, since a replay must write the same files.
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 from schemas.arrow import LINEAGE_FIELDS, TIMESTAMP
@@ -62,6 +64,8 @@ def failed_row(record: FailedRecord) -> LakeRow:
         "_message_id": record.message_id,
         "_ingest_time": record.publish_time_us,
     }
-    # A redelivered failed message is the same failure: one row per message and entity position.
-    dedupe_key = f"{record.message_id}#{record.index if record.index is not None else ''}"
+    # Only a redelivery (same message, position and bytes) is the same failure; bare replay lines from two files can
+    # share a line-number message id, and the entries of one failed batch share theirs when replayed.
+    digest = hashlib.blake2b(record.data, digest_size=12).hexdigest()
+    dedupe_key = f"{record.message_id}#{record.index if record.index is not None else ''}#{digest}"
     return LakeRow(FAILED_RECORDS, dedupe_key, record.publish_time_us, record.message_id, row)
