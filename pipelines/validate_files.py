@@ -9,13 +9,13 @@ each). *Ingestion* mode applies every rule the pipeline applies, through the sam
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from schemas.conformance import conformance_errors
 from schemas.registry import SchemaRegistry
 from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
+from transforms.clock import wall_clock_us
 from transforms.decoding import decode_message, parse_json
 from transforms.records import DecodedEntity, FailedRecord, Message, RecordError
 from transforms.replay import read_replay_file
@@ -76,14 +76,9 @@ def _messages(path: str, schema_id: str | None) -> Iterator[Message]:
     try:
         parse_json(data)
     except ValueError:
-        messages = read_replay_file(path, clock=_now_us)
+        messages = read_replay_file(path, clock=wall_clock_us)
     else:
-        now = _now_us()
+        now = wall_clock_us()
         messages = iter([Message(data, {}, "1", now, now)])
     for message in messages:
         yield dataclasses.replace(message, attributes={**attributes, **message.attributes})
-
-
-def _now_us() -> int:
-    # Outside a pipeline a message without a publish time is judged as if ingested now.
-    return time.time_ns() // 1000

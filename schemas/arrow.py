@@ -136,9 +136,9 @@ def _timestamp_array(values: list, arrow: pa.DataType) -> pa.Array:
         try:
             return pa.array(values, pa.string()).cast(arrow)
         except pa.ArrowInvalid:
-            from schemas.validation import parse_date_time
+            from transforms.clock import parse_rfc3339
 
-            return pa.array([parse_date_time(value) if value is not None else None for value in values], arrow)
+            return pa.array([parse_rfc3339(value) if value is not None else None for value in values], arrow)
     return pa.array(values, arrow)
 
 

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from schemas.avro import entity_from_avro
 from schemas.components import Field
 from schemas.names import pointer_token, runtime_name
 from schemas.registry import IngestionSchema, SchemaRegistry
+from transforms.clock import micros, parse_rfc3339
 from transforms.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 
 UNKNOWN_SCHEMA = "SCHEMA.UNKNOWN_SCHEMA"
@@ -74,11 +75,10 @@ _IDENTITY_ITEM_FIELDS |= {
     "xdm:primary": "primary",
 }
 
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+
+
 # Integers are stored as Avro long and Arrow int64.
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
@@ -126,16 +126,6 @@ def validate_entity(
     except _TooManyErrors:
         return None, list(errors)
     return normalised, list(errors)
-
-
-def parse_date_time(text: str) -> datetime | None:
-    """An RFC 3339 date-time as an aware datetime, or ``None`` when ``text`` is not one."""
-    if not _DATE_TIME.fullmatch(text):
-        return None
-    try:
-        return datetime.fromisoformat(text.upper())
-    except ValueError:
-        return None
 
 
 def _value(value: Any, field: Field, path: str, errors: _Errors) -> Any:
@@ -215,7 +205,7 @@ def _check_string(value: str, field: Field, path: str, errors: _Errors) -> None:
     fmt = field.format
     if fmt is not None:
         if fmt == "date-time":
-            if parse_date_time(value) is None:
+            if parse_rfc3339(value) is None:
                 errors.add(FORMAT, path, f"{value!r} is not an RFC 3339 date-time")
         elif fmt == "date":
             if not _is_date(value):
@@ -321,14 +311,10 @@ def _identity_item(item: Any, path: str, errors: _Errors) -> dict | None:
 def _check_not_in_future(timestamp: Any, latest_us: int, errors: _Errors) -> None:
     if type(timestamp) is not str:
         return
-    parsed = parse_date_time(timestamp)
-    if parsed is not None and _micros(parsed) > latest_us:
+    parsed = parse_rfc3339(timestamp)
+    if parsed is not None and micros(parsed) > latest_us:
         latest = datetime.fromtimestamp(latest_us / 1e6, tz=UTC).isoformat()
         errors.add(FUTURE_TIMESTAMP, "/timestamp", f"{timestamp} is later than the ingestion time plus skew ({latest})")
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // _MICROSECOND
 
 
 def validate_decoded(

@@ -46,12 +46,11 @@ from typing import Any
 
 import fastavro
 
-from transforms.records import DecodedEntity, FailedRecord, Message, RecordError
+from transforms.records import REPLAY_ERROR_ATTRIBUTE, DecodedEntity, FailedRecord, Message, RecordError
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 64
 AVRO_CONTENT_TYPE = "avro/binary"
-REPLAY_ERROR_ATTRIBUTE = "profilestream.replayError"
 
 TOO_LARGE = "SIZE.MESSAGE_TOO_LARGE"
 NOT_UTF8 = "DECODE.NOT_UTF8"
@@ -150,7 +149,7 @@ def _depth(value: Any) -> int:
         else:
             continue
         deepest = max(deepest, depth)
-        if deepest >= MAX_JSON_DEPTH:
+        if deepest > MAX_JSON_DEPTH:
             return deepest
         stack.extend((child, depth + 1) for child in children)
     return deepest

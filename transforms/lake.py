@@ -87,7 +87,6 @@ import itertools
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from typing import Any
@@ -104,6 +103,7 @@ from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import metrics
+from transforms.clock import EPOCH, wall_clock_us
 from transforms.records import LakeRow
 
 TEMP_DIR_NAME = ".tmp"
@@ -111,7 +111,6 @@ TEMP_DIR_NAME = ".tmp"
 TableBuilder = Callable[[list[Mapping[str, Any]], pa.Schema], pa.Table]
 
 _LOGGER = logging.getLogger(__name__)
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _SECONDS_PER_HOUR = 3600
 _MICROS = 1_000_000
 
@@ -143,10 +142,6 @@ def clean_stale_temp_files(lake_dir: str) -> int:
     return removed
 
 
-def _wall_clock_us() -> int:
-    return time.time_ns() // 1000
-
-
 def _table_from_pylist(rows: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -175,7 +170,7 @@ class WriteToLake(beam.PTransform):
         max_rows_per_file: int = 1_000_000,
         dedupe_horizon_s: int = 3600,
         table_builder: TableBuilder = _table_from_pylist,
-        clock: Callable[[], int] = _wall_clock_us,
+        clock: Callable[[], int] = wall_clock_us,
     ) -> None:
         super().__init__()
         if commit_interval_s <= 0 or _SECONDS_PER_HOUR % commit_interval_s:
@@ -292,7 +287,7 @@ class _WritePaneFn(beam.DoFn):
         schema = self._schemas.get(dataset)
         if schema is None:
             raise ValueError(f"no Arrow schema for lake dataset {dataset!r}")
-        start = _EPOCH + datetime.timedelta(microseconds=window_start_us)
+        start = EPOCH + datetime.timedelta(microseconds=window_start_us)
         partition_dir = os.path.join(self._lake_dir, dataset, f"date={start:%Y-%m-%d}", f"hour={start:%H}")
         os.makedirs(partition_dir, exist_ok=True)
         shards = -(-len(rows) // self._max_rows_per_file)

@@ -12,6 +12,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+REPLAY_ERROR_ATTRIBUTE = "profilestream.replayError"
+"""Attribute set on a replayed message that could not be read faithfully; its value is the error code."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Message:

@@ -52,8 +52,6 @@ import datetime
 import glob
 import json
 import os
-import re
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -64,10 +62,8 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms.records import Message
-
-REPLAY_ERROR_ATTRIBUTE = "profilestream.replayError"
-"""Attribute set on a replayed message that could not be read faithfully; its value is the error code."""
+from transforms.clock import micros, parse_rfc3339_us, wall_clock_us
+from transforms.records import REPLAY_ERROR_ATTRIBUTE, Message
 
 _AVRO_MAGIC = b"Obj\x01"
 _PARQUET_MAGIC = b"PAR1"
@@ -75,13 +71,7 @@ _REST_KEYS = frozenset({"data", "attributes", "messageId", "publishTime", "order
 _FAILED_RECORD_COLUMNS = ("data", "attributes", "message_id", "publish_time")
 # Failed records hold whole messages (up to 1 MiB each): small batches keep a file's memory bounded.
 _PARQUET_BATCH_ROWS = 1024
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_ONE_MICROSECOND = datetime.timedelta(microseconds=1)
 # RFC 3339 date-time; the fraction may be longer than Python's microseconds (Pub/Sub writes nanoseconds).
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
-    re.ASCII,
-)
 
 
 class ReplayPathError(ValueError):
@@ -123,39 +113,6 @@ def expand_replay_path(path: str) -> list[str]:
     if not files:
         raise ReplayPathError(f"replay path matches no file: {path}")
     return files
-
-
-def parse_rfc3339_us(text: str) -> int:
-    """Microseconds since the epoch for an RFC 3339 date-time; digits beyond the microsecond are truncated.
-
-    Raises :class:`ValueError` when ``text`` is not an RFC 3339 date-time with an offset.
-    """
-    match = _RFC3339.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not an RFC 3339 date-time: {text!r}")
-    year, month, day, hour, minute, second, fraction, zulu, sign, offset_hours, offset_minutes = match.groups()
-    offset = datetime.timedelta(0)
-    if not zulu:
-        offset = datetime.timedelta(hours=int(offset_hours), minutes=int(offset_minutes))
-        offset = -offset if sign == "-" else offset
-    moment = datetime.datetime(
-        int(year),
-        int(month),
-        int(day),
-        int(hour),
-        int(minute),
-        int(second),
-        int((fraction or "0")[:6].ljust(6, "0")),
-        tzinfo=datetime.timezone(offset),
-    )
-    return (moment - _EPOCH) // _ONE_MICROSECOND
-
-
-def _datetime_us(moment: datetime.datetime) -> int:
-    # A naive datetime from an archive is UTC: both formats only ever store UTC instants.
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return (moment - _EPOCH) // _ONE_MICROSECOND
 
 
 def _decode_base64(text: str) -> bytes | None:
@@ -245,7 +202,7 @@ def _read_avro(path: str, clock: Callable[[], int]) -> Iterator[Message]:
             read_time_us = clock()
             publish_time = record.get("publish_time")
             if isinstance(publish_time, datetime.datetime):
-                publish_time = _datetime_us(publish_time)
+                publish_time = micros(publish_time)
             yield Message(
                 data=record.get("data") or b"",
                 attributes=_archived_attributes(record.get("attributes")),
@@ -298,10 +255,6 @@ def read_replay_file(path: str, *, clock: Callable[[], int]) -> Iterator[Message
     return _read_jsonl(path, clock)
 
 
-def _wall_clock_us() -> int:
-    return time.time_ns() // 1_000
-
-
 class _ReadReplayFileFn(beam.DoFn):
     """Reads one replay file into messages stamped with their publish time."""
 
@@ -325,7 +278,7 @@ class ReadReplay(beam.PTransform):
     Raises :class:`ReplayPathError` at construction when PATH names no file.
     """
 
-    def __init__(self, path: str, *, clock: Callable[[], int] = _wall_clock_us):
+    def __init__(self, path: str, *, clock: Callable[[], int] = wall_clock_us):
         super().__init__()
         self._files = expand_replay_path(path)
         self._clock = clock

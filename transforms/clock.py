@@ -1,0 +1,45 @@
+"""Time as the pipeline counts it: integer microseconds since the Unix epoch, UTC.
+
+``wall_clock_us`` is the default ``clock`` of every stage that reads the time (tests inject their own);
+``parse_rfc3339`` and ``parse_rfc3339_us`` read RFC 3339 date-times (``Z`` or an offset, up to nine fractional
+digits, truncated to the microsecond); ``micros`` turns a datetime into the pipeline's unit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_ONE_MICROSECOND = datetime.timedelta(microseconds=1)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1_000
+
+
+def micros(moment: datetime.datetime) -> int:
+    """Microseconds since the epoch; a naive datetime is taken as UTC (archives only ever store UTC instants)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return (moment - EPOCH) // _ONE_MICROSECOND
+
+
+def parse_rfc3339(text: str) -> datetime.datetime | None:
+    """An RFC 3339 date-time as an aware datetime, or ``None`` when ``text`` is not one."""
+    if not _RFC3339.fullmatch(text):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.upper())
+    except ValueError:
+        return None
+
+
+def parse_rfc3339_us(text: str) -> int:
+    """Microseconds since the epoch of an RFC 3339 date-time; raises :class:`ValueError` when it is not one."""
+    moment = parse_rfc3339(text)
+    if moment is None:
+        raise ValueError(f"not an RFC 3339 date-time: {text!r}")
+    return micros(moment)
