@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from schemas.names import runtime_name, storage_name
+from schemas.names import pointer_token, runtime_name, storage_name
 
 LIBRARY_DIR = Path(__file__).parent / "xdm"
 
@@ -61,6 +61,11 @@ class Field:
     @property
     def storage(self) -> str:
         return storage_name(self.name)
+
+    @functools.cached_property
+    def pointer(self) -> str:
+        """``/`` and the name as a JSON pointer token: the step a pointer takes into this field."""
+        return "/" + pointer_token(self.name)
 
     def leaf_count(self) -> int:
         """How many scalar leaves the subtree holds (a width measure for benchmarks and docs)."""

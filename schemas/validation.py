@@ -184,7 +184,8 @@ def _object(value: dict, field: Field, path: str, errors: _Errors) -> dict:
         if name is None:
             errors.add(UNKNOWN_FIELD, f"{path}/{pointer_token(runtime_name(key))}", f"{key!r} is not in the schema")
             continue
-        child_path = f"{path}/{pointer_token(name)}"
+        child = children[name]
+        child_path = path + child.pointer
         if name in given:
             errors.add(DUPLICATE_FIELD, child_path, f"{name!r} is given twice, under two names")
             continue
@@ -192,7 +193,7 @@ def _object(value: dict, field: Field, path: str, errors: _Errors) -> dict:
         if entry is None:
             errors.add(NULL_VALUE, child_path, "null is not allowed: leave the field out instead")
             continue
-        normalised[name] = _value(entry, children[name], child_path, errors)
+        normalised[name] = _value(entry, child, child_path, errors)
     for name in field.required:
         if name not in given:
             errors.add(REQUIRED, f"{path}/{pointer_token(name)}", f"{name!r} is required")

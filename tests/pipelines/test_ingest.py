@@ -8,6 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_stream import TestStream
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -77,3 +79,30 @@ def test_any_input_balances_and_every_message_reaches_the_lake(data):
     assert len(written) >= len(data) - summary.duplicates
     assert summary.lake["failed_records"]["rows"] == summary.failed
     assert summary.lake["experience_events"]["rows"] == summary.valid - summary.duplicates
+
+
+def test_streaming_ingest_writes_late_backlog_and_redelivered_messages_once(tmp_path):
+    def message(message_id: str, payload: bytes, published_us: int):
+        return beam.window.TimestampedValue(
+            Message(payload, {}, message_id, published_us, published_us), published_us / 1e6
+        )
+
+    late_us = PUBLISHED_US - 3_600_000_000  # an hour-old backlog, far beyond the 5-minute commit interval
+    late_event = json.dumps(envelope(event("late", START - timedelta(hours=1, minutes=1)))).encode()
+    stream = (
+        TestStream()
+        .add_elements([message("m1", VALID, PUBLISHED_US), message("m2", b"{oops", PUBLISHED_US)])
+        .add_elements([message("m1", VALID, PUBLISHED_US)])  # redelivered
+        .advance_watermark_to(PUBLISHED_US / 1e6 + 600)
+        .add_elements([message("m3", late_event, late_us)])
+        .advance_watermark_to_infinity()
+    )
+    options = PipelineOptions(streaming=True, runner="BundleBasedDirectRunner")
+    with beam.Pipeline(options=options) as pipeline:
+        _ = pipeline | stream | Ingest(REGISTRY, Config(), str(tmp_path))
+
+    events = lake_rows(tmp_path, "experience_events")
+    assert sorted((row["_id"], row["_message_id"]) for row in events) == [("e1", "m1"), ("late", "m3")]
+    assert [row["message_id"] for row in lake_rows(tmp_path, "failed_records")] == ["m2"]
+    late_hour = (START - timedelta(hours=1)).strftime("%H")
+    assert list((tmp_path / "experience_events").rglob(f"hour={late_hour}/*.parquet"))
