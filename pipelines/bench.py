@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from jsonschema import Draft7Validator
+
 from pipelines.config import Config
 from pipelines.ingest import RunRequest, run
 from schemas.arrow import table_from_rows
+from schemas.json_schema import runtime_json_schema
 from schemas.registry import SchemaRegistry
 from schemas.validation import validate_decoded, validate_entity
 from transforms.decoding import decode_message
@@ -31,6 +35,9 @@ from transforms.replay import read_replay_file
 
 SAMPLE = Path(__file__).parent / "samples" / "stream.jsonl"
 ROWS_PER_TABLE = 1000
+EVENT_CLASS = "https://ns.adobe.com/xdm/context/experienceevent"
+DOCS_PIPELINE_TARGET = 1.8
+WIDTH_ROUNDS = 5
 NARROW_SCHEMA = {
     "$id": "https://example.com/bench/narrow-event",
     "class": "https://ns.adobe.com/xdm/context/experienceevent",
@@ -95,6 +102,41 @@ def pipeline_seconds(path: Path, registry: SchemaRegistry, *, batch: bool) -> fl
         return time.perf_counter() - start
 
 
+def beam_docs_pipeline_seconds(path: Path, registry: SchemaRegistry) -> float:
+    """The pipeline a Beam user would write from Beam's documentation for the same job, in batch on FnApiRunner:
+    read → ``json.loads`` → ``jsonschema`` (the ExperienceEvent schema's JSON Schema form) → ``WriteToParquet``, with
+    no stitching and no profiles."""
+    import apache_beam as beam
+    import pyarrow as pa
+
+    validator = Draft7Validator(runtime_json_schema(registry.get(EVENT_CLASS).root))
+    parquet_schema = pa.schema([(name, pa.string()) for name in ("_id", "timestamp", "eventType", "entity")])
+
+    def entity(line: str) -> dict | None:
+        try:
+            payload = json.loads(base64.b64decode(json.loads(line)["data"]))
+            return payload["body"]["xdmEntity"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def row(event: dict) -> dict:
+        fields = {name: str(event.get(name)) for name in ("_id", "timestamp", "eventType")}
+        return {**fields, "entity": json.dumps(event)}
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        with beam.Pipeline(runner="FnApiRunner") as pipeline:
+            _ = (
+                pipeline
+                | beam.io.ReadFromText(str(path))
+                | beam.Map(entity)
+                | beam.Filter(lambda event: isinstance(event, dict) and validator.is_valid(event))
+                | beam.Map(row)
+                | beam.io.WriteToParquet(f"{out}/events", parquet_schema)
+            )
+        return time.perf_counter() - start
+
+
 def schema_width_costs(path: Path, registry: SchemaRegistry, narrow: SchemaRegistry) -> tuple[float, float, int]:
     """µs per entity to validate and convert narrow-shaped events against the wide and the narrow schema."""
     wide_schema = registry.get("https://ns.adobe.com/xdm/context/experienceevent")
@@ -108,16 +150,24 @@ def schema_width_costs(path: Path, registry: SchemaRegistry, narrow: SchemaRegis
             _, errors = validate_entity(entity, narrow_schema, message.publish_time_us)
             if not errors:
                 entities.append((entity, message.publish_time_us))
-    costs = []
-    for schema in (wide_schema, narrow_schema):
-        start = time.perf_counter()
-        rows = []
-        for entity, ingest_time in entities:
-            normalised, _ = validate_entity(entity, schema, ingest_time)
-            rows.append(dict(normalised, _message_id="m", _ingest_time=ingest_time))
-        for offset in range(0, len(rows), ROWS_PER_TABLE):
-            table_from_rows(rows[offset : offset + ROWS_PER_TABLE], schema.arrow_schema)
-        costs.append((time.perf_counter() - start) / max(len(entities), 1) * 1e6)
+    # Alternate the two and keep each one's best of several rounds, without the collector's pauses: the machine is
+    # shared and noisy.
+    best = {wide_schema.schema_id: float("inf"), narrow_schema.schema_id: float("inf")}
+    for _ in range(WIDTH_ROUNDS):
+        for schema in (wide_schema, narrow_schema):
+            gc.collect()
+            gc.disable()
+            start = time.perf_counter()
+            rows = []
+            for entity, ingest_time in entities:
+                normalised, _ = validate_entity(entity, schema, ingest_time)
+                rows.append(dict(normalised, _message_id="m", _ingest_time=ingest_time))
+            for offset in range(0, len(rows), ROWS_PER_TABLE):
+                table_from_rows(rows[offset : offset + ROWS_PER_TABLE], schema.arrow_schema)
+            seconds = (time.perf_counter() - start) / max(len(entities), 1) * 1e6
+            gc.enable()
+            best[schema.schema_id] = min(best[schema.schema_id], seconds)
+    costs = [best[wide_schema.schema_id], best[narrow_schema.schema_id]]
     return costs[0], costs[1], len(entities)
 
 
@@ -139,9 +189,17 @@ def main(argv: list[str] | None = None) -> None:
         loop_rate = messages / loop_seconds
         print(f"input: {messages} messages ({args.copies} copies of {args.input.name})")
         print(f"reference, plain loop of decode+validate+arrow: {loop_rate:10,.0f} msg/s")
+        rates = {}
         for label, batch in (("--batch (FnApiRunner)", True), ("streaming (BundleBasedDirectRunner)", False)):
-            rate = messages / pipeline_seconds(path, registry, batch=batch)
-            print(f"pipeline {label:<36} {rate:10,.0f} msg/s  ratio to reference {rate / loop_rate:5.2f}")
+            rates[batch] = messages / pipeline_seconds(path, registry, batch=batch)
+            print(
+                f"pipeline {label:<36} {rates[batch]:10,.0f} msg/s  ratio to reference {rates[batch] / loop_rate:5.2f}"
+            )
+        docs_rate = messages / beam_docs_pipeline_seconds(path, registry)
+        print(
+            f"Beam-docs pipeline (read, json.loads, jsonschema, WriteToParquet) {docs_rate:10,.0f} msg/s: "
+            f"--batch is {rates[True] / docs_rate:4.2f}x it (target {DOCS_PIPELINE_TARGET}x)"
+        )
         wide, narrow_cost, entities = schema_width_costs(path, registry, narrow)
         wide_leaves = registry.get("https://ns.adobe.com/xdm/context/experienceevent").root.leaf_count()
         narrow_leaves = narrow.get(NARROW_SCHEMA["$id"]).root.leaf_count()

@@ -20,7 +20,8 @@ from transforms.records import RecordError
 
 
 @functools.cache
-def _resources() -> Registry:
+def conformance_registry() -> Registry:
+    """Every library component as a ``referencing`` resource, so ``$ref`` between components resolves."""
     return Registry().with_resources(
         (component_id, Resource(document, specification=DRAFT6)) for component_id, document in library().items()
     )
@@ -28,7 +29,7 @@ def _resources() -> Registry:
 
 @functools.cache
 def _validator(component_id: str) -> Draft6Validator:
-    return Draft6Validator(component(component_id), registry=_resources())
+    return Draft6Validator(component(component_id), registry=conformance_registry())
 
 
 def conformance_errors(instance: Any, component_id: str) -> list[RecordError]:
