@@ -4,7 +4,8 @@ Derivation (:func:`arrow_type`): ``object`` → struct of its children under the
 string to the value type (``identityMap`` is ``map<string, list<struct<id, authenticatedState, primary>>>``),
 ``array`` → list, ``json`` → string holding JSON text, ``string`` → string, except ``format: date-time`` →
 ``timestamp[us, UTC]`` and ``format: date`` → ``date32``; ``integer`` → int64, ``number`` → float64, ``boolean`` →
-bool. Every row also carries ``_message_id`` and ``_ingest_time``.
+bool. Every row also carries ``_message_id`` and ``_ingest_time``, and a record's row its ``_person_id`` (as resolved
+when it was written).
 
 :func:`table_from_rows` builds a table from runtime-named rows against any such schema. It works column by column,
 and below a struct it visits only the children some row in the batch actually holds; every other child becomes one
@@ -24,6 +25,7 @@ from schemas.names import name_from_storage, storage_name
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 LINEAGE_FIELDS = (pa.field("_message_id", pa.string(), nullable=False), pa.field("_ingest_time", TIMESTAMP))
+PERSON_FIELD = pa.field("_person_id", pa.string())
 _SCALARS = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "json": pa.string()}
 
 
@@ -42,8 +44,8 @@ def arrow_type(field: Field) -> pa.DataType:
 
 
 def record_arrow_schema(root: Field) -> pa.Schema:
-    """The lake schema of a dataset whose records have the field tree ``root``."""
-    return pa.schema(list(arrow_type(root)) + list(LINEAGE_FIELDS))
+    """The lake schema of a dataset whose records have the field tree ``root``: its fields, lineage and person."""
+    return pa.schema([*arrow_type(root), *LINEAGE_FIELDS, PERSON_FIELD])
 
 
 def table_from_rows(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -16,9 +16,24 @@ import pyarrow as pa
 
 from schemas.arrow import LINEAGE_FIELDS, TIMESTAMP
 from schemas.registry import SchemaRegistry
+from transforms.identity_model import IdentityChange
 from transforms.records import FailedRecord, LakeRow, ValidRecord
 
 FAILED_RECORDS = "failed_records"
+IDENTITY_CHANGES = "identity_changes"
+IDENTITY_CHANGES_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("identities", pa.list_(pa.string())),
+        pa.field("persons_before", pa.list_(pa.string())),
+        pa.field("persons_after", pa.list_(pa.string())),
+        pa.field("rule", pa.string()),
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("record_time", TIMESTAMP),
+        pa.field("detail", pa.string()),
+        *LINEAGE_FIELDS,
+    ]
+)
 FAILED_RECORDS_SCHEMA = pa.schema(
     [
         pa.field("data", pa.binary(), nullable=False),
@@ -41,6 +56,7 @@ def lake_schemas(registry: SchemaRegistry) -> dict[str, pa.Schema]:
     """The Arrow schema of every dataset the pipeline writes."""
     schemas = {schema.dataset.name: schema.arrow_schema for schema in registry.schemas}
     schemas[FAILED_RECORDS] = FAILED_RECORDS_SCHEMA
+    schemas[IDENTITY_CHANGES] = IDENTITY_CHANGES_SCHEMA
     return schemas
 
 
@@ -48,6 +64,7 @@ def valid_row(record: ValidRecord) -> LakeRow:
     row = dict(record.entity)
     row["_message_id"] = record.message_id
     row["_ingest_time"] = record.publish_time_us
+    row["_person_id"] = record.person_id
     return LakeRow(record.dataset, record.dedupe_key, record.publish_time_us, record.message_id, row)
 
 
@@ -69,3 +86,21 @@ def failed_row(record: FailedRecord) -> LakeRow:
     digest = hashlib.blake2b(record.data, digest_size=12).hexdigest()
     dedupe_key = f"{record.message_id}#{record.index if record.index is not None else ''}#{digest}"
     return LakeRow(FAILED_RECORDS, dedupe_key, record.publish_time_us, record.message_id, row)
+
+
+def change_row(change: IdentityChange, ingest_time_us: int) -> LakeRow:
+    """An identity change as a row of ``identity_changes``; ``ingest_time_us`` is its record's ingestion time."""
+    row = {
+        "kind": change.kind,
+        "identities": list(change.identities),
+        "persons_before": list(change.persons_before),
+        "persons_after": list(change.persons_after),
+        "rule": change.rule,
+        "message_id": change.message_id,
+        "record_time": change.time_us,
+        "detail": change.detail,
+        "_message_id": change.message_id,
+        "_ingest_time": ingest_time_us,
+    }
+    dedupe_key = "|".join((change.kind, change.message_id, change.rule, *change.identities))
+    return LakeRow(IDENTITY_CHANGES, dedupe_key, ingest_time_us, change.message_id, row)

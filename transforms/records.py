@@ -55,7 +55,7 @@ class DecodedEntity:
 
 @dataclasses.dataclass(frozen=True)
 class ValidRecord:
-    """An entity that passed validation, in runtime names, bound for ``dataset``."""
+    """An entity that passed validation, in runtime names, bound for ``dataset``; ``person_id`` once stitched."""
 
     dataset: str
     schema_id: str
@@ -64,6 +64,7 @@ class ValidRecord:
     index: int
     publish_time_us: int
     read_time_us: int
+    person_id: str | None = None
 
     @property
     def dedupe_key(self) -> str:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.arrow import LINEAGE_FIELDS, TIMESTAMP, record_arrow_schema, table_from_rows
+from schemas.arrow import LINEAGE_FIELDS, PERSON_FIELD, TIMESTAMP, record_arrow_schema, table_from_rows
 from schemas.names import name_from_storage
 
 EXPERIENCE_EVENT = "https://ns.adobe.com/xdm/context/experienceevent"
@@ -116,8 +116,8 @@ def test_nested_date_times_are_timestamps(event_schema):
     assert event_schema.field("placeContext").type.field("localTime").type == TIMESTAMP
 
 
-def test_every_row_carries_message_id_and_ingest_time(event_schema):
-    assert list(event_schema)[-2:] == list(LINEAGE_FIELDS)
+def test_every_row_carries_message_id_ingest_time_and_person(event_schema):
+    assert list(event_schema)[-3:] == [*LINEAGE_FIELDS, PERSON_FIELD]
     assert (event_schema.field("_message_id").nullable, event_schema.field("_ingest_time").type) == (False, TIMESTAMP)
 
 
