@@ -35,6 +35,7 @@ setup(
         "google-cloud-pubsub>=2.44",
         "jsonschema>=4.26",  # `profilestream validate --conformance`
         "pyyaml>=6.0",
+        "phonenumbers>=9.0",  # identity normalisation: phones to E.164
     ],
     extras_require={
         "test": [
@@ -42,6 +43,7 @@ setup(
             "pytest-xdist>=3.8",
             "hypothesis>=6.170",
             "duckdb>=2.0",
+            "redis>=5.0",  # the identity store's contract tests run against a real redis-server
             # Capped at the minor: `ruff format --check` runs in CI, and ruff changes its formatting style only in
             # minor releases, so a fresh clone must not pick up a new style the code was never formatted with.
             "ruff>=0.17,<0.18",

@@ -10,7 +10,24 @@ Every key, with its default (also shipped as ``pipelines/profilestream.example.y
     datasets:                         # other ids a header's datasetId may use for a dataset
       experience_events: {aliases: []}
       profile_records: {aliases: []}
+    namespaces:                       # identity namespaces; a list replaces the standard set, which is:
+      - {code: CRMID, numeric_id: null, type: person, unique: true, priority: 100}
+      - {code: Email, numeric_id: 6, type: person, unique: false, priority: 80}
+      - ...                           # the rest of transforms.identity_namespaces.STANDARD_NAMESPACES
+    identity:                         # any subset of these keys
+      max_identities_per_graph: 50    # beyond it the oldest, lowest-priority identities go first
+      quarantine_links: 50            # an identity gaining this many links ...
+      quarantine_window_seconds: 3600 # ... within this much record time is quarantined
+      blocked_values: []              # ids rejected besides null, anonymous, invalid and blank (any case)
+      blocked_patterns: []            # regular expressions; an id matching one in full is rejected
+      phone_region: US                # region of phone numbers written without a country code
+      fields:                         # identity fields: runtime path -> namespace code (replaces the defaults)
+        personalEmail.address: Email
+        mobilePhone.number: Phone
+        homePhone.number: Phone
 
+A namespace is ``{code, type}`` plus optional ``numeric_id``, ``unique``, ``priority`` and ``hash_of``
+(:class:`transforms.identity_namespaces.Namespace`; type is cookie, device, cross-device, person or hashed).
 Unknown keys and wrong types are errors, reported in one line naming the file and the key.
 """
 
@@ -25,9 +42,35 @@ from typing import Any
 
 import yaml
 
+from transforms.identity_namespaces import (
+    DEFAULT_IDENTITY_FIELDS,
+    STANDARD_NAMESPACES,
+    IdentityRules,
+    Namespace,
+    NamespaceRegistry,
+)
+
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IdentitySettings:
+    """The ``identity`` key: the identity graph's limits and the rules identities are extracted by."""
+
+    max_identities_per_graph: int = 50
+    quarantine_links: int = 50
+    quarantine_window_seconds: int = 3600
+    blocked_values: tuple[str, ...] = ()
+    blocked_patterns: tuple[str, ...] = ()
+    phone_region: str = "US"
+    fields: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_IDENTITY_FIELDS))
+
+    def __post_init__(self) -> None:
+        for name in ("max_identities_per_graph", "quarantine_links", "quarantine_window_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"identity.{name} must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +81,8 @@ class Config:
     max_errors: int = 100
     max_message_bytes: int = 1024 * 1024
     datasets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    namespaces: tuple[Namespace, ...] = STANDARD_NAMESPACES
+    identity: IdentitySettings = dataclasses.field(default_factory=IdentitySettings)
 
     def __post_init__(self) -> None:
         for name in ("commit_interval_seconds", "max_errors", "max_message_bytes"):
@@ -47,9 +92,35 @@ class Config:
             raise ConfigError("timestamp_skew_seconds must not be negative")
         if 3600 % self.commit_interval_seconds:
             raise ConfigError(f"commit_interval_seconds must divide an hour (3600), not {self.commit_interval_seconds}")
+        try:
+            registry = self.namespace_registry()
+        except ValueError as error:
+            raise ConfigError(f"namespaces: {error}") from None
+        try:
+            self.identity_rules()
+        except ValueError as error:
+            raise ConfigError(f"identity: {error}") from None
+        for path, code in self.identity.fields.items():
+            if registry.resolve(code) is None:
+                raise ConfigError(
+                    f"identity.fields.{path} names {code!r}, which is not a configured namespace "
+                    "(identity.fields must follow a custom namespaces list)"
+                )
 
     def dataset_aliases(self) -> dict[str, list[str]]:
         return {name: list(settings.get("aliases", ())) for name, settings in self.datasets.items()}
+
+    def namespace_registry(self) -> NamespaceRegistry:
+        return NamespaceRegistry(self.namespaces)
+
+    def identity_rules(self) -> IdentityRules:
+        identity = self.identity
+        return IdentityRules(
+            fields=identity.fields,
+            blocked_values=identity.blocked_values,
+            blocked_patterns=identity.blocked_patterns,
+            phone_region=identity.phone_region,
+        )
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -61,8 +132,8 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(fields))})")
-        expected = {"tenant_id": str, "datasets": dict}.get(key, int)
-        if not isinstance(value, expected) or isinstance(value, bool):
+        expected = {"tenant_id": str, "datasets": dict, "namespaces": list, "identity": dict}.get(key, int)
+        if not _has_type(value, expected):
             raise ConfigError(f"{where}: {key} must be {expected.__name__}, not {json.dumps(value, default=str)}")
     datasets = values.get("datasets", {})
     for name, settings in datasets.items():
@@ -71,9 +142,75 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         if not isinstance(settings.get("aliases", []), list):
             raise ConfigError(f"{where}: datasets.{name}.aliases must be a list")
     try:
+        if "namespaces" in values:
+            values["namespaces"] = _namespaces(values["namespaces"])
+        if "identity" in values:
+            values["identity"] = _identity_settings(values["identity"])
         return Config(**values)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
+
+
+_NAMESPACE_KEYS = {"code": str, "numeric_id": int, "type": str, "unique": bool, "priority": int, "hash_of": str}
+_OPTIONAL_NAMESPACE_KEYS = ("numeric_id", "hash_of")  # these may also be null
+_IDENTITY_KEYS = {
+    "max_identities_per_graph": int,
+    "quarantine_links": int,
+    "quarantine_window_seconds": int,
+    "blocked_values": list,
+    "blocked_patterns": list,
+    "phone_region": str,
+    "fields": dict,
+}
+
+
+def _namespaces(items: list) -> tuple[Namespace, ...]:
+    if not items:
+        raise ConfigError("namespaces must list at least one namespace (leave the key out for the standard set)")
+    namespaces = []
+    for position, item in enumerate(items):
+        name = f"namespaces[{position}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{name} must be a mapping with code and type")
+        for key, value in item.items():
+            expected = _NAMESPACE_KEYS.get(key)
+            if expected is None:
+                raise ConfigError(f"{name}: unknown key {key!r} (known: {', '.join(_NAMESPACE_KEYS)})")
+            if not _has_type(value, expected) and not (value is None and key in _OPTIONAL_NAMESPACE_KEYS):
+                raise ConfigError(f"{name}.{key} must be {expected.__name__}, not {json.dumps(value, default=str)}")
+        missing = [key for key in ("code", "type") if key not in item]
+        if missing:
+            raise ConfigError(f"{name} needs {' and '.join(missing)}")
+        try:
+            namespaces.append(Namespace(**{"numeric_id": None, **item}))
+        except ValueError as error:
+            raise ConfigError(f"{name}: {error}") from None
+    return tuple(namespaces)
+
+
+def _identity_settings(settings: dict) -> IdentitySettings:
+    for key, value in settings.items():
+        expected = _IDENTITY_KEYS.get(key)
+        if expected is None:
+            raise ConfigError(f"identity: unknown key {key!r} (known: {', '.join(_IDENTITY_KEYS)})")
+        if not _has_type(value, expected):
+            raise ConfigError(f"identity.{key} must be {expected.__name__}, not {json.dumps(value, default=str)}")
+    for key in ("blocked_values", "blocked_patterns"):
+        if not all(isinstance(entry, str) for entry in settings.get(key, ())):
+            raise ConfigError(f"identity.{key} must be a list of strings")
+    fields = settings.get("fields", {})
+    for path, code in fields.items():
+        if not isinstance(path, str) or not all(path.split(".")) or not isinstance(code, str):
+            raise ConfigError(
+                f"identity.fields maps dot-separated field paths to namespace codes, not {path!r}: {code!r}"
+            )
+    converted = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
+    return IdentitySettings(**converted)
+
+
+def _has_type(value: Any, expected: type) -> bool:
+    # YAML and TOML booleans are Python ints too; only a bool key takes one.
+    return isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
 
 
 def _read(path: Path) -> Mapping[str, Any]:

@@ -74,7 +74,8 @@ _PRODUCTS = [
 _FIRST_NAMES = ["Jane", "John", "Amara", "Łukasz", "Zoë", "José", "Mei", "Noah", "Ines", "Ravi", "Olga", "Sam", "Aiko"]
 _LAST_NAMES = ["Doe", "Smith", "Okafor", "Nowak", "Müller", "García", "Chen", "Brown", "Rossi", "Patel", "Ivanova"]
 _CITIES = [("Paris", "FR", "EUR"), ("Berlin", "DE", "EUR"), ("London", "GB", "GBP"), ("Austin", "US", "USD")]
-_DIAL_CODES = {"FR": "+33 6", "DE": "+49 151", "GB": "+44 7700", "US": "+1 512"}
+# Mobile prefixes and subscriber-number lengths that make valid numbers (the identity stage checks them).
+_MOBILE_NUMBERS = {"FR": ("+33 6", 8), "DE": ("+49 151", 8), "GB": ("+44 7911", 6), "US": ("+1 512", 7)}
 _BROWSERS = [("Chrome", "Windows"), ("Safari", "macOS"), ("Safari", "iOS"), ("Chrome", "Android"), ("Firefox", "Linux")]
 _EVENT_TYPES = [
     ("web.webpagedetails.pageViews", 50),
@@ -195,7 +196,8 @@ class _StreamGenerator:
         return person
 
     def _phone(self, country: str) -> str:
-        return f"{_DIAL_CODES[country]} {self._rng.randrange(10**6, 10**7)}"
+        prefix, digits = _MOBILE_NUMBERS[country]
+        return f"{prefix} {self._rng.randrange(2 * 10 ** (digits - 1), 10**digits)}"
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))

@@ -31,10 +31,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from transforms.identity_model import GraphFacts, Identity, IdentityChange, LinkFact, Stamp
+from transforms.identity_namespaces import QUARANTINED
 
 UNIQUE_NAMESPACE = "unique_namespace"
 GRAPH_LIMIT = "graph_limit"
-QUARANTINED = "IDENTITY.QUARANTINED"
+
 
 
 @dataclasses.dataclass(frozen=True)
