@@ -96,7 +96,7 @@ def plain_loop(path: Path, registry: SchemaRegistry) -> tuple[float, int]:
 
 def pipeline_seconds(path: Path, registry: SchemaRegistry, *, batch: bool) -> float:
     with tempfile.TemporaryDirectory() as lake:
-        request = RunRequest(replay_path=str(path), lake_dir=lake, batch=batch)
+        request = RunRequest(str(path), lake, f"sqlite:///{lake}/identity.sqlite", batch=batch)
         start = time.perf_counter()
         run(request, registry, Config())
         return time.perf_counter() - start

@@ -25,6 +25,8 @@ from schemas.validation import ValidationPolicy
 from transforms.replay import ReplayPathError, expand_replay_path
 
 DEFAULT_LAKE = "data/lake"
+DEFAULT_IDENTITY_STORE = "sqlite:///data/identity.sqlite"
+SQLITE_PREFIX = "sqlite:///"
 USAGE_ERROR = 2
 REPLAY_SCHEME = "replay:"
 PUBSUB_SCHEME = "pubsub:"
@@ -43,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         args, beam_args = parser.parse_known_args(argv)
-        if args.command == "validate" and beam_args:
+        if args.command != "run" and beam_args:
             raise UsageError(f"unrecognized arguments: {' '.join(beam_args)}")
         return args.handler(args, beam_args)
     except (UsageError, ConfigError, SchemaFileError, ReplayPathError) as error:
@@ -52,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("profilestream: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (head, less) went away: what is left to print has no one to read it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", action="store_true", help="run a replay as a bounded job (FnApiRunner locally)")
     run.add_argument("--runner", help="Beam runner (default: the local streaming runner)")
     run.add_argument("--commit-interval", type=int, dest="commit_interval_seconds", help="lake window in seconds")
+    run.add_argument(
+        "--identity-store",
+        default=DEFAULT_IDENTITY_STORE,
+        help=f"identity store URL (default {DEFAULT_IDENTITY_STORE})",
+    )
     _add_shared(run)
     run.set_defaults(handler=_run)
 
@@ -73,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--conformance", action="store_true", help="plain JSON Schema conformance to --schema")
     _add_shared(validate)
     validate.set_defaults(handler=_validate)
+
+    identity = commands.add_parser("identity", help="look up the identity graph")
+    identity_commands = identity.add_subparsers(dest="identity_command", required=True, parser_class=_Parser)
+    identity_get = identity_commands.add_parser("get", help="the person and identities of NAMESPACE:ID")
+    identity_get.add_argument("--store", default=DEFAULT_IDENTITY_STORE, help="identity store URL")
+    identity_get.add_argument("--identity", action="append", required=True, metavar="NAMESPACE:ID")
+    identity_get.add_argument("--config", help="configuration file (namespaces and identity rules)")
+    identity_get.set_defaults(handler=_identity_get)
     return parser
 
 
@@ -96,6 +115,7 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     request = RunRequest(
         replay_path=_replay_path(args.source),
         lake_dir=_writable_directory(args.lake),
+        identity_store=_store_url(args.identity_store),
         batch=args.batch,
         runner=args.runner,
         beam_args=tuple(beam_args),
@@ -125,6 +145,42 @@ def _writable_directory(path: str) -> str:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError(f"lake directory {path} is not writable")
     return str(directory)
+
+
+def _store_url(url: str) -> str:
+    """The URL, with the folder of a local SQLite file created (the default lives under ./data/)."""
+    if url.startswith(SQLITE_PREFIX) and url != SQLITE_PREFIX + ":memory:":
+        folder = Path(url.removeprefix(SQLITE_PREFIX)).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"store folder {folder} cannot be created: {error.strerror}") from None
+    return url
+
+
+def _identity_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
+    from pipelines.identity_lookup import lookup_identity
+    from pipelines.ingest import stitch_settings
+    from transforms.identity_store import open_identity_store
+
+    settings = stitch_settings(load_config(args.config))
+    for asked in args.identity:
+        namespace, separator, _ = asked.partition(":")
+        if not separator or not namespace:
+            raise UsageError(f"--identity {asked!r}: expected NAMESPACE:ID")
+    try:
+        store = open_identity_store(_store_url(args.store))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    all_known = True
+    try:
+        for asked in args.identity:
+            answer = lookup_identity(asked, store, settings)
+            all_known &= answer["person_id"] is not None
+            print(json.dumps(answer, ensure_ascii=False), flush=True)
+    finally:
+        store.close()
+    return 0 if all_known else 1
 
 
 def _validate(args: argparse.Namespace, _beam_args: list[str]) -> int:

@@ -1,6 +1,6 @@
 """The ingestion pipeline: messages in, lake files out.
 
-    messages | Decode | Validate | lake rows (valid and failed) | WriteToLake
+    messages | Decode | Validate | StitchIdentities | lake rows (records, failures, identity changes) | WriteToLake
 
 :class:`Ingest` is that sentence as one composite transform; :func:`run` builds it on a source, runs it on the
 chosen runner and returns the run summary (:mod:`pipelines.summary`).
@@ -19,9 +19,11 @@ from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
 from schemas.validation import ValidationPolicy
 from transforms.decode import Decode
+from transforms.identity_graph import GraphRules
 from transforms.lake import WriteToLake
-from transforms.lake_rows import failed_row, lake_schemas, valid_row
+from transforms.lake_rows import change_row, failed_row, lake_schemas, valid_row
 from transforms.replay import ReadReplay
+from transforms.stitch import StitchIdentities, StitchSettings
 from transforms.validate import Validate
 
 LOCAL_STREAMING_RUNNER = "BundleBasedDirectRunner"
@@ -34,6 +36,7 @@ class RunRequest:
 
     replay_path: str
     lake_dir: str
+    identity_store: str
     batch: bool = False
     runner: str | None = None
     beam_args: tuple[str, ...] = ()
@@ -42,11 +45,12 @@ class RunRequest:
 class Ingest(beam.PTransform):
     """``PCollection[Message]`` in; ``PCollection[LakeFile]``, the lake files committed, out."""
 
-    def __init__(self, registry: SchemaRegistry, config: Config, lake_dir: str) -> None:
+    def __init__(self, registry: SchemaRegistry, config: Config, lake_dir: str, identity_store: str) -> None:
         super().__init__()
         self._registry = registry
         self._config = config
         self._lake_dir = lake_dir
+        self._identity_store = identity_store
 
     def expand(self, messages: beam.PCollection) -> beam.PCollection:
         policy = ValidationPolicy(
@@ -56,12 +60,18 @@ class Ingest(beam.PTransform):
             self._registry.avro_schema_for, max_message_bytes=self._config.max_message_bytes
         )
         validated = decoded.entities | "Validate" >> Validate(self._registry, policy=policy)
-        valid_rows = validated.valid | "ValidRows" >> beam.Map(valid_row)
+        stitched = validated.valid | "StitchIdentities" >> StitchIdentities(
+            self._registry, self._identity_store, stitch_settings(self._config)
+        )
+        valid_rows = stitched.records | "RecordRows" >> beam.Map(valid_row)
+        change_rows = stitched.changes | "ChangeRows" >> beam.Map(
+            lambda change, at=beam.DoFn.TimestampParam: change_row(change, at.micros)
+        )
         failed_rows = (
             (decoded.failed, validated.failed) | "Failures" >> beam.Flatten() | "FailedRows" >> beam.Map(failed_row)
         )
         return (
-            (valid_rows, failed_rows)
+            (valid_rows, failed_rows, change_rows)
             | "LakeRows" >> beam.Flatten()
             | "WriteLake"
             >> WriteToLake(
@@ -71,6 +81,19 @@ class Ingest(beam.PTransform):
                 table_builder=table_from_rows,
             )
         )
+
+
+def stitch_settings(config: Config) -> StitchSettings:
+    """The namespaces, normalisation rules and linking rules the configuration sets."""
+    identity = config.identity
+    graph = GraphRules(
+        unique_namespaces=frozenset(namespace.code for namespace in config.namespaces if namespace.unique),
+        priority={namespace.code: namespace.priority for namespace in config.namespaces},
+        max_identities=identity.max_identities_per_graph,
+        quarantine_links=identity.quarantine_links,
+        quarantine_window_us=identity.quarantine_window_seconds * 1_000_000,
+    )
+    return StitchSettings(config.namespace_registry(), config.identity_rules(), graph)
 
 
 def pipeline_options(request: RunRequest) -> PipelineOptions:
@@ -88,7 +111,7 @@ def run(request: RunRequest, registry: SchemaRegistry, config: Config) -> RunSum
     _ = (
         pipeline
         | "ReadReplay" >> ReadReplay(request.replay_path)
-        | "Ingest" >> Ingest(registry, config, request.lake_dir)
+        | "Ingest" >> Ingest(registry, config, request.lake_dir, request.identity_store)
     )
     result = pipeline.run()
     result.wait_until_finish()

@@ -16,6 +16,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
 NAMESPACE = "profilestream"
+# Datasets the pipeline writes about records rather than records themselves: their repeats are not duplicates.
+SERVICE_DATASETS = frozenset({"failed_records", "identity_changes"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,9 @@ def summary_of(values: Mapping[str, int], datasets: Iterable[str]) -> RunSummary
         records=values.get("decoded_entities", 0) + values.get("decode_failed", 0),
         valid=valid,
         failed=failed,
-        duplicates=sum(values.get(f"duplicates.{dataset}", 0) for dataset in datasets if dataset != "failed_records"),
+        duplicates=sum(
+            values.get(f"duplicates.{dataset}", 0) for dataset in datasets if dataset not in SERVICE_DATASETS
+        ),
         profiles_written=values.get("profiles_written", 0),
         lake={
             dataset: {"files": values.get(f"lake_files.{dataset}", 0), "rows": values.get(f"lake_rows.{dataset}", 0)}

@@ -37,7 +37,6 @@ UNIQUE_NAMESPACE = "unique_namespace"
 GRAPH_LIMIT = "graph_limit"
 
 
-
 @dataclasses.dataclass(frozen=True)
 class GraphRules:
     """The linking rules' settings; ``priority`` maps namespace codes to their priority (higher wins)."""

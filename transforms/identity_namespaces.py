@@ -288,7 +288,8 @@ def _normalised(namespace: Namespace, trimmed: str, source: str, rules: Identity
         # Possible (right length for its country), not "valid": validity follows the library's allocation metadata,
         # which changes between releases, and an identity's normal form must not.
         if not phonenumbers.is_possible_number(number):
-            raise _Rejected(INVALID_PHONE, f"{source}: not a possible phone number (default region {rules.phone_region})")
+            region = rules.phone_region
+            raise _Rejected(INVALID_PHONE, f"{source}: not a possible phone number (default region {region})")
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if kind == "ecid" and not (len(trimmed) == rules.ecid_length and _NUMERIC_ID.fullmatch(trimmed)):
         raise _Rejected(ECID_LENGTH, f"{source}: an ECID is exactly {rules.ecid_length} digits")

@@ -53,7 +53,7 @@ def run_ingest(data: list[bytes], lake: str):
         for n, payload in enumerate(data)
     ]
     pipeline = beam.Pipeline(runner="FnApiRunner")
-    _ = pipeline | beam.Create(messages) | Ingest(REGISTRY, Config(), lake)
+    _ = pipeline | beam.Create(messages) | Ingest(REGISTRY, Config(), lake, f"sqlite:///{lake}/identity.sqlite")
     result = pipeline.run()
     result.wait_until_finish()
     return summary_of(counters(result), [*DATASETS, "profile_records"])
@@ -99,7 +99,7 @@ def test_streaming_ingest_writes_late_backlog_and_redelivered_messages_once(tmp_
     )
     options = PipelineOptions(streaming=True, runner="BundleBasedDirectRunner")
     with beam.Pipeline(options=options) as pipeline:
-        _ = pipeline | stream | Ingest(REGISTRY, Config(), str(tmp_path))
+        _ = pipeline | stream | Ingest(REGISTRY, Config(), str(tmp_path), f"sqlite:///{tmp_path}/identity.sqlite")
 
     events = lake_rows(tmp_path, "experience_events")
     assert sorted((row["_id"], row["_message_id"]) for row in events) == [("e1", "m1"), ("late", "m3")]

@@ -1,0 +1,121 @@
+"""The StitchIdentities stage: stories through a real SQLite store, on FnApiRunner and in streaming mode."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.config import Config
+from pipelines.ingest import stitch_settings
+from schemas.registry import SchemaRegistry
+from transforms.identity_graph import person_id
+from transforms.identity_model import Identity
+from transforms.records import ValidRecord
+from transforms.stitch import StitchIdentities
+
+EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
+DEVICE = "1" * 38
+MINUTE_US = 60_000_000
+BASE_US = 1_793_523_600_000_000  # 2026-11-01T09:00:00Z
+SETTINGS = stitch_settings(Config())
+
+
+@pytest.fixture(scope="module")
+def registry() -> SchemaRegistry:
+    return SchemaRegistry.load()
+
+
+def event(message_id: str, minute: int, **identities: str) -> ValidRecord:
+    stamp = f"2026-11-01T09:{minute:02d}:00Z"
+    identity_map = {namespace: [{"id": value}] for namespace, value in identities.items()}
+    entity = {"_id": message_id, "timestamp": stamp, "identityMap": identity_map}
+    publish_us = BASE_US + minute * MINUTE_US
+    return ValidRecord("experience_events", EVENT_SCHEMA, entity, message_id, 0, publish_us, publish_us)
+
+
+def persons(records) -> list[tuple[str, str | None]]:
+    return records | beam.Map(lambda record: (record.message_id, record.person_id))
+
+
+def test_anonymous_events_then_a_login_join_the_person(tmp_path, registry):
+    store = f"sqlite:///{tmp_path}/identity.sqlite"
+    anonymous = [event("m1", 1, ECID=DEVICE), event("m2", 2, ECID=DEVICE)]
+    login = [event("m3", 3, ECID=DEVICE, CRMID="ann")]
+    expected = person_id(Identity("ECID", DEVICE))  # the device was seen first: it anchors the person
+
+    for records, label in ((anonymous, "Anonymous"), (login, "Login")):
+        with beam.Pipeline(runner="FnApiRunner") as pipeline:
+            result = pipeline | beam.Create(records) | StitchIdentities(registry, store, SETTINGS)
+            assert_that(persons(result.records), equal_to([(r.message_id, expected) for r in records]), label=label)
+
+
+def test_a_shared_device_follows_its_last_user_and_the_split_is_reported(tmp_path, registry):
+    store = f"sqlite:///{tmp_path}/identity.sqlite"
+    first = [event("m1", 1, ECID=DEVICE, CRMID="ann")]
+    second = [event("m2", 5, ECID=DEVICE, CRMID="bob")]
+    with beam.Pipeline(runner="FnApiRunner") as pipeline:
+        _ = pipeline | beam.Create(first) | StitchIdentities(registry, store, SETTINGS)
+    with beam.Pipeline(runner="FnApiRunner") as pipeline:
+        result = pipeline | beam.Create(second) | StitchIdentities(registry, store, SETTINGS)
+        # Ann keeps the person the device and she anchored (she outranks the device seen at the same time); the
+        # device moves to Bob, and their new person is anchored by the device, seen before Bob.
+        device_and_bob = person_id(Identity("ECID", DEVICE))
+        assert_that(persons(result.records), equal_to([("m2", device_and_bob)]), label="Person")
+        assert_that(
+            result.changes | beam.Map(lambda change: (change.kind, change.rule, change.message_id)),
+            equal_to([("split", "unique_namespace", "m2"), ("link_removed", "unique_namespace", "m2")]),
+            label="Changes",
+        )
+
+
+def test_rejected_identities_are_reported_and_the_record_goes_on(tmp_path, registry):
+    store = f"sqlite:///{tmp_path}/identity.sqlite"
+    record = event("m1", 1, ECID="not-an-ecid", Email="Ann@Example.com")
+    with beam.Pipeline(runner="FnApiRunner") as pipeline:
+        result = pipeline | beam.Create([record]) | StitchIdentities(registry, store, SETTINGS)
+        ann = person_id(Identity("Email", "ann@example.com"))
+        assert_that(persons(result.records), equal_to([("m1", ann)]), label="Person")
+        assert_that(
+            result.changes | beam.Map(lambda change: (change.kind, change.rule)),
+            equal_to([("rejected", "IDENTITY.ECID_LENGTH")]),
+            label="Rejected",
+        )
+
+
+def test_records_of_datasets_without_identity_pass_unstitched(tmp_path):
+    schema_dir = tmp_path / "schemas"
+    schema_dir.mkdir()
+    (schema_dir / "quiet.json").write_text(
+        '{"$id": "https://example.com/quiet", "class": "https://ns.adobe.com/xdm/context/experienceevent",'
+        ' "fieldGroups": ["https://ns.adobe.com/xdm/context/identitymap"],'
+        ' "dataset": {"name": "quiet_events", "identity": false, "profile": false}}'
+    )
+    registry = SchemaRegistry.load(schema_dir)
+    record = dataclasses.replace(
+        event("m1", 1, ECID=DEVICE), dataset="quiet_events", schema_id="https://example.com/quiet"
+    )
+    with beam.Pipeline(runner="FnApiRunner") as pipeline:
+        result = (
+            pipeline | beam.Create([record]) | StitchIdentities(registry, f"sqlite:///{tmp_path}/i.sqlite", SETTINGS)
+        )
+        assert_that(persons(result.records), equal_to([("m1", None)]))
+
+
+def test_streaming_stitching_gives_every_record_its_person(tmp_path, registry):
+    store = f"sqlite:///{tmp_path}/identity.sqlite"
+    records = [event("m1", 1, ECID=DEVICE), event("m2", 2, ECID=DEVICE, Email="ann@example.com")]
+    stream = (
+        TestStream()
+        .add_elements([beam.window.TimestampedValue(records[0], records[0].publish_time_us / 1e6)])
+        .add_elements([beam.window.TimestampedValue(records[1], records[1].publish_time_us / 1e6)])
+        .advance_watermark_to_infinity()
+    )
+    with beam.Pipeline(options=PipelineOptions(streaming=True, runner="BundleBasedDirectRunner")) as pipeline:
+        result = pipeline | stream | StitchIdentities(registry, store, SETTINGS)
+        device = person_id(Identity("ECID", DEVICE))
+        assert_that(persons(result.records), equal_to([("m1", device), ("m2", device)]))

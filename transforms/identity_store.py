@@ -1,0 +1,173 @@
+"""Identity stores: where the identity graph's facts live, behind one small interface.
+
+In: batches of :class:`~transforms.identity_model.Observation` (identities seen together in one record, with the
+record's :class:`~transforms.identity_model.Stamp`). Out: the facts of the *raw components* each batch touched, as
+they were before the batch and as they are after it, which is what the linking rules
+(:func:`transforms.identity_graph.resolve`) need to name the persons and what changed.
+
+A raw component is an identity of the batch and every identity transitively linked to it by any stored link, whatever
+the linking rules later make of those links. Facts are never removed, so components only ever grow and merge: a store
+keeps a component id per identity and answers from the touched components alone, never from the whole graph.
+
+Contract
+--------
+- :meth:`IdentityStore.observe` adds the observations' facts atomically and in one round trip to the store, and
+  returns ``(before, after)``: ``after`` is ``before.merged_with(observations)``, the in-memory reference
+  (:meth:`GraphFacts.merged_with <transforms.identity_model.GraphFacts.merged_with>`), over the union of the touched
+  components. Adding facts is commutative, so concurrent writers end with the facts a single writer would have.
+- :meth:`IdentityStore.facts_of` reads the raw components of some identities, changing nothing.
+- A store object is used by one thread at a time; open one per worker (a ``DoFn``'s ``setup``).
+
+URLs
+----
+:func:`open_identity_store` opens a store from its URL (DESIGN.md §2, "Store URLs"):
+
+- ``sqlite:///path.db`` (relative), ``sqlite:////abs/path.db``, ``sqlite:///:memory:``:
+  :mod:`transforms.identity_store_sqlite`, the embedded default;
+- ``redis://host:port/db``: :mod:`transforms.identity_store_redis`, needs the ``redis`` extra.
+
+An unknown scheme or a malformed URL raises :class:`ValueError` with a one-line message.
+
+Backends
+--------
+A backend subclasses :class:`IdentityStore` with ``_add`` (add a batch's facts atomically in one round trip, and
+return the touched components' facts from before), ``facts_of`` and ``close``; :class:`FactsBuilder` makes the
+:class:`~transforms.identity_model.GraphFacts` of what it reads.
+
+Example
+-------
+::
+
+    with open_identity_store("sqlite:///data/identity.sqlite") as store:
+        before, after = store.observe(observations)
+"""
+
+from __future__ import annotations
+
+import abc
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+
+from transforms.identity_model import GraphFacts, Identity, LinkFact, Observation, Stamp
+
+
+class IdentityStore(abc.ABC):
+    """The facts of the identity graph, read and added by raw component; one module implements it per backend."""
+
+    def observe(self, observations: Sequence[Observation]) -> tuple[GraphFacts, GraphFacts]:
+        """Atomically add the observations' facts; return the facts of the raw components touched, before and after.
+
+        The components touched are those of every identity of the observations. One round trip per call (none for a
+        batch without identities).
+        """
+        batch = GraphFacts.empty().merged_with(observations)
+        if not batch.sightings:
+            return GraphFacts.empty(), GraphFacts.empty()
+        before = self._add(batch)
+        return before, before.merged_with(observations)
+
+    @abc.abstractmethod
+    def _add(self, batch: GraphFacts) -> GraphFacts:
+        """Atomically add these facts, in one round trip; return the touched components' facts as they were."""
+
+    @abc.abstractmethod
+    def facts_of(self, identities: Iterable[Identity]) -> GraphFacts:
+        """The raw components of these identities (unknown identities have none); read only."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def __enter__(self) -> IdentityStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class FactsBuilder:
+    """Collects the facts a backend reads: the sightings first, then the links among those identities.
+
+    Each identity and stamp is made once: an identity recurs in every link it has, a stamp in all the facts one
+    record made, and making these frozen dataclasses is most of the time a store takes to read.
+    """
+
+    def __init__(self) -> None:
+        self._sightings: dict[Identity, Stamp] = {}
+        self._links: dict[tuple[Identity, Identity], LinkFact] = {}
+        self._identities: dict[tuple[str, str], Identity] = {}
+        self._stamps: dict[tuple[int, str], Stamp] = {}
+
+    def add_sighting(self, namespace: str, id_: str, time_us: int, message_id: str) -> Identity:
+        identity = self._identities[(namespace, id_)] = Identity(namespace, id_)
+        self._sightings[identity] = self._stamp(time_us, message_id)
+        return identity
+
+    def add_link(
+        self,
+        a_namespace: str,
+        a_id: str,
+        b_namespace: str,
+        b_id: str,
+        first_us: int,
+        first_id: str,
+        last_us: int,
+        last_id: str,
+    ) -> None:
+        a, b = self._identities[(a_namespace, a_id)], self._identities[(b_namespace, b_id)]
+        self._links[(a, b)] = LinkFact(a, b, self._stamp(first_us, first_id), self._stamp(last_us, last_id))
+
+    def facts(self) -> GraphFacts:
+        return GraphFacts(self._sightings, self._links)
+
+    def _stamp(self, time_us: int, message_id: str) -> Stamp:
+        made = self._stamps.get((time_us, message_id))
+        if made is None:
+            made = self._stamps[(time_us, message_id)] = Stamp(time_us, message_id)
+        return made
+
+
+_SQLITE_PREFIX = "sqlite:///"
+_EXPECTED = "expected sqlite:///PATH or redis://HOST:PORT/DB"
+
+
+def open_identity_store(url: str) -> IdentityStore:
+    """The store a URL names; see the module docstring for the forms."""
+    # The backends import this module for IdentityStore, so they are imported here, when asked for: that also keeps
+    # the redis package optional for SQLite users.
+    scheme = url.partition("://")[0]
+    if scheme == "sqlite":
+        from transforms.identity_store_sqlite import SqliteIdentityStore
+
+        return SqliteIdentityStore(_sqlite_path(url))
+    if scheme == "redis":
+        _check_redis_url(url)
+        try:
+            from transforms.identity_store_redis import RedisIdentityStore
+        except ModuleNotFoundError as error:
+            if error.name != "redis":
+                raise
+            raise ValueError(f"{url!r} needs the redis package: pip install 'profilestream[redis]'") from error
+        return RedisIdentityStore(url)
+    raise ValueError(f"unknown identity store URL {url!r}: {_EXPECTED}")
+
+
+def _sqlite_path(url: str) -> str:
+    path = url[len(_SQLITE_PREFIX) :] if url.startswith(_SQLITE_PREFIX) else ""
+    if not path:
+        raise ValueError(f"malformed identity store URL {url!r}: {_EXPECTED}")
+    return path
+
+
+def _check_redis_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (urlsplit checks the port only when it is read)
+    except ValueError as error:
+        raise ValueError(f"malformed identity store URL {url!r}: {error}") from error
+    db = parts.path.strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ValueError(f"malformed identity store URL {url!r}: the database must be a number, not {db!r}")

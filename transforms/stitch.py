@@ -1,0 +1,139 @@
+"""StitchIdentities: valid records in, the same records with their person, and identity changes, out.
+
+Input: ``PCollection[ValidRecord]``. Outputs (:class:`StitchResult`): ``records``, every input record, those of
+identity-enabled datasets with ``person_id`` set (``None`` when a record carries no usable identity); ``changes``,
+``PCollection[IdentityChange]``: identities rejected by normalisation (``rejected``, with their ``IDENTITY.*``
+code) and the merges, splits, removed links and quarantines the batch caused.
+
+Records are stitched a batch at a time (up to ``batch_size``, and whatever a bundle holds when it ends): their
+identities are extracted and normalised (:mod:`transforms.identity_namespaces`), the batch's observations go to the
+store in one round trip (:mod:`transforms.identity_store`), which returns the facts of the touched components before
+and after; both are resolved by the linking rules (:mod:`transforms.identity_graph`), each record takes the person of
+its highest-priority identity, and the difference between the two resolutions is reported as changes. A record's
+time is its own (event ``timestamp``, a profile's ``extSourceSystemAudit.lastUpdatedDate``), else its ingestion time.
+
+Metrics (namespace ``profilestream``): ``stitched``, ``identities_rejected`` and ``identity_changes.<kind>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from schemas.registry import SchemaRegistry
+from transforms.identity_graph import GraphRules, changes, record_person, resolve
+from transforms.identity_model import IdentityChange, Observation, Stamp
+from transforms.identity_namespaces import IdentityRules, NamespaceRegistry, extract_identities, record_time_us
+from transforms.identity_store import open_identity_store
+from transforms.metrics import counter
+from transforms.records import ValidRecord
+
+REJECTED = "rejected"
+_CHANGES = "changes"
+
+
+class StitchResult(NamedTuple):
+    records: beam.PCollection
+    changes: beam.PCollection
+
+
+@dataclasses.dataclass(frozen=True)
+class StitchSettings:
+    """Everything stitching needs besides the store: namespaces, normalisation rules and linking rules."""
+
+    namespaces: NamespaceRegistry
+    rules: IdentityRules
+    graph: GraphRules
+
+
+class _StitchFn(beam.DoFn):
+    def __init__(self, registry: SchemaRegistry, store_url: str, settings: StitchSettings, batch_size: int):
+        self._registry = registry
+        self._store_url = store_url
+        self._settings = settings
+        self._batch_size = batch_size
+        self._store = None
+        self._pending: list[tuple[ValidRecord, tuple, Stamp, Any, Any]] = []
+        self._stitched = counter("stitched")
+        self._rejected = counter("identities_rejected")
+
+    def setup(self) -> None:
+        self._store = open_identity_store(self._store_url)
+
+    def teardown(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(self, record: ValidRecord, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        dataset = self._registry.datasets.get(record.dataset)
+        if dataset is None or not dataset.identity:
+            yield record
+            return
+        extraction = extract_identities(record.entity, self._settings.namespaces, self._settings.rules)
+        schema = self._registry.get(record.schema_id)
+        stamp = Stamp(record_time_us(record.entity, schema.class_id, record.publish_time_us), record.message_id)
+        for rejection in extraction.rejections:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput(_CHANGES, _rejected_change(rejection, stamp))
+        self._pending.append((record, extraction.identities, stamp, timestamp, window))
+        if len(self._pending) >= self._batch_size:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        yield from self._flush()
+
+    def _flush(self):
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        observations = [Observation(identities, stamp) for _, identities, stamp, _, _ in pending if identities]
+        before, after = self._store.observe(observations)
+        graph = self._settings.graph
+        resolved_before, resolved_after = resolve(before, graph), resolve(after, graph)
+        latest = max(pending, key=lambda entry: entry[2])
+        for change in changes(resolved_before, resolved_after, latest[2]):
+            counter(f"identity_changes.{change.kind}").inc()
+            yield beam.pvalue.TaggedOutput(_CHANGES, WindowedValue(change, latest[3], (GlobalWindow(),)))
+        for record, identities, _, timestamp, window in pending:
+            self._stitched.inc()
+            person = record_person(identities, resolved_after, graph)
+            yield WindowedValue(dataclasses.replace(record, person_id=person), timestamp, (window,))
+
+
+def _rejected_change(rejection, stamp: Stamp) -> IdentityChange:
+    return IdentityChange(
+        kind=REJECTED,
+        identities=(f"{rejection.namespace_key}:{rejection.raw_id}",),
+        persons_before=(),
+        persons_after=(),
+        rule=rejection.code,
+        message_id=stamp.message_id,
+        time_us=stamp.time_us,
+        detail=rejection.message,
+    )
+
+
+class StitchIdentities(beam.PTransform):
+    """Gives each record of an identity-enabled dataset its person; see the module docstring."""
+
+    def __init__(
+        self, registry: SchemaRegistry, store_url: str, settings: StitchSettings, *, batch_size: int = 500
+    ) -> None:
+        super().__init__()
+        self._registry = registry
+        self._store_url = store_url
+        self._settings = settings
+        self._batch_size = batch_size
+
+    def expand(self, records: beam.PCollection) -> StitchResult:
+        outputs = records | "LinkIdentities" >> beam.ParDo(
+            _StitchFn(self._registry, self._store_url, self._settings, self._batch_size)
+        ).with_outputs(_CHANGES, main="records")
+        return StitchResult(records=outputs.records, changes=outputs[_CHANGES])
