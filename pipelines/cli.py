@@ -26,7 +26,6 @@ from transforms.replay import ReplayPathError, expand_replay_path
 
 DEFAULT_LAKE = "data/lake"
 DEFAULT_IDENTITY_STORE = "sqlite:///data/identity.sqlite"
-SQLITE_PREFIX = "sqlite:///"
 USAGE_ERROR = 2
 REPLAY_SCHEME = "replay:"
 PUBSUB_SCHEME = "pubsub:"
@@ -112,10 +111,11 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipelines.ingest import RunRequest, run
 
     config, registry = _registry(args, {"commit_interval_seconds": args.commit_interval_seconds})
+    _open_store(args.identity_store).close()  # fail now, in one line, rather than inside a worker
     request = RunRequest(
         replay_path=_replay_path(args.source),
         lake_dir=_writable_directory(args.lake),
-        identity_store=_store_url(args.identity_store),
+        identity_store=args.identity_store,
         batch=args.batch,
         runner=args.runner,
         beam_args=tuple(beam_args),
@@ -147,31 +147,27 @@ def _writable_directory(path: str) -> str:
     return str(directory)
 
 
-def _store_url(url: str) -> str:
-    """The URL, with the folder of a local SQLite file created (the default lives under ./data/)."""
-    if url.startswith(SQLITE_PREFIX) and url != SQLITE_PREFIX + ":memory:":
-        folder = Path(url.removeprefix(SQLITE_PREFIX)).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UsageError(f"store folder {folder} cannot be created: {error.strerror}") from None
-    return url
+def _open_store(url: str):
+    """The identity store a URL names, opened; a bad URL or an unreachable store is a usage error."""
+    from transforms.identity_store import open_identity_store
+
+    try:
+        return open_identity_store(url)
+    except ValueError as error:
+        message = str(error)
+        raise UsageError(message if "identity store" in message else f"identity store: {message}") from None
 
 
 def _identity_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
     from pipelines.identity_lookup import lookup_identity
     from pipelines.ingest import stitch_settings
-    from transforms.identity_store import open_identity_store
 
     settings = stitch_settings(load_config(args.config))
     for asked in args.identity:
         namespace, separator, _ = asked.partition(":")
         if not separator or not namespace:
             raise UsageError(f"--identity {asked!r}: expected NAMESPACE:ID")
-    try:
-        store = open_identity_store(_store_url(args.store))
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    store = _open_store(args.store)
     all_known = True
     try:
         for asked in args.identity:

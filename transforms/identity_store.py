@@ -52,6 +52,10 @@ from types import TracebackType
 from transforms.identity_model import GraphFacts, Identity, LinkFact, Observation, Stamp
 
 
+class StoreUnavailableError(ValueError):
+    """The store a URL names cannot be reached or opened; the message is one line."""
+
+
 class IdentityStore(abc.ABC):
     """The facts of the identity graph, read and added by raw component; one module implements it per backend."""
 

@@ -38,7 +38,7 @@ from typing import Any
 import redis
 
 from transforms.identity_model import GraphFacts, Identity, Stamp
-from transforms.identity_store import FactsBuilder, IdentityStore
+from transforms.identity_store import FactsBuilder, IdentityStore, StoreUnavailableError
 
 _TIME_OFFSET = 1 << 63
 
@@ -230,8 +230,11 @@ class RedisIdentityStore(IdentityStore):
         self._client = redis.Redis.from_url(url)
         self._prefix = prefix
         self._keys = (prefix + "component", prefix + "next")
-        # Loaded now so that every call is one EVALSHA.
-        self._scripts = {source: self._client.script_load(source) for source in (_OBSERVE, _FACTS_OF)}
+        # Loaded now so that every call is one EVALSHA, and so that an unreachable server is found at once.
+        try:
+            self._scripts = {source: self._client.script_load(source) for source in (_OBSERVE, _FACTS_OF)}
+        except redis.RedisError as error:
+            raise StoreUnavailableError(f"identity store {url} cannot be reached: {error}") from None
 
     def _add(self, batch: GraphFacts) -> GraphFacts:
         position = {identity: place for place, identity in enumerate(batch.sightings, start=1)}

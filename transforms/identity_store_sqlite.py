@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 
 from transforms.identity_model import GraphFacts, Identity, Stamp
-from transforms.identity_store import FactsBuilder, IdentityStore
+from transforms.identity_store import FactsBuilder, IdentityStore, StoreUnavailableError
 
 BUSY_TIMEOUT_S = 60.0
 
@@ -119,13 +119,18 @@ class SqliteIdentityStore(IdentityStore):
     """The identity graph's facts in a SQLite file (or ``:memory:``, private to this store)."""
 
     def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        # Transactions are begun explicitly (IMMEDIATE for writes). Beam may run a DoFn's setup and its bundles on
-        # different threads, so the connection may move between threads; only one uses it at a time.
-        self._connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.executescript(_SCHEMA)
+        try:
+            if path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            # Transactions are begun explicitly (IMMEDIATE for writes). Beam may run a DoFn's setup and its bundles
+            # on different threads, so the connection may move between threads; only one uses it at a time.
+            self._connection = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreUnavailableError(f"identity store {path} cannot be opened: {error}") from None
 
     def _add(self, batch: GraphFacts) -> GraphFacts:
         with self._transaction("BEGIN IMMEDIATE"):
