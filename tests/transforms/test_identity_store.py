@@ -20,6 +20,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from transforms.identity_graph import GRAPH_LIMIT, UNIQUE_NAMESPACE, GraphRules, resolve
 from transforms.identity_model import GraphFacts, Identity, LinkFact, Observation, Stamp
 from transforms.identity_store import open_identity_store
 
@@ -271,7 +272,13 @@ def test_parallel_writers_end_with_the_facts_of_one(empty_store_url: Callable[[]
         list(executor.map(write, shares))
     expected = reference(observations)
     with open_identity_store(url) as store:
-        assert store.facts_of(expected.sightings) == expected
+        facts = store.facts_of(expected.sightings)
+    assert facts == expected
+    # And so the same graph, with the linking rules firing on this traffic (second CRM ids, groups over the limit).
+    rules = GraphRules(unique_namespaces=frozenset({"CRMID"}), max_identities=8, quarantine_links=6)
+    graph = resolve(facts, rules)
+    assert graph == resolve(expected, rules)
+    assert {UNIQUE_NAMESPACE, GRAPH_LIMIT} <= set(graph.removed.values())
 
 
 @pytest.mark.integration
