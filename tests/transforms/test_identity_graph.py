@@ -7,6 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipelines.config import Config
+from pipelines.ingest import stitch_settings
 from transforms.identity_graph import (
     GRAPH_LIMIT,
     QUARANTINED,
@@ -18,6 +20,7 @@ from transforms.identity_graph import (
     resolve,
 )
 from transforms.identity_model import GraphFacts, Identity, Observation, Stamp
+from transforms.identity_namespaces import extract_identities
 
 RULES = GraphRules(
     unique_namespaces=frozenset({"CRMID"}), priority={"CRMID": 100, "Email": 50, "Phone": 40, "ECID": 10}
@@ -211,23 +214,40 @@ def test_with_rules_firing_every_order_builds_the_same_graph_within_the_limits(o
         assert len([identity for identity in group if identity.namespace == "CRMID"]) <= 1
 
 
-def test_adversarial_traffic_in_any_order_builds_the_same_graph():
-    rng = random.Random(7)
+def adversarial_observations(seed: int) -> list[Observation]:
+    """Records as the identity stage sees them, from entities with shared devices, second CRM ids, blocked values, a
+    hub and people with many devices; identities are extracted and normalised the way ingestion does it."""
+    rng = random.Random(seed)
+    settings = stitch_settings(Config())
     observed = []
-    for n in range(400):
+    for n in range(600):
         person = rng.randrange(60)
-        minute = rng.randrange(600)
-        shared_device = ecid(999) if rng.random() < 0.1 else ecid(person * 10 + rng.randrange(3))
-        ids = [shared_device, email(f"p{person}")]
+        identity_map = {
+            "ECID": [{"id": "9" * 38 if rng.random() < 0.1 else f"{person * 100 + rng.randrange(20):038d}"}],
+            "email": [{"id": f" P{person}@Example.com " if rng.random() < 0.5 else rng.choice(["null", "Anonymous"])}],
+        }
         if rng.random() < 0.5:
-            ids.append(crm(f"c{person}" if rng.random() < 0.9 else f"c{person}-second"))
-        if rng.random() < 0.05:
-            ids.append(ecid(777))  # a hub linking to many within minutes
-        observed.append(seen(minute, *ids, message=f"m{n:04d}"))
-    baseline = resolved(*observed)
+            identity_map["CRMID"] = [{"id": f"c{person}" if rng.random() < 0.9 else f"c{person}-second"}]
+        minute = rng.randrange(600)
+        if n < 60:  # a hub: one device linked to 60 people within an hour
+            identity_map = {"ECID": [{"id": "7" * 38}], "Email": [{"id": f"hub{n}@example.com"}]}
+            minute = n % 50
+        extraction = extract_identities({"identityMap": identity_map}, settings.namespaces, settings.rules)
+        observed.append(seen(minute, *extraction.identities, message=f"m{n:04d}"))
+    return observed
+
+
+def test_adversarial_traffic_in_any_order_builds_the_same_graph_within_the_rules():
+    rules = GraphRules(unique_namespaces=frozenset({"CRMID"}), priority=RULES.priority, max_identities=8)
+    observed = adversarial_observations(7)
+    baseline = resolved(*observed, rules=rules)
+    rng = random.Random(11)
     for _ in range(3):
         rng.shuffle(observed)
-        assert resolved(*observed) == baseline
+        assert resolved(*observed, rules=rules) == baseline
+    assert Identity("ECID", "7" * 38) in baseline.quarantined
+    assert {UNIQUE_NAMESPACE, GRAPH_LIMIT} <= set(baseline.removed.values())
+    assert not any(identity.id in ("null", "anonymous") for identity in baseline.person_of)
     for group in baseline.members().values():
-        assert len(group) <= RULES.max_identities
+        assert len(group) <= rules.max_identities
         assert len([identity for identity in group if identity.namespace == "CRMID"]) <= 1
