@@ -1,0 +1,77 @@
+"""Profile stores: where merged profiles live, behind one small interface with a backend per technology.
+
+A profile is kept twice over, so that both writes and reads are cheap:
+
+- **fragments**, one per (identity, dataset): what the records of one dataset said about one identity (see
+  :mod:`transforms.profile_model`). They are the truth a merge or a split is recomputed from: when persons merge,
+  the survivor's profile is built from the fragments of all its identities; when a person splits, each side keeps
+  the fragments of its own identities.
+- **views**, one per person: the merged profile as ``profile get`` and the HTTP API show it (a JSON document), plus
+  an **index** from every identity of the person to the person id, and **redirects** from retired person ids (merged
+  away) to the survivor. A lookup by identity or by person id is one store read.
+
+Documents are opaque bytes here (JSON written by :mod:`transforms.profile_model`); stores only keep them, keyed:
+
+- fragment key ``"<NAMESPACE>:<id>|<dataset>"``;
+- identity key ``"<NAMESPACE>:<id>"``;
+- person id ``"p-..."``.
+
+``write`` applies one :class:`ProfileWrite` atomically and idempotently (writing the same thing twice leaves the
+same contents), so a retried bundle changes nothing. URLs: ``sqlite:///PATH``, ``redis://HOST:PORT/DB``,
+``bigtable://PROJECT/INSTANCE/TABLE`` (the emulator through ``BIGTABLE_EMULATOR_HOST``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileWrite:
+    """One batch of changes: fragments and views to put, identity index entries to set or drop, redirects to set.
+
+    ``index`` maps identity keys to person ids; ``unindex`` lists identity keys that belong to no profile any more;
+    ``redirects`` maps retired person ids to the person that absorbed them; ``drop_views`` lists person ids whose
+    view is gone (merged away or split up).
+    """
+
+    fragments: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    views: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    index: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    unindex: tuple[str, ...] = ()
+    redirects: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    drop_views: tuple[str, ...] = ()
+
+
+class ProfileStore(abc.ABC):
+    """The interface every backend implements; see the module docstring."""
+
+    @abc.abstractmethod
+    def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The stored fragments among ``keys`` (absent keys are left out), in one round trip."""
+
+    @abc.abstractmethod
+    def write(self, change: ProfileWrite) -> None:
+        """Applies ``change`` atomically, in one round trip."""
+
+    @abc.abstractmethod
+    def view_by_identity(self, identity_key: str) -> bytes | None:
+        """The view of the person holding this identity, in one read."""
+
+    @abc.abstractmethod
+    def view_by_person(self, person_id: str) -> bytes | None:
+        """The view of this person, following a redirect left by a merge, in one read."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ProfileStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
