@@ -96,7 +96,8 @@ def plain_loop(path: Path, registry: SchemaRegistry) -> tuple[float, int]:
 
 def pipeline_seconds(path: Path, registry: SchemaRegistry, *, batch: bool) -> float:
     with tempfile.TemporaryDirectory() as lake:
-        request = RunRequest(str(path), lake, f"sqlite:///{lake}/identity.sqlite", batch=batch)
+        stores = f"sqlite:///{lake}/identity.sqlite", f"sqlite:///{lake}/profiles.sqlite"
+        request = RunRequest(str(path), lake, *stores, batch=batch)
         start = time.perf_counter()
         run(request, registry, Config())
         return time.perf_counter() - start

@@ -3,10 +3,13 @@
     profilestream run --source replay:PATH [--batch] [--lake DIR] [--schema-dir DIR] [--config FILE]
                       [--runner NAME] [--commit-interval SECONDS] [Beam options]
     profilestream validate [--schema-dir DIR] [--schema ID] [--conformance] [--config FILE] FILE...
+    profilestream profile get [--store URL] [--config FILE] (--identity NAMESPACE:ID | --person ID)...
+    profilestream serve [--host HOST] [--port PORT] [--profile-store URL] [--config FILE] [--token-file FILE]
 
 Every usage or input error prints one line on stderr and exits 2; no traceback reaches the user. ``run`` prints its
 summary as the last line on stdout; ``validate`` prints a JSON line per entity and exits 0 when all are valid, 1 when
-any is not.
+any is not; ``profile get`` prints a JSON line per lookup and exits 1 when any is unknown. ``serve`` runs the HTTP
+Profile Access API (:mod:`pipelines.serve`) until interrupted.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import ConfigError, load_config
 from schemas.components import UnknownComponentError, library
@@ -26,6 +30,9 @@ from transforms.replay import ReplayPathError, expand_replay_path
 
 DEFAULT_LAKE = "data/lake"
 DEFAULT_IDENTITY_STORE = "sqlite:///data/identity.sqlite"
+DEFAULT_PROFILE_STORE = "sqlite:///data/profiles.sqlite"
+DEFAULT_API_HOST = "127.0.0.1"  # loopback: the API serves personal data, so reaching it from elsewhere is a choice
+DEFAULT_API_PORT = 8080
 USAGE_ERROR = 2
 REPLAY_SCHEME = "replay:"
 PUBSUB_SCHEME = "pubsub:"
@@ -74,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_IDENTITY_STORE,
         help=f"identity store URL (default {DEFAULT_IDENTITY_STORE})",
     )
+    run.add_argument(
+        "--profile-store", default=DEFAULT_PROFILE_STORE, help=f"profile store URL (default {DEFAULT_PROFILE_STORE})"
+    )
     _add_shared(run)
     run.set_defaults(handler=_run)
 
@@ -91,7 +101,48 @@ def _parser() -> argparse.ArgumentParser:
     identity_get.add_argument("--identity", action="append", required=True, metavar="NAMESPACE:ID")
     identity_get.add_argument("--config", help="configuration file (namespaces and identity rules)")
     identity_get.set_defaults(handler=_identity_get)
+
+    profile = commands.add_parser("profile", help="look up merged profiles")
+    profile_commands = profile.add_subparsers(dest="profile_command", required=True, parser_class=_Parser)
+    profile_get = profile_commands.add_parser("get", help="the profile of NAMESPACE:ID or of a person id")
+    profile_get.add_argument(
+        "--store", default=DEFAULT_PROFILE_STORE, help=f"profile store URL (default {DEFAULT_PROFILE_STORE})"
+    )
+    # Both flags append to one list, so the answers come in the order asked whichever flag asked.
+    profile_get.add_argument(
+        "--identity",
+        dest="lookups",
+        action="append",
+        type=_lookup("identity"),
+        metavar="NAMESPACE:ID",
+        help="the profile holding this identity (repeatable)",
+    )
+    profile_get.add_argument(
+        "--person",
+        dest="lookups",
+        action="append",
+        type=_lookup("person"),
+        metavar="ID",
+        help="the profile of this person id, p- and 24 hex digits (repeatable)",
+    )
+    profile_get.add_argument("--config", help="configuration file (namespaces and identity rules)")
+    profile_get.set_defaults(handler=_profile_get)
+
+    serve = commands.add_parser("serve", help="serve the HTTP Profile Access API")
+    serve.add_argument("--host", default=DEFAULT_API_HOST, help=f"address to listen on (default {DEFAULT_API_HOST})")
+    serve.add_argument("--port", type=int, default=DEFAULT_API_PORT, help=f"port (default {DEFAULT_API_PORT})")
+    serve.add_argument(
+        "--profile-store", default=DEFAULT_PROFILE_STORE, help=f"profile store URL (default {DEFAULT_PROFILE_STORE})"
+    )
+    serve.add_argument("--config", help="configuration file (namespaces and identity rules)")
+    serve.add_argument("--token-file", help="file holding the API's bearer token (default: $PROFILESTREAM_API_TOKEN)")
+    serve.set_defaults(handler=_serve)
     return parser
+
+
+def _lookup(by: str) -> Callable[[str], tuple[str, str]]:
+    """An argparse type that tags a lookup with its kind."""
+    return lambda asked: (by, asked)
 
 
 def _add_shared(command: argparse.ArgumentParser) -> None:
@@ -111,11 +162,14 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipelines.ingest import RunRequest, run
 
     config, registry = _registry(args, {"commit_interval_seconds": args.commit_interval_seconds})
-    _open_store(args.identity_store).close()  # fail now, in one line, rather than inside a worker
+    # Fail now, in one line, rather than inside a worker.
+    _open_store(args.identity_store).close()
+    _open_profile_store(args.profile_store).close()
     request = RunRequest(
         replay_path=_replay_path(args.source),
         lake_dir=_writable_directory(args.lake),
         identity_store=args.identity_store,
+        profile_store=args.profile_store,
         batch=args.batch,
         runner=args.runner,
         beam_args=tuple(beam_args),
@@ -151,11 +205,22 @@ def _open_store(url: str):
     """The identity store a URL names, opened; a bad URL or an unreachable store is a usage error."""
     from transforms.identity_store import open_identity_store
 
+    return _opened(open_identity_store, url, "identity store")
+
+
+def _open_profile_store(url: str):
+    """The profile store a URL names, opened; a bad URL or an unreachable store is a usage error."""
+    from transforms.profile_store import open_profile_store
+
+    return _opened(open_profile_store, url, "profile store")
+
+
+def _opened(open_store: Callable[[str], Any], url: str, kind: str) -> Any:
     try:
-        return open_identity_store(url)
+        return open_store(url)
     except ValueError as error:
         message = str(error)
-        raise UsageError(message if "identity store" in message else f"identity store: {message}") from None
+        raise UsageError(message if kind in message else f"{kind}: {message}") from None
 
 
 def _identity_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
@@ -177,6 +242,42 @@ def _identity_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
     finally:
         store.close()
     return 0 if all_known else 1
+
+
+def _profile_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
+    from pipelines.ingest import stitch_settings
+    from pipelines.profile_lookup import MalformedLookupError, lookup_key, lookup_profile
+
+    if not args.lookups:
+        raise UsageError("nothing to look up: give --identity NAMESPACE:ID or --person ID")
+    settings = stitch_settings(load_config(args.config))
+    for by, asked in args.lookups:
+        try:
+            lookup_key(asked, settings, by=by)
+        except MalformedLookupError as error:
+            raise UsageError(f"--{by} {error}") from None
+    all_known = True
+    with _open_profile_store(args.store) as store:
+        for by, asked in args.lookups:
+            answer = lookup_profile(asked, store, settings, by=by)
+            all_known &= answer["person_id"] is not None
+            print(json.dumps(answer, ensure_ascii=False), flush=True)
+    return 0 if all_known else 1
+
+
+def _serve(args: argparse.Namespace, _beam_args: list[str]) -> int:
+    from pipelines.ingest import stitch_settings
+    from pipelines.serve import api_token, create_app, listen, serve
+
+    settings = stitch_settings(load_config(args.config))
+    try:
+        token = api_token(args.token_file, os.environ)
+        listener = listen(args.host, args.port)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    with listener, _open_profile_store(args.profile_store) as store:
+        serve(create_app(store, settings, token), listener)
+    return 0
 
 
 def _validate(args: argparse.Namespace, _beam_args: list[str]) -> int:

@@ -1,6 +1,7 @@
 """The ingestion pipeline: messages in, lake files out.
 
     messages | Decode | Validate | StitchIdentities | lake rows (records, failures, identity changes) | WriteToLake
+                                                    + MergeProfiles (records and identity changes) → profile store
 
 :class:`Ingest` is that sentence as one composite transform; :func:`run` builds it on a source, runs it on the
 chosen runner and returns the run summary (:mod:`pipelines.summary`).
@@ -22,6 +23,7 @@ from transforms.decode import Decode
 from transforms.identity_graph import GraphRules
 from transforms.lake import WriteToLake
 from transforms.lake_rows import change_row, failed_row, lake_schemas, valid_row
+from transforms.merge_profiles import MergeProfiles
 from transforms.replay import ReadReplay
 from transforms.stitch import StitchIdentities, StitchSettings
 from transforms.validate import Validate
@@ -37,6 +39,7 @@ class RunRequest:
     replay_path: str
     lake_dir: str
     identity_store: str
+    profile_store: str
     batch: bool = False
     runner: str | None = None
     beam_args: tuple[str, ...] = ()
@@ -45,12 +48,15 @@ class RunRequest:
 class Ingest(beam.PTransform):
     """``PCollection[Message]`` in; ``PCollection[LakeFile]``, the lake files committed, out."""
 
-    def __init__(self, registry: SchemaRegistry, config: Config, lake_dir: str, identity_store: str) -> None:
+    def __init__(
+        self, registry: SchemaRegistry, config: Config, lake_dir: str, identity_store: str, profile_store: str
+    ) -> None:
         super().__init__()
         self._registry = registry
         self._config = config
         self._lake_dir = lake_dir
         self._identity_store = identity_store
+        self._profile_store = profile_store
 
     def expand(self, messages: beam.PCollection) -> beam.PCollection:
         policy = ValidationPolicy(
@@ -60,8 +66,12 @@ class Ingest(beam.PTransform):
             self._registry.avro_schema_for, max_message_bytes=self._config.max_message_bytes
         )
         validated = decoded.entities | "Validate" >> Validate(self._registry, policy=policy)
+        stitching = stitch_settings(self._config)
         stitched = validated.valid | "StitchIdentities" >> StitchIdentities(
-            self._registry, self._identity_store, stitch_settings(self._config)
+            self._registry, self._identity_store, stitching
+        )
+        _ = (stitched.records, stitched.changes) | "MergeProfiles" >> MergeProfiles(
+            self._registry, self._identity_store, self._profile_store, stitching
         )
         valid_rows = stitched.records | "RecordRows" >> beam.Map(valid_row)
         change_rows = stitched.changes | "ChangeRows" >> beam.Map(
@@ -111,7 +121,7 @@ def run(request: RunRequest, registry: SchemaRegistry, config: Config) -> RunSum
     _ = (
         pipeline
         | "ReadReplay" >> ReadReplay(request.replay_path)
-        | "Ingest" >> Ingest(registry, config, request.lake_dir, request.identity_store)
+        | "Ingest" >> Ingest(registry, config, request.lake_dir, request.identity_store, request.profile_store)
     )
     result = pipeline.run()
     result.wait_until_finish()

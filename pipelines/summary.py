@@ -1,10 +1,13 @@
 """The run summary: the counters of a finished pipeline as the one JSON line ``profilestream run`` prints last.
 
     {"messages": n, "records": n, "valid": n, "failed": n, "duplicates": n, "profiles_written": n,
-     "lake": {"<dataset>": {"files": n, "rows": n}, ...}, "failed_by_code": {"<CODE>": n, ...}}
+     "lake": {"<dataset>": {"files": n, "rows": n}, ...}, "failed_by_code": {"<CODE>": n, ...},
+     "profile_freshness_ms": {"p50": ms, "p95": ms, "p99": ms}}
 
 ``records`` counts XDM entities (a batch envelope holds several; a message that fails before it can be split counts
 as one), and ``records = valid + failed`` always. ``duplicates`` counts valid records the lake dropped as repeats.
+``profile_freshness_ms`` gives p50, p95 and p99 of the time from reading a record to writing its profile, as bucket
+upper bounds (-1: beyond the last bucket; null: no profile written).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Iterable, Mapping
 
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
+
+from transforms.merge_profiles import FRESHNESS, FRESHNESS_BUCKETS_MS
 
 NAMESPACE = "profilestream"
 # Datasets the pipeline writes about records rather than records themselves: their repeats are not duplicates.
@@ -30,6 +35,7 @@ class RunSummary:
     profiles_written: int
     lake: Mapping[str, Mapping[str, int]]
     failed_by_code: Mapping[str, int]
+    profile_freshness_ms: Mapping[str, int | None]
 
     def as_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,4 +74,22 @@ def summary_of(values: Mapping[str, int], datasets: Iterable[str]) -> RunSummary
         failed_by_code={
             name.removeprefix("failed."): count for name, count in sorted(values.items()) if name.startswith("failed.")
         },
+        profile_freshness_ms=freshness_percentiles(values),
     )
+
+
+def freshness_percentiles(values: Mapping[str, int]) -> dict[str, int | None]:
+    """p50, p95 and p99 of profile freshness, each as the upper bound of the bucket it falls in (null: no writes)."""
+    bounds = [*FRESHNESS_BUCKETS_MS, None]
+    counts = [values.get(f"{FRESHNESS}.le_{bound if bound is not None else 'inf'}", 0) for bound in bounds]
+    total = sum(counts)
+    percentiles: dict[str, int | None] = {}
+    for name, share in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+        cumulative = 0
+        percentiles[name] = None
+        for bound, count in zip(bounds, counts, strict=True):
+            cumulative += count
+            if total and cumulative >= share * total:
+                percentiles[name] = bound if bound is not None else -1
+                break
+    return percentiles

@@ -3,6 +3,11 @@
 ``redis_server`` starts ``redis-server`` on a free loopback port, in a temporary folder and without persistence, and
 yields its URL (``redis://127.0.0.1:PORT/0``). Tests share it, so each empties what it uses (``FLUSHDB``). Without a
 ``redis-server`` binary the tests that need it are skipped, except under CI (``CI=true``), where that is a failure.
+
+``bigtable_emulator`` starts Google's Bigtable emulator (``cbtemulator``, from the Google Cloud CLI's bigtable emulator
+component) on a free loopback port and yields its ``HOST:PORT``. It sets nothing in the environment: a test hands it
+to Google's client as ``BIGTABLE_EMULATOR_HOST`` itself (``monkeypatch.setenv``). Its tables are in memory, so tests
+share it by each using tables of its own. Missing, it is skipped as ``redis-server`` is (and fails under CI).
 """
 
 import os
@@ -78,3 +83,46 @@ def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
                 time.sleep(0.02)
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def bigtable_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = _bigtable_emulator_binary()
+    if binary is None:
+        reason = "Bigtable emulator not found (the Google Cloud CLI's component, cbtemulator)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    port = _free_port()
+    log = tmp_path_factory.mktemp("bigtable") / "emulator.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(binary), "-host", "127.0.0.1", "-port", str(port)], stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the Bigtable emulator did not start: {log.read_text(errors='replace')}")
+                time.sleep(0.02)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=SERVER_START_TIMEOUT_S)
+
+
+def _bigtable_emulator_binary() -> Path | None:
+    """``cbtemulator`` on the PATH, or in the Google Cloud CLI that ``gcloud`` runs from (its bigtable emulator)."""
+    # Run directly rather than through `gcloud beta emulators bigtable start`, which takes seconds to start itself.
+    found = shutil.which("cbtemulator")
+    if found is not None:
+        return Path(found)
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        return None
+    binary = Path(gcloud).resolve().parent.parent / "platform" / "bigtable-emulator" / "cbtemulator"
+    return binary if os.access(binary, os.X_OK) else None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 
@@ -75,3 +76,64 @@ class ProfileStore(abc.ABC):
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
+
+
+_EXPECTED = "expected sqlite:///PATH, redis://HOST:PORT/DB or bigtable://PROJECT/INSTANCE/TABLE"
+
+
+def open_profile_store(url: str) -> ProfileStore:
+    """The store a URL names (see the module docstring for the forms).
+
+    A malformed URL raises :class:`ValueError`, and a store that cannot be reached or opened
+    :class:`~transforms.identity_store.StoreUnavailableError` (a ValueError too), each with a one-line message.
+    """
+    # The backends import this module for ProfileStore, so they are imported here, when asked for: that also keeps
+    # the redis and bigtable packages optional for SQLite users.
+    scheme = url.partition("://")[0]
+    parts = urllib.parse.urlsplit(url)
+    if scheme == "sqlite":
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ValueError(f"malformed profile store URL {url!r}: {_EXPECTED}")
+        from transforms.profile_store_sqlite import SqliteProfileStore
+
+        return SqliteProfileStore(path)
+    if scheme == "redis":
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port only when it is read)
+        except ValueError as error:
+            raise ValueError(f"malformed profile store URL {url!r}: {error}") from None
+        db = parts.path.strip("/")
+        if db and not (db.isascii() and db.isdigit()):
+            raise ValueError(f"malformed profile store URL {url!r}: the database must be a number, not {db!r}")
+        try:
+            from transforms.profile_store_redis import RedisProfileStore
+        except ModuleNotFoundError as error:
+            raise _missing_package(error, "redis", url) from None
+        return RedisProfileStore(url)
+    if scheme == "bigtable":
+        names = [parts.netloc, *parts.path.split("/")[1:]]
+        if len(names) != 3 or not all(names) or parts.query or parts.fragment:
+            raise ValueError(f"malformed profile store URL {url!r}: {_EXPECTED}")
+        try:
+            from transforms.profile_store_bigtable import BigtableProfileStore
+        except ModuleNotFoundError as error:
+            raise _missing_package(error, "bigtable", url) from None
+        return BigtableProfileStore(*names)
+    raise ValueError(f"unknown profile store URL {url!r}: {_EXPECTED}")
+
+
+_EXTRA_PACKAGES = {"redis": "redis", "bigtable": "google.cloud.bigtable"}
+
+
+def _missing_package(error: ModuleNotFoundError, extra: str, url: str) -> Exception:
+    """A one-line ValueError when the extra's package is what is missing; the error itself when it is anything else."""
+    package = _EXTRA_PACKAGES[extra]
+    if error.name is None or not (package == error.name or package.startswith(error.name + ".")):
+        return error
+    return ValueError(f"{url!r} needs the {package} package: pip install 'profilestream[{extra}]'")
+
+
+def changes_nothing(change: ProfileWrite) -> bool:
+    """Whether every part of the change is empty: backends then skip the round trip."""
+    return not any(getattr(change, field.name) for field in dataclasses.fields(change))

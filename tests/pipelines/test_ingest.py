@@ -53,7 +53,11 @@ def run_ingest(data: list[bytes], lake: str):
         for n, payload in enumerate(data)
     ]
     pipeline = beam.Pipeline(runner="FnApiRunner")
-    _ = pipeline | beam.Create(messages) | Ingest(REGISTRY, Config(), lake, f"sqlite:///{lake}/identity.sqlite")
+    _ = (
+        pipeline
+        | beam.Create(messages)
+        | Ingest(REGISTRY, Config(), lake, f"sqlite:///{lake}/identity.sqlite", f"sqlite:///{lake}/profiles.sqlite")
+    )
     result = pipeline.run()
     result.wait_until_finish()
     return summary_of(counters(result), [*DATASETS, "profile_records"])
@@ -99,7 +103,17 @@ def test_streaming_ingest_writes_late_backlog_and_redelivered_messages_once(tmp_
     )
     options = PipelineOptions(streaming=True, runner="BundleBasedDirectRunner")
     with beam.Pipeline(options=options) as pipeline:
-        _ = pipeline | stream | Ingest(REGISTRY, Config(), str(tmp_path), f"sqlite:///{tmp_path}/identity.sqlite")
+        _ = (
+            pipeline
+            | stream
+            | Ingest(
+                REGISTRY,
+                Config(),
+                str(tmp_path),
+                f"sqlite:///{tmp_path}/identity.sqlite",
+                f"sqlite:///{tmp_path}/profiles.sqlite",
+            )
+        )
 
     events = lake_rows(tmp_path, "experience_events")
     assert sorted((row["_id"], row["_message_id"]) for row in events) == [("e1", "m1"), ("late", "m3")]

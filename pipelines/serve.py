@@ -1,0 +1,244 @@
+"""``profilestream serve``: the HTTP Profile Access API, a FastAPI app served by uvicorn.
+
+Routes
+------
+==========================================  ===========================================================================
+``GET /profiles?identity=NS:ID``            the profile holding an identity (normalised as ingestion does)
+``GET /profiles/{person_id}``               the profile of a person id (a merged-away id answers with the survivor)
+``GET /profiles/{person_id}/events``        the profile's recent events, newest first: ``limit`` (1 to 1,000, default
+                                            50), ``start`` and ``end`` (RFC 3339, ``start <= timestamp < end``)
+``GET /health``                             ``{"status": "ok"}``, without authentication
+``GET /openapi.json``, ``/docs``            the OpenAPI document and its browser view
+==========================================  ===========================================================================
+
+A profile is the ``profile get`` line of :mod:`pipelines.profile_lookup`; an unknown identity or person id is a 404,
+a malformed one (not ``NAMESPACE:ID``, an identity ingestion would reject, a person id not ``p-`` and 24 hex digits,
+a time not RFC 3339) a 422 shaped as FastAPI's own validation errors. Each lookup is one read of the profile store,
+made from the server's worker threads.
+
+Authentication
+--------------
+Profiles are personal data, so every profile route needs ``Authorization: Bearer TOKEN``: 401 without one, 403 for a
+token that is not the API's (compared in constant time). The token comes from ``--token-file`` or the environment
+variable ``PROFILESTREAM_API_TOKEN``; the server refuses to start without one. Requests are not logged, because their
+query strings carry identities.
+
+:func:`create_app` builds the app; routers passed to it (the HTTP inlet's, later) sit behind the same token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.metadata
+import logging
+import re
+import socket
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from pipelines.profile_lookup import PERSON_ID_PATTERN, LookupBy, MalformedLookupError, events_between, lookup_profile
+from transforms.clock import micros, parse_rfc3339
+from transforms.profile_store import ProfileStore
+from transforms.stitch import StitchSettings
+
+API_TOKEN_ENV = "PROFILESTREAM_API_TOKEN"
+DEFAULT_EVENTS = 50
+MAX_EVENTS = 1000
+
+# RFC 6750's b64token: the characters a client can put after "Bearer " as they are.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_BEARER = HTTPBearer(auto_error=False, description=f"The API token (--token-file or {API_TOKEN_ENV})")
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No bearer token"},
+    403: {"description": "Not this API's bearer token"},
+}
+# Logged where uvicorn logs its own start-up, in its format.
+_log = logging.getLogger("uvicorn.error")
+
+PersonId = Annotated[
+    str, Path(pattern=PERSON_ID_PATTERN, description="p- and 24 hex digits", examples=["p-20a6567a1e102cf3df15f3af"])
+]
+
+
+class Identity(BaseModel):
+    namespace: str
+    id: str
+
+
+class EventSummary(BaseModel):
+    count: int
+    first_seen: str | None
+    last_seen: str | None
+    by_type: dict[str, int]
+    recent: list[dict[str, Any]]
+
+
+class Profile(BaseModel):
+    """One person's merged profile, as ``profilestream profile get`` prints it."""
+
+    lookup: str
+    person_id: str
+    identities: list[Identity]
+    attributes: dict[str, Any]
+    events: EventSummary
+
+
+class ProfileEvents(BaseModel):
+    """Recent events of one person, newest first, each the event's XDM body (``_id``, ``eventType``, ...)."""
+
+    person_id: str
+    events: list[dict[str, Any]]
+
+
+class Health(BaseModel):
+    status: str
+
+
+def create_app(
+    store: ProfileStore, settings: StitchSettings, token: str, *, routers: Iterable[APIRouter] = ()
+) -> FastAPI:
+    """The API on ``store``, with identities normalised by ``settings`` and every route but ``/health`` behind
+    ``token``, the profile routes' and those of ``routers`` alike."""
+    app = FastAPI(
+        title="profilestream Profile Access API",
+        version=importlib.metadata.version("profilestream"),
+        description="Merged customer profiles, looked up by identity or by person id.",
+    )
+    app.include_router(_health_router())
+    authenticated = [Depends(_bearer_auth(token))]
+    for router in (_profiles_router(store, settings), *routers):
+        app.include_router(router, dependencies=authenticated, responses=_AUTH_RESPONSES)
+    return app
+
+
+def api_token(token_file: str | None, environ: Mapping[str, str]) -> str:
+    """The API token from ``token_file`` (which wins) or :data:`API_TOKEN_ENV`; raises a one-line ValueError."""
+    if token_file is not None:
+        source = f"--token-file {token_file}"
+        try:
+            token = FilePath(token_file).read_text(encoding="utf-8", errors="replace").strip()
+        except OSError as error:
+            raise ValueError(f"{source}: {error.strerror}") from None
+    else:
+        source = API_TOKEN_ENV
+        token = environ.get(API_TOKEN_ENV, "").strip()
+        if not token:
+            raise ValueError(f"the API serves personal data and needs a token: --token-file FILE or {API_TOKEN_ENV}")
+    if not _BEARER_TOKEN.fullmatch(token):
+        raise ValueError(f"{source}: a token is one word of letters, digits and -._~+/ (then = padding)")
+    return token
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (port 0: any free one); raises a one-line ValueError when it cannot."""
+    # Bound here rather than by uvicorn, which reports a busy port by exiting the process.
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except (OSError, OverflowError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def api_server(app: FastAPI) -> uvicorn.Server:
+    """The uvicorn server ``serve`` runs; ``server.run(sockets=[listener])`` serves until ``should_exit`` is set."""
+    # No access log: request lines carry identities (e-mail addresses, phone numbers) in their query strings.
+    return uvicorn.Server(uvicorn.Config(app, access_log=False))
+
+
+def serve(app: FastAPI, listener: socket.socket) -> None:
+    """Serves ``app`` on ``listener`` until interrupted (SIGINT or SIGTERM, which end it gracefully)."""
+    server = api_server(app)
+    host, port = listener.getsockname()[:2]
+    address = f"[{host}]" if ":" in host else host
+    _log.info("Profile Access API on http://%s:%d (press Ctrl+C to stop)", address, port)
+    server.run(sockets=[listener])
+
+
+def _health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health", response_model=Health)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return router
+
+
+def _profiles_router(store: ProfileStore, settings: StitchSettings) -> APIRouter:
+    router = APIRouter(tags=["profiles"], responses={404: {"description": "No profile for this identity or person"}})
+
+    # Plain `def` routes: a store read blocks, so FastAPI runs them on its worker threads.
+    @router.get("/profiles", response_model=Profile)
+    def profile_by_identity(
+        identity: Annotated[str, Query(description="NAMESPACE:ID", examples=["Email:ann@example.com"])],
+    ) -> dict[str, Any]:
+        return _found(identity, store, settings, by="identity", where=("query", "identity"))
+
+    @router.get("/profiles/{person_id}", response_model=Profile)
+    def profile_by_person(person_id: PersonId) -> dict[str, Any]:
+        return _found(person_id, store, settings, by="person", where=("path", "person_id"))
+
+    @router.get("/profiles/{person_id}/events", response_model=ProfileEvents)
+    def profile_events(
+        person_id: PersonId,
+        limit: Annotated[int, Query(ge=1, le=MAX_EVENTS, description="at most this many events")] = DEFAULT_EVENTS,
+        start: Annotated[str | None, Query(description="RFC 3339: events at or after this time")] = None,
+        end: Annotated[str | None, Query(description="RFC 3339: events before this time")] = None,
+    ) -> dict[str, Any]:
+        start_us, end_us = _time_param(start, "start"), _time_param(end, "end")
+        if start_us is not None and end_us is not None and start_us > end_us:
+            raise _unprocessable(("query", "end"), "end is before start")
+        profile = _found(person_id, store, settings, by="person", where=("path", "person_id"))
+        recent = profile["events"]["recent"]
+        events = events_between(recent, limit=limit, start_us=start_us, end_us=end_us)
+        return {"person_id": profile["person_id"], "events": events}
+
+    return router
+
+
+def _found(
+    asked: str, store: ProfileStore, settings: StitchSettings, *, by: LookupBy, where: tuple[str, str]
+) -> dict[str, Any]:
+    try:
+        profile = lookup_profile(asked, store, settings, by=by)
+    except MalformedLookupError as error:
+        raise _unprocessable(where, str(error)) from None
+    if profile["person_id"] is None:
+        raise HTTPException(status_code=404, detail=f"no profile for {asked!r}")
+    return profile
+
+
+def _time_param(text: str | None, name: str) -> int | None:
+    if text is None:
+        return None
+    moment = parse_rfc3339(text)
+    if moment is None:
+        raise _unprocessable(("query", name), f"{text!r} is not an RFC 3339 date-time")
+    return micros(moment)
+
+
+def _unprocessable(where: tuple[str, str], message: str) -> RequestValidationError:
+    """A 422 shaped like the ones FastAPI gives for its own checks, which the OpenAPI document describes."""
+    return RequestValidationError([{"type": "value_error", "loc": where, "msg": message}])
+
+
+def _bearer_auth(token: str) -> Callable[..., Coroutine[Any, Any, None]]:
+    expected = token.encode()
+
+    async def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        if credentials is None:
+            raise HTTPException(
+                status_code=401, detail="a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+        # Constant time, so that response timing does not tell how much of a guessed token was right.
+        if not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise HTTPException(status_code=403, detail="the bearer token is not this API's")
+
+    return require_token

@@ -1,0 +1,339 @@
+"""The HTTP Profile Access API and ``profilestream serve``: routes, status codes, bearer token, OpenAPI document.
+
+Most tests call the app in process (FastAPI's TestClient) on the sample people of ``test_profile_lookup``; one runs
+the real uvicorn server on a loopback port, and the one marked ``needs_sqlite_store`` runs ``profilestream serve``
+itself on the real SQLite backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+
+import pipelines.serve
+import transforms.profile_store as profile_store
+from pipelines.cli import main
+from pipelines.config import load_config
+from pipelines.ingest import stitch_settings
+from pipelines.profile_lookup import lookup_profile
+from pipelines.serve import API_TOKEN_ENV, MAX_EVENTS, api_server, api_token, create_app, listen
+from tests.pipelines.test_profile_lookup import (
+    ANN,
+    ANN_VIEW,
+    BOB,
+    NOBODY,
+    RETIRED,
+    SAMPLE_WRITE,
+    OpenedStores,
+    needs_sqlite_store,
+    open_profile_store,
+    sample_store,
+)
+
+TOKEN = "s3cret-Token_1"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SERVER_TIMEOUT_S = 10.0
+# A new interpreter imports Beam before it serves: seconds alone, far more beside a loaded test run's other workers.
+SUBPROCESS_START_TIMEOUT_S = 60.0
+PROFILE_ROUTES = ["/profiles?identity=CRMID:ann", f"/profiles/{ANN}", f"/profiles/{ANN}/events"]
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return stitch_settings(load_config(None))
+
+
+@pytest.fixture
+def client(settings) -> Iterator[TestClient]:
+    with TestClient(create_app(sample_store(), settings, TOKEN)) as test_client:
+        yield test_client
+
+
+def get(client: TestClient, url: str, **params) -> httpx2.Response:
+    return client.get(url, params=params, headers=AUTH)
+
+
+def test_a_profile_by_identity_is_the_profile_get_line(client, settings):
+    response = get(client, "/profiles", identity="Email:Ann@Example.com")
+    assert response.status_code == 200
+    assert response.json() == lookup_profile("Email:Ann@Example.com", sample_store(), settings, by="identity")
+
+
+def test_a_profile_by_person_id(client):
+    response = get(client, f"/profiles/{ANN}")
+    assert (response.status_code, response.json()) == (200, {"lookup": ANN, **ANN_VIEW})
+
+
+def test_a_person_merged_away_answers_with_the_survivor(client):
+    assert get(client, f"/profiles/{RETIRED}").json()["person_id"] == ANN
+
+
+@pytest.mark.parametrize(
+    ("url", "params"),
+    [("/profiles", {"identity": "CRMID:nobody"}), (f"/profiles/{NOBODY}", {}), (f"/profiles/{NOBODY}/events", {})],
+)
+def test_an_unknown_identity_or_person_is_404(client, url, params):
+    assert get(client, url, **params).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("url", "params", "where"),
+    [
+        ("/profiles", {"identity": "ann@example.com"}, ["query", "identity"]),
+        ("/profiles", {"identity": "Email:ann.example.com"}, ["query", "identity"]),
+        ("/profiles", {}, ["query", "identity"]),
+        ("/profiles/p-XYZ", {}, ["path", "person_id"]),
+        (f"/profiles/{ANN.upper()}/events", {}, ["path", "person_id"]),
+        (f"/profiles/{ANN}/events", {"start": "yesterday"}, ["query", "start"]),
+        (f"/profiles/{ANN}/events", {"end": "2026-11-01 09:00"}, ["query", "end"]),
+        (f"/profiles/{ANN}/events", {"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T09:00:00Z"}, ["query", "end"]),
+        (f"/profiles/{ANN}/events", {"limit": 0}, ["query", "limit"]),
+        (f"/profiles/{ANN}/events", {"limit": MAX_EVENTS + 1}, ["query", "limit"]),
+    ],
+)
+def test_a_malformed_request_is_422_naming_the_parameter(client, url, params, where):
+    response = get(client, url, **params)
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [where]
+
+
+def event_ids(response: httpx2.Response) -> list[str]:
+    assert response.status_code == 200
+    return [event["_id"] for event in response.json()["events"]]
+
+
+def test_events_are_the_recent_events_newest_first(client):
+    response = get(client, f"/profiles/{RETIRED}/events")
+    assert response.json()["person_id"] == ANN
+    assert event_ids(response) == ["e3", "e2", "e1"]
+
+
+def test_events_take_a_limit(client):
+    assert event_ids(get(client, f"/profiles/{ANN}/events", limit=2)) == ["e3", "e2"]
+
+
+def test_events_start_at_start_and_stop_before_end(client):
+    window = {"start": "2026-11-01T09:10:00Z", "end": "2026-11-01T09:20:00Z"}
+    assert event_ids(get(client, f"/profiles/{ANN}/events", **window)) == ["e2"]
+
+
+def test_a_person_without_events_has_an_empty_list(client):
+    assert event_ids(get(client, f"/profiles/{BOB}/events")) == []
+
+
+@pytest.mark.parametrize("url", [*PROFILE_ROUTES, "/profiles?identity=bad", "/profiles/p-bad"])
+def test_without_a_bearer_token_every_profile_route_is_401_even_when_malformed(client, url):
+    response = client.get(url)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("authorization", [f"Basic {TOKEN}", TOKEN, "Bearer", "Bearer "])
+def test_an_authorization_without_a_bearer_token_is_401(client, authorization):
+    for url in PROFILE_ROUTES:
+        assert client.get(url, headers={"Authorization": authorization}).status_code == 401, url
+
+
+@pytest.mark.parametrize("token", [TOKEN[:-1], TOKEN + "x", TOKEN.upper(), "\xe9t\xe9"])
+def test_a_wrong_token_is_403(client, token):
+    # Latin-1 bytes: a client may send any of them, and the comparison must not choke on them.
+    authorization = f"Bearer {token}".encode("latin-1")
+    for url in PROFILE_ROUTES:
+        assert client.get(url, headers={"Authorization": authorization}).status_code == 403, url
+
+
+def test_health_needs_no_token(client):
+    response = client.get("/health")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_routers_added_to_the_app_sit_behind_the_same_token(settings):
+    inlet = APIRouter()
+
+    @inlet.get("/collection")
+    def collection() -> dict[str, str]:
+        return {"accepted": "yes"}
+
+    with TestClient(create_app(sample_store(), settings, TOKEN, routers=[inlet])) as client:
+        assert client.get("/collection").status_code == 401
+        assert client.get("/collection", headers=AUTH).json() == {"accepted": "yes"}
+
+
+def test_the_openapi_document_describes_the_routes_their_models_and_the_bearer_scheme(client):
+    document = client.get("/openapi.json").json()
+    paths = document["paths"]
+    assert set(paths) == {"/health", "/profiles", "/profiles/{person_id}", "/profiles/{person_id}/events"}
+    by_identity = paths["/profiles"]["get"]
+    assert by_identity["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Profile"
+    }
+    assert {"401", "403", "404", "422"} <= set(by_identity["responses"])
+    assert by_identity["security"] == [{"HTTPBearer": []}]
+    assert "security" not in paths["/health"]["get"]
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert set(document["components"]["schemas"]["Profile"]["properties"]) == set(ANN_VIEW) | {"lookup"}
+
+
+def test_the_token_file_wins_over_the_environment_and_loses_its_newline(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    assert api_token(str(token_file), {API_TOKEN_ENV: "other"}) == TOKEN
+
+
+def test_the_token_comes_from_the_environment_without_a_file():
+    assert api_token(None, {API_TOKEN_ENV: TOKEN}) == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("content", "environ", "fragment"),
+    [
+        (None, {}, API_TOKEN_ENV),
+        (None, {API_TOKEN_ENV: "  "}, API_TOKEN_ENV),
+        ("", {API_TOKEN_ENV: TOKEN}, "--token-file"),
+        ("two words", {}, "one word"),
+        ("\xe9t\xe9", {}, "one word"),
+    ],
+)
+def test_there_is_no_token_without_one_usable_word(tmp_path, content, environ, fragment):
+    token_file = None
+    if content is not None:
+        token_file = tmp_path / "token"
+        token_file.write_text(content, encoding="latin-1")
+    with pytest.raises(ValueError, match=fragment):
+        api_token(None if token_file is None else str(token_file), environ)
+
+
+def test_a_missing_token_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=f"--token-file {tmp_path}/none: No such file"):
+        api_token(f"{tmp_path}/none", {})
+
+
+def test_serve_refuses_to_start_without_a_token(monkeypatch, capsys):
+    monkeypatch.delenv(API_TOKEN_ENV, raising=False)
+    code = main(["serve", "--port", "0"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert len(captured.err.splitlines()) == 1
+    assert API_TOKEN_ENV in captured.err
+
+
+class Served:
+    """Stands for :func:`pipelines.serve.serve` in CLI tests: keeps what it was asked to serve instead."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, tuple]] = []
+
+    def __call__(self, app, listener: socket.socket) -> None:
+        self.calls.append((app, listener.getsockname()))
+
+
+def test_serve_listens_where_asked_and_serves_the_store_then_closes_it(monkeypatch, tmp_path):
+    stores, served = OpenedStores(), Served()
+    monkeypatch.setattr(profile_store, "open_profile_store", stores, raising=False)
+    monkeypatch.setattr(pipelines.serve, "serve", served)
+    (tmp_path / "token").write_text(TOKEN)
+    args = ["serve", "--port", "0", "--profile-store", "sqlite:///x.sqlite", "--token-file", str(tmp_path / "token")]
+    assert main(args) == 0
+    [(app, (host, port))] = served.calls
+    assert (host, port > 0, stores.urls) == ("127.0.0.1", True, ["sqlite:///x.sqlite"])
+    assert stores.stores[0].closed
+    with TestClient(app) as client:
+        assert client.get(f"/profiles/{ANN}", headers=AUTH).status_code == 200
+
+
+def test_serve_on_a_busy_port_exits_2_with_one_line(monkeypatch, capsys):
+    monkeypatch.setenv(API_TOKEN_ENV, TOKEN)
+    with listen("127.0.0.1", 0) as busy:
+        code = main(["serve", "--port", str(busy.getsockname()[1])])
+    captured = capsys.readouterr()
+    assert code == 2
+    [line] = captured.err.splitlines()
+    assert "cannot listen on 127.0.0.1:" in line
+
+
+@contextlib.contextmanager
+def running_server(app) -> Iterator[str]:
+    """The real uvicorn server on a free loopback port, in a thread; yields its base URL and stops it after."""
+    listener = listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    server = api_server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + SERVER_TIMEOUT_S
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(SERVER_TIMEOUT_S)
+    assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def test_the_real_server_answers_on_a_loopback_port(settings):
+    with running_server(create_app(sample_store(), settings, TOKEN)) as url, httpx2.Client(timeout=5.0) as http:
+        assert http.get(f"{url}/health").status_code == 200
+        assert http.get(f"{url}/profiles", params={"identity": "CRMID:ann"}).status_code == 401
+        response = http.get(f"{url}/profiles", params={"identity": "CRMID:ann"}, headers=AUTH)
+        assert (response.status_code, response.json()["person_id"]) == (200, ANN)
+
+
+@pytest.mark.slow
+@needs_sqlite_store
+def test_profilestream_serve_on_the_real_sqlite_store(tmp_path):
+    url = f"sqlite:///{tmp_path}/profiles.sqlite"
+    with open_profile_store(url) as store:
+        store.write(SAMPLE_WRITE)
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--profile-store", url]
+    environment = {**os.environ, API_TOKEN_ENV: TOKEN}
+    cwd = Path(__file__).parents[2]
+    with subprocess.Popen(command, env=environment, cwd=cwd, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            base = _announced_url(process)
+            with httpx2.Client(base_url=base, headers=AUTH, timeout=5.0) as http:
+                assert http.get("/profiles", params={"identity": "Email:Ann@Example.com"}).json() == {
+                    "lookup": "Email:Ann@Example.com",
+                    **ANN_VIEW,
+                }
+                assert http.get(f"/profiles/{RETIRED}/events", params={"limit": 1}).json() == {
+                    "person_id": ANN,
+                    "events": ANN_VIEW["events"]["recent"][:1],
+                }
+                assert http.get("/profiles", params={"identity": "CRMID:nobody"}).status_code == 404
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(SERVER_TIMEOUT_S)
+    assert process.returncode == 130
+
+
+def _announced_url(process: subprocess.Popen) -> str:
+    """The URL ``serve`` logs once it listens, read from its stderr within the timeout."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    deadline = time.monotonic() + SUBPROCESS_START_TIMEOUT_S
+    seen = []
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            seen.append(lines.get(timeout=left))
+        except queue.Empty:
+            break
+        if match := re.search(r"Profile Access API on (http://\S+)", seen[-1]):
+            return match.group(1)
+    pytest.fail(f"serve did not announce its address: {json.dumps(seen)}")

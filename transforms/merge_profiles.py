@@ -1,0 +1,294 @@
+"""MergeProfiles: stitched records and identity changes in, merged profiles in the profile store out.
+
+Input: ``records``, ``PCollection[ValidRecord]`` with ``person_id`` set by StitchIdentities, and ``changes``,
+``PCollection[IdentityChange]``. Only records of profile-enabled datasets (DESIGN.md §2 "Datasets") with a person are
+merged; the rest are ignored here (they still reach the lake). Output: one :class:`ProfileFlush` per person flushed
+(person id and how many records it took), for counting.
+
+Updates are keyed by person and buffered in state. A person's buffer is flushed to the store
+
+- ``flush_interval_s`` of processing time after its first update (1 s by default: freshness),
+- as soon as it holds ``max_buffered`` updates (size), and
+- when the watermark reaches the end of input: so the final store contents never depend on processing time, and a
+  runner without processing-time timers (Prism, and every runner in batch) writes the same profiles.
+
+A flush reads the person's identities from the identity store, every fragment of those identities from the profile
+store, applies the buffered records to their fragments (:mod:`transforms.profile_model`: order-independent and
+idempotent, so a replay or a retried bundle changes nothing), and writes the fragments, the person's merged view, the
+index of its identities and, after a merge, redirects from the retired person ids, in one store write. A merge or a
+split reported by StitchIdentities flushes every person it names, so each side's view is rebuilt from its own
+fragments.
+
+Metrics (namespace ``profilestream``): ``profiles_written``; the freshness of each record's write, from the time the
+pipeline read it to the store write, as the distribution ``profile_freshness_ms`` and as bucket counters
+``profile_freshness_ms.le_<bound>`` from which the run summary takes p50, p95 and p99.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder, VarIntCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Timestamp
+
+from schemas.registry import SchemaRegistry
+from transforms import profile_model
+from transforms.clock import wall_clock_us
+from transforms.identity_graph import resolve
+from transforms.identity_model import Identity, IdentityChange
+from transforms.identity_namespaces import extract_identities, record_time_us
+from transforms.identity_store import open_identity_store
+from transforms.metrics import NAMESPACE, counter
+from transforms.profile_store import ProfileWrite, open_profile_store
+from transforms.records import ValidRecord
+from transforms.stitch import StitchSettings
+
+FRESHNESS_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
+FRESHNESS = "profile_freshness_ms"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileFlush:
+    """One flush: the person keyed, the records it applied and the views it wrote."""
+
+    person_id: str
+    records: int
+    views: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSettings:
+    """How profiles are merged: the policy, the datasets that feed them, and the buffering."""
+
+    policy: profile_model.MergePolicy = dataclasses.field(default_factory=profile_model.TimestampOrdered)
+    limits: profile_model.ProfileLimits = profile_model.DEFAULT_LIMITS
+    flush_interval_s: float = 1.0
+    max_buffered: int = 100
+
+
+def freshness_bucket(freshness_ms: float) -> str:
+    """The counter a write of this freshness is counted under (the smallest bound it does not exceed)."""
+    for bound in FRESHNESS_BUCKETS_MS:
+        if freshness_ms <= bound:
+            return f"{FRESHNESS}.le_{bound}"
+    return f"{FRESHNESS}.le_inf"
+
+
+class _MergeProfilesFn(beam.DoFn):
+    PENDING = BagStateSpec("pending", PickleCoder())
+    COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
+    FLUSH_SOON = TimerSpec("flush_soon", TimeDomain.REAL_TIME)
+    FLUSH_AT_END = TimerSpec("flush_at_end", TimeDomain.WATERMARK)
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        identity_store: str,
+        profile_store: str,
+        stitch: StitchSettings,
+        settings: ProfileSettings,
+        streaming: bool,
+        clock: Callable[[], int],
+    ) -> None:
+        self._registry = registry
+        self._identity_store_url = identity_store
+        self._profile_store_url = profile_store
+        self._stitch = stitch
+        self._settings = settings
+        self._streaming = streaming
+        self._clock = clock
+        self._written = counter("profiles_written")
+        self._freshness = Metrics.distribution(NAMESPACE, FRESHNESS)
+
+    def setup(self) -> None:
+        self._identities = open_identity_store(self._identity_store_url)
+        self._profiles = open_profile_store(self._profile_store_url)
+
+    def teardown(self) -> None:
+        for store in (getattr(self, "_identities", None), getattr(self, "_profiles", None)):
+            if store is not None:
+                store.close()
+
+    def process(
+        self,
+        keyed: tuple[str, Any],
+        pending=beam.DoFn.StateParam(PENDING),
+        count=beam.DoFn.StateParam(COUNT),
+        flush_soon=beam.DoFn.TimerParam(FLUSH_SOON),
+        flush_at_end=beam.DoFn.TimerParam(FLUSH_AT_END),
+    ):
+        person, update = keyed
+        pending.add(update)
+        buffered = (count.read() or 0) + 1
+        count.write(buffered)
+        if buffered == 1:
+            flush_at_end.set(GlobalWindow().max_timestamp())
+            if self._streaming:
+                flush_soon.set(Timestamp(micros=self._clock()) + self._settings.flush_interval_s)
+        if buffered >= self._settings.max_buffered:
+            yield from self._flush(person, pending, count)
+
+    @on_timer(FLUSH_SOON)
+    def on_flush_soon(
+        self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING), count=beam.DoFn.StateParam(COUNT)
+    ):
+        yield from self._flush(key, pending, count)
+
+    @on_timer(FLUSH_AT_END)
+    def on_flush_at_end(
+        self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING), count=beam.DoFn.StateParam(COUNT)
+    ):
+        yield from self._flush(key, pending, count)
+
+    def _flush(self, person: str, pending, count):
+        updates = list(pending.read())
+        pending.clear()
+        count.clear()
+        if not updates:
+            return
+        records = [update for update in updates if isinstance(update, ValidRecord)]
+        merges = [update for update in updates if isinstance(update, IdentityChange) and update.kind == "merge"]
+        written = self._write(person, records, merges)
+        self._written.inc(written)
+        yield ProfileFlush(person, len(records), written)
+        now_us = self._clock()
+        for record in records:
+            freshness_ms = max(0, now_us - record.read_time_us) / 1000
+            self._freshness.update(int(freshness_ms))
+            counter(freshness_bucket(freshness_ms)).inc()
+
+    def _write(self, person: str, records: list[ValidRecord], merges: list[IdentityChange]) -> int:
+        """Applies the records and rebuilds the view of every person they now belong to.
+
+        A record was keyed by the person it had when stitched; if that person has since been merged away, its
+        records go to the survivor, and the retired id redirects there. Returns how many views it wrote.
+        """
+        rules = self._stitch.graph
+        extracted = [
+            (record, extract_identities(record.entity, self._stitch.namespaces, self._stitch.rules).identities)
+            for record in records
+        ]
+        known = {identity for _, identities in extracted for identity in identities}
+        known |= {_identity(text) for change in merges for text in change.identities}
+        resolution = resolve(self._identities.facts_of(known), rules)
+        current = sorted({resolution.person_of[identity] for identity in known if identity in resolution.person_of})
+        members = {owner: [] for owner in current}
+        for identity, owner in sorted(resolution.person_of.items()):
+            if owner in members:
+                members[owner].append(identity)
+        datasets = [name for name, dataset in self._registry.datasets.items() if dataset.profile]
+        keys = [f"{identity}|{dataset}" for owned in members.values() for identity in owned for dataset in datasets]
+        fragments = {
+            key: profile_model.fragment_from_bytes(data) for key, data in self._profiles.fragments(keys).items()
+        }
+        touched = set()
+        for record, identities in extracted:
+            owner = profile_model.fragment_identity(identities, rules)
+            if owner is None:
+                continue
+            key = f"{owner}|{record.dataset}"
+            fragment = fragments.get(key) or profile_model.Fragment(identity=owner, dataset=record.dataset)
+            schema = self._registry.get(record.schema_id)
+            fragments[key] = profile_model.apply(
+                fragment,
+                record.entity,
+                is_event=schema.time_series,
+                record_time_us=record_time_us(record.entity, schema.class_id, record.publish_time_us),
+                ingest_time_us=record.publish_time_us,
+                message_id=record.message_id,
+                policy_limits=self._settings.limits,
+            )
+            touched.add(key)
+        views = {}
+        for owner, owned in members.items():
+            held = [fragments[key] for key in sorted(fragments) if fragments[key].identity in set(owned)]
+            view = profile_model.build_view(owner, owned, held, self._settings.policy)
+            views[owner] = profile_model.view_to_bytes(view)
+        redirects = {
+            old: change.persons_after[0]
+            for change in merges
+            for old in change.persons_before
+            if old not in members and change.persons_after
+        }
+        if person not in members and current:
+            redirects[person] = current[0]
+        self._profiles.write(
+            ProfileWrite(
+                fragments={key: profile_model.fragment_to_bytes(fragments[key]) for key in sorted(touched)},
+                views=views,
+                index={str(identity): owner for owner, owned in members.items() for identity in owned},
+                redirects=redirects,
+                drop_views=tuple(sorted(redirects)),
+            )
+        )
+        return len(views)
+
+
+def _identity(text: str) -> Identity:
+    namespace, _, identity_id = text.partition(":")
+    return Identity(namespace, identity_id)
+
+
+class MergeProfiles(beam.PTransform):
+    """Keeps every person's merged profile in the profile store; see the module docstring."""
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        identity_store: str,
+        profile_store: str,
+        stitch: StitchSettings,
+        settings: ProfileSettings | None = None,
+        *,
+        clock: Callable[[], int] = wall_clock_us,
+    ) -> None:
+        super().__init__()
+        self._registry = registry
+        self._identity_store = identity_store
+        self._profile_store = profile_store
+        self._stitch = stitch
+        self._settings = settings or ProfileSettings()
+        self._clock = clock
+
+    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
+        records, changes = inputs
+        streaming = records.pipeline.options.view_as(beam.options.pipeline_options.StandardOptions).streaming
+        profile_datasets = {name for name, dataset in self._registry.datasets.items() if dataset.profile}
+        keyed_records = records | "KeyRecordsByPerson" >> beam.FlatMap(_keyed_record, profile_datasets)
+        keyed_changes = changes | "KeyChangesByPerson" >> beam.FlatMap(_keyed_change)
+        return (
+            (keyed_records, keyed_changes)
+            | "Updates" >> beam.Flatten()
+            | "InGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
+            | "MergeAndFlush"
+            >> beam.ParDo(
+                _MergeProfilesFn(
+                    self._registry,
+                    self._identity_store,
+                    self._profile_store,
+                    self._stitch,
+                    self._settings,
+                    bool(streaming),
+                    self._clock,
+                )
+            )
+        )
+
+
+def _keyed_record(record: ValidRecord, profile_datasets: Iterable[str]):
+    if record.person_id is not None and record.dataset in profile_datasets:
+        yield record.person_id, record
+
+
+def _keyed_change(change: IdentityChange):
+    # A merge or a split rebuilds the view of every person it leaves; the others change no profile.
+    if change.kind in ("merge", "split"):
+        for person in change.persons_after:
+            yield person, change

@@ -1,0 +1,375 @@
+"""The profile store on Bigtable: a table that every worker shares, for profiles past what one Redis server holds.
+
+Opened by :func:`~transforms.profile_store.open_profile_store` from ``bigtable://PROJECT/INSTANCE/TABLE``; Google's
+emulator through ``BIGTABLE_EMULATOR_HOST``, as Google's client does it. The table and its column families are created
+when missing (the admin API works on the emulator too).
+
+Rows
+----
+One table; a row key starts with its kind, and names are in UTF-8.
+
+- ``f#<fragment key>``: ``d:doc``, the fragment.
+- ``v#<person>``: ``d:doc``, the person's view; ``m:<identity key>`` for each identity indexed to the person;
+  ``c:<row key>`` for each row holding a copy of the view, the person's *copies*.
+- ``i#<identity key>``: ``d:person``, the person the identity is indexed to; ``d:holder``, the person whose view it
+  shows: the same, or the survivor that person was merged into; ``v:<holder>``, a copy of that view.
+- ``r#<person>``: ``d:holder``, the survivor a retired person was merged into; ``v:<holder>``, a copy of its view.
+
+Reads
+-----
+Bigtable has no joins, so an identity row cannot lead to the view within one read: it holds a copy of the view instead.
+A lookup by identity is then one ``read_row`` (``i#``), and a lookup by person one ``read_rows`` of ``v#`` and ``r#``
+together; a redirect hides the retired person's own view, should one be left.
+
+Writes
+------
+A write does what the other backends do (:mod:`transforms.profile_store_sqlite` says it in words) with one
+``read_rows``, of the ``v#`` and ``r#`` rows of every person and the ``i#`` row of every identity it names, and then
+one ``mutate_rows`` batch of every row that changes (nothing is read for fragments alone). Redirects are kept one step
+long, so a copy is never more than one merge away from its view: merging a person away moves its copies to the
+survivor, and a person given a view again takes back the identities indexed to it.
+
+Write amplification: a view is written in its own row and again in each of its copies, the rows of the identities of
+the person and of the persons merged into it, and the redirects of those persons; a merge rewrites every copy of the
+person merged away.
+
+Bigtable has no multi-row transactions: a write is atomic per row, and a reader may see some of its rows before the
+others. Every mutation is idempotent (cells replace their column, with the client's timestamp), so the client retries
+failed rows and a retried batch converges. A write that fails part-way raises; run again (a retried bundle), it reads
+back what was left and finishes it: the rows it names are checked against their own contents, and a copy is written
+under its holder's name, so a copy list still naming a row that moved on writes a column no lookup reads.
+
+Two writers naming the same person at once may interleave their reads and batches; the pipeline writes each person
+from one key at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from google.api_core import exceptions
+from google.auth.exceptions import GoogleAuthError
+from google.cloud import bigtable
+from google.cloud.bigtable.data import (
+    BigtableDataClient,
+    DeleteAllFromFamily,
+    DeleteAllFromRow,
+    DeleteRangeFromColumn,
+    Mutation,
+    ReadRowsQuery,
+    Row,
+    RowMutationEntry,
+    SetCell,
+)
+from google.cloud.bigtable.data.row_filters import FamilyNameRegexFilter
+from google.cloud.bigtable_admin_v2.types import GcRule, Table
+
+from transforms.identity_store import StoreUnavailableError
+from transforms.profile_store import ProfileStore, ProfileWrite, changes_nothing
+
+ADMIN_TIMEOUT_S = 10.0
+
+FRAGMENT, VIEW, IDENTITY, REDIRECT = b"f#", b"v#", b"i#", b"r#"
+DATA, COPY, COPIES, MEMBERS = "d", "v", "c", "m"
+DOC, PERSON, HOLDER = b"doc", b"person", b"holder"
+_FAMILIES = (DATA, COPY, COPIES, MEMBERS)
+# A view row's copies and members are bookkeeping for writes: a lookup by person reads its document only.
+_LOOKUP_FAMILIES = FamilyNameRegexFilter(f"{DATA}|{COPY}")
+
+
+class BigtableProfileStore(ProfileStore):
+    """Fragments, views, the identity index and redirects in one Bigtable table."""
+
+    def __init__(self, project: str, instance: str, table: str) -> None:
+        with warnings.catch_warnings():
+            # Google's clients warn on every connection to the emulator; the URL and environment already say it.
+            warnings.filterwarnings("ignore", "Connecting to Bigtable emulator", RuntimeWarning)
+            try:
+                _create_if_missing(project, instance, table)
+                self._client = BigtableDataClient(project=project)
+            except (exceptions.GoogleAPIError, GoogleAuthError) as error:
+                message = " ".join(str(error).split())
+                url = f"bigtable://{project}/{instance}/{table}"
+                raise StoreUnavailableError(f"profile store {url} cannot be reached: {message}") from None
+        self._table = self._client.get_table(instance, table)
+
+    def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+        wanted = {_key(FRAGMENT, key): key for key in keys}
+        if not wanted:
+            return {}
+        rows = self._table.read_rows(ReadRowsQuery(row_keys=list(wanted)))
+        return {wanted[row.row_key]: _latest(row)[DATA, DOC] for row in rows}
+
+    def write(self, change: ProfileWrite) -> None:
+        if changes_nothing(change):
+            return
+        plan = _Plan(*self._stored(change))
+        plan.apply(change)
+        self._table.bulk_mutate_rows(plan.entries())
+
+    def view_by_identity(self, identity_key: str) -> bytes | None:
+        row = self._table.read_row(_key(IDENTITY, identity_key))
+        return None if row is None else _copy(_latest(row))
+
+    def view_by_person(self, person_id: str) -> bytes | None:
+        view_key, redirect_key = _key(VIEW, person_id), _key(REDIRECT, person_id)
+        query = ReadRowsQuery(row_keys=[view_key, redirect_key], row_filter=_LOOKUP_FAMILIES)
+        rows = {row.row_key: _latest(row) for row in self._table.read_rows(query)}
+        if redirect_key in rows:
+            return _copy(rows[redirect_key])
+        return rows.get(view_key, {}).get((DATA, DOC))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _stored(self, change: ProfileWrite) -> tuple[dict[str, _StoredPerson], dict[str, _StoredIdentity]]:
+        """What is stored of the persons and identities the change names, read in one request."""
+        named = [*change.views, *change.drop_views, *change.index.values(), *change.redirects.keys()]
+        persons = {person: _StoredPerson() for person in [*named, *change.redirects.values()]}
+        identities = {identity: _StoredIdentity() for identity in (*change.index, *change.unindex)}
+        keys = [_key(kind, person) for person in persons for kind in (VIEW, REDIRECT)]
+        keys += [_key(IDENTITY, identity) for identity in identities]
+        if not keys:
+            return persons, identities
+        for row in self._table.read_rows(ReadRowsQuery(row_keys=keys)):
+            kind, name, cells = row.row_key[:2], row.row_key[2:].decode(), _latest(row)
+            if kind == VIEW:
+                persons[name].doc = cells.get((DATA, DOC))
+                persons[name].copies = {qualifier for family, qualifier in cells if family == COPIES}
+                persons[name].members = {qualifier.decode() for family, qualifier in cells if family == MEMBERS}
+            elif kind == REDIRECT:
+                persons[name].redirect = _text(cells.get((DATA, HOLDER)))
+                persons[name].redirect_copy = _copy(cells)
+            else:
+                identities[name] = _StoredIdentity(_text(cells.get((DATA, PERSON))), _text(cells.get((DATA, HOLDER))))
+        return persons, identities
+
+
+@dataclasses.dataclass
+class _StoredPerson:
+    doc: bytes | None = None
+    copies: set[bytes] = dataclasses.field(default_factory=set)
+    members: set[str] = dataclasses.field(default_factory=set)
+    redirect: str | None = None
+    redirect_copy: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredIdentity:
+    person: str | None = None
+    holder: str | None = None
+
+
+class _Plan:
+    """The rows one write changes, worked out from what is stored of the persons and identities it names.
+
+    It follows where each row's copy comes from (its holder) as the change is applied in the order the other backends
+    apply it, and then writes every row that moved or whose holder's view changed.
+    """
+
+    def __init__(self, persons: Mapping[str, _StoredPerson], identities: Mapping[str, _StoredIdentity]) -> None:
+        self._docs: dict[str, bytes | None] = {}
+        self._holder: dict[bytes, str | None] = {}
+        self._first_holder: dict[bytes, str | None] = {}
+        self._held: defaultdict[str, set[bytes]] = defaultdict(set)
+        self._members: defaultdict[str, set[str]] = defaultdict(set)
+        self._person_of = {identity: stored.person for identity, stored in identities.items()}
+        self._mutations: defaultdict[bytes, list[Mutation]] = defaultdict(list)
+        self._moved: set[bytes] = set()
+        self._changed_views: set[str] = set()
+        self._indexed: set[str] = set()
+        # The rows read are the truth about themselves; a copy list or a member list that disagrees with them is
+        # left over from a write that failed part-way, and is mended here.
+        for identity, stored in identities.items():
+            self._track(_key(IDENTITY, identity), stored.holder)
+        for person, stored in persons.items():
+            self._track(_key(REDIRECT, person), stored.redirect)
+            if stored.redirect is not None:
+                self._docs[stored.redirect] = stored.redirect_copy
+        for person, stored in persons.items():
+            self._docs[person] = stored.doc
+            view_key = _key(VIEW, person)
+            for row in stored.copies:
+                if row not in self._holder:
+                    self._track(row, person)
+                if self._holder[row] != person:
+                    self._mutations[view_key].append(DeleteRangeFromColumn(COPIES, row))
+            for identity in stored.members:
+                if self._person_of.get(identity, person) == person:
+                    self._members[person].add(identity)
+                else:
+                    self._mutations[view_key].append(DeleteRangeFromColumn(MEMBERS, identity.encode()))
+
+    def apply(self, change: ProfileWrite) -> None:
+        for person in change.drop_views:
+            self._set_view(person, None)
+        for identity in change.unindex:
+            self._index(identity, None)
+        for person, doc in change.views.items():
+            self._set_view(person, doc)
+        for identity, person in change.index.items():
+            self._index(identity, person)
+        for person in change.views:
+            self._revive(person)
+        for retired, survivor in change.redirects.items():
+            if retired != survivor:
+                self._redirect(retired, survivor)
+        for key, doc in change.fragments.items():
+            self._mutations[_key(FRAGMENT, key)] += _replace(DATA, DOC, doc)
+
+    def entries(self) -> list[RowMutationEntry]:
+        for row in self._moved:
+            first, holder = self._first_holder[row], self._holder[row]
+            if first is not None and first != holder:
+                self._mutations[_key(VIEW, first)].append(DeleteRangeFromColumn(COPIES, row))
+            if holder is not None:
+                # Set even when the holder stays, so that a list a failed write left short is mended.
+                self._mutations[_key(VIEW, holder)].append(SetCell(COPIES, row, b""))
+        for row in self._moved.union(*(self._held[person] for person in self._changed_views)):
+            holder = self._holder[row]
+            if holder is None:
+                self._mutations[row].append(DeleteAllFromRow())
+                continue
+            self._mutations[row] += [DeleteAllFromFamily(COPY), *_replace(DATA, HOLDER, holder.encode())]
+            doc = self._docs.get(holder)
+            if doc is not None:
+                self._mutations[row].append(SetCell(COPY, holder.encode(), doc))
+        for identity in self._indexed:
+            person = self._person_of[identity]
+            if person is not None:
+                self._mutations[_key(IDENTITY, identity)] += _replace(DATA, PERSON, person.encode())
+        for person in self._changed_views:
+            doc = self._docs[person]
+            replace = [DeleteRangeFromColumn(DATA, DOC)] if doc is None else _replace(DATA, DOC, doc)
+            self._mutations[_key(VIEW, person)] += replace
+        return [RowMutationEntry(row, mutations) for row, mutations in self._mutations.items()]
+
+    def _set_view(self, person: str, doc: bytes | None) -> None:
+        self._docs[person] = doc
+        self._changed_views.add(person)
+
+    def _index(self, identity: str, person: str | None) -> None:
+        previous = self._person_of.get(identity)
+        if previous is not None:
+            self._members[previous].discard(identity)
+            self._mutations[_key(VIEW, previous)].append(DeleteRangeFromColumn(MEMBERS, identity.encode()))
+        self._person_of[identity] = person
+        self._indexed.add(identity)
+        if person is not None:
+            self._members[person].add(identity)
+            self._mutations[_key(VIEW, person)].append(SetCell(MEMBERS, identity.encode(), b""))
+        self._move(_key(IDENTITY, identity), None if person is None else self._holder_of(person))
+
+    def _revive(self, person: str) -> None:
+        """A person given a view is live: its identities show its view again, and its redirect goes."""
+        if self._holder[_key(REDIRECT, person)] is None:
+            return
+        for row in self._member_rows(person):
+            self._move(row, person)
+        self._move(_key(REDIRECT, person), None)
+
+    def _redirect(self, retired: str, survivor: str) -> None:
+        target = self._holder_of(survivor)
+        if target == retired:
+            # The retired person had absorbed the survivor earlier (merged one way, split, merged the other way now):
+            # the newer redirect wins.
+            self._move(_key(REDIRECT, survivor), None)
+            target = survivor
+        # What the retired person held (its identities' rows when it was live, and those of the persons merged into
+        # it); or, when it was merged away before, the rows of its identities that its old survivor held.
+        for row in self._held[retired] | set(self._member_rows(retired)):
+            self._move(row, target)
+        self._move(_key(REDIRECT, retired), target)
+
+    def _holder_of(self, person: str) -> str:
+        return self._holder.get(_key(REDIRECT, person)) or person
+
+    def _member_rows(self, person: str) -> list[bytes]:
+        """The rows of the identities indexed to this person, which the person's holder holds now."""
+        rows = [_key(IDENTITY, identity) for identity in self._members[person]]
+        for row in rows:
+            if row not in self._holder:
+                self._track(row, self._holder_of(person))
+        return rows
+
+    def _track(self, row: bytes, holder: str | None) -> None:
+        self._holder[row] = self._first_holder[row] = holder
+        if holder is not None:
+            self._held[holder].add(row)
+
+    def _move(self, row: bytes, holder: str | None) -> None:
+        previous = self._holder[row]
+        if previous is not None:
+            self._held[previous].discard(row)
+        if holder is not None:
+            self._held[holder].add(row)
+        self._holder[row] = holder
+        self._moved.add(row)
+
+
+def _create_if_missing(project: str, instance: str, table: str) -> None:
+    """Creates the table, or the column families it lacks; fails fast (no retries) on a store that is not there."""
+    admin = bigtable.Client(project=project, admin=True).table_admin_client
+    name = admin.table_path(project, instance, table)
+    one_version = GcRule(max_num_versions=1)
+    try:
+        try:
+            stored = admin.get_table(
+                request={"name": name, "view": Table.View.SCHEMA_VIEW}, retry=None, timeout=ADMIN_TIMEOUT_S
+            )
+        except exceptions.NotFound:
+            families = {family: {"gc_rule": one_version} for family in _FAMILIES}
+            # Another worker may have created it a moment ago.
+            with contextlib.suppress(exceptions.AlreadyExists):
+                admin.create_table(
+                    request={
+                        "parent": admin.instance_path(project, instance),
+                        "table_id": table,
+                        "table": {"column_families": families},
+                    },
+                    retry=None,
+                    timeout=ADMIN_TIMEOUT_S,
+                )
+            return
+        missing = [family for family in _FAMILIES if family not in stored.column_families]
+        if missing:
+            admin.modify_column_families(
+                request={
+                    "name": name,
+                    "modifications": [{"id": id_, "create": {"gc_rule": one_version}} for id_ in missing],
+                },
+                retry=None,
+                timeout=ADMIN_TIMEOUT_S,
+            )
+    finally:
+        admin.transport.close()
+
+
+def _key(kind: bytes, name: str) -> bytes:
+    return kind + name.encode()
+
+
+def _latest(row: Row) -> dict[tuple[str, bytes], bytes]:
+    """The newest value of each column of a row (the client lists a column's cells newest first)."""
+    cells: dict[tuple[str, bytes], bytes] = {}
+    for cell in row.cells:
+        cells.setdefault((cell.family, cell.qualifier), cell.value)
+    return cells
+
+
+def _copy(cells: Mapping[tuple[str, bytes], bytes]) -> bytes | None:
+    """The copy of the view an identity or redirect row holds: the one named after its holder."""
+    holder = cells.get((DATA, HOLDER))
+    return None if holder is None else cells.get((COPY, holder))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _replace(family: str, qualifier: bytes, value: bytes) -> list[Mutation]:
+    return [DeleteRangeFromColumn(family, qualifier), SetCell(family, qualifier, value)]
