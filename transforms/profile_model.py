@@ -317,7 +317,7 @@ def build_view(
     last_seen = max((entry.timestamp_us for entry in entries.values()), default=None)
     return {
         "person_id": person_id,
-        "identities": [{"namespace": identity.namespace, "id": identity.id} for identity in set(identities)],
+        "identities": [{"namespace": identity.namespace, "id": identity.id} for identity in sorted(set(identities))],
         "attributes": policy.merge(held),
         "events": {
             "count": len(entries) + dropped.estimate(),
@@ -454,7 +454,7 @@ def _recency(entries: Mapping[str, EventEntry]) -> Callable[[str], tuple[int, st
 def _outranks(rank: tuple, value: Any, held_rank: tuple, held_value: Any) -> bool:
     # Equal ranks come from one record or one batch message; the values decide so that order never does.
     return rank > held_rank or (
-        rank == held_rank and value != held_value and _canonical(value) > _canonical(held_value)
+        False
     )
 
 
