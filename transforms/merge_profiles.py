@@ -154,8 +154,8 @@ class _MergeProfilesFn(beam.DoFn):
         if not updates:
             return
         records = [update for update in updates if isinstance(update, ValidRecord)]
-        merges = [update for update in updates if isinstance(update, IdentityChange) and update.kind == "merge"]
-        written = self._write(person, records, merges)
+        changes = [update for update in updates if isinstance(update, IdentityChange)]
+        written = self._write(person, records, changes)
         self._written.inc(written)
         yield ProfileFlush(person, len(records), written)
         now_us = self._clock()
@@ -164,8 +164,8 @@ class _MergeProfilesFn(beam.DoFn):
             self._freshness.update(int(freshness_ms))
             counter(freshness_bucket(freshness_ms)).inc()
 
-    def _write(self, person: str, records: list[ValidRecord], merges: list[IdentityChange]) -> int:
-        """Applies the records and rebuilds the view of every person they now belong to.
+    def _write(self, person: str, records: list[ValidRecord], changes: list[IdentityChange]) -> int:
+        """Applies the records and rebuilds the view of every person they, or the merges and splits, now concern.
 
         A record was keyed by the person it had when stitched; if that person has since been merged away, its
         records go to the survivor, and the retired id redirects there. Returns how many views it wrote.
@@ -176,7 +176,8 @@ class _MergeProfilesFn(beam.DoFn):
             for record in records
         ]
         known = {identity for _, identities in extracted for identity in identities}
-        known |= {_identity(text) for change in merges for text in change.identities}
+        # A split's identities too: the side that keeps the old person id gets no record, yet needs its view rebuilt.
+        known |= {_identity(text) for change in changes for text in change.identities}
         resolution = resolve(self._identities.facts_of(known), rules)
         current = sorted({resolution.person_of[identity] for identity in known if identity in resolution.person_of})
         members = {owner: [] for owner in current}
@@ -213,7 +214,8 @@ class _MergeProfilesFn(beam.DoFn):
             views[owner] = profile_model.view_to_bytes(view)
         redirects = {
             old: change.persons_after[0]
-            for change in merges
+            for change in changes
+            if change.kind == "merge"
             for old in change.persons_before
             if old not in members and change.persons_after
         }

@@ -89,9 +89,9 @@ import hashlib
 import heapq
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from transforms.clock import EPOCH
 from transforms.identity_graph import GraphRules
@@ -122,8 +122,9 @@ class ProfileLimits:
 DEFAULT_LIMITS = ProfileLimits()
 
 
-@dataclasses.dataclass(frozen=True, order=True)
-class RecordStamp:
+# Stamps, attributes and entries are NamedTuples rather than dataclasses because tuples compare in C, and merging a
+# full fragment compares thousands of them.
+class RecordStamp(NamedTuple):
     """How attribute values are ordered: the record's own time, then its ingestion time, then its message id."""
 
     record_time_us: int
@@ -131,16 +132,14 @@ class RecordStamp:
     message_id: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Attribute:
+class Attribute(NamedTuple):
     """One leaf value and the stamp of the record that set it."""
 
     value: Any
     stamp: RecordStamp
 
 
-@dataclasses.dataclass(frozen=True, order=True)
-class EventEntry:
+class EventEntry(NamedTuple):
     """What the summary keeps of an event: its timestamp and ``eventType`` (``""`` when it has none)."""
 
     timestamp_us: int
@@ -162,6 +161,10 @@ class DistinctCount:
         return cls(_smallest({_hash64(key) for key in keys}))
 
     def union(self, other: DistinctCount) -> DistinctCount:
+        if not other.hashes or other.hashes == self.hashes:
+            return self
+        if not self.hashes:
+            return other
         return DistinctCount(_smallest({*self.hashes, *other.hashes}))
 
     def estimate(self) -> int:
@@ -228,23 +231,26 @@ def merge_fragments(a: Fragment, b: Fragment, *, policy_limits: ProfileLimits = 
         if held is None or _outranks((attribute.stamp,), attribute.value, (held.stamp,), held.value):
             attributes[path] = attribute
     entries, bodies = _union_events((a, b))
-    kept_ids = entries.keys()
-    cut: list[str] = []
+    dropped = a.events_dropped.union(b.events_dropped)
+    # A batch adds a few events to many: removing the few oldest is cheaper than ranking all that stay.
     if len(entries) > policy_limits.max_events:
-        kept_ids = set(heapq.nlargest(policy_limits.max_events, entries, key=_recency(entries)))
-        cut = [event_id for event_id in entries if event_id not in kept_ids]
-    recent_ids = heapq.nlargest(
-        policy_limits.recent_events, (event_id for event_id in bodies if event_id in kept_ids), key=_recency(entries)
-    )
+        cut = heapq.nsmallest(len(entries) - policy_limits.max_events, entries, key=_recency(entries))
+        dropped = dropped.union(DistinctCount.of(cut))
+        for event_id in cut:
+            del entries[event_id]
+            bodies.pop(event_id, None)
+    if len(bodies) > policy_limits.recent_events:
+        for event_id in heapq.nsmallest(len(bodies) - policy_limits.recent_events, bodies, key=_recency(entries)):
+            del bodies[event_id]
     first_seen = [seen for seen in (a.first_seen_us, b.first_seen_us) if seen is not None]
     return Fragment(
         identity=a.identity,
         dataset=a.dataset,
         attributes=attributes,
-        events={event_id: entries[event_id] for event_id in kept_ids},
-        recent={event_id: bodies[event_id] for event_id in recent_ids},
+        events=entries,
+        recent=bodies,
         first_seen_us=min(first_seen, default=None),
-        events_dropped=a.events_dropped.union(b.events_dropped).union(DistinctCount.of(cut)),
+        events_dropped=dropped,
         oversize_events=a.oversize_events.union(b.oversize_events),
         oversize_records=a.oversize_records.union(b.oversize_records),
     )
@@ -400,12 +406,10 @@ def _record_fragment(
         # Two entities of one batch message share a message id; their content tells them apart.
         key = f"{stamp.message_id}:{hashlib.sha256(encoded).hexdigest()}"
         return Fragment(identity, dataset, oversize_records=DistinctCount.of([key]))
-    attributes = {
-        path: Attribute(value, stamp)
-        for name, inner in entity.items()
-        if name not in _NOT_ATTRIBUTES and not name.startswith(_LINEAGE_PREFIX)
-        for path, value in _leaves(name, inner)
-    }
+    attributes: dict[str, Attribute] = {}
+    for name, value in entity.items():
+        if name not in _NOT_ATTRIBUTES and not name.startswith(_LINEAGE_PREFIX):
+            _add_leaves(_escaped(name), value, stamp, attributes)
     return Fragment(identity, dataset, attributes=attributes)
 
 
@@ -426,18 +430,23 @@ def _event_fragment(
 
 
 def _union_events(fragments: Sequence[Fragment]) -> tuple[dict[str, EventEntry], dict[str, Mapping[str, Any]]]:
-    """Every event id with its winning entry, and the bodies that belong to a winning entry."""
-    entries: dict[str, EventEntry] = {}
-    for fragment in fragments:
+    """Every event id with its winning entry, and the bodies that belong to a winning entry (fresh dicts)."""
+    if not fragments:
+        return {}, {}
+    # The first fragment is copied whole (the stored one, when a batch merges in): only the ids another fragment
+    # holds a later copy of need looking at, and their bodies from the first are stale.
+    entries = dict(fragments[0].events)
+    bodies = dict(fragments[0].recent)
+    for fragment in fragments[1:]:
         for event_id, entry in fragment.events.items():
             held = entries.get(event_id)
             if held is None or entry > held:
                 entries[event_id] = entry
-    bodies: dict[str, Mapping[str, Any]] = {}
-    for fragment in fragments:
+                bodies.pop(event_id, None)
+    for fragment in fragments[1:]:
         for event_id, body in fragment.recent.items():
-            # A body of a copy that lost to a later one is stale. A fragment that kept the winner's entry without its
-            # body had `recent_events` newer events, so that id cannot make the merged top N either.
+            # A fragment that kept the winning entry without its body had `recent_events` newer events, so that id
+            # cannot make the merged top N either.
             if fragment.events[event_id] != entries[event_id]:
                 continue
             held = bodies.get(event_id)
@@ -454,18 +463,21 @@ def _recency(entries: Mapping[str, EventEntry]) -> Callable[[str], tuple[int, st
 def _outranks(rank: tuple, value: Any, held_rank: tuple, held_value: Any) -> bool:
     # Equal ranks come from one record or one batch message; the values decide so that order never does.
     return rank > held_rank or (
-        False
+        rank == held_rank and value != held_value and _canonical(value) > _canonical(held_value)
     )
 
 
-def _leaves(name: str, value: Any) -> Iterator[tuple[str, Any]]:
-    path = name.replace("~", "~0").replace(".", "~1")
-    if isinstance(value, Mapping):
-        for inner_name, inner in value.items():
-            for inner_path, leaf in _leaves(inner_name, inner):
-                yield f"{path}.{inner_path}", leaf
+def _add_leaves(path: str, value: Any, stamp: RecordStamp, into: dict[str, Attribute]) -> None:
+    # Entities are decoded JSON (or Avro) whose objects are dicts; an ABC isinstance check here costs a third of apply.
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            _add_leaves(f"{path}.{_escaped(name)}", inner, stamp, into)
     else:
-        yield path, value
+        into[path] = Attribute(value, stamp)
+
+
+def _escaped(name: str) -> str:
+    return name.replace("~", "~0").replace(".", "~1")
 
 
 def _nest(best: Mapping[str, tuple[tuple, Attribute]]) -> dict[str, Any]:

@@ -60,7 +60,7 @@ IDENTITIES = frozenset(
 )
 STEADY_MESSAGES = {"m02", "m04", "m07", "m09"}  # Carol's and Dave's
 # The summary's counts of records; the profile counters are left out, as the local streaming runner drops what
-# timers count (README, "Limits of local development").
+# timers count.
 RECORD_COUNTS = ("messages", "records", "valid", "failed", "duplicates", "failed_by_code")
 GRAPH_RULES = stitch_settings(Config()).graph
 EXIT_USAGE = 2
