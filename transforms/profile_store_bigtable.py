@@ -25,22 +25,26 @@ Writes
 ------
 A write does what the other backends do (:mod:`transforms.profile_store_sqlite` says it in words) with one
 ``read_rows``, of the ``v#`` and ``r#`` rows of every person and the ``i#`` row of every identity it names, and then
-one ``mutate_rows`` batch of every row that changes (nothing is read for fragments alone). Redirects are kept one step
-long, so a copy is never more than one merge away from its view: merging a person away moves its copies to the
-survivor, and a person given a view again takes back the identities indexed to it.
+one ``mutate_rows`` batch of every row that changes (nothing is read for fragments alone). Each copy names its holder,
+which redirects nowhere (redirects are kept one step long), and the holder's ``c:`` list names the copy, so a write
+finds every copy of a view it changes. Merging a person away moves its copies to the survivor; a person given a view
+again takes back the copies of the identities indexed to it.
 
-Write amplification: a view is written in its own row and again in each of its copies, the rows of the identities of
-the person and of the persons merged into it, and the redirects of those persons; a merge rewrites every copy of the
-person merged away.
+Write amplification: a view is written once in its own row and once in each copy: the ``i#`` rows of the identities
+indexed to the person or to the persons merged into it, and the ``r#`` rows of those persons. A profile of n identities
+that absorbed k persons costs 1 + n + k cells of the view's size per write, where SQLite and Redis write one; a merge
+rewrites every copy of the person merged away.
 
 Bigtable has no multi-row transactions: a write is atomic per row, and a reader may see some of its rows before the
-others. Every mutation is idempotent (cells replace their column, with the client's timestamp), so the client retries
-failed rows and a retried batch converges. A write that fails part-way raises; run again (a retried bundle), it reads
-back what was left and finishes it: the rows it names are checked against their own contents, and a copy is written
-under its holder's name, so a copy list still naming a row that moved on writes a column no lookup reads.
+others. Every mutation is idempotent (a cell replaces its column, at the client's timestamp), so the client retries the
+rows that failed, and a batch sent again converges. A write that still fails part-way raises; run again (a retried
+bundle), it reads back what was left and finishes it when it names every identity whose row it moves, as merges and
+splits do (they index all the identities of the persons they change): the rows it reads are the truth about
+themselves, and it mends the copy and member lists that disagree with them. A row reached only through a list (an
+identity of a person merged away, which the write does not index) may keep a stale copy until a write names it.
 
-Two writers naming the same person at once may interleave their reads and batches; the pipeline writes each person
-from one key at a time.
+Two writers that name the same person at once may interleave their reads and batches, and leave a copy stale until
+the next write of that person.
 """
 
 from __future__ import annotations
@@ -73,12 +77,12 @@ from transforms.profile_store import ProfileStore, ProfileWrite, changes_nothing
 
 ADMIN_TIMEOUT_S = 10.0
 
-FRAGMENT, VIEW, IDENTITY, REDIRECT = b"f#", b"v#", b"i#", b"r#"
-DATA, COPY, COPIES, MEMBERS = "d", "v", "c", "m"
-DOC, PERSON, HOLDER = b"doc", b"person", b"holder"
-_FAMILIES = (DATA, COPY, COPIES, MEMBERS)
+_FRAGMENT, _VIEW, _IDENTITY, _REDIRECT = b"f#", b"v#", b"i#", b"r#"
+_DATA, _COPY, _COPIES, _MEMBERS = "d", "v", "c", "m"
+_DOC, _PERSON, _HOLDER = b"doc", b"person", b"holder"
+_FAMILIES = (_DATA, _COPY, _COPIES, _MEMBERS)
 # A view row's copies and members are bookkeeping for writes: a lookup by person reads its document only.
-_LOOKUP_FAMILIES = FamilyNameRegexFilter(f"{DATA}|{COPY}")
+_LOOKUP_FAMILIES = FamilyNameRegexFilter(f"{_DATA}|{_COPY}")
 
 
 class BigtableProfileStore(ProfileStore):
@@ -98,11 +102,11 @@ class BigtableProfileStore(ProfileStore):
         self._table = self._client.get_table(instance, table)
 
     def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
-        wanted = {_key(FRAGMENT, key): key for key in keys}
+        wanted = {_key(_FRAGMENT, key): key for key in keys}
         if not wanted:
             return {}
         rows = self._table.read_rows(ReadRowsQuery(row_keys=list(wanted)))
-        return {wanted[row.row_key]: _latest(row)[DATA, DOC] for row in rows}
+        return {wanted[row.row_key]: _latest(row)[_DATA, _DOC] for row in rows}
 
     def write(self, change: ProfileWrite) -> None:
         if changes_nothing(change):
@@ -112,40 +116,48 @@ class BigtableProfileStore(ProfileStore):
         self._table.bulk_mutate_rows(plan.entries())
 
     def view_by_identity(self, identity_key: str) -> bytes | None:
-        row = self._table.read_row(_key(IDENTITY, identity_key))
+        row = self._table.read_row(_key(_IDENTITY, identity_key))
         return None if row is None else _copy(_latest(row))
 
     def view_by_person(self, person_id: str) -> bytes | None:
-        view_key, redirect_key = _key(VIEW, person_id), _key(REDIRECT, person_id)
+        view_key, redirect_key = _key(_VIEW, person_id), _key(_REDIRECT, person_id)
         query = ReadRowsQuery(row_keys=[view_key, redirect_key], row_filter=_LOOKUP_FAMILIES)
         rows = {row.row_key: _latest(row) for row in self._table.read_rows(query)}
         if redirect_key in rows:
             return _copy(rows[redirect_key])
-        return rows.get(view_key, {}).get((DATA, DOC))
+        return rows.get(view_key, {}).get((_DATA, _DOC))
 
     def close(self) -> None:
         self._client.close()
 
     def _stored(self, change: ProfileWrite) -> tuple[dict[str, _StoredPerson], dict[str, _StoredIdentity]]:
         """What is stored of the persons and identities the change names, read in one request."""
-        named = [*change.views, *change.drop_views, *change.index.values(), *change.redirects.keys()]
-        persons = {person: _StoredPerson() for person in [*named, *change.redirects.values()]}
+        named = (
+            *change.views,
+            *change.drop_views,
+            *change.index.values(),
+            *change.redirects,
+            *change.redirects.values(),
+        )
+        persons = {person: _StoredPerson() for person in named}
         identities = {identity: _StoredIdentity() for identity in (*change.index, *change.unindex)}
-        keys = [_key(kind, person) for person in persons for kind in (VIEW, REDIRECT)]
-        keys += [_key(IDENTITY, identity) for identity in identities]
+        keys = [_key(kind, person) for person in persons for kind in (_VIEW, _REDIRECT)]
+        keys += [_key(_IDENTITY, identity) for identity in identities]
         if not keys:
             return persons, identities
         for row in self._table.read_rows(ReadRowsQuery(row_keys=keys)):
             kind, name, cells = row.row_key[:2], row.row_key[2:].decode(), _latest(row)
-            if kind == VIEW:
-                persons[name].doc = cells.get((DATA, DOC))
-                persons[name].copies = {qualifier for family, qualifier in cells if family == COPIES}
-                persons[name].members = {qualifier.decode() for family, qualifier in cells if family == MEMBERS}
-            elif kind == REDIRECT:
-                persons[name].redirect = _text(cells.get((DATA, HOLDER)))
+            if kind == _VIEW:
+                persons[name].doc = cells.get((_DATA, _DOC))
+                persons[name].copies = {qualifier for family, qualifier in cells if family == _COPIES}
+                persons[name].members = {qualifier.decode() for family, qualifier in cells if family == _MEMBERS}
+            elif kind == _REDIRECT:
+                persons[name].redirect = _text(cells.get((_DATA, _HOLDER)))
                 persons[name].redirect_copy = _copy(cells)
             else:
-                identities[name] = _StoredIdentity(_text(cells.get((DATA, PERSON))), _text(cells.get((DATA, HOLDER))))
+                identities[name] = _StoredIdentity(
+                    _text(cells.get((_DATA, _PERSON))), _text(cells.get((_DATA, _HOLDER)))
+                )
         return persons, identities
 
 
@@ -185,24 +197,24 @@ class _Plan:
         # The rows read are the truth about themselves; a copy list or a member list that disagrees with them is
         # left over from a write that failed part-way, and is mended here.
         for identity, stored in identities.items():
-            self._track(_key(IDENTITY, identity), stored.holder)
+            self._track(_key(_IDENTITY, identity), stored.holder)
         for person, stored in persons.items():
-            self._track(_key(REDIRECT, person), stored.redirect)
+            self._track(_key(_REDIRECT, person), stored.redirect)
             if stored.redirect is not None:
                 self._docs[stored.redirect] = stored.redirect_copy
         for person, stored in persons.items():
             self._docs[person] = stored.doc
-            view_key = _key(VIEW, person)
+            view_key = _key(_VIEW, person)
             for row in stored.copies:
                 if row not in self._holder:
                     self._track(row, person)
                 if self._holder[row] != person:
-                    self._mutations[view_key].append(DeleteRangeFromColumn(COPIES, row))
+                    self._mutations[view_key].append(DeleteRangeFromColumn(_COPIES, row))
             for identity in stored.members:
                 if self._person_of.get(identity, person) == person:
                     self._members[person].add(identity)
                 else:
-                    self._mutations[view_key].append(DeleteRangeFromColumn(MEMBERS, identity.encode()))
+                    self._mutations[view_key].append(DeleteRangeFromColumn(_MEMBERS, identity.encode()))
 
     def apply(self, change: ProfileWrite) -> None:
         for person in change.drop_views:
@@ -219,33 +231,33 @@ class _Plan:
             if retired != survivor:
                 self._redirect(retired, survivor)
         for key, doc in change.fragments.items():
-            self._mutations[_key(FRAGMENT, key)] += _replace(DATA, DOC, doc)
+            self._mutations[_key(_FRAGMENT, key)] += _replace(_DATA, _DOC, doc)
 
     def entries(self) -> list[RowMutationEntry]:
         for row in self._moved:
             first, holder = self._first_holder[row], self._holder[row]
             if first is not None and first != holder:
-                self._mutations[_key(VIEW, first)].append(DeleteRangeFromColumn(COPIES, row))
+                self._mutations[_key(_VIEW, first)].append(DeleteRangeFromColumn(_COPIES, row))
             if holder is not None:
                 # Set even when the holder stays, so that a list a failed write left short is mended.
-                self._mutations[_key(VIEW, holder)].append(SetCell(COPIES, row, b""))
+                self._mutations[_key(_VIEW, holder)].append(SetCell(_COPIES, row, b""))
         for row in self._moved.union(*(self._held[person] for person in self._changed_views)):
             holder = self._holder[row]
             if holder is None:
                 self._mutations[row].append(DeleteAllFromRow())
                 continue
-            self._mutations[row] += [DeleteAllFromFamily(COPY), *_replace(DATA, HOLDER, holder.encode())]
+            self._mutations[row] += [DeleteAllFromFamily(_COPY), *_replace(_DATA, _HOLDER, holder.encode())]
             doc = self._docs.get(holder)
             if doc is not None:
-                self._mutations[row].append(SetCell(COPY, holder.encode(), doc))
+                self._mutations[row].append(SetCell(_COPY, holder.encode(), doc))
         for identity in self._indexed:
             person = self._person_of[identity]
             if person is not None:
-                self._mutations[_key(IDENTITY, identity)] += _replace(DATA, PERSON, person.encode())
+                self._mutations[_key(_IDENTITY, identity)] += _replace(_DATA, _PERSON, person.encode())
         for person in self._changed_views:
             doc = self._docs[person]
-            replace = [DeleteRangeFromColumn(DATA, DOC)] if doc is None else _replace(DATA, DOC, doc)
-            self._mutations[_key(VIEW, person)] += replace
+            replace = [DeleteRangeFromColumn(_DATA, _DOC)] if doc is None else _replace(_DATA, _DOC, doc)
+            self._mutations[_key(_VIEW, person)] += replace
         return [RowMutationEntry(row, mutations) for row, mutations in self._mutations.items()]
 
     def _set_view(self, person: str, doc: bytes | None) -> None:
@@ -256,41 +268,41 @@ class _Plan:
         previous = self._person_of.get(identity)
         if previous is not None:
             self._members[previous].discard(identity)
-            self._mutations[_key(VIEW, previous)].append(DeleteRangeFromColumn(MEMBERS, identity.encode()))
+            self._mutations[_key(_VIEW, previous)].append(DeleteRangeFromColumn(_MEMBERS, identity.encode()))
         self._person_of[identity] = person
         self._indexed.add(identity)
         if person is not None:
             self._members[person].add(identity)
-            self._mutations[_key(VIEW, person)].append(SetCell(MEMBERS, identity.encode(), b""))
-        self._move(_key(IDENTITY, identity), None if person is None else self._holder_of(person))
+            self._mutations[_key(_VIEW, person)].append(SetCell(_MEMBERS, identity.encode(), b""))
+        self._move(_key(_IDENTITY, identity), None if person is None else self._holder_of(person))
 
     def _revive(self, person: str) -> None:
         """A person given a view is live: its identities show its view again, and its redirect goes."""
-        if self._holder[_key(REDIRECT, person)] is None:
+        if self._holder[_key(_REDIRECT, person)] is None:
             return
         for row in self._member_rows(person):
             self._move(row, person)
-        self._move(_key(REDIRECT, person), None)
+        self._move(_key(_REDIRECT, person), None)
 
     def _redirect(self, retired: str, survivor: str) -> None:
         target = self._holder_of(survivor)
         if target == retired:
             # The retired person had absorbed the survivor earlier (merged one way, split, merged the other way now):
             # the newer redirect wins.
-            self._move(_key(REDIRECT, survivor), None)
+            self._move(_key(_REDIRECT, survivor), None)
             target = survivor
         # What the retired person held (its identities' rows when it was live, and those of the persons merged into
         # it); or, when it was merged away before, the rows of its identities that its old survivor held.
         for row in self._held[retired] | set(self._member_rows(retired)):
             self._move(row, target)
-        self._move(_key(REDIRECT, retired), target)
+        self._move(_key(_REDIRECT, retired), target)
 
     def _holder_of(self, person: str) -> str:
-        return self._holder.get(_key(REDIRECT, person)) or person
+        return self._holder.get(_key(_REDIRECT, person)) or person
 
     def _member_rows(self, person: str) -> list[bytes]:
         """The rows of the identities indexed to this person, which the person's holder holds now."""
-        rows = [_key(IDENTITY, identity) for identity in self._members[person]]
+        rows = [_key(_IDENTITY, identity) for identity in self._members[person]]
         for row in rows:
             if row not in self._holder:
                 self._track(row, self._holder_of(person))
@@ -363,8 +375,8 @@ def _latest(row: Row) -> dict[tuple[str, bytes], bytes]:
 
 def _copy(cells: Mapping[tuple[str, bytes], bytes]) -> bytes | None:
     """The copy of the view an identity or redirect row holds: the one named after its holder."""
-    holder = cells.get((DATA, HOLDER))
-    return None if holder is None else cells.get((COPY, holder))
+    holder = cells.get((_DATA, _HOLDER))
+    return None if holder is None else cells.get((_COPY, holder))
 
 
 def _text(value: bytes | None) -> str | None:

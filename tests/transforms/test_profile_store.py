@@ -10,16 +10,18 @@ from __future__ import annotations
 import itertools
 import random
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 import redis
+from google.cloud import bigtable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transforms.identity_store import StoreUnavailableError
-from transforms.profile_store import ProfileStore, ProfileWrite, changes_nothing, open_profile_store
+from transforms.profile_store import ProfileStore, ProfileWrite, open_profile_store
 
 ADA, BOB, CAT = "p-ada", "p-bob", "p-cat"
 ADA_EMAIL, ADA_ECID, BOB_EMAIL, BOB_PHONE, CAT_EMAIL = (
@@ -36,7 +38,9 @@ FRAGMENT_KEYS = (f"{ADA_EMAIL}|profile_records", f"{ADA_ECID}|experience_events"
 # Each example opens an empty store from the function-scoped factory ``empty_store_url``, which the health check
 # cannot tell from a fixture whose state would leak between examples.
 PROPERTY_SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("N", 30)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 DOCS = st.binary(max_size=3)
 WRITES = st.builds(
@@ -281,15 +285,12 @@ def test_a_person_given_a_view_again_is_no_longer_redirected(empty_store_url: Ca
 
 
 def test_persons_merged_one_way_then_the_other_follow_the_newer_redirect(empty_store_url: Callable[[], str]) -> None:
-    changes = [
-        PROFILES,
-        ProfileWrite(redirects={BOB: ADA}, drop_views=(BOB,)),
-        ProfileWrite(redirects={ADA: BOB}, views={BOB: b"bob+ada"}, drop_views=(ADA,)),
-    ]
+    # Bob's view is left behind by the first merge, and is his again once Ada's redirect replaces his.
+    changes = [PROFILES, ProfileWrite(redirects={BOB: ADA}), ProfileWrite(redirects={ADA: BOB}, drop_views=(ADA,))]
     with open_profile_store(empty_store_url()) as store:
         for change in changes:
             store.write(change)
-        assert store.view_by_person(ADA) == store.view_by_identity(ADA_EMAIL) == b"bob+ada"
+        assert store.view_by_person(ADA) == store.view_by_identity(ADA_EMAIL) == store.view_by_person(BOB) == b"bob"
         assert contents(store) == contents(written(changes))
 
 
@@ -339,7 +340,8 @@ def test_a_reopened_store_has_the_contents_of_the_last(empty_store_url: Callable
         assert contents(store) == contents(written([PROFILES, MERGE]))
 
 
-@PROPERTY_SETTINGS
+# More examples than the other properties: this one is where a store's bookkeeping of redirects and copies is tried.
+@settings(PROPERTY_SETTINGS, max_examples=100)
 @given(changes=st.lists(WRITES, max_size=6))
 def test_any_writes_leave_what_the_reference_has(
     empty_store_url: Callable[[], str], changes: list[ProfileWrite]
@@ -378,6 +380,23 @@ def test_an_unknown_or_malformed_url_is_a_one_line_value_error(url: str) -> None
     with pytest.raises(ValueError, match=r"^[^\n]*$") as raised:
         open_profile_store(url)
     assert not isinstance(raised.value, StoreUnavailableError)
+
+
+@pytest.mark.parametrize(
+    ("backend", "package", "url"),
+    [("redis", "redis", "redis://127.0.0.1:6379/0"), ("bigtable", "google.cloud.bigtable", "bigtable://p/i/t")],
+)
+def test_a_backend_without_its_package_is_a_one_line_value_error(
+    monkeypatch: pytest.MonkeyPatch, backend: str, package: str, url: str
+) -> None:
+    monkeypatch.delitem(sys.modules, f"transforms.profile_store_{backend}", raising=False)
+    # None in sys.modules makes an import fail as a missing package does.
+    monkeypatch.setitem(sys.modules, package, None)
+    parent, _, name = package.rpartition(".")
+    if parent:
+        monkeypatch.delattr(sys.modules[parent], name, raising=False)
+    with pytest.raises(ValueError, match=rf"^[^\n]*pip install 'profilestream\[{backend}\]'$"):
+        open_profile_store(url)
 
 
 def test_a_sqlite_store_that_cannot_be_opened_is_a_one_line_error(tmp_path: Path) -> None:
@@ -441,11 +460,10 @@ def test_a_redis_store_carries_on_when_the_server_has_lost_its_scripts(redis_ser
 
 
 @pytest.mark.integration
+@pytest.mark.filterwarnings("ignore:Connecting to Bigtable emulator:RuntimeWarning")
 def test_a_bigtable_table_without_the_column_families_gets_them(
     bigtable_emulator: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from google.cloud import bigtable
-
     monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", bigtable_emulator)
     table = f"profiles-{next(_TABLES)}"
     admin = bigtable.Client(project="test-project", admin=True).instance("test-instance").table(table)
@@ -458,31 +476,61 @@ def test_a_bigtable_table_without_the_column_families_gets_them(
 @pytest.mark.integration
 @PROPERTY_SETTINGS
 @given(changes=st.lists(st.tuples(WRITES, st.booleans()), max_size=5), seed=st.integers(0, 2**32 - 1))
-def test_bigtable_writes_that_failed_part_way_finish_when_run_again(
+def test_a_bigtable_batch_cut_part_way_and_sent_again_converges(
     bigtable_emulator: str, monkeypatch: pytest.MonkeyPatch, changes: list[tuple[ProfileWrite, bool]], seed: int
 ) -> None:
     monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", bigtable_emulator)
     rng = random.Random(seed)
     with open_profile_store(f"bigtable://test-project/test-instance/profiles-{next(_TABLES)}") as store:
-        for change, fails in changes:
-            if fails and not changes_nothing(change):
-                fail_part_way(store, change, rng)
-            store.write(change)
+        table = store._table  # type: ignore[attr-defined]
+        for change, cut in changes:
+            batch = cut_part_way(store, change, rng) if cut else None
+            if batch is None:
+                store.write(change)
+            else:
+                table.bulk_mutate_rows(batch)
         assert contents(store) == contents(written(change for change, _ in changes))
 
 
-def fail_part_way(store: ProfileStore, change: ProfileWrite, rng: random.Random) -> None:
-    """Writes the change as a batch that fails after some of its rows, chosen at random, were written."""
+@pytest.mark.integration
+@settings(PROPERTY_SETTINGS, max_examples=100)
+@given(seed=st.integers(0, 2**32 - 1), later=st.lists(WRITES, max_size=4))
+def test_a_bigtable_write_cut_part_way_and_run_again_leaves_what_it_would_have(
+    bigtable_emulator: str, monkeypatch: pytest.MonkeyPatch, seed: int, later: list[ProfileWrite]
+) -> None:
+    # The stories name every identity whose row they move (a merge or a split indexes them all), and the writes after
+    # them find the rows and lists as one whole write of each would have left them.
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", bigtable_emulator)
+    rng = random.Random(seed)
+    stories = [PROFILES, MERGE, SPLIT]
+    with open_profile_store(f"bigtable://test-project/test-instance/profiles-{next(_TABLES)}") as store:
+        for change in stories:
+            cut_part_way(store, change, rng)
+            store.write(change)
+        for change in later:
+            store.write(change)
+        assert contents(store) == contents(written(stories + later))
+
+
+def cut_part_way(store: ProfileStore, change: ProfileWrite, rng: random.Random) -> list | None:
+    """Writes the change with its batch failing after a random part of its rows were written; returns the batch.
+
+    None when the write sent no batch.
+    """
     table = store._table  # type: ignore[attr-defined]
     send = table.bulk_mutate_rows
+    batches = []
 
     def some_rows(entries: list) -> None:
+        batches.append(entries)
         send([entry for entry in entries if rng.random() < 0.5])
         raise ConnectionError("the batch failed part-way")
 
     table.bulk_mutate_rows = some_rows
     try:
-        with pytest.raises(ConnectionError):
-            store.write(change)
+        store.write(change)
+    except ConnectionError:
+        pass
     finally:
         del table.bulk_mutate_rows
+    return batches[0] if batches else None
