@@ -19,16 +19,18 @@ Figures
   does per batch (``store.observe``, ``resolve`` of the facts before and after, ``changes``). A link is a pair of
   identities observed together. The reference, :class:`InMemoryGraph`, keeps the raw components in dicts and adds a
   batch with :meth:`GraphFacts.merged_with <transforms.identity_model.GraphFacts.merged_with>`, as every store must
-  agree with; the rest of the batch's steps are the same calls. Each run builds its graph alone, from empty, and
-  only the batches' own time counts; after it, the size of the graph in the store (the SQLite file and its log, or
-  the Redis server's ``used_memory``).
+  agree with; the rest of the batch's steps are the same calls. Each graph is built from empty by a process of its
+  own (so none pays for another's heap), and the processes take turns of 40 batches: load that comes and goes on a
+  shared machine weighs on them alike. Only the batches' own time counts. Printed beside: the size of the graph in
+  the store (the SQLite file and its log, or the Redis server's ``used_memory``).
 - **peak memory** of :class:`~transforms.stitch.StitchIdentities` on FnApiRunner with a SQLite store over the first
   ``--stage-records`` records of the traffic (100,000), beside the in-memory reference stitching the same records
   (identities extracted from the same entities): each runs in a fresh process of its own and reports its
   ``ru_maxrss``, and how much of it was there before the work started (imports, schemas). Linux starts a child's
   ``ru_maxrss`` at the RSS its parent had when it started it, so these processes start before any graph is built.
 
-On a 2-core machine the default size takes about 20 minutes: some 3 for the reference and 5 to 6 per store.
+On a 2-core machine the default size takes about 20 minutes (in one run: 1 for the memory figure, then 4 of batches
+for the reference, 7 for SQLite and 5 for Redis).
 
     python -m pipelines.bench_identity [--identities N] [--stage-records N]
 """
@@ -42,6 +44,7 @@ import dataclasses
 import datetime
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import random
 import resource
 import shutil
@@ -50,7 +53,7 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import apache_beam as beam
@@ -69,6 +72,8 @@ from transforms.stitch import StitchIdentities
 
 SEED = 20261101
 BATCH_SIZE = 500  # the stage's default batch
+TURN_BATCHES = 40
+REFERENCE = "reference"
 IDENTITIES = 1_000_000
 STAGE_RECORDS = 100_000
 START_US = 1_793_523_600_000_000  # 2026-11-01T09:00:00Z
@@ -200,25 +205,64 @@ def stitch_batch(graph: IdentityStore | InMemoryGraph, observations: Sequence[Ob
 
 @dataclasses.dataclass(frozen=True)
 class Throughput:
-    links: int
-    seconds: float
-    changes: int
+    links: int = 0
+    seconds: float = 0.0
+    changes: int = 0
+
+    def __add__(self, other: Throughput) -> Throughput:
+        return Throughput(self.links + other.links, self.seconds + other.seconds, self.changes + other.changes)
 
     @property
     def links_per_s(self) -> float:
         return self.links / self.seconds
 
 
-def link_throughput(graph: IdentityStore | InMemoryGraph, identities: int, rules: GraphRules) -> Throughput:
-    """The traffic through ``stitch_batch``; only the batches' own time counts, not generating them."""
-    links = found = 0
-    seconds = 0.0
-    for batch in batches(traffic(identities)):
-        links += sum(map(links_in, batch))
-        start = time.perf_counter()
-        found += stitch_batch(graph, batch, rules)
-        seconds += time.perf_counter() - start
-    return Throughput(links, seconds, found)
+def build_in_turns(stores: Mapping[str, str | None], identities: int) -> dict[str, Throughput]:
+    """Builds one graph of the traffic per store URL (``None``: the in-memory reference), each in a process of its
+    own, the processes taking turns of :data:`TURN_BATCHES` batches; the throughput of each, by label."""
+    context = multiprocessing.get_context("spawn")
+    connections, builders = {}, []
+    for label, url in stores.items():
+        connection, builder_end = context.Pipe()
+        builders.append(context.Process(target=_build, args=(builder_end, url, identities), daemon=True))
+        builders[-1].start()
+        connections[label] = connection
+    for connection in connections.values():
+        connection.recv()  # ready: imported and connected, so no builder starts up while another is timed
+    totals = dict.fromkeys(stores, Throughput())
+    for turn in itertools.count():
+        # Who goes first rotates, so that none always follows the same one.
+        labels = list(stores)[turn % len(stores) :] + list(stores)[: turn % len(stores)]
+        parts = {}
+        for label in labels:
+            connections[label].send(TURN_BATCHES)
+            parts[label] = connections[label].recv()
+            totals[label] += parts[label]
+        if not any(part.links for part in parts.values()):
+            break
+    for connection in connections.values():
+        connection.send(0)
+        connection.close()
+    for builder in builders:
+        builder.join()  # each closes its store first
+    return totals
+
+
+def _build(connection: multiprocessing.connection.Connection, url: str | None, identities: int) -> None:
+    """A builder process: each number received is how many more batches to stitch; answers with their throughput."""
+    rules = stitch_settings(Config()).graph
+    graph = InMemoryGraph() if url is None else open_identity_store(url)
+    pending = batches(traffic(identities))
+    connection.send(None)
+    while turn := connection.recv():
+        part = Throughput()
+        for batch in itertools.islice(pending, turn):
+            start = time.perf_counter()
+            found = stitch_batch(graph, batch, rules)
+            part += Throughput(sum(map(links_in, batch)), time.perf_counter() - start, found)
+        connection.send(part)
+    if url is not None:
+        graph.close()
 
 
 def traffic_size(identities: int) -> tuple[int, int, int]:
@@ -328,7 +372,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--identities", type=int, default=IDENTITIES, help="size of the identity graph to build")
     parser.add_argument("--stage-records", type=int, default=STAGE_RECORDS, help="records for the memory figure")
     args = parser.parse_args(argv)
-    rules = stitch_settings(Config()).graph
     observations, links, batch_count = traffic_size(args.identities)
     print(
         f"identity graph: {args.identities:,} identities from {observations:,} generated observations "
@@ -348,27 +391,24 @@ def main(argv: list[str] | None = None) -> None:
             f"ratio {stage_peak / reference_peak:4.2f}",
             flush=True,
         )
-        reference = link_throughput(InMemoryGraph(), args.identities, rules)
-        print(
-            f"reference, in-memory graph (merged_with+resolve+changes) {reference.links_per_s:10,.0f} links/s  "
-            f"({reference.seconds:5.1f} s, {reference.changes:,} changes)",
-            flush=True,
-        )
-        backends = [("SQLite (file)", contextlib.nullcontext(f"sqlite:///{work}/identity.sqlite"))]
-        redis_found = shutil.which("redis-server") is not None
-        if redis_found:
-            backends.append(("Redis (private redis-server)", private_redis(work)))
-        for label, url_context in backends:
-            with url_context as url:
-                with open_identity_store(url) as store:
-                    measured = link_throughput(store, args.identities, rules)
-                stored = stored_megabytes(url)
+        with contextlib.ExitStack() as servers:
+            stores = {"SQLite (file)": f"sqlite:///{work}/identity.sqlite"}
+            redis_found = shutil.which("redis-server") is not None
+            if redis_found:
+                stores["Redis (private redis-server)"] = servers.enter_context(private_redis(work))
+            measured = build_in_turns({REFERENCE: None, **stores}, args.identities)
+            reference = measured[REFERENCE]
             print(
-                f"store {label:<50} {measured.links_per_s:10,.0f} links/s  ({measured.seconds:5.1f} s, "
-                f"{measured.changes:,} changes, {stored:,.0f} MB stored)  "
-                f"ratio to reference {measured.links_per_s / reference.links_per_s:4.2f}",
-                flush=True,
+                f"reference, in-memory graph (merged_with+resolve+changes) {reference.links_per_s:10,.0f} links/s  "
+                f"({reference.seconds:5.1f} s, {reference.changes:,} changes)"
             )
+            for label, url in stores.items():
+                store = measured[label]
+                print(
+                    f"store {label:<50} {store.links_per_s:10,.0f} links/s  ({store.seconds:5.1f} s, "
+                    f"{store.changes:,} changes, {stored_megabytes(url):,.0f} MB stored)  "
+                    f"ratio to reference {store.links_per_s / reference.links_per_s:4.2f}"
+                )
         if not redis_found:
             print("store Redis skipped: redis-server not found (Debian package redis-server)")
 
