@@ -12,7 +12,7 @@ Tables
   earliest and latest stamps as ``time_us`` and ``message_id`` columns, and the component it lies in.
 
 A batch is added in one ``BEGIN IMMEDIATE`` transaction, so writers in several processes take turns (each waits up
-to :data:`BUSY_TIMEOUT_S` for the lock), and in WAL mode readers never wait for them. Components that the batch's
+to a minute for the lock), and in WAL mode readers never wait for them. Components that the batch's
 links join merge into the largest one (then the lowest id), two ``UPDATE``\\ s moving members and links. The upserts
 keep the earliest stamps (and a link's latest) themselves: SQLite orders ``(time_us, message_id)`` as Python orders
 :class:`~transforms.identity_model.Stamp`, integers and then text by code point (UTF-8 bytes compare that way).
@@ -20,16 +20,12 @@ keep the earliest stamps (and a link's latest) themselves: SQLite orders ``(time
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from transforms.identity_model import GraphFacts, Identity, Stamp
-from transforms.identity_store import FactsBuilder, IdentityStore, StoreUnavailableError
-
-BUSY_TIMEOUT_S = 60.0
+from transforms.identity_store import FactsBuilder, IdentityStore
+from transforms.sqlite_files import open_store_file, transaction
 
 _SCHEMA = """
 BEGIN IMMEDIATE;
@@ -119,21 +115,10 @@ class SqliteIdentityStore(IdentityStore):
     """The identity graph's facts in a SQLite file (or ``:memory:``, private to this store)."""
 
     def __init__(self, path: str) -> None:
-        try:
-            if path != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            # Transactions are begun explicitly (IMMEDIATE for writes). Beam may run a DoFn's setup and its bundles
-            # on different threads, so the connection may move between threads; only one uses it at a time.
-            self._connection = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as error:
-            raise StoreUnavailableError(f"identity store {path} cannot be opened: {error}") from None
+        self._connection = open_store_file(path, _SCHEMA, "identity store")
 
     def _add(self, batch: GraphFacts) -> GraphFacts:
-        with self._transaction("BEGIN IMMEDIATE"):
+        with transaction(self._connection):
             before, component_of = self._read(batch.sightings)
             target_of = self._join_components(batch, component_of)
             self._connection.executemany(
@@ -151,24 +136,12 @@ class SqliteIdentityStore(IdentityStore):
 
     def facts_of(self, identities: Iterable[Identity]) -> GraphFacts:
         # A read transaction, so the members and the links come from one snapshot.
-        with self._transaction("BEGIN"):
+        with transaction(self._connection, "BEGIN"):
             facts, _ = self._read(identities)
         return facts
 
     def close(self) -> None:
         self._connection.close()
-
-    @contextlib.contextmanager
-    def _transaction(self, begin: str) -> Iterator[None]:
-        self._connection.execute(begin)
-        try:
-            yield
-        except BaseException:
-            # Some errors (a full disk, for one) have already rolled the transaction back.
-            if self._connection.in_transaction:
-                self._connection.execute("ROLLBACK")
-            raise
-        self._connection.execute("COMMIT")
 
     def _read(self, identities: Iterable[Identity]) -> tuple[GraphFacts, dict[Identity, int]]:
         """The facts of the identities' components, and the component of each of their members."""

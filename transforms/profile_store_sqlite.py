@@ -11,7 +11,7 @@ Tables
 - ``redirects (person, target)``: a person id merged away → the person that absorbed it.
 
 A write runs in one ``BEGIN IMMEDIATE`` transaction, so writers in several processes take turns (each waits up to
-:data:`BUSY_TIMEOUT_S` for the lock), and in WAL mode readers never wait for them. It drops views and index entries
+a minute for the lock), and in WAL mode readers never wait for them. It drops views and index entries
 first and then puts, so a write that does both to one key leaves it put. A person given a view is live: its redirect
 goes. Redirects are kept one step long, pointing at a person that has no redirect of its own: a new redirect to a
 person that is itself redirected goes straight to the end of the chain, and the redirects to a person that is merged
@@ -21,15 +21,10 @@ retired person's own view, should one be left.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
-from transforms.identity_store import StoreUnavailableError
 from transforms.profile_store import ProfileStore, ProfileWrite, changes_nothing
-
-BUSY_TIMEOUT_S = 60.0
+from transforms.sqlite_files import open_store_file, transaction
 
 _SCHEMA = """
 BEGIN IMMEDIATE;
@@ -69,21 +64,10 @@ class SqliteProfileStore(ProfileStore):
     """Fragments, views, the identity index and redirects in a SQLite file (or ``:memory:``)."""
 
     def __init__(self, path: str) -> None:
-        try:
-            if path != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            # Transactions are begun explicitly (IMMEDIATE for writes). Beam may run a DoFn's setup and its bundles
-            # on different threads, so the connection may move between threads; only one uses it at a time.
-            self._connection = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as error:
-            raise StoreUnavailableError(f"profile store {path} cannot be opened: {error}") from None
+        self._connection = open_store_file(path, _SCHEMA, "profile store")
 
     def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
-        with self._transaction("BEGIN"):
+        with transaction(self._connection, "BEGIN"):
             self._connection.execute("DELETE FROM temp.wanted")
             self._connection.executemany("INSERT OR IGNORE INTO temp.wanted VALUES (?)", [(key,) for key in keys])
             rows = self._connection.execute("SELECT key, doc FROM temp.wanted JOIN fragments USING (key)").fetchall()
@@ -93,7 +77,7 @@ class SqliteProfileStore(ProfileStore):
         if changes_nothing(change):
             return
         execute_each = self._connection.executemany
-        with self._transaction("BEGIN IMMEDIATE"):
+        with transaction(self._connection):
             execute_each("DELETE FROM views WHERE person = ?", [(person,) for person in change.drop_views])
             execute_each("DELETE FROM identity_index WHERE identity = ?", [(key,) for key in change.unindex])
             execute_each("INSERT OR REPLACE INTO fragments VALUES (?, ?)", change.fragments.items())
@@ -116,18 +100,6 @@ class SqliteProfileStore(ProfileStore):
 
     def close(self) -> None:
         self._connection.close()
-
-    @contextlib.contextmanager
-    def _transaction(self, begin: str) -> Iterator[None]:
-        self._connection.execute(begin)
-        try:
-            yield
-        except BaseException:
-            # Some errors (a full disk, for one) have already rolled the transaction back.
-            if self._connection.in_transaction:
-                self._connection.execute("ROLLBACK")
-            raise
-        self._connection.execute("COMMIT")
 
 
 def _first(row: tuple[bytes] | None) -> bytes | None:

@@ -1,0 +1,46 @@
+"""What the SQLite-backed stores share: opening a store file and running explicit transactions.
+
+Writers begin ``IMMEDIATE`` transactions, so concurrent processes serialise on the file lock (waiting up to
+:data:`BUSY_TIMEOUT_S`), and WAL mode lets readers go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+
+from transforms.identity_store import StoreUnavailableError
+
+BUSY_TIMEOUT_S = 60.0
+
+
+def open_store_file(path: str, schema: str, what: str) -> sqlite3.Connection:
+    """A connection to the store file at ``path`` (or ``:memory:``) with ``schema`` applied; ``what`` names the store
+    in the one-line :class:`StoreUnavailableError` raised when it cannot be opened."""
+    try:
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # Transactions are begun explicitly (IMMEDIATE for writes). Beam may run a DoFn's setup and its bundles on
+        # different threads, so the connection may move between threads; only one uses it at a time.
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(schema)
+    except (OSError, sqlite3.Error) as error:
+        raise StoreUnavailableError(f"{what} {path} cannot be opened: {error}") from None
+    return connection
+
+
+@contextlib.contextmanager
+def transaction(connection: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """Runs the block in one transaction begun with ``begin``; rolls it back when the block raises."""
+    connection.execute(begin)
+    try:
+        yield
+    except BaseException:
+        # Some errors (a full disk, for one) have already rolled the transaction back.
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
