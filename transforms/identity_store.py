@@ -148,7 +148,7 @@ def open_identity_store(url: str) -> IdentityStore:
 
         return SqliteIdentityStore(_sqlite_path(url))
     if scheme == "redis":
-        _check_redis_url(url)
+        check_redis_url(url, "identity store")
         try:
             from transforms.identity_store_redis import RedisIdentityStore
         except ModuleNotFoundError as error:
@@ -166,12 +166,13 @@ def _sqlite_path(url: str) -> str:
     return path
 
 
-def _check_redis_url(url: str) -> None:
+def check_redis_url(url: str, what: str) -> None:
+    """A one-line ValueError naming ``what`` when ``url`` has a bad port, or a database that is not a number."""
     parts = urllib.parse.urlsplit(url)
     try:
         parts.port  # noqa: B018 (urlsplit checks the port only when it is read)
     except ValueError as error:
-        raise ValueError(f"malformed identity store URL {url!r}: {error}") from error
+        raise ValueError(f"malformed {what} URL {url!r}: {error}") from None
     db = parts.path.strip("/")
     if db and not (db.isascii() and db.isdigit()):
-        raise ValueError(f"malformed identity store URL {url!r}: the database must be a number, not {db!r}")
+        raise ValueError(f"malformed {what} URL {url!r}: the database must be a number, not {db!r}")

@@ -29,6 +29,8 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 
+from transforms.identity_store import check_redis_url
+
 
 @dataclasses.dataclass(frozen=True)
 class ProfileWrite:
@@ -99,13 +101,7 @@ def open_profile_store(url: str) -> ProfileStore:
 
         return SqliteProfileStore(path)
     if scheme == "redis":
-        try:
-            parts.port  # noqa: B018 (urlsplit checks the port only when it is read)
-        except ValueError as error:
-            raise ValueError(f"malformed profile store URL {url!r}: {error}") from None
-        db = parts.path.strip("/")
-        if db and not (db.isascii() and db.isdigit()):
-            raise ValueError(f"malformed profile store URL {url!r}: the database must be a number, not {db!r}")
+        check_redis_url(url, "profile store")
         try:
             from transforms.profile_store_redis import RedisProfileStore
         except ModuleNotFoundError as error:
