@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.config import Config
+from pipelines.local_runner import metrics_of_every_bundle
 from pipelines.summary import RunSummary, summarise
 from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
@@ -123,6 +124,7 @@ def run(request: RunRequest, registry: SchemaRegistry, config: Config) -> RunSum
         | "ReadReplay" >> ReadReplay(request.replay_path)
         | "Ingest" >> Ingest(registry, config, request.lake_dir, request.identity_store, request.profile_store)
     )
-    result = pipeline.run()
-    result.wait_until_finish()
+    with metrics_of_every_bundle():
+        result = pipeline.run()
+        result.wait_until_finish()
     return summarise(result, datasets=list(lake_schemas(registry)))

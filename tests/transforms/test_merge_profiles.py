@@ -19,6 +19,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
@@ -26,10 +27,12 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.config import Config
 from pipelines.ingest import stitch_settings
+from pipelines.local_runner import metrics_of_every_bundle
+from pipelines.summary import freshness_percentiles
 from schemas.registry import SchemaRegistry
 from transforms.identity_graph import person_id
 from transforms.identity_model import Identity
-from transforms.merge_profiles import MergeProfiles, ProfileFlush, ProfileSettings
+from transforms.merge_profiles import FRESHNESS, MergeProfiles, ProfileFlush, ProfileSettings
 from transforms.profile_model import view_from_bytes
 from transforms.profile_store import open_profile_store
 from transforms.records import ValidRecord
@@ -260,6 +263,44 @@ def test_streaming_and_batch_leave_the_same_profile_store(registry, tmp_path):
 
     assert store_contents(streamed) == store_contents(batch)
     assert len(store_contents(batch)["views"]) == 2  # Ann's and Bob's: not two empty stores
+
+
+# What the stage counts.
+
+
+def clock_at_minute_2_plus_300_ms() -> int:
+    """A clock that reads 300 ms after the minute-2 record was read, and 60.3 s after the minute-1 record."""
+    return BASE_US + 2 * MINUTE_US + 300_000
+
+
+def test_each_write_counts_its_views_and_the_freshness_of_its_records(registry, stores):
+    """Freshness is the clock at the write minus each record's read time; profiles_written counts the views written."""
+    with metrics_of_every_bundle():
+        pipeline = beam.Pipeline(options=PipelineOptions([], streaming=True, runner="BundleBasedDirectRunner"))
+        stitched = (
+            pipeline
+            | stream_of(SAMPLE_ANONYMOUS_VISITS, [SAMPLE_BOB_PROFILE])
+            | StitchIdentities(registry, stores.identity, STITCH)
+        )
+        _ = (stitched.records, stitched.changes) | MergeProfiles(
+            registry, stores.identity, stores.profile, STITCH, clock=clock_at_minute_2_plus_300_ms
+        )
+        result = pipeline.run()
+        result.wait_until_finish()
+    metrics = result.metrics().query(MetricsFilter().with_namespace("profilestream"))
+    counted = {counter.key.metric.name: counter.committed for counter in metrics["counters"]}
+    [freshness] = [found.committed for found in metrics["distributions"] if found.key.metric.name == FRESHNESS]
+
+    assert counted["profiles_written"] == 2  # the device's person and Bob's, one end-of-input flush each
+    # e1 was read at minute 1 (60.3 s before the write), e2 at minute 2 (300 ms), Bob's record at minute 5 (in the
+    # clock's future: counted as 0 rather than negative).
+    assert (freshness.count, freshness.min, freshness.max) == (3, 0, 60_300)
+    assert {name: count for name, count in counted.items() if name.startswith(FRESHNESS)} == {
+        f"{FRESHNESS}.le_10": 1,
+        f"{FRESHNESS}.le_500": 1,
+        f"{FRESHNESS}.le_300000": 1,
+    }
+    assert freshness_percentiles(counted) == {"p50": 500, "p95": 300_000, "p99": 300_000}
 
 
 # Stories: persons merge and split.
