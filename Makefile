@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test bench lint format sample clean distclean
+.PHONY: help venv run test bench lint format sample pubsub-up pubsub-down clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ format: venv ## Format the code and apply ruff's safe fixes
 
 sample: venv ## Regenerate pipelines/samples/stream.jsonl
 	$(VENV)/bin/python -m pipelines.sample_stream --out pipelines/samples/stream.jsonl
+
+pubsub-up: venv ## Start Google's Pub/Sub emulator on 127.0.0.1:8085 with the topics (then export what it prints)
+	$(VENV)/bin/python -m pipelines.pubsub_emulator up
+
+pubsub-down: ## Stop the Pub/Sub emulator that pubsub-up started
+	test ! -x $(VENV)/bin/python || $(VENV)/bin/python -m pipelines.pubsub_emulator down
 
 clean: ## Remove data/ and build artefacts (keeps the venv)
 	rm -rf data build dist *.egg-info .pytest_cache .ruff_cache

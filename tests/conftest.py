@@ -8,6 +8,12 @@ yields its URL (``redis://127.0.0.1:PORT/0``). Tests share it, so each empties w
 component) on a free loopback port and yields its ``HOST:PORT``. It sets nothing in the environment: a test hands it
 to Google's client as ``BIGTABLE_EMULATOR_HOST`` itself (``monkeypatch.setenv``). Its tables are in memory, so tests
 share it by each using tables of its own. Missing, it is skipped as ``redis-server`` is (and fails under CI).
+
+``pubsub_emulator`` starts Google's Pub/Sub emulator (:mod:`pipelines.pubsub_emulator`) on a free loopback port and
+yields its ``HOST:PORT``; like the Bigtable emulator it sets nothing in the environment (tests set
+``PUBSUB_EMULATOR_HOST`` themselves), and tests share it by each making topics of their own
+(:func:`pipelines.pubsub_emulator.create_topology`). Missing (no gcloud, no emulator component, no Java), it is
+skipped, and fails under CI.
 """
 
 import os
@@ -20,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from pipelines import pubsub_emulator as pubsub
 
 SERVER_START_TIMEOUT_S = 10.0
 
@@ -113,6 +121,18 @@ def bigtable_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     finally:
         process.terminate()
         process.wait(timeout=SERVER_START_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    try:
+        pubsub.emulator_binary()
+    except pubsub.EmulatorNotFoundError as missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(missing))
+        pytest.skip(str(missing))
+    with pubsub.running_emulator(tmp_path_factory.mktemp("pubsub")) as host:
+        yield host
 
 
 def _bigtable_emulator_binary() -> Path | None:
