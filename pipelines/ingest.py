@@ -2,29 +2,33 @@
 
     messages | Decode | Validate | StitchIdentities | lake rows (records, failures, identity changes) | WriteToLake
                                                     + MergeProfiles (records and identity changes) → profile store
+                                  failures          + PublishFailedRecords → dead-letter topic (when one is set)
 
-:class:`Ingest` is that sentence as one composite transform; :func:`run` builds it on a source, runs it on the
-chosen runner and returns the run summary (:mod:`pipelines.summary`).
+:class:`Ingest` is that sentence as one composite transform; :func:`run` builds it on a source (a replay, or a
+Pub/Sub subscription), runs it on the chosen runner and returns the run summary (:mod:`pipelines.summary`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.config import Config
-from pipelines.local_runner import metrics_of_every_bundle
+from pipelines.local_runner import metrics_of_every_bundle, stoppable_pubsub_reads
 from pipelines.summary import RunSummary, summarise
 from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
 from schemas.validation import ValidationPolicy
+from transforms.dead_letter import PublishFailedRecords
 from transforms.decode import Decode
 from transforms.identity_graph import GraphRules
 from transforms.lake import WriteToLake
 from transforms.lake_rows import change_row, failed_row, lake_schemas, valid_row
 from transforms.merge_profiles import MergeProfiles
+from transforms.pubsub import ReadPubSub
 from transforms.replay import ReadReplay
 from transforms.stitch import StitchIdentities, StitchSettings
 from transforms.validate import Validate
@@ -35,22 +39,31 @@ LOCAL_BATCH_RUNNER = "FnApiRunner"
 
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
-    """What ``profilestream run`` was asked to do, checked and resolved."""
+    """What ``profilestream run`` was asked to do, checked and resolved: a replay path or a subscription to read."""
 
-    replay_path: str
+    replay_path: str | None
     lake_dir: str
     identity_store: str
     profile_store: str
     batch: bool = False
     runner: str | None = None
     beam_args: tuple[str, ...] = ()
+    subscription: str | None = None
+    dead_letter_topic: str | None = None
 
 
 class Ingest(beam.PTransform):
     """``PCollection[Message]`` in; ``PCollection[LakeFile]``, the lake files committed, out."""
 
     def __init__(
-        self, registry: SchemaRegistry, config: Config, lake_dir: str, identity_store: str, profile_store: str
+        self,
+        registry: SchemaRegistry,
+        config: Config,
+        lake_dir: str,
+        identity_store: str,
+        profile_store: str,
+        *,
+        dead_letter_topic: str | None = None,
     ) -> None:
         super().__init__()
         self._registry = registry
@@ -58,6 +71,7 @@ class Ingest(beam.PTransform):
         self._lake_dir = lake_dir
         self._identity_store = identity_store
         self._profile_store = profile_store
+        self._dead_letter_topic = dead_letter_topic
 
     def expand(self, messages: beam.PCollection) -> beam.PCollection:
         policy = ValidationPolicy(
@@ -78,9 +92,10 @@ class Ingest(beam.PTransform):
         change_rows = stitched.changes | "ChangeRows" >> beam.Map(
             lambda change, at=beam.DoFn.TimestampParam: change_row(change, at.micros)
         )
-        failed_rows = (
-            (decoded.failed, validated.failed) | "Failures" >> beam.Flatten() | "FailedRows" >> beam.Map(failed_row)
-        )
+        failed = (decoded.failed, validated.failed) | "Failures" >> beam.Flatten()
+        if self._dead_letter_topic is not None:
+            _ = failed | "DeadLetter" >> PublishFailedRecords(self._dead_letter_topic)
+        failed_rows = failed | "FailedRows" >> beam.Map(failed_row)
         return (
             (valid_rows, failed_rows, change_rows)
             | "LakeRows" >> beam.Flatten()
@@ -116,15 +131,28 @@ def pipeline_options(request: RunRequest) -> PipelineOptions:
     return options
 
 
-def run(request: RunRequest, registry: SchemaRegistry, config: Config) -> RunSummary:
-    """Runs the replay to its end and returns what it counted."""
+def run(
+    request: RunRequest, registry: SchemaRegistry, config: Config, *, stop: threading.Event | None = None
+) -> RunSummary:
+    """Runs the pipeline to its end and returns what it counted.
+
+    A replay ends when it is drained; a Pub/Sub read when ``stop`` is set (``profilestream run`` sets it on SIGINT and
+    SIGTERM), after which the pipeline flushes what it holds and finishes as a replay does.
+    """
     pipeline = beam.Pipeline(options=pipeline_options(request))
-    _ = (
-        pipeline
-        | "ReadReplay" >> ReadReplay(request.replay_path)
-        | "Ingest" >> Ingest(registry, config, request.lake_dir, request.identity_store, request.profile_store)
+    if request.subscription is not None:
+        messages = pipeline | "ReadPubSub" >> ReadPubSub(request.subscription)
+    else:
+        messages = pipeline | "ReadReplay" >> ReadReplay(request.replay_path)
+    _ = messages | "Ingest" >> Ingest(
+        registry,
+        config,
+        request.lake_dir,
+        request.identity_store,
+        request.profile_store,
+        dead_letter_topic=request.dead_letter_topic,
     )
-    with metrics_of_every_bundle():
+    with metrics_of_every_bundle(), stoppable_pubsub_reads(stop or threading.Event()):
         result = pipeline.run()
         result.wait_until_finish()
     return summarise(result, datasets=list(lake_schemas(registry)))

@@ -1,4 +1,7 @@
-"""The local streaming runner with every bundle's metrics kept: a correction to Beam's BundleBasedDirectRunner.
+"""Corrections to Beam's local streaming runner (the BundleBasedDirectRunner) for ``profilestream run``.
+
+Every bundle's metrics
+----------------------
 
 Beam's DirectRunner (2.77) runs bundles on worker threads, each of which keeps one state sampler for its whole life.
 The sampler caches, per step, the scoped state made for the step's first bundle on that thread, and that state holds
@@ -9,17 +12,34 @@ counters (counted when a timer flushes) would read zero.
 
 :func:`metrics_of_every_bundle` gives each bundle a state sampler of its own while it is in effect, so each bundle's
 metrics land in the container the runner commits. ``tests/pipelines/test_local_runner.py`` checks that Beam still
-needs it: when that test fails after a Beam upgrade, this module can go.
+needs it: when that test fails after a Beam upgrade, the correction can go.
+
+A Pub/Sub read that stops
+-------------------------
+Beam's Pub/Sub read on this runner never ends and holds the watermark at the clock, so a run can only be cancelled,
+and whatever the pipeline still buffered (profile flushes due in a second, lake files due in minutes) is lost with it,
+although the messages were acknowledged when pulled. While :func:`stoppable_pubsub_reads` is in effect, setting its
+``stop`` event ends every Pub/Sub read: it pulls no more, and its watermark goes to the end of time, so every timer
+fires, every buffer is flushed, and the run finishes as a replay does, with its summary. It also pulls up to
+``max_messages`` at a time instead of Beam's 10, which caps the read near 900 messages/s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
+from typing import Any
 
-from apache_beam.runners.direct import executor
+from apache_beam.runners.direct import executor, transform_evaluator
+from apache_beam.runners.direct.util import TransformResult
 from apache_beam.runners.worker import statesampler
 from apache_beam.utils import counters
+from apache_beam.utils.timestamp import MAX_TIMESTAMP
+
+DEFAULT_PULL_MESSAGES = 1000
+# Beam waits up to 30 s for a pull, and a stop waits for the pull in progress.
+PULL_WAIT_S = 1.0
 
 
 @contextlib.contextmanager
@@ -40,3 +60,50 @@ def metrics_of_every_bundle() -> Iterator[None]:
         yield
     finally:
         executor.TransformExecutor.call = thread_call
+
+
+@contextlib.contextmanager
+def stoppable_pubsub_reads(stop: threading.Event, *, max_messages: int = DEFAULT_PULL_MESSAGES) -> Iterator[None]:
+    """While in effect, ``stop.set()`` ends the DirectRunner's Pub/Sub reads (see the module docstring)."""
+    evaluator = transform_evaluator._PubSubReadEvaluator
+    beam_finish_bundle = evaluator.finish_bundle
+    beam_subscriber_client = evaluator._get_subscriber_client
+
+    def finish_bundle(read: transform_evaluator._PubSubReadEvaluator) -> TransformResult:
+        if stop.is_set():
+            # No output, nothing left to read, and a watermark past every window: the read is done.
+            return TransformResult(read, [], [], None, {None: MAX_TIMESTAMP})
+        return beam_finish_bundle(read)
+
+    def subscriber_client(transform: Any) -> _LargerPulls:
+        return _LargerPulls(beam_subscriber_client.__func__(evaluator, transform), max_messages)
+
+    evaluator.finish_bundle = finish_bundle
+    evaluator._get_subscriber_client = classmethod(lambda _cls, transform: subscriber_client(transform))
+    try:
+        yield
+    finally:
+        evaluator.finish_bundle = beam_finish_bundle
+        evaluator._get_subscriber_client = classmethod(beam_subscriber_client.__func__)
+
+
+class _LargerPulls:
+    """Beam's subscriber client, pulling ``max_messages`` where Beam asks for 10, and waiting at most a second."""
+
+    def __init__(self, client: Any, max_messages: int) -> None:
+        self._client = client
+        self._max_messages = max_messages
+
+    def pull(self, *, subscription: str, max_messages: int, timeout: float) -> Any:
+        from google.api_core.exceptions import DeadlineExceeded
+        from google.pubsub_v1 import PullResponse
+
+        try:
+            return self._client.pull(
+                subscription=subscription, max_messages=self._max_messages, timeout=min(timeout, PULL_WAIT_S)
+            )
+        except DeadlineExceeded:
+            return PullResponse()
+
+    def acknowledge(self, *, subscription: str, ack_ids: list[str]) -> None:
+        self._client.acknowledge(subscription=subscription, ack_ids=ack_ids)
