@@ -34,6 +34,7 @@ test: lint ## Lint, then run the tests on 2 workers (extra pytest flags with PYT
 bench: venv ## Run the throughput benchmark
 	$(VENV)/bin/python -m pipelines.bench
 	$(VENV)/bin/python -m pipelines.bench_identity
+	$(VENV)/bin/python -m pipelines.bench_profiles
 
 format: venv ## Format the code and apply ruff's safe fixes
 	$(VENV)/bin/ruff format .

@@ -82,7 +82,9 @@ RETURNS_PER_ARRIVAL = 2
 SHARED_DEVICE_SHARE = 0.05
 CRMID_SHARE = 0.4
 EVENT_DATASET = "experience_events"
-REDIS_START_TIMEOUT_S = 10.0
+# A new Python interpreter imports Beam before it serves: seconds alone, more on a loaded machine.
+SERVER_START_TIMEOUT_S = 60.0
+SERVER_STOP_TIMEOUT_S = 10.0
 MB = 1024 * 1024
 
 
@@ -274,28 +276,48 @@ def traffic_size(identities: int) -> tuple[int, int, int]:
     return observations, links, -(-observations // BATCH_SIZE)
 
 
+def free_port() -> int:
+    """A loopback port free when asked; the server binds it a moment later, a race other processes rarely win."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_server(
+    name: str, command: Sequence[str], log: Path, ready: Callable[[], bool], *, env: Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """Runs ``command`` (its output in ``log``) for the block, entered once ``ready()``; stopped at the end, always."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start: {log.read_text(errors='replace')}")
+            time.sleep(0.02)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @contextlib.contextmanager
 def private_redis(folder: str) -> Iterator[str]:
     """A ``redis-server`` of our own on a free loopback port, without persistence; its URL while it runs."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     arguments = ["--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "", "--appendonly", "no"]
-    log = Path(folder, "redis.log")
-    with log.open("wb") as output:
-        process = subprocess.Popen([shutil.which("redis-server"), *arguments], stdout=output, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-        with redis.Redis.from_url(url) as client:
-            while not _answers(client):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {log.read_text(errors='replace')}")
-                time.sleep(0.02)
+    command = [shutil.which("redis-server"), *arguments]
+    with (
+        redis.Redis.from_url(url) as client,
+        local_server("redis-server", command, Path(folder, "redis.log"), lambda: _answers(client)),
+    ):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=REDIS_START_TIMEOUT_S)
 
 
 def _answers(client: redis.Redis) -> bool:
