@@ -1,24 +1,32 @@
 """The ``profilestream`` command line (console script from setup.py).
 
-    profilestream run --source replay:PATH [--batch] [--lake DIR] [--schema-dir DIR] [--config FILE]
+    profilestream run --source (replay:PATH | pubsub:projects/P/subscriptions/S) [--batch] [--lake DIR]
+                      [--dead-letter-topic projects/P/topics/T] [--schema-dir DIR] [--config FILE]
                       [--runner NAME] [--commit-interval SECONDS] [Beam options]
     profilestream validate [--schema-dir DIR] [--schema ID] [--conformance] [--config FILE] FILE...
     profilestream profile get [--store URL] [--config FILE] (--identity NAMESPACE:ID | --person ID)...
     profilestream serve [--host HOST] [--port PORT] [--profile-store URL] [--config FILE] [--token-file FILE]
+                        [--pubsub-topic projects/P/topics/T] [--schema-dir DIR]
 
 Every usage or input error prints one line on stderr and exits 2; no traceback reaches the user. ``run`` prints its
 summary as the last line on stdout; ``validate`` prints a JSON line per entity and exits 0 when all are valid, 1 when
-any is not; ``profile get`` prints a JSON line per lookup and exits 1 when any is unknown. ``serve`` runs the HTTP
-Profile Access API (:mod:`pipelines.serve`) until interrupted.
+any is not; a ``pubsub:`` run reads until SIGINT or SIGTERM, then flushes what it holds and prints its summary
+(a second signal abandons the flush); ``profile get`` prints a JSON line per lookup and exits 1 when any is unknown.
+``serve`` runs the HTTP Profile Access API (:mod:`pipelines.serve`), and with ``--pubsub-topic`` the HTTP inlet
+(:mod:`pipelines.inlet`), until interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,8 @@ DEFAULT_API_PORT = 8080
 USAGE_ERROR = 2
 REPLAY_SCHEME = "replay:"
 PUBSUB_SCHEME = "pubsub:"
+# Pub/Sub resource names: projects/PROJECT/(topics|subscriptions)/NAME, NAME 3-255 characters from Google's set.
+_PUBSUB_NAME = re.compile(r"projects/[a-z][a-z0-9.:-]{1,61}[a-z0-9]/(topics|subscriptions)/[A-Za-z][\w.~+%-]{2,254}")
 
 
 class UsageError(Exception):
@@ -71,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run the ingestion pipeline on a source")
-    run.add_argument("--source", required=True, help="replay:PATH (file, directory or glob)")
+    run.add_argument(
+        "--source",
+        required=True,
+        help="replay:PATH (file, directory or glob) or pubsub:projects/P/subscriptions/S (until SIGINT or SIGTERM)",
+    )
+    run.add_argument("--dead-letter-topic", type=_topic, help="also publish failed records to projects/P/topics/T")
     run.add_argument("--lake", default=DEFAULT_LAKE, help=f"lake directory (default {DEFAULT_LAKE})")
     run.add_argument("--batch", action="store_true", help="run a replay as a bounded job (FnApiRunner locally)")
     run.add_argument("--runner", help="Beam runner (default: the local streaming runner)")
@@ -128,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     profile_get.add_argument("--config", help="configuration file (namespaces and identity rules)")
     profile_get.set_defaults(handler=_profile_get)
 
-    serve = commands.add_parser("serve", help="serve the HTTP Profile Access API")
+    serve = commands.add_parser("serve", help="serve the HTTP Profile Access API (and the HTTP inlet)")
     serve.add_argument("--host", default=DEFAULT_API_HOST, help=f"address to listen on (default {DEFAULT_API_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_API_PORT, help=f"port (default {DEFAULT_API_PORT})")
     serve.add_argument(
@@ -136,6 +151,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", help="configuration file (namespaces and identity rules)")
     serve.add_argument("--token-file", help="file holding the API's bearer token (default: $PROFILESTREAM_API_TOKEN)")
+    serve.add_argument(
+        "--pubsub-topic",
+        type=_topic,
+        metavar="projects/P/topics/T",
+        help="serve the HTTP inlet too, publishing to this topic (connections: inlet in --config)",
+    )
+    serve.add_argument("--schema-dir", help="directory of user-composed schema files (for syncValidation=true)")
     serve.set_defaults(handler=_serve)
     return parser
 
@@ -165,16 +187,33 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     # Fail now, in one line, rather than inside a worker.
     _open_store(args.identity_store).close()
     _open_profile_store(args.profile_store).close()
+    subscription = _subscription(args.source)
+    if subscription is not None and args.batch:
+        raise UsageError("--batch reads a replay to its end; a pubsub: source has no end")
+    if subscription is not None or args.dead_letter_topic is not None:
+        from transforms.pubsub import PubSubUnavailableError, check_subscription, check_topic
+
+        try:
+            if subscription is not None:
+                check_subscription(subscription)
+            if args.dead_letter_topic is not None:
+                check_topic(args.dead_letter_topic)
+        except PubSubUnavailableError as error:
+            raise UsageError(str(error)) from None
     request = RunRequest(
-        replay_path=_replay_path(args.source),
+        replay_path=None if subscription is not None else _replay_path(args.source),
         lake_dir=_writable_directory(args.lake),
         identity_store=args.identity_store,
         profile_store=args.profile_store,
         batch=args.batch,
         runner=args.runner,
         beam_args=tuple(beam_args),
+        subscription=subscription,
+        dead_letter_topic=args.dead_letter_topic,
     )
-    summary = run(request, registry, config)
+    stop = threading.Event()
+    with _stopped_by_signals(stop):
+        summary = run(request, registry, config, stop=stop)
     print(json.dumps(summary.as_json(), sort_keys=False), flush=True)
     return 0
 
@@ -184,10 +223,49 @@ def _replay_path(source: str) -> str:
         path = source.removeprefix(REPLAY_SCHEME)
         expand_replay_path(path)
         return path
-    if source.startswith(PUBSUB_SCHEME):
-        raise UsageError("the pubsub: source is not available in this version; use replay:PATH")
     scheme = source.partition(":")[0] if ":" in source else source
-    raise UsageError(f"unknown source {scheme!r}: expected replay:PATH")
+    raise UsageError(f"unknown source {scheme!r}: expected replay:PATH or pubsub:projects/P/subscriptions/S")
+
+
+def _subscription(source: str) -> str | None:
+    """The subscription a ``pubsub:`` source names; None for any other source."""
+    if not source.startswith(PUBSUB_SCHEME):
+        return None
+    name = source.removeprefix(PUBSUB_SCHEME)
+    if not _PUBSUB_NAME.fullmatch(name) or name.split("/")[2] != "subscriptions":
+        raise UsageError(f"source {source!r}: expected pubsub:projects/PROJECT/subscriptions/SUBSCRIPTION")
+    return name
+
+
+def _topic(name: str) -> str:
+    if not _PUBSUB_NAME.fullmatch(name) or name.split("/")[2] != "topics":
+        raise argparse.ArgumentTypeError(f"{name!r}: expected projects/PROJECT/topics/TOPIC")
+    return name
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (the run then flushes and ends); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(number: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            f"profilestream: {signal.Signals(number).name}: stopping the read and flushing (again to abandon)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    before = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
 
 
 def _writable_directory(path: str) -> str:
@@ -269,15 +347,41 @@ def _serve(args: argparse.Namespace, _beam_args: list[str]) -> int:
     from pipelines.ingest import stitch_settings
     from pipelines.serve import api_token, create_app, listen, serve
 
-    settings = stitch_settings(load_config(args.config))
-    try:
-        token = api_token(args.token_file, os.environ)
-        listener = listen(args.host, args.port)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    with listener, _open_profile_store(args.profile_store) as store:
-        serve(create_app(store, settings, token), listener)
+    config = load_config(args.config)
+    settings = stitch_settings(config)
+    with contextlib.ExitStack() as stack:
+        inlet = stack.enter_context(contextlib.closing(_inlet(args))) if args.pubsub_topic is not None else None
+        try:
+            token = api_token(args.token_file, os.environ)
+            listener = stack.enter_context(listen(args.host, args.port))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        store = stack.enter_context(_open_profile_store(args.profile_store))
+        serve(create_app(store, settings, token, inlet=inlet), listener)
     return 0
+
+
+def _inlet(args: argparse.Namespace):
+    """The HTTP inlet of ``serve --pubsub-topic``; a bad connection or missing credentials are usage errors."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    from pipelines.inlet import Inlet, Judge, PubSubPublisher
+
+    config, registry = _registry(args)
+    if not config.inlet.connections:
+        raise UsageError("the inlet takes messages only on configured connections: add inlet.connections to --config")
+    judge = Judge(registry, config.validation_policy(), config.max_message_bytes)
+    try:
+        publisher = PubSubPublisher(args.pubsub_topic, timeout_s=config.inlet.publish_timeout_seconds)
+    except DefaultCredentialsError:
+        raise UsageError(
+            "--pubsub-topic: no Google credentials (GOOGLE_APPLICATION_CREDENTIALS), nor PUBSUB_EMULATOR_HOST"
+        ) from None
+    try:
+        return Inlet(config.inlet, judge, publisher, environ=os.environ)
+    except ConfigError as error:
+        publisher.close()
+        raise ConfigError(f"inlet: {error}") from None
 
 
 def _validate(args: argparse.Namespace, _beam_args: list[str]) -> int:

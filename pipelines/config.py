@@ -25,6 +25,16 @@ Every key, with its default (also shipped as ``pipelines/profilestream.example.y
         personalEmail.address: Email
         mobilePhone.number: Phone
         homePhone.number: Phone
+    inlet:                            # the HTTP inlet of ``profilestream serve --pubsub-topic``
+      max_request_bytes: 1048576      # 1 MiB, the "1 MB" of the reference API read as max_message_bytes reads it
+      publish_timeout_seconds: 10     # a request whose messages Pub/Sub has not confirmed by then answers 503
+      connections: {}                 # connection id -> settings; an id not listed here answers 404
+        # web: {token_env: WEB_INLET_TOKEN, rate_per_second: 100, burst: 200,
+        #       schema: https://ns.adobe.com/xdm/context/experienceevent, dataset: experience_events}
+
+A connection takes ``token`` or ``token_env`` (the variable holding it; neither: no token asked), ``rate_per_second``
+and ``burst`` (its token bucket, counted in requests), and ``schema`` and ``dataset``, the ``schemaRef`` and
+``datasetId`` attributes of messages that name none themselves (:class:`InletConnection`).
 
 A namespace is ``{code, type}`` plus optional ``numeric_id``, ``unique``, ``priority`` and ``hash_of``
 (:class:`transforms.identity_namespaces.Namespace`; type is cookie, device, cross-device, person or hashed).
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +53,7 @@ from typing import Any
 
 import yaml
 
+from schemas.validation import ValidationPolicy
 from transforms.identity_namespaces import (
     DEFAULT_IDENTITY_FIELDS,
     STANDARD_NAMESPACES,
@@ -73,6 +85,56 @@ class IdentitySettings:
                 raise ConfigError(f"identity.{name} must be positive")
 
 
+# Safe in a URL path segment as it is; "batch" would shadow POST /collection/batch/{connection_id}.
+_CONNECTION_ID = re.compile(r"(?!batch$)[A-Za-z0-9._~-]{1,128}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InletConnection:
+    """One connection of the HTTP inlet: its token, its rate limit and the attributes of messages naming none."""
+
+    token: str | None = None
+    token_env: str | None = None
+    rate_per_second: float = 100.0
+    burst: int = 200
+    schema: str | None = None
+    dataset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.token is not None and self.token_env is not None:
+            raise ConfigError("takes token or token_env, not both")
+        if self.rate_per_second <= 0 or self.burst <= 0:
+            raise ConfigError("rate_per_second and burst must be positive")
+
+    def resolved_token(self, environ: Mapping[str, str]) -> str | None:
+        """The token a request must carry (None: none asked), read from ``environ`` when ``token_env`` names it."""
+        if self.token_env is None:
+            return self.token
+        token = environ.get(self.token_env, "").strip()
+        if not token:
+            raise ConfigError(f"token_env names {self.token_env}, which is not set")
+        return token
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InletSettings:
+    """The ``inlet`` key: the HTTP inlet's connections and limits."""
+
+    max_request_bytes: int = 1024 * 1024
+    publish_timeout_seconds: float = 10.0
+    connections: Mapping[str, InletConnection] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_request_bytes <= 0 or self.publish_timeout_seconds <= 0:
+            raise ConfigError("inlet.max_request_bytes and inlet.publish_timeout_seconds must be positive")
+        for connection_id in self.connections:
+            if not _CONNECTION_ID.fullmatch(connection_id):
+                raise ConfigError(
+                    f"inlet.connections: {connection_id!r} is not a connection id "
+                    "(1 to 128 of A-Z a-z 0-9 . _ ~ -, and not 'batch')"
+                )
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     tenant_id: str = "tenant"
@@ -83,6 +145,7 @@ class Config:
     datasets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     namespaces: tuple[Namespace, ...] = STANDARD_NAMESPACES
     identity: IdentitySettings = dataclasses.field(default_factory=IdentitySettings)
+    inlet: InletSettings = dataclasses.field(default_factory=InletSettings)
 
     def __post_init__(self) -> None:
         for name in ("commit_interval_seconds", "max_errors", "max_message_bytes"):
@@ -113,6 +176,9 @@ class Config:
     def namespace_registry(self) -> NamespaceRegistry:
         return NamespaceRegistry(self.namespaces)
 
+    def validation_policy(self) -> ValidationPolicy:
+        return ValidationPolicy(timestamp_skew_us=self.timestamp_skew_seconds * 1_000_000, max_errors=self.max_errors)
+
     def identity_rules(self) -> IdentityRules:
         identity = self.identity
         return IdentityRules(
@@ -121,6 +187,9 @@ class Config:
             blocked_patterns=identity.blocked_patterns,
             phone_region=identity.phone_region,
         )
+
+
+_SECTION_TYPES = {"tenant_id": str, "datasets": dict, "namespaces": list, "identity": dict, "inlet": dict}
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -132,7 +201,7 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(fields))})")
-        expected = {"tenant_id": str, "datasets": dict, "namespaces": list, "identity": dict}.get(key, int)
+        expected = _SECTION_TYPES.get(key, int)
         if not _has_type(value, expected):
             raise ConfigError(f"{where}: {key} must be {expected.__name__}, not {json.dumps(value, default=str)}")
     datasets = values.get("datasets", {})
@@ -146,6 +215,8 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
             values["namespaces"] = _namespaces(values["namespaces"])
         if "identity" in values:
             values["identity"] = _identity_settings(values["identity"])
+        if "inlet" in values:
+            values["inlet"] = _inlet_settings(values["inlet"])
         return Config(**values)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
@@ -161,6 +232,18 @@ _IDENTITY_KEYS = {
     "blocked_patterns": list,
     "phone_region": str,
     "fields": dict,
+}
+
+
+_NUMBER = (int, float)
+_INLET_KEYS = {"max_request_bytes": int, "publish_timeout_seconds": _NUMBER, "connections": dict}
+_CONNECTION_KEYS = {
+    "token": str,
+    "token_env": str,
+    "rate_per_second": _NUMBER,
+    "burst": int,
+    "schema": str,
+    "dataset": str,
 }
 
 
@@ -189,12 +272,7 @@ def _namespaces(items: list) -> tuple[Namespace, ...]:
 
 
 def _identity_settings(settings: dict) -> IdentitySettings:
-    for key, value in settings.items():
-        expected = _IDENTITY_KEYS.get(key)
-        if expected is None:
-            raise ConfigError(f"identity: unknown key {key!r} (known: {', '.join(_IDENTITY_KEYS)})")
-        if not _has_type(value, expected):
-            raise ConfigError(f"identity.{key} must be {expected.__name__}, not {json.dumps(value, default=str)}")
+    _check_keys(settings, _IDENTITY_KEYS, "identity")
     for key in ("blocked_values", "blocked_patterns"):
         if not all(isinstance(entry, str) for entry in settings.get(key, ())):
             raise ConfigError(f"identity.{key} must be a list of strings")
@@ -208,7 +286,32 @@ def _identity_settings(settings: dict) -> IdentitySettings:
     return IdentitySettings(**converted)
 
 
-def _has_type(value: Any, expected: type) -> bool:
+def _inlet_settings(settings: dict) -> InletSettings:
+    _check_keys(settings, _INLET_KEYS, "inlet")
+    connections = {}
+    for connection_id, connection in settings.get("connections", {}).items():
+        where = f"inlet.connections.{connection_id}"
+        if not isinstance(connection, dict):
+            raise ConfigError(f"{where} must be a mapping (of {', '.join(_CONNECTION_KEYS)})")
+        _check_keys(connection, _CONNECTION_KEYS, where)
+        try:
+            connections[str(connection_id)] = InletConnection(**connection)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    return InletSettings(**{**settings, "connections": connections})
+
+
+def _check_keys(values: dict, types: Mapping[str, type | tuple[type, ...]], where: str) -> None:
+    for key, value in values.items():
+        expected = types.get(key)
+        if expected is None:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(types)})")
+        if not _has_type(value, expected):
+            name = "number" if expected is _NUMBER else expected.__name__
+            raise ConfigError(f"{where}.{key} must be {name}, not {json.dumps(value, default=str)}")
+
+
+def _has_type(value: Any, expected: type | tuple[type, ...]) -> bool:
     # YAML and TOML booleans are Python ints too; only a bool key takes one.
     return isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
 

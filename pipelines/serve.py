@@ -9,6 +9,10 @@ Routes
                                             50), ``start`` and ``end`` (RFC 3339, ``start <= timestamp < end``)
 ``GET /health``                             ``{"status": "ok"}``, without authentication
 ``GET /openapi.json``, ``/docs``            the OpenAPI document and its browser view
+``POST /collection/{connection_id}``        with the HTTP inlet (:mod:`pipelines.inlet`): one message to Pub/Sub
+``POST /collection/batch/{connection_id}``  with the inlet: ``{"messages": [...]}``, a 207 status per message
+``GET /metrics``                            with the inlet: its counters in Prometheus' text format, without
+                                            authentication (counts only, no personal data)
 ==========================================  ===========================================================================
 
 A profile is the ``profile get`` line of :mod:`pipelines.profile_lookup`; an unknown identity or person id is a 404,
@@ -23,7 +27,8 @@ token that is not the API's (compared in constant time). The token comes from ``
 variable ``PROFILESTREAM_API_TOKEN``; the server refuses to start without one. Requests are not logged, because their
 query strings carry identities.
 
-:func:`create_app` builds the app; routers passed to it (the HTTP inlet's, later) sit behind the same token.
+The inlet's routes are not behind this token: each of its connections has a token of its own (or none), checked by
+the inlet. :func:`create_app` builds the app; other routers passed to it sit behind the API token.
 """
 
 from __future__ import annotations
@@ -40,9 +45,11 @@ from typing import Annotated, Any
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from pipelines.inlet import Inlet, InletMetrics
 from pipelines.profile_lookup import PERSON_ID_PATTERN, LookupBy, MalformedLookupError, events_between, lookup_profile
 from transforms.clock import micros, parse_rfc3339
 from transforms.profile_store import ProfileStore
@@ -102,10 +109,15 @@ class Health(BaseModel):
 
 
 def create_app(
-    store: ProfileStore, settings: StitchSettings, token: str, *, routers: Iterable[APIRouter] = ()
+    store: ProfileStore,
+    settings: StitchSettings,
+    token: str,
+    *,
+    routers: Iterable[APIRouter] = (),
+    inlet: Inlet | None = None,
 ) -> FastAPI:
-    """The API on ``store``, with identities normalised by ``settings`` and every route but ``/health`` behind
-    ``token``, the profile routes' and those of ``routers`` alike."""
+    """The API on ``store``, with identities normalised by ``settings`` and the profile routes and those of
+    ``routers`` behind ``token``; with ``inlet``, its routes (under its connections' own tokens) and ``/metrics``."""
     app = FastAPI(
         title="profilestream Profile Access API",
         version=importlib.metadata.version("profilestream"),
@@ -115,6 +127,9 @@ def create_app(
     authenticated = [Depends(_bearer_auth(token))]
     for router in (_profiles_router(store, settings), *routers):
         app.include_router(router, dependencies=authenticated, responses=_AUTH_RESPONSES)
+    if inlet is not None:
+        app.include_router(inlet.router())
+        app.include_router(_metrics_router(inlet.metrics))
     return app
 
 
@@ -167,6 +182,16 @@ def _health_router() -> APIRouter:
     @router.get("/health", response_model=Health)
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    return router
+
+
+def _metrics_router(metrics: InletMetrics) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.prometheus_text(), media_type="text/plain; version=0.0.4")
 
     return router
 

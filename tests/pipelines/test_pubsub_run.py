@@ -1,0 +1,144 @@
+"""``profilestream run --source pubsub:...`` against Google's Pub/Sub emulator, end to end, as a user runs it.
+
+Messages are published with attributes, the run reads them in streaming mode on the local runner, and SIGTERM stops
+it: the read ends, the pipeline flushes what it holds, and the summary is printed. The lake, the profile store and
+the dead-letter topic then hold what a replay of the same stream would give.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.pubsub_emulator import EMULATOR_HOST_ENV, Topology, create_topology
+from tests.pipelines.conftest import lake_rows, stream_lines
+from transforms.profile_store import open_profile_store
+
+MINUTES = 4
+MESSAGES = MINUTES * 11  # stream_lines: 10 a minute and a redelivery
+VALID = MINUTES * (7 + 3 + 1)
+FAILED = MINUTES * 2
+DUPLICATES = MINUTES
+RUN_TIMEOUT_S = 120.0
+
+
+def publish_stream(topic: str, lines: list[str]) -> None:
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    futures = []
+    for line in lines:
+        rest = json.loads(line)
+        attributes = {**rest.get("attributes", {}), "connectionId": "test-conn"}
+        futures.append(publisher.publish(topic, base64.b64decode(rest["data"]), **attributes))
+    for future in futures:
+        future.result(timeout=30)
+    publisher.stop()
+
+
+def pull_all(subscription: str, expected: int, timeout_s: float) -> list:
+    """Pulls (and acknowledges) until ``expected`` messages came or the time is up."""
+    from google.cloud import pubsub_v1
+
+    received = []
+    deadline = time.monotonic() + timeout_s
+    with pubsub_v1.SubscriberClient() as subscriber:
+        while len(received) < expected and time.monotonic() < deadline:
+            response = subscriber.pull(subscription=subscription, max_messages=100, timeout=5)
+            if response.received_messages:
+                subscriber.acknowledge(
+                    subscription=subscription, ack_ids=[message.ack_id for message in response.received_messages]
+                )
+            received.extend(message.message for message in response.received_messages)
+    return received
+
+
+@pytest.fixture
+def topology(pubsub_emulator, monkeypatch, request) -> Topology:
+    monkeypatch.setenv(EMULATOR_HOST_ENV, pubsub_emulator)
+    name = f"run-{request.node.name[-40:].replace('_', '-')}"
+    topics = Topology.named("profilestream-test", name, f"{name}-sub", f"{name}-dead")
+    create_topology(pubsub_emulator, topics)
+    return topics
+
+
+def start_run(topology: Topology, folder: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "run",
+            "--source",
+            f"pubsub:{topology.subscription}",
+            "--dead-letter-topic",
+            topology.dead_letter_topic,
+            "--lake",
+            str(folder / "lake"),
+            "--identity-store",
+            f"sqlite:///{folder}/identity.sqlite",
+            "--profile-store",
+            f"sqlite:///{folder}/profiles.sqlite",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+
+
+def test_published_messages_reach_the_lake_the_profiles_and_the_dead_letter_topic(topology, tmp_path):
+    publish_stream(topology.topic, stream_lines(minutes=MINUTES, per_minute=10))
+    run = start_run(topology, tmp_path)
+    try:
+        # Failures are spread over the stream, so once all have reached the dead-letter topic the read has pulled it.
+        dead_letters = pull_all(topology.dead_letter_subscription, FAILED, timeout_s=RUN_TIMEOUT_S)
+        assert len(dead_letters) == FAILED
+        time.sleep(1)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+
+    assert summary["messages"] == MESSAGES
+    assert (summary["valid"], summary["failed"]) == (VALID, FAILED)
+    assert summary["records"] == summary["valid"] + summary["failed"]
+    assert summary["duplicates"] == DUPLICATES
+    assert summary["profiles_written"] > 0
+    assert summary["profile_freshness_ms"]["p99"] is not None
+    events = lake_rows(tmp_path / "lake", "experience_events")
+    assert len(events) == VALID - DUPLICATES
+    assert {row["_id"] for row in events} == {f"e{m}-{n}" for m in range(MINUTES) for n in (0, 1, 2, 4, 6, 8, 9)} | {
+        f"e{m}-7-{k}" for m in range(MINUTES) for k in range(3)
+    }
+    failed_rows = lake_rows(tmp_path / "lake", "failed_records")
+    assert len(failed_rows) == FAILED
+    assert all(dict(row["attributes"])["connectionId"] == "test-conn" for row in failed_rows)
+    codes = sorted(message.attributes["profilestream.errorCode"] for message in dead_letters)
+    assert codes == sorted(["DECODE.NOT_JSON", "SCHEMA.REQUIRED"] * MINUTES)
+    assert {bytes(message.data) for message in dead_letters} >= {b'{"not json'}
+    with open_profile_store(f"sqlite:///{tmp_path}/profiles.sqlite") as store:
+        assert store.view_by_identity("ECID:" + "1" * 38) is not None
+
+
+def test_a_missing_subscription_is_one_line_and_exit_2(topology, tmp_path):
+    missing = topology.subscription + "-missing"
+    run = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--source", f"pubsub:{missing}", "--lake", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"profilestream: error: {missing}: not found"
