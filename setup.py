@@ -38,6 +38,7 @@ setup(
         "phonenumbers>=9.0",  # identity normalisation: phones to E.164
         "fastapi>=0.165",  # `profilestream serve`: the HTTP Profile Access API
         "uvicorn>=0.54",
+        "httpx2>=2.16",  # `profilestream loadgen` posting to the inlet; FastAPI's TestClient in the tests
     ],
     extras_require={
         "test": [
@@ -47,7 +48,6 @@ setup(
             "duckdb>=2.0",
             "redis>=5.0",  # the identity store's contract tests run against a real redis-server
             "google-cloud-bigtable>=2.50",  # the profile store's contract tests run against the Bigtable emulator
-            "httpx2>=2.16",  # FastAPI's TestClient, and requests to the real API server
             # Capped at the minor: `ruff format --check` runs in CI, and ruff changes its formatting style only in
             # minor releases, so a fresh clone must not pick up a new style the code was never formatted with.
             "ruff>=0.17,<0.18",

@@ -5,6 +5,8 @@
                       [--runner NAME] [--commit-interval SECONDS] [Beam options]
     profilestream validate [--schema-dir DIR] [--schema ID] [--conformance] [--config FILE] FILE...
     profilestream profile get [--store URL] [--config FILE] (--identity NAMESPACE:ID | --person ID)...
+    profilestream loadgen --target (pubsub:projects/P/topics/T | http://HOST:PORT/collection/[batch/]ID)
+                          [--rate N] (--duration S | --count N) [traffic shape] [--send-log FILE]
     profilestream serve [--host HOST] [--port PORT] [--profile-store URL] [--config FILE] [--token-file FILE]
                         [--pubsub-topic projects/P/topics/T] [--schema-dir DIR]
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import ConfigError, load_config
+from pipelines.loadgen import add_arguments as add_loadgen_arguments
 from schemas.components import UnknownComponentError, library
 from schemas.registry import SchemaFileError, SchemaRegistry
 from schemas.validation import ValidationPolicy
@@ -142,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     profile_get.add_argument("--config", help="configuration file (namespaces and identity rules)")
     profile_get.set_defaults(handler=_profile_get)
+
+    loadgen = commands.add_parser("loadgen", help="send seeded XDM traffic to Pub/Sub or the HTTP inlet at a rate")
+    add_loadgen_arguments(loadgen)
+    loadgen.set_defaults(handler=_loadgen)
 
     serve = commands.add_parser("serve", help="serve the HTTP Profile Access API (and the HTTP inlet)")
     serve.add_argument("--host", default=DEFAULT_API_HOST, help=f"address to listen on (default {DEFAULT_API_HOST})")
@@ -382,6 +389,12 @@ def _inlet(args: argparse.Namespace):
     except ConfigError as error:
         publisher.close()
         raise ConfigError(f"inlet: {error}") from None
+
+
+def _loadgen(args: argparse.Namespace, _beam_args: list[str]) -> int:
+    from pipelines.loadgen import run
+
+    return run(args)
 
 
 def _validate(args: argparse.Namespace, _beam_args: list[str]) -> int:

@@ -27,6 +27,13 @@ identified by ECID; most with an Email login, many with a CRMID) browse, view, a
 Only fields of the built-in ingestion schemas' field groups are used (IdentityMap, Web Details, Environment Details,
 Commerce Details; Demographic Details, Personal Contact Details, External Source System Audit Details), in runtime
 names.
+
+Building blocks
+---------------
+The load generator (:mod:`pipelines.loadgen`) draws its traffic from the same pieces: :class:`Person` and
+:class:`Device`, :func:`draw_person`, :func:`draw_event_type` with :func:`add_event_details`, :func:`profile_entity`,
+:func:`envelope`, :func:`not_json_payload` and the small formatting helpers. Each takes the random source it draws
+from, so a caller's own seeded ``Random`` decides what it gets.
 """
 
 from __future__ import annotations
@@ -118,7 +125,9 @@ class SampleSummary:
 
 
 @dataclasses.dataclass
-class _Person:
+class Person:
+    """Someone who browses the shop: who they are, their accounts (either may be missing) and their devices."""
+
     first_name: str
     last_name: str
     email: str | None
@@ -127,21 +136,24 @@ class _Person:
     country: str
     currency: str
     phone: str
-    devices: list[_Device] = dataclasses.field(default_factory=list)
+    devices: list[Device] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
-class _Device:
+class Device:
+    """A browser, identified by its ECID."""
+
     ecid: str
     browser: str
     operating_system: str
     # Who is logged in on the device, and who last logged out of it: the states its next events report.
-    logged_in: _Person | None = None
-    logged_out: _Person | None = None
+    logged_in: Person | None = None
+    logged_out: Person | None = None
 
 
-def _rfc3339(time_us: int, digits: int = 6) -> str:
-    moment = BASE_TIME + datetime.timedelta(microseconds=time_us)
+def rfc3339(time_us: int, digits: int = 6, base: datetime.datetime = BASE_TIME) -> str:
+    """``time_us`` µs after ``base`` as RFC 3339 in UTC with ``digits`` fractional digits (truncated)."""
+    moment = base + datetime.timedelta(microseconds=time_us)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[: 20 + digits] + "Z"
 
 
@@ -151,12 +163,132 @@ def _ascii(name: str) -> str:
     return folded.encode("ascii", "ignore").decode("ascii")
 
 
-def _json_bytes(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as producers send it."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _item(identity: str, state: str, primary: bool) -> list[dict[str, Any]]:
+def identity_item(identity: str, state: str, primary: bool) -> list[dict[str, Any]]:
+    """An identityMap entry's list holding one identity."""
     return [{"id": identity, "authenticatedState": state, "primary": primary}]
+
+
+def draw_person(
+    rng: Random, number: int, *, email_share: float, crm_share: float, device_counts: Sequence[int]
+) -> Person:
+    """Person ``number``: an Email for an ``email_share`` of people, a CRMID for a ``crm_share`` (the same draw
+    decides both, so the smaller share holds both ids), and one of ``device_counts`` devices."""
+    first, last = rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES)
+    city, country, currency = rng.choice(_CITIES)
+    # The first person always has both accounts, so that even a tiny stream can hold Profile records.
+    account = rng.random() if number else 0.0
+    email = f"{_ascii(first)}.{_ascii(last)}{number}@example.com".lower() if account < email_share else None
+    person = Person(
+        first_name=first,
+        last_name=last,
+        email=email,
+        crm_id=f"CRM{rng.randrange(10**7, 10**8)}" if account < crm_share else None,
+        city=city,
+        country=country,
+        currency=currency,
+        phone=_phone(rng, country),
+    )
+    for _ in range(rng.choice(device_counts)):
+        browser, operating_system = rng.choice(_BROWSERS)
+        person.devices.append(Device(str(rng.randrange(10**37, 10**38)), browser, operating_system))
+    return person
+
+
+def _phone(rng: Random, country: str) -> str:
+    prefix, digits = _MOBILE_NUMBERS[country]
+    return f"{prefix} {rng.randrange(2 * 10 ** (digits - 1), 10**digits)}"
+
+
+def random_uuid(rng: Random) -> str:
+    """A version-4 UUID drawn from ``rng``, so a seeded run repeats its ids."""
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def draw_event_type(rng: Random) -> str:
+    """An ExperienceEvent type, weighted as a shop's traffic is: mostly page views, a few purchases."""
+    return rng.choices([name for name, _ in _EVENT_TYPES], weights=[weight for _, weight in _EVENT_TYPES])[0]
+
+
+def add_event_details(rng: Random, entity: dict[str, Any], device: Device, currency: str) -> None:
+    """Adds to an event entity the web, commerce and environment details its ``eventType`` calls for."""
+    event_type = entity["eventType"]
+    if event_type.startswith("web."):
+        page_name, page_path = rng.choice(_PAGES)
+        web: dict[str, Any] = {"webPageDetails": {"name": page_name, "URL": _SITE + page_path}}
+        if event_type == "web.webpagedetails.pageViews":
+            web["webPageDetails"]["pageViews"] = {"value": 1}
+            referrer = rng.choice(_REFERRERS)
+            if referrer is not None:
+                web["webReferrer"] = {"URL": referrer}
+        else:
+            target_name, target_path = rng.choice(_PAGES)
+            web["webInteraction"] = {
+                "name": target_name,
+                "URL": _SITE + target_path,
+                "type": "other",
+                "linkClicks": {"value": 1},
+            }
+    else:
+        items = _products(rng, rng.randint(1, 3) if event_type == "commerce.purchases" else 1)
+        web = {"webPageDetails": {"name": items[0]["name"], "URL": f"{_SITE}/p/{items[0]['SKU'].lower()}"}}
+        commerce: dict[str, Any] = {event_type.removeprefix("commerce."): {"value": 1}}
+        if event_type == "commerce.purchases":
+            total = round(sum(item["priceTotal"] for item in items), 2)
+            commerce["order"] = {"priceTotal": total, "currencyCode": currency}
+        entity["commerce"] = commerce
+        entity["productListItems"] = items
+    entity["web"] = web
+    entity["environment"] = {
+        "type": "browser",
+        "browserDetails": {"name": device.browser},
+        "operatingSystem": device.operating_system,
+    }
+
+
+def _products(rng: Random, count: int) -> list[dict[str, Any]]:
+    items = []
+    for sku, name, price in rng.sample(_PRODUCTS, count):
+        quantity = rng.choice([1, 1, 1, 2])
+        items.append({"SKU": sku, "name": name, "quantity": quantity, "priceTotal": round(price * quantity, 2)})
+    return items
+
+
+def move_house(rng: Random, person: Person) -> None:
+    """The person moves to another of the shop's cities (maybe the same) and takes a local phone number."""
+    person.city, person.country, person.currency = rng.choice(_CITIES)
+    person.phone = _phone(rng, person.country)
+
+
+def profile_entity(record_id: str, person: Person, updated: str) -> dict[str, Any]:
+    """A customer's Profile record as the CRM exports it, last updated at ``updated`` (RFC 3339)."""
+    return {
+        "_id": record_id,
+        "identityMap": {
+            "CRMID": identity_item(person.crm_id, "authenticated", True),
+            "Email": identity_item(person.email, "authenticated", False),
+        },
+        "person": {"name": {"firstName": person.first_name, "lastName": person.last_name}},
+        "personalEmail": {"address": person.email},
+        "mobilePhone": {"number": person.phone},
+        "homeAddress": {"city": person.city, "countryCode": person.country},
+        "extSourceSystemAudit": {"lastUpdatedDate": updated},
+    }
+
+
+def not_json_payload(rng: Random) -> bytes:
+    """What a broken producer sends instead of JSON: a proxy's error page, a query string or gzip bytes."""
+    return rng.choice(
+        [
+            b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+            b"ev=pageview&page=home&ecid=" + str(rng.randrange(10**37, 10**38)).encode(),
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xcb\x48\xcd\xc9\xc9\x07\x00",
+        ]
+    )
 
 
 class _StreamGenerator:
@@ -164,7 +296,10 @@ class _StreamGenerator:
 
     def __init__(self, seed: int, people: int):
         self._rng = Random(seed)
-        self._people = [self._person(number) for number in range(people)]
+        self._people = [
+            draw_person(self._rng, number, email_share=0.85, crm_share=0.7, device_counts=(1, 1, 2, 2, 3))
+            for number in range(people)
+        ]
         self._customers = [person for person in self._people if person.crm_id is not None]
         # Activity is skewed, as on a real site: a few people make much of the traffic.
         self._activity = [self._rng.paretovariate(1.5) for _ in self._people]
@@ -173,44 +308,15 @@ class _StreamGenerator:
             if household is not person:
                 person.devices.append(household.devices[0])
 
-    def _person(self, number: int) -> _Person:
-        rng = self._rng
-        first, last = rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES)
-        city, country, currency = rng.choice(_CITIES)
-        # The first person is always a customer, so that even a tiny stream can hold Profile records.
-        account = rng.random() if number else 0.0
-        email = f"{_ascii(first)}.{_ascii(last)}{number}@example.com".lower() if account < 0.85 else None
-        person = _Person(
-            first_name=first,
-            last_name=last,
-            email=email,
-            crm_id=f"CRM{rng.randrange(10**7, 10**8)}" if account < 0.7 else None,
-            city=city,
-            country=country,
-            currency=currency,
-            phone=self._phone(country),
-        )
-        for _ in range(rng.choice([1, 1, 2, 2, 3])):
-            browser, operating_system = rng.choice(_BROWSERS)
-            person.devices.append(_Device(str(rng.randrange(10**37, 10**38)), browser, operating_system))
-        return person
-
-    def _phone(self, country: str) -> str:
-        prefix, digits = _MOBILE_NUMBERS[country]
-        return f"{prefix} {self._rng.randrange(2 * 10 ** (digits - 1), 10**digits)}"
-
-    def _uuid(self) -> str:
-        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-
     def _mixed_case(self, email: str) -> str:
         if self._rng.random() < 0.2:
             return "".join(char.upper() if self._rng.random() < 0.3 else char for char in email)
         return email
 
-    def pick_person(self) -> _Person:
+    def pick_person(self) -> Person:
         return self._rng.choices(self._people, weights=self._activity)[0]
 
-    def _identity_map(self, person: _Person, device: _Device) -> dict[str, Any]:
+    def _identity_map(self, person: Person, device: Device) -> dict[str, Any]:
         rng = self._rng
         logging_in = False
         if device.logged_in is person and rng.random() < 0.08:
@@ -220,66 +326,31 @@ class _StreamGenerator:
         elif device.logged_in is not None and device.logged_in is not person:
             device.logged_in, device.logged_out = None, device.logged_in
         if device.logged_in is person:
-            identities = {"ECID": _item(device.ecid, "ambiguous", False)}
+            identities = {"ECID": identity_item(device.ecid, "ambiguous", False)}
             if person.crm_id is not None:
-                identities["CRMID"] = _item(person.crm_id, "authenticated", True)
+                identities["CRMID"] = identity_item(person.crm_id, "authenticated", True)
             if person.crm_id is None or logging_in or rng.random() < 0.3:
-                identities["Email"] = _item(self._mixed_case(person.email), "authenticated", person.crm_id is None)
+                identities["Email"] = identity_item(
+                    self._mixed_case(person.email), "authenticated", person.crm_id is None
+                )
             return identities
-        identities = {"ECID": _item(device.ecid, "ambiguous", True)}
+        identities = {"ECID": identity_item(device.ecid, "ambiguous", True)}
         if device.logged_out is person:
             namespace, identity = ("CRMID", person.crm_id) if person.crm_id else ("Email", person.email)
-            identities[namespace] = _item(identity, "loggedOut", False)
+            identities[namespace] = identity_item(identity, "loggedOut", False)
         return identities
 
-    def _products(self, count: int) -> list[dict[str, Any]]:
-        items = []
-        for sku, name, price in self._rng.sample(_PRODUCTS, count):
-            quantity = self._rng.choice([1, 1, 1, 2])
-            items.append({"SKU": sku, "name": name, "quantity": quantity, "priceTotal": round(price * quantity, 2)})
-        return items
-
-    def event(self, person: _Person, device: _Device, time_us: int) -> dict[str, Any]:
+    def event(self, person: Person, device: Device, time_us: int) -> dict[str, Any]:
         """One ExperienceEvent of ``person`` on ``device`` at ``time_us`` (µs after the base time)."""
         rng = self._rng
-        event_type = rng.choices([name for name, _ in _EVENT_TYPES], weights=[weight for _, weight in _EVENT_TYPES])[0]
+        event_type = draw_event_type(rng)
         entity: dict[str, Any] = {
-            "_id": self._uuid(),
-            "timestamp": _rfc3339(time_us, digits=3),
+            "_id": random_uuid(rng),
+            "timestamp": rfc3339(time_us, digits=3),
             "eventType": event_type,
             "identityMap": self._identity_map(person, device),
         }
-        if event_type.startswith("web."):
-            page_name, page_path = rng.choice(_PAGES)
-            web: dict[str, Any] = {"webPageDetails": {"name": page_name, "URL": _SITE + page_path}}
-            if event_type == "web.webpagedetails.pageViews":
-                web["webPageDetails"]["pageViews"] = {"value": 1}
-                referrer = rng.choice(_REFERRERS)
-                if referrer is not None:
-                    web["webReferrer"] = {"URL": referrer}
-            else:
-                target_name, target_path = rng.choice(_PAGES)
-                web["webInteraction"] = {
-                    "name": target_name,
-                    "URL": _SITE + target_path,
-                    "type": "other",
-                    "linkClicks": {"value": 1},
-                }
-        else:
-            items = self._products(rng.randint(1, 3) if event_type == "commerce.purchases" else 1)
-            web = {"webPageDetails": {"name": items[0]["name"], "URL": f"{_SITE}/p/{items[0]['SKU'].lower()}"}}
-            commerce: dict[str, Any] = {event_type.removeprefix("commerce."): {"value": 1}}
-            if event_type == "commerce.purchases":
-                total = round(sum(item["priceTotal"] for item in items), 2)
-                commerce["order"] = {"priceTotal": total, "currencyCode": person.currency}
-            entity["commerce"] = commerce
-            entity["productListItems"] = items
-        entity["web"] = web
-        entity["environment"] = {
-            "type": "browser",
-            "browserDetails": {"name": device.browser},
-            "operatingSystem": device.operating_system,
-        }
+        add_event_details(rng, entity, device, person.currency)
         return entity
 
     def event_time(self, publish_us: int) -> int:
@@ -301,33 +372,15 @@ class _StreamGenerator:
         rng = self._rng
         person = rng.choice(self._customers)
         if rng.random() < 0.15:
-            person.city, person.country, person.currency = rng.choice(_CITIES)
-            person.phone = self._phone(person.country)
+            move_house(rng, person)
         updated_us = publish_us - rng.randrange(1_000_000, 600_000_000)
-        return {
-            "_id": self._uuid(),
-            "identityMap": {
-                "CRMID": _item(person.crm_id, "authenticated", True),
-                "Email": _item(person.email, "authenticated", False),
-            },
-            "person": {"name": {"firstName": person.first_name, "lastName": person.last_name}},
-            "personalEmail": {"address": person.email},
-            "mobilePhone": {"number": person.phone},
-            "homeAddress": {"city": person.city, "countryCode": person.country},
-            "extSourceSystemAudit": {"lastUpdatedDate": _rfc3339(updated_us, digits=3)},
-        }
+        return profile_entity(random_uuid(rng), person, rfc3339(updated_us, digits=3))
 
     def invalid(self, kind: str, publish_us: int) -> bytes:
         """The payload of an invalid message of ``kind`` (one of ``_INVALID_KINDS``)."""
         rng = self._rng
         if kind == "not_json":
-            return rng.choice(
-                [
-                    b"<html><body><h1>502 Bad Gateway</h1></body></html>",
-                    b"ev=pageview&page=home&ecid=" + str(rng.randrange(10**37, 10**38)).encode(),
-                    b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xcb\x48\xcd\xc9\xc9\x07\x00",
-                ]
-            )
+            return not_json_payload(rng)
         person = rng.choice(self._customers) if kind == "two_primaries" else self.pick_person()
         device = rng.choice(person.devices)
         entity = self.event(person, device, self.event_time(publish_us))
@@ -341,19 +394,20 @@ class _StreamGenerator:
             entity["web"]["webPageDetails"]["name"] = ""
         elif kind == "two_primaries":
             entity["identityMap"] = {
-                "ECID": _item(device.ecid, "ambiguous", True),
-                "CRMID": _item(person.crm_id, "authenticated", True),
+                "ECID": identity_item(device.ecid, "ambiguous", True),
+                "CRMID": identity_item(person.crm_id, "authenticated", True),
             }
         schema = UNKNOWN_SCHEMA if kind == "unknown_schema" else EXPERIENCE_EVENT_SCHEMA
-        payload = _json_bytes(envelope(schema, entity))
+        payload = json_bytes(envelope(schema, entity))
         if kind == "truncated_json":
             return payload[: rng.randrange(20, len(payload) - 1)]
         return payload
 
 
-def envelope(schema_id: str, entity: dict[str, Any]) -> dict[str, Any]:
-    """The streaming-ingestion envelope of one XDM entity of ``schema_id``."""
-    dataset, source, flow_id = _DATAFLOWS[schema_id]
+def envelope(schema_id: str, entity: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """The streaming envelope of one XDM entity of ``schema_id``, from ``source`` (else the schema's usual one)."""
+    dataset, usual_source, flow_id = _DATAFLOWS[schema_id]
+    source = source or usual_source
     schema_ref = {"id": schema_id, "contentType": CONTENT_TYPE}
     return {
         "header": {
@@ -372,9 +426,9 @@ def _rest_line(data: bytes, attributes: dict[str, str], message_id: str, publish
         "data": base64.b64encode(data).decode("ascii"),
         "attributes": attributes,
         "messageId": message_id,
-        "publishTime": _rfc3339(publish_us),
+        "publishTime": rfc3339(publish_us),
     }
-    return _json_bytes(message)
+    return json_bytes(message)
 
 
 def generate_sample_stream(
@@ -408,7 +462,7 @@ def generate_sample_stream(
                     entities = [generator.profile(publish_us) for _ in range(rng.randint(2, 5))]
                 else:
                     entities = generator.session(publish_us)
-                data = _json_bytes({"messages": [envelope(schema, entity) for entity in entities]})
+                data = json_bytes({"messages": [envelope(schema, entity) for entity in entities]})
                 counts["batch_envelopes"] += 1
             else:
                 if schema == PROFILE_SCHEMA:
@@ -418,11 +472,11 @@ def generate_sample_stream(
                     device = rng.choice(person.devices)
                     entities = [generator.event(person, device, generator.event_time(publish_us))]
                 if form < _BATCH_SHARE + _BARE_SHARE:
-                    data = _json_bytes(entities[0])
+                    data = json_bytes(entities[0])
                     attributes = {"schemaRef": schema}
                     counts["bare_entities"] += 1
                 else:
-                    data = _json_bytes(envelope(schema, entities[0]))
+                    data = json_bytes(envelope(schema, entities[0]))
                 if schema == EXPERIENCE_EVENT_SCHEMA:
                     resendable.append((data, attributes))
             counts["profiles" if schema == PROFILE_SCHEMA else "events"] += len(entities)
