@@ -2,22 +2,28 @@
 
 Input: ``records``, ``PCollection[ValidRecord]`` with ``person_id`` set by StitchIdentities, and ``changes``,
 ``PCollection[IdentityChange]``. Only records of profile-enabled datasets (DESIGN.md §2 "Datasets") with a person are
-merged; the rest are ignored here (they still reach the lake). Output: one :class:`ProfileFlush` per person flushed
-(person id and how many records it took), for counting.
+merged; the rest are ignored here (they still reach the lake). Output: one :class:`ProfileFlush` per flush (the
+persons it applied records for, how many each, and the views it wrote), for counting.
 
-Updates are keyed by person and buffered in state. A person's buffer is flushed to the store
+Updates are keyed by a shard of their person id (``shards`` of them, 16 by default) and buffered in state. A shard's
+buffer is flushed to the store
 
 - ``flush_interval_s`` of processing time after its first update (1 s by default: freshness),
 - as soon as it holds ``max_buffered`` updates (size), and
 - when the watermark reaches the end of input: so the final store contents never depend on processing time, and a
   runner without processing-time timers (Prism, and every runner in batch) writes the same profiles.
 
-A flush reads the person's identities from the identity store, every fragment of those identities from the profile
-store, applies the buffered records to their fragments (:mod:`transforms.profile_model`: order-independent and
-idempotent, so a replay or a retried bundle changes nothing), and writes the fragments, the person's merged view, the
-index of its identities and, after a merge, redirects from the retired person ids, in one store write. A merge or a
-split reported by StitchIdentities flushes every person it names, so each side's view is rebuilt from its own
-fragments.
+Why shards rather than one key per person: a flush costs a timer firing and a few store round trips whatever it
+holds, and at a steady stream most persons have one new record a second; keyed by person, the local runner spent its
+time on flushes of one record and fell behind at a few hundred events a second. A shard's flush writes all its persons
+in one store write, and a person's updates still all meet in one buffer.
+
+A flush reads the identities of its records from the identity store, every fragment of the persons they now belong
+to from the profile store, applies the buffered records to their fragments (:mod:`transforms.profile_model`:
+order-independent and idempotent, so a replay or a retried bundle changes nothing), and writes the fragments, each
+person's merged view, the index of their identities and, after a merge, redirects from the retired person ids, in one
+store write. A merge or a split reported by StitchIdentities flushes every person it names, so each side's view is
+rebuilt from its own fragments.
 
 Metrics (namespace ``profilestream``): ``profiles_written``; the freshness of each record's write, from the time the
 pipeline read it to the store write, as the distribution ``profile_freshness_ms`` and as bucket counters
@@ -26,11 +32,14 @@ pipeline read it to the store write, as the distribution ``profile_freshness_ms`
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import apache_beam as beam
+from apache_beam import typehints
 from apache_beam.coders import PickleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
@@ -56,10 +65,10 @@ FRESHNESS = "profile_freshness_ms"
 
 @dataclasses.dataclass(frozen=True)
 class ProfileFlush:
-    """One flush: the person keyed, the records it applied and the views it wrote."""
+    """One flush: the persons it applied records for (``(person id, records)`` pairs, as keyed when stitched, sorted),
+    and the views it wrote."""
 
-    person_id: str
-    records: int
+    persons: tuple[tuple[str, int], ...]
     views: int
 
 
@@ -70,7 +79,8 @@ class ProfileSettings:
     policy: profile_model.MergePolicy = dataclasses.field(default_factory=profile_model.TimestampOrdered)
     limits: profile_model.ProfileLimits = profile_model.DEFAULT_LIMITS
     flush_interval_s: float = 1.0
-    max_buffered: int = 100
+    max_buffered: int = 500
+    shards: int = 16
 
 
 def freshness_bucket(freshness_ms: float) -> str:
@@ -124,7 +134,7 @@ class _MergeProfilesFn(beam.DoFn):
         flush_soon=beam.DoFn.TimerParam(FLUSH_SOON),
         flush_at_end=beam.DoFn.TimerParam(FLUSH_AT_END),
     ):
-        person, update = keyed
+        shard, update = keyed
         pending.add(update)
         buffered = (count.read() or 0) + 1
         count.write(buffered)
@@ -133,7 +143,7 @@ class _MergeProfilesFn(beam.DoFn):
             if self._streaming:
                 flush_soon.set(Timestamp(micros=self._clock()) + self._settings.flush_interval_s)
         if buffered >= self._settings.max_buffered:
-            yield from self._flush(person, pending, count)
+            yield from self._flush(shard, pending, count)
 
     @on_timer(FLUSH_SOON)
     def on_flush_soon(
@@ -147,7 +157,7 @@ class _MergeProfilesFn(beam.DoFn):
     ):
         yield from self._flush(key, pending, count)
 
-    def _flush(self, person: str, pending, count):
+    def _flush(self, _shard: int, pending, count):
         updates = list(pending.read())
         pending.clear()
         count.clear()
@@ -155,20 +165,21 @@ class _MergeProfilesFn(beam.DoFn):
             return
         records = [update for update in updates if isinstance(update, ValidRecord)]
         changes = [update for update in updates if isinstance(update, IdentityChange)]
-        written = self._write(person, records, changes)
+        written = self._write(records, changes)
         self._written.inc(written)
-        yield ProfileFlush(person, len(records), written)
+        persons = collections.Counter(record.person_id for record in records)
+        yield ProfileFlush(tuple(sorted(persons.items())), written)
         now_us = self._clock()
         for record in records:
             freshness_ms = max(0, now_us - record.read_time_us) / 1000
             self._freshness.update(int(freshness_ms))
             counter(freshness_bucket(freshness_ms)).inc()
 
-    def _write(self, person: str, records: list[ValidRecord], changes: list[IdentityChange]) -> int:
+    def _write(self, records: list[ValidRecord], changes: list[IdentityChange]) -> int:
         """Applies the records and rebuilds the view of every person they, or the merges and splits, now concern.
 
-        A record was keyed by the person it had when stitched; if that person has since been merged away, its
-        records go to the survivor, and the retired id redirects there. Returns how many views it wrote.
+        A record carries the person it had when stitched; if that person has since been merged away, its records go
+        to the survivor, the person its identities belong to now. Returns how many views it wrote.
         """
         rules = self._stitch.graph
         extracted = [
@@ -212,6 +223,8 @@ class _MergeProfilesFn(beam.DoFn):
             held = [fragments[key] for key in sorted(fragments) if fragments[key].identity in set(owned)]
             view = profile_model.build_view(owner, owned, held, self._settings.policy)
             views[owner] = profile_model.view_to_bytes(view)
+        # Only a merge retires a person id; a record stitched to a person that is now another's goes to the person
+        # its identities belong to, and the merge's own flush leaves the redirect.
         redirects = {
             old: change.persons_after[0]
             for change in changes
@@ -219,8 +232,6 @@ class _MergeProfilesFn(beam.DoFn):
             for old in change.persons_before
             if old not in members and change.persons_after
         }
-        if person not in members and current:
-            redirects[person] = current[0]
         self._profiles.write(
             ProfileWrite(
                 fragments={key: profile_model.fragment_to_bytes(fragments[key]) for key in sorted(touched)},
@@ -263,8 +274,12 @@ class MergeProfiles(beam.PTransform):
         records, changes = inputs
         streaming = records.pipeline.options.view_as(beam.options.pipeline_options.StandardOptions).streaming
         profile_datasets = {name for name, dataset in self._registry.datasets.items() if dataset.profile}
-        keyed_records = records | "KeyRecordsByPerson" >> beam.FlatMap(_keyed_record, profile_datasets)
-        keyed_changes = changes | "KeyChangesByPerson" >> beam.FlatMap(_keyed_change)
+        shards = self._settings.shards
+        keyed = typehints.KV[int, typehints.Any]  # an int key: a deterministic coder for the state's key
+        keyed_records = records | "KeyRecordsByShard" >> beam.FlatMap(
+            _keyed_record, profile_datasets, shards
+        ).with_output_types(keyed)
+        keyed_changes = changes | "KeyChangesByShard" >> beam.FlatMap(_keyed_change, shards).with_output_types(keyed)
         return (
             (keyed_records, keyed_changes)
             | "Updates" >> beam.Flatten()
@@ -284,13 +299,18 @@ class MergeProfiles(beam.PTransform):
         )
 
 
-def _keyed_record(record: ValidRecord, profile_datasets: Iterable[str]):
+def shard_of(person_id: str, shards: int) -> int:
+    """The shard a person's updates are buffered in: stable across processes and runners (unlike ``hash``)."""
+    return zlib.crc32(person_id.encode()) % shards
+
+
+def _keyed_record(record: ValidRecord, profile_datasets: Iterable[str], shards: int):
     if record.person_id is not None and record.dataset in profile_datasets:
-        yield record.person_id, record
+        yield shard_of(record.person_id, shards), record
 
 
-def _keyed_change(change: IdentityChange):
+def _keyed_change(change: IdentityChange, shards: int):
     # A merge or a split rebuilds the view of every person it leaves; the others change no profile.
     if change.kind in ("merge", "split"):
-        for person in change.persons_after:
-            yield person, change
+        for shard in sorted({shard_of(person, shards) for person in change.persons_after}):
+            yield shard, change

@@ -152,19 +152,21 @@ def merge_profiles(records, registry: SchemaRegistry, stores: Stores, settings: 
 def run_stream(
     stream: TestStream, registry: SchemaRegistry, stores: Stores, settings: ProfileSettings | None = None
 ) -> list[Flushed]:
-    """Runs the stream through stitching and MergeProfiles; returns the run's flushes in the order they ran."""
+    """Runs the stream through stitching and MergeProfiles; returns, flush by flush in the order they ran, a
+    :class:`Flushed` for each person a flush applied records for."""
     log = Path(stores.flush_log)
     log.unlink(missing_ok=True)
     with beam.Pipeline(options=PipelineOptions([], streaming=True, runner="BundleBasedDirectRunner")) as pipeline:
         flushes = merge_profiles(pipeline | stream, registry, stores, settings)
         _ = flushes | beam.Map(log_flush, str(log))
-    return [Flushed(**json.loads(line)) for line in log.read_text().splitlines()] if log.exists() else []
+    lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [Flushed(person, records, line["at_end"]) for line in lines for person, records in line["persons"].items()]
 
 
 def log_flush(flush: ProfileFlush, path: str, at=beam.DoFn.TimestampParam) -> None:
     # Logged rather than checked with assert_that: the end-of-input flush is stamped with the global window's last
     # timestamp, and the local runner may close assert_that's grouping in that window before it arrives.
-    line = {"person_id": flush.person_id, "records": flush.records, "at_end": at == GlobalWindow().max_timestamp()}
+    line = {"persons": dict(flush.persons), "at_end": at == GlobalWindow().max_timestamp()}
     with open(path, "a") as log:
         log.write(json.dumps(line) + "\n")
 
@@ -251,6 +253,31 @@ def test_the_end_of_input_flushes_every_buffer_without_processing_time(registry,
         [Flushed(DEVICE_PERSON, records=2, at_end=True), Flushed(BOB, records=1, at_end=True)]
     )
     assert event_ids(view_of_person(stores, DEVICE_PERSON)) == ["e1", "e2"]
+
+
+def test_persons_of_one_shard_are_flushed_together_and_each_gets_their_view(registry, tmp_path):
+    """One shard: a timer flush writes the device's person and Bob at once, the next flush only Ann."""
+    stream = (
+        TestStream()
+        .add_elements([stamped(SAMPLE_ANONYMOUS_VISITS[0]), stamped(SAMPLE_BOB_PROFILE)])
+        .advance_processing_time(FLUSH_INTERVAL_S + 1)
+        .add_elements([stamped(SAMPLE_ANN_PROFILE)])
+        .advance_watermark_to_infinity()
+    )
+    stores = stores_in(tmp_path, "one-shard")
+
+    flushes = run_stream(stream, registry, stores, ProfileSettings(shards=1))
+
+    assert flushes == [
+        Flushed(BOB, records=1, at_end=False),
+        Flushed(DEVICE_PERSON, records=1, at_end=False),
+        Flushed(
+            ANN, records=1, at_end=False
+        ),  # by the timer too: set after the stream's clock moved, it is due at once
+    ]
+    assert event_ids(view_of_person(stores, DEVICE_PERSON)) == ["e1"]
+    assert first_name(view_of_person(stores, BOB)) == "Bob"
+    assert first_name(view_of_person(stores, ANN)) == "Ann"
 
 
 def test_streaming_and_batch_leave_the_same_profile_store(registry, tmp_path):
