@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test bench lint format sample pubsub-up pubsub-down clean distclean
+.PHONY: help venv run test bench bench-e2e lint format sample pubsub-up pubsub-down clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ bench: venv ## Run the throughput benchmark
 	$(VENV)/bin/python -m pipelines.bench
 	$(VENV)/bin/python -m pipelines.bench_identity
 	$(VENV)/bin/python -m pipelines.bench_profiles
+
+RATE ?= 500
+bench-e2e: venv ## Measure POST -> profile and lake latency at RATE events/s (default 500) against the targets
+	RATE=$(RATE) $(VENV)/bin/python -m pipelines.bench_e2e
 
 format: venv ## Format the code and apply ruff's safe fixes
 	$(VENV)/bin/ruff format .

@@ -218,9 +218,12 @@ class _MergeProfilesFn(beam.DoFn):
                 policy_limits=self._settings.limits,
             )
             touched.add(key)
+        keys_of = collections.defaultdict(list)
+        for key, fragment in fragments.items():
+            keys_of[fragment.identity].append(key)
         views = {}
         for owner, owned in members.items():
-            held = [fragments[key] for key in sorted(fragments) if fragments[key].identity in set(owned)]
+            held = [fragments[key] for key in sorted(key for identity in owned for key in keys_of[identity])]
             view = profile_model.build_view(owner, owned, held, self._settings.policy)
             views[owner] = profile_model.view_to_bytes(view)
         # Only a merge retires a person id; a record stitched to a person that is now another's goes to the person

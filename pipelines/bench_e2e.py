@@ -1,0 +1,375 @@
+"""``make bench-e2e``: from a device's POST to a fresh profile and a lake file, measured against DESIGN.md §4's targets.
+
+The whole path runs on this machine, each part a process of its own as in production:
+
+    loadgen ──POST──> profilestream serve (HTTP inlet) ──> Pub/Sub emulator ──> profilestream run --source pubsub:
+                                                                                  ├─> profile store (SQLite)
+                                                                                  └─> lake (Parquet)
+
+Traffic is :mod:`pipelines.loadgen`'s, sent at ``--rate`` events/s (``RATE=``, default 500) for ``--duration``
+seconds to the inlet's batch endpoint, with 1% invalid and 1% duplicate messages. Before it, a short warm-up waits
+until the pipeline writes profiles, so its start-up is not counted.
+
+Figures
+-------
+- **receive → profile visible**: for one valid ExperienceEvent in ``--sample``, the time from its send (the inlet
+  receives it within the same millisecond on loopback) until the profile store shows it among its person's recent
+  events, polled every :data:`POLL_S` through the same lookup as ``profile get``; p50, p95 and p99. Target: p99 at most
+  5 s at 500 events/s.
+- **receive → lake file visible**: for every valid event, the time from its send until a Parquet file holding it
+  appears in ``experience_events`` (files are moved into place whole); p99. The pipeline runs with a commit interval
+  of ``--commit-interval`` seconds (60 by default, so the benchmark takes minutes, not the default 5); target: that
+  interval plus 60 s.
+- **inlet requests/s**: the inlet alone, on a topic nobody reads, taking single-message POSTs from 32 concurrent
+  clients for a few seconds as fast as it answers them.
+
+Each figure is printed beside its target with pass or fail; the last line is one JSON object:
+``{"rate", "profile_p50_s", "profile_p95_s", "profile_p99_s", "lake_p99_s", "inlet_rps", "pass"}``.
+
+    python -m pipelines.bench_e2e [--rate 500] [--duration 60] [--commit-interval 60] [--sample 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pyarrow.parquet as pq
+import yaml
+
+from pipelines.bench_identity import free_port
+from pipelines.config import load_config
+from pipelines.ingest import stitch_settings
+from pipelines.loadgen import VALID, HttpTarget, Pacer, Traffic, TrafficShape, send_load
+from pipelines.profile_lookup import lookup_profile
+from pipelines.pubsub_emulator import EMULATOR_HOST_ENV, Topology, running_emulator
+from pipelines.sample_stream import EXPERIENCE_EVENT_SCHEMA
+from transforms.clock import wall_clock_us
+from transforms.profile_store import open_profile_store
+
+PROFILE_TARGET_P99_S = 5.0
+LAKE_SLACK_S = 60.0
+POLL_S = 0.25
+LAKE_POLL_S = 0.5
+WARM_UP_TIMEOUT_S = 120.0
+PROFILE_WAIT_S = 60.0
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 120.0
+INLET_BURST_S = 5.0
+INLET_CLIENTS = 32
+CONNECTION = "bench"
+API_TOKEN = "bench-token"
+
+
+@dataclasses.dataclass
+class Sent:
+    """A valid event sent: when, and an identity to find its profile by."""
+
+    sent_us: int
+    identity: str
+
+
+class SendLog(io.TextIOBase):
+    """The loadgen's send log, read as it is written: valid ExperienceEvents are noted for the watchers."""
+
+    def __init__(self, sample: int) -> None:
+        self._sample = sample
+        self._lock = threading.Lock()
+        self._events: dict[str, Sent] = {}
+        self._sampled: dict[str, Sent] = {}
+        self._seen = 0
+
+    def write(self, line: str) -> int:
+        entry = json.loads(line)
+        if entry["kind"] == VALID and entry["schema"] == EXPERIENCE_EVENT_SCHEMA and entry["identities"]:
+            sent = Sent(entry["sent_us"], entry["identities"][0])
+            with self._lock:
+                self._events[entry["id"]] = sent
+                self._seen += 1
+                if self._seen % self._sample == 0:
+                    self._sampled[entry["id"]] = sent
+        return len(line)
+
+    def events(self) -> dict[str, Sent]:
+        with self._lock:
+            return dict(self._events)
+
+    def sampled(self) -> dict[str, Sent]:
+        with self._lock:
+            return dict(self._sampled)
+
+
+class ProfileWatcher(threading.Thread):
+    """Polls the profile store for the sampled events until each is visible; records each one's latency."""
+
+    def __init__(self, store_url: str, config_path: Path, log: SendLog) -> None:
+        super().__init__(daemon=True)
+        self._store_url = store_url
+        self._settings = stitch_settings(load_config(config_path))
+        self._log = log
+        self.latencies_s: dict[str, float] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with open_profile_store(self._store_url) as store:
+            while not self.stopping.wait(POLL_S):
+                pending: dict[str, list[str]] = {}
+                for event_id, sent in self._log.sampled().items():
+                    if event_id not in self.latencies_s:
+                        pending.setdefault(sent.identity, []).append(event_id)
+                for identity, event_ids in pending.items():
+                    profile = lookup_profile(identity, store, self._settings, by="identity")
+                    seen_us = wall_clock_us()
+                    shown = {event.get("_id") for event in profile["events"]["recent"]}
+                    sampled = self._log.sampled()
+                    for event_id in event_ids:
+                        if event_id in shown:
+                            self.latencies_s[event_id] = (seen_us - sampled[event_id].sent_us) / 1e6
+
+    def waiting(self) -> int:
+        return len(self._log.sampled()) - len(self.latencies_s)
+
+
+class LakeWatcher(threading.Thread):
+    """Watches the lake's experience_events for new files; records when each sent event first appears in one."""
+
+    def __init__(self, lake: Path, log: SendLog) -> None:
+        super().__init__(daemon=True)
+        self._folder = lake / "experience_events"
+        self._log = log
+        self._files: set[Path] = set()
+        self.latencies_s: dict[str, float] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(LAKE_POLL_S):
+            new = set(self._folder.glob("**/*.parquet")) - self._files
+            seen_us = wall_clock_us()
+            events = self._log.events()
+            for path in new:
+                for event_id in pq.read_table(path, columns=["_id"]).column("_id").to_pylist():
+                    if event_id in events and event_id not in self.latencies_s:
+                        self.latencies_s[event_id] = (seen_us - events[event_id].sent_us) / 1e6
+            self._files |= new
+
+    def waiting(self) -> int:
+        return len(self._log.events()) - len(self.latencies_s)
+
+
+def percentile(values: list[float], percent: int) -> float:
+    """The ``percent``-th percentile (inclusive method); NaN for no values."""
+    if not values:
+        return math.nan
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
+
+
+def write_config(folder: Path, commit_interval_s: int) -> Path:
+    path = folder / "profilestream.yaml"
+    connection = {"rate_per_second": 1_000_000, "burst": 1_000_000}
+    path.write_text(
+        yaml.safe_dump(
+            {"commit_interval_seconds": commit_interval_s, "inlet": {"connections": {CONNECTION: connection}}}
+        )
+    )
+    return path
+
+
+@contextlib.contextmanager
+def process(command: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A child process for the ``with`` block, its output in ``log``; stopped with SIGTERM (then killed) after."""
+    with log.open("wb") as output:
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+@contextlib.contextmanager
+def inlet(folder: Path, config: Path, topic: str, env: dict[str, str], name: str) -> Iterator[str]:
+    """``profilestream serve`` with the inlet on ``topic``; yields its base URL once it answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--config", str(config)]
+    command += ["--pubsub-topic", topic, "--profile-store", f"sqlite:///{folder}/{name}.profiles.sqlite"]
+    with process(command, folder / f"{name}.log", {**env, "PROFILESTREAM_API_TOKEN": API_TOKEN}) as server:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                httpx2.get(f"{url}/health", timeout=1.0).raise_for_status()
+                break
+            except httpx2.HTTPError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"serve did not start: {(folder / f'{name}.log').read_text()}") from None
+                time.sleep(0.2)
+        yield url
+
+
+def send(url: str, rate: float, count: int, seed: int, log: SendLog | None, batch_size: int, clients: int) -> dict:
+    """Sends ``count`` messages to ``url`` at ``rate``; returns the loadgen's figures."""
+    shape = TrafficShape(people=2000, invalid_fraction=0.01, duplicate_fraction=0.01)
+    target = HttpTarget(url, batch_size=batch_size, concurrency=clients)
+    pacer = Pacer(rate)
+    started = time.monotonic()
+    try:
+        kinds = send_load(Traffic(shape, seed), target, pacer, count, send_log=log)
+    finally:
+        delivery = target.close()
+    seconds = time.monotonic() - started
+    return {"kinds": dict(kinds), "rate": pacer.achieved_rate, "seconds": seconds, "statuses": delivery.statuses}
+
+
+def measure_inlet(seconds: float, folder: Path, config: Path, topic: str, env: dict[str, str]) -> float:
+    """Requests/s of the inlet alone for ``seconds``: single-message POSTs as fast as it answers them."""
+    with inlet(folder, config, topic, env, "inlet-alone") as url:
+        target = HttpTarget(f"{url}/collection/{CONNECTION}", batch_size=1, concurrency=INLET_CLIENTS)
+        traffic = Traffic(TrafficShape(people=2000), seed=1)
+        sent = 0
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < seconds:
+                now = wall_clock_us()
+                target.send([traffic.message(now)], now)
+                sent += 1
+        finally:
+            delivery = target.close()
+        elapsed = time.monotonic() - started
+    answered = sum(count for status, count in delivery.statuses.items() if status == "200")
+    return answered / elapsed if elapsed else 0.0
+
+
+def wait_for(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench_e2e", description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=float(os.environ.get("RATE") or 500))
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of measured load (default 60)")
+    parser.add_argument("--commit-interval", type=int, default=60, help="the pipeline's lake commit interval")
+    parser.add_argument("--sample", type=int, default=50, help="watch one valid event in N for the profile figure")
+    parser.add_argument("--batch-size", type=int, default=10, help="messages per inlet batch request")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as scratch:
+        folder = Path(scratch)
+        config = write_config(folder, args.commit_interval)
+        topology = Topology.named("profilestream-bench", "events", "events-pipeline", "events-nobody")
+        with running_emulator(folder / "pubsub", topology) as host:
+            env = {**os.environ, EMULATOR_HOST_ENV: host}
+            inlet_rps = measure_inlet(INLET_BURST_S, folder, config, topology.dead_letter_topic, env)
+            print(f"inlet alone: {inlet_rps:,.0f} requests/s (single-message POSTs, {INLET_CLIENTS} clients)")
+            figures = measure_path(args, folder, config, topology, env)
+    profile_p99 = figures["profile_p99_s"]
+    lake_target = args.commit_interval + LAKE_SLACK_S
+    profile_pass = profile_p99 <= PROFILE_TARGET_P99_S
+    lake_pass = figures["lake_p99_s"] <= lake_target and figures["lake_missing"] == 0
+    print(
+        f"receive -> profile visible  p50 {figures['profile_p50_s']:6.2f} s  p95 {figures['profile_p95_s']:6.2f} s  "
+        f"p99 {profile_p99:6.2f} s   target p99 <= {PROFILE_TARGET_P99_S:.0f} s: {'pass' if profile_pass else 'FAIL'}"
+        f"  ({figures['profile_samples']} sampled events, {figures['profile_missing']} never seen)"
+    )
+    print(
+        f"receive -> lake file        p99 {figures['lake_p99_s']:6.2f} s   target <= {lake_target:.0f} s "
+        f"(commit interval {args.commit_interval} s + {LAKE_SLACK_S:.0f} s): {'pass' if lake_pass else 'FAIL'}"
+        f"  ({figures['lake_events']} events, {figures['lake_missing']} never seen)"
+    )
+    print(
+        f"load: {figures['sent_rate']:,.0f} events/s achieved of {args.rate:,.0f} asked; "
+        f"pipeline summary: {json.dumps(figures['summary'])}"
+    )
+    result = {
+        "rate": args.rate,
+        "profile_p50_s": round(figures["profile_p50_s"], 3),
+        "profile_p95_s": round(figures["profile_p95_s"], 3),
+        "profile_p99_s": round(profile_p99, 3),
+        "lake_p99_s": round(figures["lake_p99_s"], 3),
+        "inlet_rps": round(inlet_rps, 1),
+        "pass": profile_pass and lake_pass,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def measure_path(args: argparse.Namespace, folder: Path, config: Path, topology: Topology, env: dict[str, str]) -> dict:
+    """Runs the pipeline and the inlet, warms them up, sends the measured load and waits for it to land."""
+    profiles = f"sqlite:///{folder}/profiles.sqlite"
+    lake = folder / "lake"
+    run_command = [sys.executable, "-m", "pipelines.cli", "run", "--source", f"pubsub:{topology.subscription}"]
+    run_command += ["--lake", str(lake), "--config", str(config), "--profile-store", profiles]
+    run_command += ["--identity-store", f"sqlite:///{folder}/identity.sqlite"]
+    with (
+        process(run_command, folder / "run.log", env) as pipeline,
+        inlet(folder, config, topology.topic, env, "inlet") as url,
+    ):
+        batch_url = f"{url}/collection/batch/{CONNECTION}"
+        warm_up = SendLog(sample=1)
+        warm_watch = ProfileWatcher(profiles, config, warm_up)
+        warm_watch.start()
+        send(batch_url, 20, 20, 2, warm_up, args.batch_size, 4)
+        if not wait_for(lambda: warm_watch.latencies_s, WARM_UP_TIMEOUT_S):
+            raise RuntimeError(f"no profile written during the warm-up: {(folder / 'run.log').read_text()}")
+        warm_watch.stopping.set()
+
+        log = SendLog(args.sample)
+        watchers = (ProfileWatcher(profiles, config, log), LakeWatcher(lake, log))
+        for watcher in watchers:
+            watcher.start()
+        count = math.ceil(args.rate * args.duration)
+        sent = send(batch_url, args.rate, count, 3, log, args.batch_size, 8)
+        profile_watch, lake_watch = watchers
+        wait_for(lambda: profile_watch.waiting() == 0, PROFILE_WAIT_S)
+        wait_for(lambda: lake_watch.waiting() == 0, args.commit_interval + LAKE_SLACK_S + 30)
+        for watcher in watchers:
+            watcher.stopping.set()
+            watcher.join()
+        pipeline.send_signal(signal.SIGTERM)
+        pipeline.wait(timeout=STOP_TIMEOUT_S)
+    summary_lines = (folder / "run.log").read_text().strip().splitlines()
+    summary = json.loads(summary_lines[-1]) if summary_lines and summary_lines[-1].startswith("{") else {}
+    profile_s = list(profile_watch.latencies_s.values())
+    lake_s = list(lake_watch.latencies_s.values())
+    return {
+        "profile_p50_s": percentile(profile_s, 50),
+        "profile_p95_s": percentile(profile_s, 95),
+        "profile_p99_s": percentile(profile_s, 99) if profile_watch.waiting() == 0 else math.inf,
+        "profile_samples": len(log.sampled()),
+        "profile_missing": profile_watch.waiting(),
+        "lake_p99_s": percentile(lake_s, 99),
+        "lake_events": len(log.events()),
+        "lake_missing": lake_watch.waiting(),
+        "sent_rate": sent["rate"],
+        "summary": {key: summary.get(key) for key in ("messages", "records", "valid", "failed", "profiles_written")},
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
