@@ -31,27 +31,24 @@ write time, and every reader above (and Spark, Trino, BigQuery) reads zstd.
 Commit windows and panes
 ------------------------
 A row's commit window is the ``commit_interval_s`` slice of the epoch that holds its element timestamp. Rows are
-grouped by (dataset, window start) in the global window, with the trigger
-``AfterWatermark(early=AfterProcessingTime(commit_interval_s))`` in ``DISCARDING`` mode when the pipeline streams:
+keyed by (dataset, window start). When the pipeline streams, each key's rows are buffered in state and written as a
+pane, numbered from 0 in the order written:
 
-- each firing (pane) writes its own files, numbered by pane index, so every row is on disk within one commit interval
-  (plus the write) of its arrival, however the watermark moves;
-- the end of input (watermark at infinity) fires whatever is left, so the final lake never depends on processing
-  time, and runners without processing-time timers write the same lake;
+- ``commit_interval_s`` of processing time (by ``clock``) after the first row the buffer took, so every row is on
+  disk within one commit interval (plus the write) of its arrival, however the watermark moves;
+- and when the watermark reaches the end of input, which writes whatever is left: the final lake never depends on
+  processing time, and runners without processing-time timers write the same lake;
 - nothing is ever late: a backlog older than the commit interval lands in its window's next pane.
 
-Beam's ``FixedWindows`` with late panes would not keep that last promise on the Python DirectRunner: late elements
-hold no watermark, so a late pane waiting for its processing-time delay is abandoned when the input ends, and the
-trigger driver passes a processing-time timer's firing time where ``AfterWatermark`` expects a watermark. Batch
-pipelines get the default trigger, one pane per window: Beam's batch trigger driver has no clock for
-``AfterProcessingTime`` (apache/beam#24680).
+This is Beam's ``AfterWatermark(early=AfterProcessingTime(commit_interval_s))`` trigger over the global window,
+written as a stateful DoFn: on the Python DirectRunner the trigger's driver keeps a watermark hold per bundle that
+reached a key and walks all of them for every element, a cost that grew with the stream until it was an eighth of the
+pipeline's time. Beam's ``FixedWindows`` with late panes would not keep the promise of no late data on that runner
+either: late elements hold no watermark, so a late pane waiting for its processing-time delay is abandoned when the
+input ends. Batch pipelines group with a plain ``GroupByKey``: one pane per window.
 
-The price: a global window never expires, so the trigger's bookkeeping for each (dataset, window) key lasts as long
-as the job: a few counters per key on Flink or Dataflow (288 keys a day per dataset at the default interval). The
-Python DirectRunner also keeps one watermark-hold timestamp per bundle that reached a key (its in-memory trigger
-state does not combine holds, and holds of a global window are never cleared before the end): about 2.5 MB per
-window and dataset at 500 messages/s in 10-message bundles, some 700 MB a day. Long DirectRunner streams pay it;
-the alternative, late panes of fixed windows, loses data there (above).
+The price: each (dataset, window) key keeps a few state cells for the life of the job (288 keys a day per dataset at
+the default interval), emptied when its pane is written.
 
 Duplicates
 ----------
@@ -94,12 +91,13 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.coders import ListCoder, StrUtf8Coder
+from apache_beam.coders import BooleanCoder, ListCoder, PickleCoder, StrUtf8Coder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import metrics
@@ -197,29 +195,28 @@ class WriteToLake(beam.PTransform):
             "table_builder": self._table_builder,
             "clock": self._clock,
         }
+        keyed = rows | "KeyByCommitWindow" >> beam.ParDo(
+            _KeyByCommitWindowFn(self._commit_interval_s * _MICROS)
+        ).with_output_types(tuple[tuple[str, int], LakeRow])
         if rows.pipeline.options.view_as(StandardOptions).streaming:
-            commit_trigger = trigger.AfterWatermark(early=trigger.AfterProcessingTime(self._commit_interval_s))
-            write_panes = _WriteStreamingPaneFn(
-                self._lake_dir, self._schemas, horizon_us=self._dedupe_horizon_s * _MICROS, **writer_options
+            write_panes = _BufferAndWritePanesFn(
+                self._lake_dir,
+                self._schemas,
+                interval_us=self._commit_interval_s * _MICROS,
+                horizon_us=self._dedupe_horizon_s * _MICROS,
+                **writer_options,
             )
-        else:
-            # One pane per window; and Beam's batch trigger driver has no clock for AfterProcessingTime.
-            commit_trigger = trigger.DefaultTrigger()
-            write_panes = _WritePaneFn(self._lake_dir, self._schemas, **writer_options)
+            return (
+                keyed
+                | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+                | "BufferAndWritePanes" >> beam.ParDo(write_panes).with_output_types(LakeFile)
+            )
         return (
-            rows
-            | "KeyByCommitWindow"
-            >> beam.ParDo(_KeyByCommitWindowFn(self._commit_interval_s * _MICROS)).with_output_types(
-                tuple[tuple[str, int], LakeRow]
-            )
-            | "CommitTrigger"
-            >> beam.WindowInto(
-                window.GlobalWindows(),
-                trigger=commit_trigger,
-                accumulation_mode=trigger.AccumulationMode.DISCARDING,
-            )
+            keyed
+            | "OneWindowForAll" >> beam.WindowInto(window.GlobalWindows())
             | "GroupPanes" >> beam.GroupByKey()
-            | "WritePanes" >> beam.ParDo(write_panes).with_output_types(LakeFile)
+            | "WritePanes"
+            >> beam.ParDo(_WritePaneFn(self._lake_dir, self._schemas, **writer_options)).with_output_types(LakeFile)
         )
 
 
@@ -316,38 +313,98 @@ class _WritePaneFn(beam.DoFn):
             raise
 
 
-class _WriteStreamingPaneFn(_WritePaneFn):
-    """Also remembers the keys each (dataset, window start) wrote, so a copy in a later pane is dropped.
+class _BufferAndWritePanesFn(_WritePaneFn):
+    """Buffers each (dataset, window start) key's rows and writes them as a pane ``interval_us`` of processing time
+    after the first, and at the end of input; drops copies of keys an earlier pane wrote.
 
-    The keys are forgotten ``horizon_us`` of processing time after the key's last pane, by ``clock``.
+    The written keys are forgotten ``horizon_us`` of processing time after the key's last pane, by ``clock``.
     """
 
+    BUFFER = BagStateSpec("buffer", PickleCoder())
+    BUFFERING = ReadModifyWriteStateSpec("buffering", BooleanCoder())
+    NEXT_PANE = ReadModifyWriteStateSpec("next_pane", VarIntCoder())
     WRITTEN_KEYS = BagStateSpec("written_keys", ListCoder(StrUtf8Coder()))
+    COMMIT = TimerSpec("commit", TimeDomain.REAL_TIME)
+    END_OF_INPUT = TimerSpec("end_of_input", TimeDomain.WATERMARK)
     FORGET_KEYS = TimerSpec("forget_keys", TimeDomain.REAL_TIME)
 
-    def __init__(self, lake_dir: str, schemas: Mapping[str, pa.Schema], *, horizon_us: int, **writer_options: Any):
+    def __init__(
+        self,
+        lake_dir: str,
+        schemas: Mapping[str, pa.Schema],
+        *,
+        interval_us: int,
+        horizon_us: int,
+        **writer_options: Any,
+    ):
         super().__init__(lake_dir, schemas, **writer_options)
+        self._interval_us = interval_us
         self._horizon_us = horizon_us
 
     # Beam finds state and timers through these parameter defaults (hence B008).
     def process(
         self,
-        element: tuple[tuple[str, int], Iterable[LakeRow]],
-        pane_info: Any = beam.DoFn.PaneInfoParam,
+        element: tuple[tuple[str, int], LakeRow],
+        buffer: Any = beam.DoFn.StateParam(BUFFER),
+        buffering: Any = beam.DoFn.StateParam(BUFFERING),
+        commit: Any = beam.DoFn.TimerParam(COMMIT),
+        end_of_input: Any = beam.DoFn.TimerParam(END_OF_INPUT),
+    ) -> None:
+        _, row = element
+        if not buffering.read():
+            # The first row since the last pane: its pane is due one commit interval from now.
+            buffering.write(True)
+            commit.set(Timestamp(micros=self._clock() + self._interval_us))
+            end_of_input.set(GlobalWindow().max_timestamp())
+        buffer.add(row)
+
+    @on_timer(COMMIT)
+    def on_commit(
+        self,
+        key: Any = beam.DoFn.KeyParam,
+        buffer: Any = beam.DoFn.StateParam(BUFFER),
+        buffering: Any = beam.DoFn.StateParam(BUFFERING),
+        next_pane: Any = beam.DoFn.StateParam(NEXT_PANE),
         written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS),
         forget_keys: Any = beam.DoFn.TimerParam(FORGET_KEYS),
-    ) -> Iterator[LakeFile]:
-        (dataset, window_start_us), rows = element
-        written = set(itertools.chain.from_iterable(written_keys.read()))
-        kept, files = self._write_pane(dataset, window_start_us, pane_info.index, rows, written)
-        if kept:
-            written_keys.add([row.dedupe_key for row in kept if row.dedupe_key is not None])
-            forget_keys.set(Timestamp(micros=self._clock() + self._horizon_us))
-        yield from files
+    ) -> Iterator[TimestampedValue]:
+        yield from self._write_buffer(key, buffer, buffering, next_pane, written_keys, forget_keys)
+
+    @on_timer(END_OF_INPUT)
+    def on_end_of_input(
+        self,
+        key: Any = beam.DoFn.KeyParam,
+        buffer: Any = beam.DoFn.StateParam(BUFFER),
+        buffering: Any = beam.DoFn.StateParam(BUFFERING),
+        next_pane: Any = beam.DoFn.StateParam(NEXT_PANE),
+        written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS),
+        forget_keys: Any = beam.DoFn.TimerParam(FORGET_KEYS),
+    ) -> Iterator[TimestampedValue]:
+        yield from self._write_buffer(key, buffer, buffering, next_pane, written_keys, forget_keys)
 
     @on_timer(FORGET_KEYS)
     def forget_written_keys(self, written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS)) -> None:
         written_keys.clear()
+
+    def _write_buffer(
+        self, key: tuple[str, int], buffer: Any, buffering: Any, next_pane: Any, written_keys: Any, forget_keys: Any
+    ) -> Iterator[TimestampedValue]:
+        rows = list(buffer.read())
+        buffer.clear()
+        buffering.clear()
+        if not rows:
+            return
+        dataset, window_start_us = key
+        pane_index = next_pane.read() or 0
+        next_pane.write(pane_index + 1)
+        written = set(itertools.chain.from_iterable(written_keys.read()))
+        kept, files = self._write_pane(dataset, window_start_us, pane_index, rows, written)
+        if kept:
+            written_keys.add([row.dedupe_key for row in kept if row.dedupe_key is not None])
+            forget_keys.set(Timestamp(micros=self._clock() + self._horizon_us))
+        # At the global window's end, as a GroupByKey's panes came out, for callers that count the files.
+        for lake_file in files:
+            yield TimestampedValue(lake_file, GlobalWindow().max_timestamp())
 
 
 def _order_key(row: LakeRow) -> tuple[int, str, bool, str]:

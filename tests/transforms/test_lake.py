@@ -106,10 +106,20 @@ def run_batch(lake: str, rows: list[LakeRow], **options) -> PipelineResult:
     return result
 
 
+def stream_clock() -> int:
+    """The writer's clock in streaming tests: the TestStream's processing time before any advance, 0.
+
+    The writer sets its commit and forget timers by its clock, so they fall on the stream's timeline; a timer set
+    after the stream advanced is due at once by this clock, which can only make that pane earlier.
+    """
+    return 0
+
+
 def run_stream(
     lake: str, stream: test_stream.TestStream, expected_files: list[LakeFile] | None = None, **options
 ) -> None:
     pipeline = beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions([], streaming=True))
+    options.setdefault("clock", stream_clock)
     files = pipeline | stream | WriteToLake(lake, SCHEMAS, commit_interval_s=INTERVAL_S, **options)
     if expected_files is not None:
         assert_that(files, equal_to(expected_files))
@@ -229,8 +239,8 @@ def test_a_copy_arriving_in_a_later_pane_is_not_written_again(tmp_path):
 def test_a_copy_arriving_after_the_dedupe_horizon_is_written_again(tmp_path):
     """The documented limit: keys are forgotten ``dedupe_horizon_s`` of processing time after a window's last file.
 
-    ``clock`` reads 0, where the TestStream's processing time starts, so the forget timer (clock + horizon = 600 s)
-    is on the stream's timeline and fires when processing time passes it, before the copy arrives.
+    The forget timer (clock + horizon = 600 s) is on the stream's timeline and fires when processing time passes
+    it, before the copy arrives.
     """
     lake = str(tmp_path)
     stream = (
@@ -243,7 +253,7 @@ def test_a_copy_arriving_after_the_dedupe_horizon_is_written_again(tmp_path):
         .advance_watermark_to_infinity()
     )
 
-    run_stream(lake, stream, dedupe_horizon_s=600, clock=lambda: 0)
+    run_stream(lake, stream, dedupe_horizon_s=600)
 
     assert lake_files(lake) == [f"{T0_NAME}-0-0-of-1.parquet", f"{T0_NAME}-1-0-of-1.parquet"]
 
