@@ -30,10 +30,11 @@ from pipelines.ingest import stitch_settings
 from pipelines.local_runner import metrics_of_every_bundle
 from pipelines.summary import freshness_percentiles
 from schemas.registry import SchemaRegistry
+from transforms import profile_model
 from transforms.identity_graph import person_id
 from transforms.identity_model import Identity
-from transforms.merge_profiles import FRESHNESS, MergeProfiles, ProfileFlush, ProfileSettings
-from transforms.profile_model import view_from_bytes
+from transforms.merge_profiles import FRESHNESS, MergeProfiles, ProfileFlush, ProfileSettings, _DecodedFragments
+from transforms.profile_model import fragment_to_bytes, view_from_bytes
 from transforms.profile_store import open_profile_store
 from transforms.records import ValidRecord
 from transforms.stitch import StitchIdentities
@@ -428,3 +429,22 @@ def test_only_profile_enabled_datasets_feed_profiles(tmp_path, stores):
     run_stream(stream_of([*SAMPLE_ANONYMOUS_VISITS, quiet]), registry, stores)
 
     assert event_ids(view_of_person(stores, DEVICE_PERSON)) == ["e1", "e2"]
+
+
+# The decoded-fragment cache.
+
+
+def test_a_cached_fragment_is_reused_only_for_the_bytes_it_was_decoded_from():
+    ann, anne = (
+        fragment_to_bytes(profile_model.Fragment(identity=Identity("Email", ANN_EMAIL), dataset=name))
+        for name in ("profile_records", "experience_events")
+    )
+    cache = _DecodedFragments(size=2)
+
+    first = cache.fragment("k", ann)
+    assert cache.fragment("k", ann) is first
+    changed = cache.fragment("k", anne)  # another worker wrote the key meanwhile
+    assert changed is not first and changed.dataset == "experience_events"
+    cache.fragment("other", ann)
+    cache.fragment("third", ann)  # the cache holds two: "k" goes
+    assert cache.fragment("k", anne) is not changed
