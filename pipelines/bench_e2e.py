@@ -26,7 +26,8 @@ Figures
 Each figure is printed beside its target with pass or fail; the last line is one JSON object:
 ``{"rate", "profile_p50_s", "profile_p95_s", "profile_p99_s", "lake_p99_s", "inlet_rps", "pass"}``.
 
-    python -m pipelines.bench_e2e [--rate 500] [--duration 60] [--commit-interval 60] [--sample 25]
+    python -m pipelines.bench_e2e [--rate 500] [--duration 60] [--commit-interval 60] [--sample 50]
+                                  [--latencies FILE]
 """
 
 from __future__ import annotations
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit-interval", type=int, default=60, help="the pipeline's lake commit interval")
     parser.add_argument("--sample", type=int, default=50, help="watch one valid event in N for the profile figure")
     parser.add_argument("--batch-size", type=int, default=10, help="messages per inlet batch request")
+    parser.add_argument("--latencies", type=Path, help="write each watched event's send time and latencies here")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as scratch:
@@ -370,7 +372,7 @@ def measure_path(args: argparse.Namespace, folder: Path, config: Path, topology:
     summary = json.loads(summary_lines[-1]) if summary_lines and summary_lines[-1].startswith("{") else {}
     profile_s = list(profile_watch.latencies_s.values())
     lake_s = list(lake_watch.latencies_s.values())
-    return {
+    figures = {
         "profile_p50_s": percentile(profile_s, 50),
         "profile_p95_s": percentile(profile_s, 95),
         # Samples never seen count as infinitely late, unless the inlet turned their request away.
@@ -385,6 +387,12 @@ def measure_path(args: argparse.Namespace, folder: Path, config: Path, topology:
         "not_accepted": sent["failed"],
         "summary": {key: summary.get(key) for key in ("messages", "records", "valid", "failed", "profiles_written")},
     }
+    if args.latencies is not None:
+        with args.latencies.open("w") as out:
+            for event_id, event in sorted(log.sampled().items(), key=lambda item: item[1].sent_us):
+                line = {"id": event_id, "sent_us": event.sent_us, "profile_s": profile_watch.latencies_s.get(event_id)}
+                out.write(json.dumps({**line, "lake_s": lake_watch.latencies_s.get(event_id)}) + "\n")
+    return figures
 
 
 if __name__ == "__main__":
