@@ -35,6 +35,7 @@ setup(
         "google-cloud-pubsub>=2.44",
         "jsonschema>=4.26",  # `profilestream validate --conformance`
         "pyyaml>=6.0",
+        "orjson>=3.10",  # canonical JSON of profiles, rewritten at every flush
         "phonenumbers>=9.0",  # identity normalisation: phones to E.164
         "fastapi>=0.165",  # `profilestream serve`: the HTTP Profile Access API
         "uvicorn>=0.54",
