@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -121,7 +122,7 @@ class _MergeProfilesFn(beam.DoFn):
     def setup(self) -> None:
         self._identities = open_identity_store(self._identity_store_url)
         self._profiles = open_profile_store(self._profile_store_url)
-        self._decoded = _DecodedFragments(FRAGMENT_CACHE_SIZE)
+        self._decoded = _decoded_fragments_of(self._profile_store_url)
 
     def teardown(self) -> None:
         for store in (getattr(self, "_identities", None), getattr(self, "_profiles", None)):
@@ -251,28 +252,41 @@ class _MergeProfilesFn(beam.DoFn):
 
 
 class _DecodedFragments:
-    """The fragments this worker last read or wrote, decoded, by key and bytes: a person's next flush reads back the
+    """The fragments this process last read or wrote, decoded, by key and bytes: a person's next flush reads back the
     bytes its last one wrote, and decoding them again was a sixth of the pipeline's time. A fragment is reused only
-    when the store returns the very bytes it was decoded from, so a write from elsewhere is never missed."""
+    when the store returns the very bytes it was decoded from, so a write from elsewhere is never missed. Shared by
+    the stage's DoFn instances (the DirectRunner makes one per bundle) and their threads."""
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._entries: collections.OrderedDict[str, tuple[bytes, profile_model.Fragment]] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     def fragment(self, key: str, data: bytes) -> profile_model.Fragment:
-        held = self._entries.get(key)
-        if held is not None and held[0] == data:
-            self._entries.move_to_end(key)
-            return held[1]
+        with self._lock:
+            held = self._entries.get(key)
+            if held is not None and held[0] == data:
+                self._entries.move_to_end(key)
+                return held[1]
         fragment = profile_model.fragment_from_bytes(data)
         self.remember(key, data, fragment)
         return fragment
 
     def remember(self, key: str, data: bytes, fragment: profile_model.Fragment) -> None:
-        self._entries[key] = (data, fragment)
-        self._entries.move_to_end(key)
-        if len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = (data, fragment)
+            self._entries.move_to_end(key)
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+_decoded_by_store: dict[str, _DecodedFragments] = {}
+_decoded_lock = threading.Lock()
+
+
+def _decoded_fragments_of(store_url: str) -> _DecodedFragments:
+    with _decoded_lock:
+        return _decoded_by_store.setdefault(store_url, _DecodedFragments(FRAGMENT_CACHE_SIZE))
 
 
 def _identity(text: str) -> Identity:
