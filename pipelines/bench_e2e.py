@@ -22,6 +22,11 @@ Figures
   interval plus 60 s.
 - **inlet requests/s**: the inlet alone, on a topic nobody reads, taking single-message POSTs from 32 concurrent
   clients for a few seconds as fast as it answers them.
+- **kill -9 loss** (DESIGN.md §4: Beam's Pub/Sub read on the DirectRunner acknowledges on pull): a run reading a
+  stream published straight to Pub/Sub at ``--rate`` is killed with SIGKILL :data:`KILL_AFTER_S` seconds in, a second
+  run reads the rest and is stopped cleanly; it reports how many messages the killed run had pulled and how many valid
+  events never reached the lake, and the profile store (the lake commits every commit interval, profiles every
+  second, so a kill loses up to a commit interval of lake rows and about a second of profile updates).
 
 Each figure is printed beside its target with pass or fail; the last line is one JSON object:
 ``{"rate", "profile_p50_s", "profile_p95_s", "profile_p99_s", "lake_p99_s", "inlet_rps", "pass"}``.
@@ -46,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx2
@@ -56,13 +61,14 @@ import yaml
 from pipelines.bench_identity import free_port
 from pipelines.config import load_config
 from pipelines.ingest import stitch_settings
-from pipelines.loadgen import VALID, HttpTarget, Pacer, Traffic, TrafficShape, send_load
+from pipelines.loadgen import VALID, HttpTarget, Pacer, PubSubTarget, Traffic, TrafficShape, send_load
 from pipelines.profile_lookup import lookup_key
-from pipelines.pubsub_emulator import EMULATOR_HOST_ENV, Topology, running_emulator
+from pipelines.pubsub_emulator import EMULATOR_HOST_ENV, Topology, create_topology, running_emulator
 from pipelines.sample_stream import EXPERIENCE_EVENT_SCHEMA
 from transforms.clock import wall_clock_us
 from transforms.profile_model import view_from_bytes
 from transforms.profile_store import open_profile_store
+from transforms.stitch import StitchSettings
 
 PROFILE_TARGET_P99_S = 5.0
 LAKE_SLACK_S = 60.0
@@ -74,6 +80,8 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 120.0
 INLET_BURST_S = 5.0
 INLET_CLIENTS = 32
+KILL_AFTER_S = 10.0
+KILL_MESSAGES = 10_000
 CONNECTION = "bench"
 API_TOKEN = "bench-token"
 
@@ -301,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             inlet_rps = measure_inlet(INLET_BURST_S, folder, config, topology.dead_letter_topic, env)
             print(f"inlet alone: {inlet_rps:,.0f} requests/s (single-message POSTs, {INLET_CLIENTS} clients)")
             figures = measure_path(args, folder, config, topology, env)
+            killed = Topology.named("profilestream-bench", "killed", "killed-pipeline", "killed-nobody")
+            create_topology(host, killed)
+            loss = measure_kill_loss(args.rate, folder / "killed", config, killed, env)
     profile_p99 = figures["profile_p99_s"]
     lake_target = args.commit_interval + LAKE_SLACK_S
     profile_pass = profile_p99 <= PROFILE_TARGET_P99_S
@@ -321,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{json.dumps(figures['statuses'])} ({figures['not_accepted']} messages not accepted); "
         f"pipeline summary: {json.dumps(figures['summary'])}"
     )
+    print(
+        f"kill -9 {KILL_AFTER_S:.0f} s into a run: it had pulled and acknowledged {loss['pulled']} of {loss['sent']} "
+        f"messages; {loss['lost_from_lake']} of {loss['valid']} valid events never reached the lake and "
+        f"{loss['lost_from_profiles']} never reached a profile (the rest came through the restarted run)"
+    )
     result = {
         "rate": args.rate,
         "profile_p50_s": round(figures["profile_p50_s"], 3),
@@ -332,6 +348,74 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result))
     return 0
+
+
+def measure_kill_loss(rate: float, folder: Path, config: Path, topology: Topology, env: dict[str, str]) -> dict:
+    """Kills a run with SIGKILL mid-stream, reads the rest with a second run, and counts what never landed."""
+    folder.mkdir()
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--source", f"pubsub:{topology.subscription}"]
+    command += ["--lake", str(folder / "lake"), "--config", str(config)]
+    command += ["--identity-store", f"sqlite:///{folder}/identity.sqlite"]
+    command += ["--profile-store", f"sqlite:///{folder}/profiles.sqlite"]
+    log = SendLog(sample=1)
+    settings = stitch_settings(load_config(config))
+    previous = os.environ.get(EMULATOR_HOST_ENV)
+    os.environ[EMULATOR_HOST_ENV] = env[EMULATOR_HOST_ENV]
+    try:
+        target = PubSubTarget(topology.topic)
+        shape = TrafficShape(people=2000)
+        with process(command, folder / "killed.log", env) as killed:
+            sender = threading.Thread(
+                target=send_load, args=(Traffic(shape, 4), target, Pacer(rate), KILL_MESSAGES), kwargs={"send_log": log}
+            )
+            sender.start()
+            time.sleep(KILL_AFTER_S)
+            killed.kill()
+            killed.wait()
+        with process(command, folder / "restarted.log", env) as restarted:
+            sender.join()
+            target.close()
+            # Caught up once the last event sent shows in its profile; the stop then flushes the rest to the lake.
+            last_id, last = max(log.events().items(), key=lambda item: item[1].sent_us)
+            wait_for(lambda: last_id in _recent_ids(folder, settings, [last.identity]), STOP_TIMEOUT_S)
+            restarted.send_signal(signal.SIGTERM)
+            restarted.wait(timeout=STOP_TIMEOUT_S)
+    finally:
+        if previous is None:
+            os.environ.pop(EMULATOR_HOST_ENV, None)
+        else:
+            os.environ[EMULATOR_HOST_ENV] = previous
+    summary = json.loads((folder / "restarted.log").read_text().strip().splitlines()[-1])
+    events = log.events()
+    in_profiles = _recent_ids(folder, settings, {sent.identity for sent in events.values()})
+    return {
+        "sent": KILL_MESSAGES,
+        "pulled": KILL_MESSAGES - summary["messages"],
+        "valid": len(events),
+        "lost_from_lake": len(set(events) - _lake_ids(folder / "lake")),
+        # A person's recent events keep the newest 50, so an event can also be missing for being old: none are here,
+        # where no person sends more than a few.
+        "lost_from_profiles": len(set(events) - in_profiles),
+    }
+
+
+def _recent_ids(folder: Path, settings: StitchSettings, identities: Iterable[str]) -> set[str]:
+    """The ids of the recent events in the profiles of ``identities``, in the profile store under ``folder``."""
+    found = set()
+    with open_profile_store(f"sqlite:///{folder}/profiles.sqlite") as store:
+        for identity in identities:
+            view = store.view_by_identity(lookup_key(identity, settings, by="identity"))
+            if view is not None:
+                found |= {event.get("_id") for event in view_from_bytes(view)["events"]["recent"]}
+    return found
+
+
+def _lake_ids(lake: Path) -> set[str]:
+    return {
+        event_id
+        for path in (lake / "experience_events").glob("**/*.parquet")
+        for event_id in pq.read_table(path, columns=["_id"]).column("_id").to_pylist()
+    }
 
 
 def measure_path(args: argparse.Namespace, folder: Path, config: Path, topology: Topology, env: dict[str, str]) -> dict:
