@@ -81,7 +81,6 @@ STOP_TIMEOUT_S = 120.0
 INLET_BURST_S = 5.0
 INLET_CLIENTS = 32
 KILL_AFTER_S = 10.0
-KILL_MESSAGES = 10_000
 CONNECTION = "bench"
 API_TOKEN = "bench-token"
 
@@ -357,6 +356,8 @@ def measure_kill_loss(rate: float, folder: Path, config: Path, topology: Topolog
     command += ["--lake", str(folder / "lake"), "--config", str(config)]
     command += ["--identity-store", f"sqlite:///{folder}/identity.sqlite"]
     command += ["--profile-store", f"sqlite:///{folder}/profiles.sqlite"]
+    # Twice as long a stream as the killed run lives, so the restarted run reads the second half as it comes.
+    count = math.ceil(rate * 2 * KILL_AFTER_S)
     log = SendLog(sample=1)
     settings = stitch_settings(load_config(config))
     previous = os.environ.get(EMULATOR_HOST_ENV)
@@ -366,7 +367,7 @@ def measure_kill_loss(rate: float, folder: Path, config: Path, topology: Topolog
         shape = TrafficShape(people=2000)
         with process(command, folder / "killed.log", env) as killed:
             sender = threading.Thread(
-                target=send_load, args=(Traffic(shape, 4), target, Pacer(rate), KILL_MESSAGES), kwargs={"send_log": log}
+                target=send_load, args=(Traffic(shape, 4), target, Pacer(rate), count), kwargs={"send_log": log}
             )
             sender.start()
             time.sleep(KILL_AFTER_S)
@@ -389,8 +390,8 @@ def measure_kill_loss(rate: float, folder: Path, config: Path, topology: Topolog
     events = log.events()
     in_profiles = _recent_ids(folder, settings, {sent.identity for sent in events.values()})
     return {
-        "sent": KILL_MESSAGES,
-        "pulled": KILL_MESSAGES - summary["messages"],
+        "sent": count,
+        "pulled": count - summary["messages"],
         "valid": len(events),
         "lost_from_lake": len(set(events) - _lake_ids(folder / "lake")),
         # A person's recent events keep the newest 50, so an event can also be missing for being old: none are here,
