@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     identity_get = identity_commands.add_parser("get", help="the person and identities of NAMESPACE:ID")
     identity_get.add_argument("--store", default=DEFAULT_IDENTITY_STORE, help="identity store URL")
     identity_get.add_argument("--identity", action="append", required=True, metavar="NAMESPACE:ID")
-    identity_get.add_argument("--config", help="configuration file (namespaces and identity rules)")
+    identity_get.add_argument("--config", help="configuration file (namespaces, identity rules, profiles)")
     identity_get.set_defaults(handler=_identity_get)
 
     profile = commands.add_parser("profile", help="look up merged profiles")
@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="the profile of this person id, p- and 24 hex digits (repeatable)",
     )
-    profile_get.add_argument("--config", help="configuration file (namespaces and identity rules)")
+    profile_get.add_argument("--config", help="configuration file (namespaces, identity rules, profiles)")
     profile_get.set_defaults(handler=_profile_get)
 
     loadgen = commands.add_parser("loadgen", help="send seeded XDM traffic to Pub/Sub or the HTTP inlet at a rate")
@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--profile-store", default=DEFAULT_PROFILE_STORE, help=f"profile store URL (default {DEFAULT_PROFILE_STORE})"
     )
-    serve.add_argument("--config", help="configuration file (namespaces and identity rules)")
+    serve.add_argument("--config", help="configuration file (namespaces, identity rules, profiles)")
     serve.add_argument("--token-file", help="file holding the API's bearer token (default: $PROFILESTREAM_API_TOKEN)")
     serve.add_argument(
         "--pubsub-topic",
@@ -335,7 +335,8 @@ def _profile_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
 
     if not args.lookups:
         raise UsageError("nothing to look up: give --identity NAMESPACE:ID or --person ID")
-    settings = stitch_settings(load_config(args.config))
+    config = load_config(args.config)
+    settings = stitch_settings(config)
     for by, asked in args.lookups:
         try:
             lookup_key(asked, settings, by=by)
@@ -344,7 +345,7 @@ def _profile_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
     all_known = True
     with _open_profile_store(args.store) as store:
         for by, asked in args.lookups:
-            answer = lookup_profile(asked, store, settings, by=by)
+            answer = lookup_profile(asked, store, settings, by=by, event_ttl_us=config.event_ttl_us())
             all_known &= answer["person_id"] is not None
             print(json.dumps(answer, ensure_ascii=False), flush=True)
     return 0 if all_known else 1
@@ -364,7 +365,7 @@ def _serve(args: argparse.Namespace, _beam_args: list[str]) -> int:
         except ValueError as error:
             raise UsageError(str(error)) from None
         store = stack.enter_context(_open_profile_store(args.profile_store))
-        serve(create_app(store, settings, token, inlet=inlet), listener)
+        serve(create_app(store, settings, token, inlet=inlet, event_ttl_us=config.event_ttl_us()), listener)
     return 0
 
 

@@ -31,10 +31,25 @@ Every key, with its default (also shipped as ``pipelines/profilestream.example.y
       connections: {}                 # connection id -> settings; an id not listed here answers 404
         # web: {token_env: WEB_INLET_TOKEN, rate_per_second: 100, burst: 200,
         #       schema: https://ns.adobe.com/xdm/context/experienceevent, dataset: experience_events}
+    profiles:                         # how profiles are merged and kept, and what lookups show
+      merge_policy: timestamp_ordered # each attribute takes its newest value; or dataset_precedence
+      dataset_order: []               # with dataset_precedence only: dataset names, the first holding an attribute wins
+      recent_events: 50               # event bodies kept per profile, newest first (at most max_events)
+      max_events: 5000                # event summaries kept per profile; beyond it the oldest are counted as dropped
+      max_event_bytes: 10240          # a larger event body is kept as a stub (_id, timestamp, eventType)
+      max_record_bytes: 102400        # a larger profile record's attributes are skipped
+      event_ttl_days: null            # lookups (profile get, serve) hide recent events older than this; null: none
+      flush_interval_seconds: 1.0     # a buffered update reaches the store at most this long after it arrives ...
+      max_buffered: 500               # ... or as soon as its shard buffers this many
+      shards: 16                      # updates are buffered by shard of the person id
 
 A connection takes ``token`` or ``token_env`` (the variable holding it; neither: no token asked), ``rate_per_second``
 and ``burst`` (its token bucket, counted in requests), and ``schema`` and ``dataset``, the ``schemaRef`` and
 ``datasetId`` attributes of messages that name none themselves (:class:`InletConnection`).
+
+``event_ttl_days`` applies where profiles are read (``profile get``, ``serve``), by each event's ``timestamp``
+against the lookup's clock: it hides old bodies from ``recent`` only; ``count``, ``by_type``, ``first_seen`` and
+``last_seen`` still count every event kept.
 
 A namespace is ``{code, type}`` plus optional ``numeric_id``, ``unique``, ``priority`` and ``hash_of``
 (:class:`transforms.identity_namespaces.Namespace`; type is cookie, device, cross-device, person or hashed).
@@ -47,9 +62,9 @@ import dataclasses
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -61,6 +76,10 @@ from transforms.identity_namespaces import (
     Namespace,
     NamespaceRegistry,
 )
+from transforms.profile_model import DEFAULT_LIMITS, DatasetPrecedence, MergePolicy, ProfileLimits, TimestampOrdered
+
+if TYPE_CHECKING:
+    from transforms.merge_profiles import ProfileSettings
 
 
 class ConfigError(ValueError):
@@ -135,6 +154,69 @@ class InletSettings:
                 )
 
 
+TIMESTAMP_ORDERED = "timestamp_ordered"
+DATASET_PRECEDENCE = "dataset_precedence"
+_DAY_US = 86_400 * 1_000_000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProfilesSettings:
+    """The ``profiles`` key: the merge policy, the guardrails, the buffering of MergeProfiles and the event TTL.
+
+    The buffering defaults are those of :class:`transforms.merge_profiles.ProfileSettings`, written out here because
+    that module imports Beam, which a command that only reads the configuration should not have to load.
+    """
+
+    merge_policy: str = TIMESTAMP_ORDERED
+    dataset_order: tuple[str, ...] = ()
+    recent_events: int = DEFAULT_LIMITS.recent_events
+    max_events: int = DEFAULT_LIMITS.max_events
+    max_event_bytes: int = DEFAULT_LIMITS.max_event_bytes
+    max_record_bytes: int = DEFAULT_LIMITS.max_record_bytes
+    event_ttl_days: float | None = None
+    flush_interval_seconds: float = 1.0
+    max_buffered: int = 500
+    shards: int = 16
+
+    def __post_init__(self) -> None:
+        if self.merge_policy not in (TIMESTAMP_ORDERED, DATASET_PRECEDENCE):
+            raise ConfigError(
+                f"profiles.merge_policy must be {TIMESTAMP_ORDERED} or {DATASET_PRECEDENCE}, not {self.merge_policy!r}"
+            )
+        if self.merge_policy == DATASET_PRECEDENCE and not self.dataset_order:
+            raise ConfigError(f"profiles.dataset_order must name the datasets {DATASET_PRECEDENCE} ranks, first wins")
+        if self.merge_policy != DATASET_PRECEDENCE and self.dataset_order:
+            raise ConfigError(f"profiles.dataset_order applies only to merge_policy: {DATASET_PRECEDENCE}")
+        if not all(isinstance(name, str) and name for name in self.dataset_order):
+            raise ConfigError("profiles.dataset_order must be a list of dataset names")
+        if len(set(self.dataset_order)) < len(self.dataset_order):
+            raise ConfigError("profiles.dataset_order names a dataset twice")
+        for name in ("max_event_bytes", "max_record_bytes", "flush_interval_seconds", "max_buffered", "shards"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"profiles.{name} must be positive")
+        if self.event_ttl_days is not None and self.event_ttl_days <= 0:
+            raise ConfigError("profiles.event_ttl_days must be positive (or null: no TTL)")
+        try:
+            self.limits()
+        except ValueError as error:
+            raise ConfigError(f"profiles: {error}") from None
+
+    def limits(self) -> ProfileLimits:
+        """The guardrails fragments are kept within; raises ValueError when they contradict each other."""
+        return ProfileLimits(
+            max_events=self.max_events,
+            recent_events=self.recent_events,
+            max_event_bytes=self.max_event_bytes,
+            max_record_bytes=self.max_record_bytes,
+        )
+
+    def policy(self) -> MergePolicy:
+        """The merge policy ``merge_policy`` names, ranking ``dataset_order`` for dataset precedence."""
+        if self.merge_policy == DATASET_PRECEDENCE:
+            return DatasetPrecedence(self.dataset_order)
+        return TimestampOrdered()
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     tenant_id: str = "tenant"
@@ -146,6 +228,7 @@ class Config:
     namespaces: tuple[Namespace, ...] = STANDARD_NAMESPACES
     identity: IdentitySettings = dataclasses.field(default_factory=IdentitySettings)
     inlet: InletSettings = dataclasses.field(default_factory=InletSettings)
+    profiles: ProfilesSettings = dataclasses.field(default_factory=ProfilesSettings)
 
     def __post_init__(self) -> None:
         for name in ("commit_interval_seconds", "max_errors", "max_message_bytes"):
@@ -188,8 +271,34 @@ class Config:
             phone_region=identity.phone_region,
         )
 
+    def profile_settings(self) -> ProfileSettings:
+        """What MergeProfiles takes: the policy, the guardrails and the buffering the ``profiles`` key sets."""
+        # Imported here: transforms.merge_profiles imports Beam, which only the commands that run a pipeline need.
+        from transforms.merge_profiles import ProfileSettings
 
-_SECTION_TYPES = {"tenant_id": str, "datasets": dict, "namespaces": list, "identity": dict, "inlet": dict}
+        profiles = self.profiles
+        return ProfileSettings(
+            policy=profiles.policy(),
+            limits=profiles.limits(),
+            flush_interval_s=profiles.flush_interval_seconds,
+            max_buffered=profiles.max_buffered,
+            shards=profiles.shards,
+        )
+
+    def event_ttl_us(self) -> int | None:
+        """How old, in microseconds, a recent event a lookup shows may be; None: any age."""
+        days = self.profiles.event_ttl_days
+        return None if days is None else round(days * _DAY_US)
+
+
+_SECTION_TYPES = {
+    "tenant_id": str,
+    "datasets": dict,
+    "namespaces": list,
+    "identity": dict,
+    "inlet": dict,
+    "profiles": dict,
+}
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -217,6 +326,8 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
             values["identity"] = _identity_settings(values["identity"])
         if "inlet" in values:
             values["inlet"] = _inlet_settings(values["inlet"])
+        if "profiles" in values:
+            values["profiles"] = _profiles_settings(values["profiles"])
         return Config(**values)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
@@ -245,6 +356,18 @@ _CONNECTION_KEYS = {
     "schema": str,
     "dataset": str,
 }
+_PROFILES_KEYS = {
+    "merge_policy": str,
+    "dataset_order": list,
+    "recent_events": int,
+    "max_events": int,
+    "max_event_bytes": int,
+    "max_record_bytes": int,
+    "event_ttl_days": _NUMBER,
+    "flush_interval_seconds": _NUMBER,
+    "max_buffered": int,
+    "shards": int,
+}
 
 
 def _namespaces(items: list) -> tuple[Namespace, ...]:
@@ -255,12 +378,7 @@ def _namespaces(items: list) -> tuple[Namespace, ...]:
         name = f"namespaces[{position}]"
         if not isinstance(item, dict):
             raise ConfigError(f"{name} must be a mapping with code and type")
-        for key, value in item.items():
-            expected = _NAMESPACE_KEYS.get(key)
-            if expected is None:
-                raise ConfigError(f"{name}: unknown key {key!r} (known: {', '.join(_NAMESPACE_KEYS)})")
-            if not _has_type(value, expected) and not (value is None and key in _OPTIONAL_NAMESPACE_KEYS):
-                raise ConfigError(f"{name}.{key} must be {expected.__name__}, not {json.dumps(value, default=str)}")
+        _check_keys(item, _NAMESPACE_KEYS, name, nullable=_OPTIONAL_NAMESPACE_KEYS)
         missing = [key for key in ("code", "type") if key not in item]
         if missing:
             raise ConfigError(f"{name} needs {' and '.join(missing)}")
@@ -282,8 +400,7 @@ def _identity_settings(settings: dict) -> IdentitySettings:
             raise ConfigError(
                 f"identity.fields maps dot-separated field paths to namespace codes, not {path!r}: {code!r}"
             )
-    converted = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
-    return IdentitySettings(**converted)
+    return IdentitySettings(**_lists_as_tuples(settings))
 
 
 def _inlet_settings(settings: dict) -> InletSettings:
@@ -301,12 +418,26 @@ def _inlet_settings(settings: dict) -> InletSettings:
     return InletSettings(**{**settings, "connections": connections})
 
 
-def _check_keys(values: dict, types: Mapping[str, type | tuple[type, ...]], where: str) -> None:
+def _profiles_settings(settings: dict) -> ProfilesSettings:
+    _check_keys(settings, _PROFILES_KEYS, "profiles", nullable=("event_ttl_days",))
+    return ProfilesSettings(**_lists_as_tuples(settings))
+
+
+def _lists_as_tuples(settings: dict) -> dict:
+    """``settings`` with its list values as tuples, as the frozen settings classes hold them."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
+
+
+def _check_keys(
+    values: dict, types: Mapping[str, type | tuple[type, ...]], where: str, *, nullable: Collection[str] = ()
+) -> None:
+    """Raises a ConfigError naming the first key of ``values`` not in ``types`` or not of its type (or, for the
+    ``nullable`` keys, null)."""
     for key, value in values.items():
         expected = types.get(key)
         if expected is None:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(types)})")
-        if not _has_type(value, expected):
+        if not _has_type(value, expected) and not (value is None and key in nullable):
             name = "number" if expected is _NUMBER else expected.__name__
             raise ConfigError(f"{where}.{key} must be {name}, not {json.dumps(value, default=str)}")
 

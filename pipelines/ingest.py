@@ -86,7 +86,11 @@ class Ingest(beam.PTransform):
             self._registry, self._identity_store, stitching
         )
         _ = (stitched.records, stitched.changes) | "MergeProfiles" >> MergeProfiles(
-            self._registry, self._identity_store, self._profile_store, stitching
+            self._registry,
+            self._identity_store,
+            self._profile_store,
+            stitching,
+            settings=self._config.profile_settings(),
         )
         valid_rows = stitched.records | "RecordRows" >> beam.Map(valid_row)
         change_rows = stitched.changes | "ChangeRows" >> beam.Map(

@@ -9,6 +9,9 @@ answer is the view under the DESIGN.md §2 contract line::
      "attributes": {...},                             # merged record fields, nested, runtime names
      "events": {"count", "first_seen", "last_seen", "by_type", "recent"}}
 
+With an event TTL (``profiles.event_ttl_days``), ``recent`` leaves out the events whose ``timestamp`` is older than
+the TTL by the lookup's clock; the counts, ``first_seen`` and ``last_seen`` still cover every event the view keeps.
+
 An unknown lookup gives ``person_id: null``, no identities or attributes and an event summary of nothing. A person
 id asked for after a merge answers with the survivor's ``person_id``.
 
@@ -23,10 +26,10 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from transforms.clock import micros, parse_rfc3339
+from transforms.clock import micros, parse_rfc3339, wall_clock_us
 from transforms.identity_namespaces import extract_identities
 from transforms.profile_store import ProfileStore
 from transforms.stitch import StitchSettings
@@ -59,21 +62,38 @@ def lookup_key(asked: str, settings: StitchSettings, *, by: LookupBy) -> str:
     return str(identity)
 
 
-def lookup_profile(asked: str, store: ProfileStore, settings: StitchSettings, *, by: LookupBy) -> dict[str, Any]:
-    """The contract line for one lookup, read from ``store`` in one read; see the module docstring."""
+def lookup_profile(
+    asked: str,
+    store: ProfileStore,
+    settings: StitchSettings,
+    *,
+    by: LookupBy,
+    event_ttl_us: int | None = None,
+    clock: Callable[[], int] = wall_clock_us,
+) -> dict[str, Any]:
+    """The contract line for one lookup, read from ``store`` in one read; see the module docstring.
+
+    ``event_ttl_us`` (None: none) hides recent events older than that many microseconds before ``clock()``.
+    """
     key = lookup_key(asked, settings, by=by)
     view = store.view_by_person(key) if by == "person" else store.view_by_identity(key)
     if view is None:
         no_events = {"count": 0, "first_seen": None, "last_seen": None, "by_type": {}, "recent": []}
         return {"lookup": asked, "person_id": None, "identities": [], "attributes": {}, "events": no_events}
     profile = json.loads(view)
+    events = profile["events"]
+    if event_ttl_us is not None:
+        # Applied here rather than when the view is written: a view is rewritten only when its person changes, so
+        # events would otherwise outlive the TTL in a quiet profile.
+        recent = events["recent"]
+        events = {**events, "recent": events_between(recent, limit=len(recent), start_us=clock() - event_ttl_us)}
     # Only the contract's keys: anything else a view may carry for the merge is not part of what users are shown.
     return {
         "lookup": asked,
         "person_id": profile["person_id"],
         "identities": profile["identities"],
         "attributes": profile["attributes"],
-        "events": profile["events"],
+        "events": events,
     }
 
 

@@ -33,6 +33,7 @@ the inlet. :func:`create_app` builds the app; other routers passed to it sit beh
 
 from __future__ import annotations
 
+import functools
 import hmac
 import importlib.metadata
 import logging
@@ -51,7 +52,7 @@ from pydantic import BaseModel
 
 from pipelines.inlet import Inlet, InletMetrics
 from pipelines.profile_lookup import PERSON_ID_PATTERN, LookupBy, MalformedLookupError, events_between, lookup_profile
-from transforms.clock import micros, parse_rfc3339
+from transforms.clock import micros, parse_rfc3339, wall_clock_us
 from transforms.profile_store import ProfileStore
 from transforms.stitch import StitchSettings
 
@@ -115,9 +116,12 @@ def create_app(
     *,
     routers: Iterable[APIRouter] = (),
     inlet: Inlet | None = None,
+    event_ttl_us: int | None = None,
+    clock: Callable[[], int] = wall_clock_us,
 ) -> FastAPI:
     """The API on ``store``, with identities normalised by ``settings`` and the profile routes and those of
-    ``routers`` behind ``token``; with ``inlet``, its routes (under its connections' own tokens) and ``/metrics``."""
+    ``routers`` behind ``token``; with ``inlet``, its routes (under its connections' own tokens) and ``/metrics``.
+    With ``event_ttl_us``, profiles leave out recent events older than that by ``clock`` (:func:`lookup_profile`)."""
     app = FastAPI(
         title="profilestream Profile Access API",
         version=importlib.metadata.version("profilestream"),
@@ -125,7 +129,8 @@ def create_app(
     )
     app.include_router(_health_router())
     authenticated = [Depends(_bearer_auth(token))]
-    for router in (_profiles_router(store, settings), *routers):
+    lookup = functools.partial(lookup_profile, store=store, settings=settings, event_ttl_us=event_ttl_us, clock=clock)
+    for router in (_profiles_router(lookup), *routers):
         app.include_router(router, dependencies=authenticated, responses=_AUTH_RESPONSES)
     if inlet is not None:
         app.include_router(inlet.router())
@@ -203,7 +208,8 @@ def _metrics_router(metrics: InletMetrics) -> APIRouter:
     return router
 
 
-def _profiles_router(store: ProfileStore, settings: StitchSettings) -> APIRouter:
+def _profiles_router(lookup: Callable[..., dict[str, Any]]) -> APIRouter:
+    """The profile routes, answering with ``lookup(asked, by=...)``: :func:`lookup_profile` on the app's store."""
     router = APIRouter(tags=["profiles"], responses={404: {"description": "No profile for this identity or person"}})
 
     # Plain `def` routes: a store read blocks, so FastAPI runs them on its worker threads.
@@ -211,11 +217,11 @@ def _profiles_router(store: ProfileStore, settings: StitchSettings) -> APIRouter
     def profile_by_identity(
         identity: Annotated[str, Query(description="NAMESPACE:ID", examples=["Email:ann@example.com"])],
     ) -> dict[str, Any]:
-        return _found(identity, store, settings, by="identity", where=("query", "identity"))
+        return _found(identity, lookup, by="identity", where=("query", "identity"))
 
     @router.get("/profiles/{person_id}", response_model=Profile)
     def profile_by_person(person_id: PersonId) -> dict[str, Any]:
-        return _found(person_id, store, settings, by="person", where=("path", "person_id"))
+        return _found(person_id, lookup, by="person", where=("path", "person_id"))
 
     @router.get("/profiles/{person_id}/events", response_model=ProfileEvents)
     def profile_events(
@@ -227,7 +233,7 @@ def _profiles_router(store: ProfileStore, settings: StitchSettings) -> APIRouter
         start_us, end_us = _time_param(start, "start"), _time_param(end, "end")
         if start_us is not None and end_us is not None and start_us > end_us:
             raise _unprocessable(("query", "end"), "end is before start")
-        profile = _found(person_id, store, settings, by="person", where=("path", "person_id"))
+        profile = _found(person_id, lookup, by="person", where=("path", "person_id"))
         recent = profile["events"]["recent"]
         events = events_between(recent, limit=limit, start_us=start_us, end_us=end_us)
         return {"person_id": profile["person_id"], "events": events}
@@ -236,10 +242,10 @@ def _profiles_router(store: ProfileStore, settings: StitchSettings) -> APIRouter
 
 
 def _found(
-    asked: str, store: ProfileStore, settings: StitchSettings, *, by: LookupBy, where: tuple[str, str]
+    asked: str, lookup: Callable[..., dict[str, Any]], *, by: LookupBy, where: tuple[str, str]
 ) -> dict[str, Any]:
     try:
-        profile = lookup_profile(asked, store, settings, by=by)
+        profile = lookup(asked, by=by)
     except MalformedLookupError as error:
         raise _unprocessable(where, str(error)) from None
     if profile["person_id"] is None:

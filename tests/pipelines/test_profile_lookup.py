@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from pipelines.cli import DEFAULT_PROFILE_STORE, main
 from pipelines.config import load_config
 from pipelines.ingest import stitch_settings
 from pipelines.profile_lookup import MalformedLookupError, events_between, lookup_key, lookup_profile
-from transforms.clock import parse_rfc3339_us
+from transforms.clock import parse_rfc3339_us, wall_clock_us
 from transforms.profile_store import ProfileStore, ProfileWrite
 
 ANN = "p-20a6567a1e102cf3df15f3af"
@@ -27,6 +28,8 @@ BOB = "p-fedcba9876543210fedcba98"
 NOBODY = "p-000000000000000000000000"
 DEVICE = "7" * 38
 BOB_PHONE = "+14155550123"
+MINUTE_US = 60_000_000
+DAY_US = 1_440 * MINUTE_US
 
 
 def event(event_id: str, event_type: str, timestamp: str) -> dict:
@@ -188,6 +191,11 @@ def us(timestamp: str) -> int:
     return parse_rfc3339_us(timestamp)
 
 
+def clock_at(timestamp: str) -> Callable[[], int]:
+    """A clock stopped at ``timestamp``."""
+    return lambda: us(timestamp)
+
+
 def ids(events: list) -> list[str]:
     return [event["_id"] for event in events]
 
@@ -215,6 +223,29 @@ def test_an_event_without_a_readable_timestamp_is_outside_any_bound_but_kept_wit
     recent = [event("odd", "x", "yesterday"), *ANN_EVENTS]
     assert ids(events_between(recent, limit=10)) == ["odd", "e3", "e2", "e1"]
     assert ids(events_between(recent, limit=10, start_us=0)) == ["e3", "e2", "e1"]
+
+
+def test_an_event_ttl_hides_older_recent_events_but_not_from_the_counts(store, settings):
+    at_09_25 = clock_at("2026-11-01T09:25:00Z")
+    answer = lookup_profile(ANN, store, settings, by="person", event_ttl_us=15 * MINUTE_US, clock=at_09_25)
+    assert ids(answer["events"]["recent"]) == ["e3", "e2"]  # e2, fifteen minutes old, is not older than the TTL
+    assert {**answer["events"], "recent": ANN_EVENTS} == ANN_VIEW["events"]
+
+
+def test_without_an_event_ttl_every_recent_event_shows_whatever_the_time(store, settings):
+    answer = lookup_profile(ANN, store, settings, by="person", clock=clock_at("2100-01-01T00:00:00Z"))
+    assert answer["events"] == ANN_VIEW["events"]
+
+
+def ttl_config(folder: Path, cutoff: str) -> Path:
+    """A configuration file whose event TTL reaches from now, by the wall clock, back to ``cutoff``.
+
+    For the commands, which read the wall clock: a cutoff minutes away from every sample event leaves them on the same
+    side of it however long the test takes.
+    """
+    path = folder / "profilestream.yaml"
+    path.write_text(f"profiles: {{event_ttl_days: {(wall_clock_us() - us(cutoff)) / DAY_US!r}}}\n")
+    return path
 
 
 class OpenedStores:
@@ -253,6 +284,12 @@ def test_profile_get_exits_1_when_any_lookup_is_unknown(opened, capsys):
     code, lines = profile_get(capsys, "--identity", "CRMID:ann", "--identity", "CRMID:nobody")
     assert code == 1
     assert [line["person_id"] for line in lines] == [ANN, None]
+
+
+def test_profile_get_hides_recent_events_older_than_the_configured_ttl(opened, capsys, tmp_path):
+    config = ttl_config(tmp_path, "2026-11-01T09:05:00Z")
+    code, [line] = profile_get(capsys, "--config", str(config), "--person", ANN)
+    assert (code, ids(line["events"]["recent"]), line["events"]["count"]) == (0, ["e3", "e2"], 3)
 
 
 def test_profile_get_reads_the_default_store_and_closes_it(opened, capsys):

@@ -37,13 +37,16 @@ from tests.pipelines.test_profile_lookup import (
     ANN,
     ANN_VIEW,
     BOB,
+    MINUTE_US,
     NOBODY,
     RETIRED,
     SAMPLE_WRITE,
     OpenedStores,
+    clock_at,
     needs_sqlite_store,
     open_profile_store,
     sample_store,
+    ttl_config,
 )
 
 TOKEN = "s3cret-Token_1"
@@ -131,6 +134,16 @@ def test_events_take_a_limit(client):
 def test_events_start_at_start_and_stop_before_end(client):
     window = {"start": "2026-11-01T09:10:00Z", "end": "2026-11-01T09:20:00Z"}
     assert event_ids(get(client, f"/profiles/{ANN}/events", **window)) == ["e2"]
+
+
+def test_an_event_ttl_hides_older_events_from_every_profile_route_but_not_from_the_counts(settings):
+    at_09_25 = clock_at("2026-11-01T09:25:00Z")
+    app = create_app(sample_store(), settings, TOKEN, event_ttl_us=15 * MINUTE_US, clock=at_09_25)
+    with TestClient(app) as client:
+        for url, params in [("/profiles", {"identity": "CRMID:ann"}), (f"/profiles/{ANN}", {})]:
+            events = get(client, url, **params).json()["events"]
+            assert ([event["_id"] for event in events["recent"]], events["count"]) == (["e3", "e2"], 3)
+        assert event_ids(get(client, f"/profiles/{ANN}/events")) == ["e3", "e2"]
 
 
 def test_a_person_without_events_has_an_empty_list(client):
@@ -255,6 +268,17 @@ def test_serve_listens_where_asked_and_serves_the_store_then_closes_it(monkeypat
     assert stores.stores[0].closed
     with TestClient(app) as client:
         assert client.get(f"/profiles/{ANN}", headers=AUTH).status_code == 200
+
+
+def test_serve_hides_recent_events_older_than_the_configured_ttl(monkeypatch, tmp_path):
+    served = Served()
+    monkeypatch.setattr(profile_store, "open_profile_store", OpenedStores(), raising=False)
+    monkeypatch.setattr(pipelines.serve, "serve", served)
+    monkeypatch.setenv(API_TOKEN_ENV, TOKEN)
+    assert main(["serve", "--port", "0", "--config", str(ttl_config(tmp_path, "2026-11-01T09:05:00Z"))]) == 0
+    [(app, _)] = served.calls
+    with TestClient(app) as client:
+        assert event_ids(get(client, f"/profiles/{ANN}/events")) == ["e3", "e2"]
 
 
 def test_serve_on_a_busy_port_exits_2_with_one_line(monkeypatch, capsys):
