@@ -9,10 +9,10 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test bench bench-e2e lint format sample pubsub-up pubsub-down clean distclean
+.PHONY: help venv run test bench bench-e2e lint format sample pubsub-up pubsub-down prism clean distclean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
 venv: $(VENV)/.installed ## Create the virtualenv with the package and test tools (reinstalls only when setup.py changes)
 
@@ -52,6 +52,18 @@ pubsub-up: venv ## Start Google's Pub/Sub emulator on 127.0.0.1:8085 with the to
 
 pubsub-down: ## Stop the Pub/Sub emulator that pubsub-up started
 	test ! -x $(VENV)/bin/python || $(VENV)/bin/python -m pipelines.pubsub_emulator down
+
+# Prism, Beam's Go local runner, built from the Go module proxy for the pinned Beam version, because Beam would
+# otherwise download it from GitHub at run time. Pass it to a run with --prism_location $(PRISM).
+BEAM_VERSION ?= $(shell sed -n "s/.*apache-beam\[[^]]*\]==\([0-9.]*\).*/\1/p" setup.py | head -1)
+PRISM_DIR ?= $(HOME)/.cache/profilestream/prism/v$(BEAM_VERSION)
+PRISM := $(PRISM_DIR)/prism
+
+prism: $(PRISM) ## Build Beam's Prism runner binary for the pinned Beam version (needs Go; skipped once built)
+
+$(PRISM):
+	mkdir -p $(PRISM_DIR)
+	GOBIN=$(PRISM_DIR) GOFLAGS=-mod=mod go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
 
 clean: ## Remove data/ and build artefacts (keeps the venv)
 	rm -rf data build dist *.egg-info .pytest_cache .ruff_cache

@@ -378,9 +378,14 @@ class _BufferAndWritePanesFn(_WritePaneFn):
         buffering: Any = beam.DoFn.StateParam(BUFFERING),
         next_pane: Any = beam.DoFn.StateParam(NEXT_PANE),
         written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS),
+        commit: Any = beam.DoFn.TimerParam(COMMIT),
         forget_keys: Any = beam.DoFn.TimerParam(FORGET_KEYS),
     ) -> Iterator[TimestampedValue]:
         yield from self._write_buffer(key, buffer, buffering, next_pane, written_keys, forget_keys)
+        # No pane follows the end of input: pending processing-time timers would keep Prism waiting for them (the
+        # DirectRunner drops them).
+        commit.clear()
+        forget_keys.clear()
 
     @on_timer(FORGET_KEYS)
     def forget_written_keys(self, written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS)) -> None:

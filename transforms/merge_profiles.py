@@ -156,8 +156,15 @@ class _MergeProfilesFn(beam.DoFn):
 
     @on_timer(FLUSH_AT_END)
     def on_flush_at_end(
-        self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING), count=beam.DoFn.StateParam(COUNT)
+        self,
+        key=beam.DoFn.KeyParam,
+        pending=beam.DoFn.StateParam(PENDING),
+        count=beam.DoFn.StateParam(COUNT),
+        flush_soon=beam.DoFn.TimerParam(FLUSH_SOON),
     ):
+        # The end of input: nothing is left to flush soon, and a pending processing-time timer keeps Prism waiting
+        # for it (the DirectRunner drops it).
+        flush_soon.clear()
         yield from self._flush(key, pending, count)
 
     def _flush(self, _shard: int, pending, count):
