@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from pipelines import pubsub_emulator as pubsub
+from pipelines.bench_profiles import bigtable_emulator_binary
 
 SERVER_START_TIMEOUT_S = 10.0
 
@@ -95,7 +96,7 @@ def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="session")
 def bigtable_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = _bigtable_emulator_binary()
+    binary = bigtable_emulator_binary()
     if binary is None:
         reason = "Bigtable emulator not found (the Google Cloud CLI's component, cbtemulator)"
         if os.environ.get("CI") == "true":
@@ -133,16 +134,3 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip(str(missing))
     with pubsub.running_emulator(tmp_path_factory.mktemp("pubsub")) as host:
         yield host
-
-
-def _bigtable_emulator_binary() -> Path | None:
-    """``cbtemulator`` on the PATH, or in the Google Cloud CLI that ``gcloud`` runs from (its bigtable emulator)."""
-    # Run directly rather than through `gcloud beta emulators bigtable start`, which takes seconds to start itself.
-    found = shutil.which("cbtemulator")
-    if found is not None:
-        return Path(found)
-    gcloud = shutil.which("gcloud")
-    if gcloud is None:
-        return None
-    binary = Path(gcloud).resolve().parent.parent / "platform" / "bigtable-emulator" / "cbtemulator"
-    return binary if os.access(binary, os.X_OK) else None
