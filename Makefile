@@ -47,6 +47,10 @@ format: venv ## Format the code and apply ruff's safe fixes
 sample: venv ## Regenerate pipelines/samples/stream.jsonl
 	$(VENV)/bin/python -m pipelines.sample_stream --out pipelines/samples/stream.jsonl
 
+.PHONY: flex-template
+flex-template: venv ## Build the Dataflow Flex Template metadata (deploy/dataflow/metadata.json)
+	$(VENV)/bin/python -m pipelines.flex_template --out deploy/dataflow/metadata.json
+
 pubsub-up: venv ## Start Google's Pub/Sub emulator on 127.0.0.1:8085 with the topics (then export what it prints)
 	$(VENV)/bin/python -m pipelines.pubsub_emulator up
 
