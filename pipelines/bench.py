@@ -15,6 +15,7 @@ import argparse
 import base64
 import gc
 import json
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from jsonschema import Draft7Validator
 
 from pipelines.config import Config
 from pipelines.ingest import RunRequest, run
+from pipelines.local_runner import prism_binary
 from schemas.arrow import table_from_rows
 from schemas.json_schema import runtime_json_schema
 from schemas.registry import SchemaRegistry
@@ -94,10 +96,12 @@ def plain_loop(path: Path, registry: SchemaRegistry) -> tuple[float, int]:
     return time.perf_counter() - start, messages
 
 
-def pipeline_seconds(path: Path, registry: SchemaRegistry, *, batch: bool) -> float:
+def pipeline_seconds(
+    path: Path, registry: SchemaRegistry, *, batch: bool, runner: str | None = None, beam_args: tuple[str, ...] = ()
+) -> float:
     with tempfile.TemporaryDirectory() as lake:
         stores = f"sqlite:///{lake}/identity.sqlite", f"sqlite:///{lake}/profiles.sqlite"
-        request = RunRequest(str(path), lake, *stores, batch=batch)
+        request = RunRequest(str(path), lake, *stores, batch=batch, runner=runner, beam_args=beam_args)
         start = time.perf_counter()
         run(request, registry, Config())
         return time.perf_counter() - start
@@ -196,6 +200,15 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"pipeline {label:<36} {rates[batch]:10,.0f} msg/s  ratio to reference {rates[batch] / loop_rate:5.2f}"
             )
+        prism = prism_binary()
+        if os.access(prism, os.X_OK):
+            prism_rate = messages / pipeline_seconds(
+                path, registry, batch=False, runner="PrismRunner", beam_args=(f"--prism_location={prism}",)
+            )
+            label = "streaming (PrismRunner)"
+            print(f"pipeline {label:<36} {prism_rate:10,.0f} msg/s  ratio to reference {prism_rate / loop_rate:5.2f}")
+        else:
+            print(f"pipeline streaming (PrismRunner): skipped, no binary at {prism} (make prism)")
         docs_rate = messages / beam_docs_pipeline_seconds(path, registry)
         print(
             f"Beam-docs pipeline (read, json.loads, jsonschema, WriteToParquet) {docs_rate:10,.0f} msg/s: "

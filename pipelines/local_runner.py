@@ -1,4 +1,4 @@
-"""Corrections to Beam's local streaming runner (the BundleBasedDirectRunner) for ``profilestream run``.
+"""Local runners: corrections to Beam's BundleBasedDirectRunner for ``profilestream run``, and where Prism is.
 
 Every bundle's metrics
 ----------------------
@@ -31,9 +31,11 @@ messages/s.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from apache_beam.runners.direct import executor, transform_evaluator
@@ -41,12 +43,21 @@ from apache_beam.runners.direct.util import TransformResult
 from apache_beam.runners.worker import statesampler
 from apache_beam.utils import counters
 from apache_beam.utils.timestamp import MAX_TIMESTAMP
+from apache_beam.version import __version__ as beam_version
 
+PRISM_ENV = "PRISM"
 DEFAULT_PULL_MESSAGES = 1000
 # Beam waits up to 30 s for a pull, and a stop waits for the pull in progress.
 PULL_WAIT_S = 1.0
 # How long a read gathers pulls into one bundle while messages keep coming.
 GATHER_S = 0.2
+
+
+def prism_binary() -> Path:
+    """Where ``make prism`` puts Prism, Beam's Go runner, for the installed Beam (``$PRISM`` overrides it); it may be
+    missing. Pass it to a run as ``--prism_location``: Beam would otherwise download it at run time."""
+    default = Path.home() / ".cache" / "profilestream" / "prism" / f"v{beam_version}" / "prism"
+    return Path(os.environ.get(PRISM_ENV, default))
 
 
 @contextlib.contextmanager

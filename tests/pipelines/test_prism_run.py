@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from apache_beam.version import __version__ as beam_version
 
+from pipelines.local_runner import prism_binary
 from tests.pipelines.conftest import dataset_files, lake_rows
 from tests.pipelines.test_run import profile_store_contents, stores_beside
 
-PRISM = Path(os.environ.get("PRISM", Path.home() / f".cache/profilestream/prism/v{beam_version}/prism"))
+PRISM = prism_binary()
 RUN_TIMEOUT_S = 120
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
