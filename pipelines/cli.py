@@ -370,7 +370,8 @@ def _serve(args: argparse.Namespace, _beam_args: list[str]) -> int:
 
 
 def _inlet(args: argparse.Namespace):
-    """The HTTP inlet of ``serve --pubsub-topic``; a bad connection or missing credentials are usage errors."""
+    """The HTTP inlet of ``serve --pubsub-topic``; a bad connection, missing credentials or a topic that does not
+    exist or cannot be reached are usage errors."""
     from google.auth.exceptions import DefaultCredentialsError
 
     from pipelines.inlet import Inlet, Judge, PubSubPublisher
@@ -386,10 +387,19 @@ def _inlet(args: argparse.Namespace):
             "--pubsub-topic: no Google credentials (GOOGLE_APPLICATION_CREDENTIALS), nor PUBSUB_EMULATOR_HOST"
         ) from None
     try:
-        return Inlet(config.inlet, judge, publisher, environ=os.environ)
+        inlet = Inlet(config.inlet, judge, publisher, environ=os.environ)
     except ConfigError as error:
         publisher.close()
         raise ConfigError(f"inlet: {error}") from None
+    # Checked now rather than found out from the first request's 503.
+    from transforms.pubsub import PubSubUnavailableError, check_topic
+
+    try:
+        check_topic(args.pubsub_topic)
+    except PubSubUnavailableError as error:
+        inlet.close()
+        raise UsageError(f"--pubsub-topic {error}") from None
+    return inlet
 
 
 def _loadgen(args: argparse.Namespace, _beam_args: list[str]) -> int:

@@ -693,6 +693,17 @@ def emulator(pubsub_emulator, monkeypatch) -> str:
     return pubsub_emulator
 
 
+def test_serve_refuses_a_topic_the_emulator_does_not_have(emulator, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("PROFILESTREAM_API_TOKEN", API_TOKEN)
+    config = tmp_path / "config.yaml"
+    config.write_text("inlet: {connections: {web: {}}}")
+    missing = "projects/inlet-test/topics/never-made"
+
+    assert main(["serve", "--config", str(config), "--pubsub-topic", missing]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == f"profilestream: error: --pubsub-topic {missing}: not found"
+
+
 def emulator_inlet(judge, topic: str, timeout_s: float = 10.0) -> Inlet:
     settings = InletSettings(publish_timeout_seconds=timeout_s, connections={"web": OPEN})
     return Inlet(settings, judge, PubSubPublisher(topic, timeout_s=timeout_s), environ={})
