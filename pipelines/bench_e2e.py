@@ -46,7 +46,6 @@ import math
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,12 +57,19 @@ import httpx2
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.bench_identity import free_port
+from pipelines.bench_identity import local_server
 from pipelines.config import load_config
 from pipelines.ingest import stitch_settings
 from pipelines.loadgen import VALID, HttpTarget, Pacer, PubSubTarget, Traffic, TrafficShape, send_load
 from pipelines.profile_lookup import lookup_key
-from pipelines.pubsub_emulator import EMULATOR_HOST_ENV, Topology, create_topology, running_emulator
+from pipelines.pubsub_emulator import (
+    EMULATOR_HOST_ENV,
+    Topology,
+    create_topology,
+    emulator_environment,
+    free_port,
+    running_emulator,
+)
 from pipelines.sample_stream import EXPERIENCE_EVENT_SCHEMA
 from transforms.clock import wall_clock_us
 from transforms.profile_model import view_from_bytes
@@ -76,7 +82,6 @@ POLL_S = 0.25
 LAKE_POLL_S = 0.5
 WARM_UP_TIMEOUT_S = 120.0
 PROFILE_WAIT_S = 60.0
-START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 120.0
 INLET_BURST_S = 5.0
 INLET_CLIENTS = 32
@@ -205,40 +210,27 @@ def write_config(folder: Path, commit_interval_s: int) -> Path:
 
 
 @contextlib.contextmanager
-def process(command: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A child process for the ``with`` block, its output in ``log``; stopped with SIGTERM (then killed) after."""
-    with log.open("wb") as output:
-        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield child
-    finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-
-
-@contextlib.contextmanager
 def inlet(folder: Path, config: Path, topic: str, env: dict[str, str], name: str) -> Iterator[str]:
     """``profilestream serve`` with the inlet on ``topic``; yields its base URL once it answers."""
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--config", str(config)]
     command += ["--pubsub-topic", topic, "--profile-store", f"sqlite:///{folder}/{name}.profiles.sqlite"]
-    with process(command, folder / f"{name}.log", {**env, "PROFILESTREAM_API_TOKEN": API_TOKEN}) as server:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                httpx2.get(f"{url}/health", timeout=1.0).raise_for_status()
-                break
-            except httpx2.HTTPError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"serve did not start: {(folder / f'{name}.log').read_text()}") from None
-                time.sleep(0.2)
+    env = {**env, "PROFILESTREAM_API_TOKEN": API_TOKEN}
+    with local_server("serve", command, folder / f"{name}.log", lambda: _healthy(url), env=env):
         yield url
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx2.get(f"{url}/health", timeout=1.0).status_code == 200
+    except httpx2.HTTPError:
+        return False
+
+
+def pipeline_run(command: list[str], log: Path, env: dict[str, str]) -> contextlib.AbstractContextManager:
+    """A ``profilestream run`` process for the ``with`` block; stopped with SIGTERM (it then flushes) after."""
+    return local_server("profilestream run", command, log, lambda: True, env=env, stop_timeout_s=STOP_TIMEOUT_S)
 
 
 def send(url: str, rate: float, count: int, seed: int, log: SendLog | None, batch_size: int, clients: int) -> dict:
@@ -360,12 +352,11 @@ def measure_kill_loss(rate: float, folder: Path, config: Path, topology: Topolog
     count = math.ceil(rate * 2 * KILL_AFTER_S)
     log = SendLog(sample=1)
     settings = stitch_settings(load_config(config))
-    previous = os.environ.get(EMULATOR_HOST_ENV)
-    os.environ[EMULATOR_HOST_ENV] = env[EMULATOR_HOST_ENV]
-    try:
+    # Google's publisher reads the emulator's address from the environment when it is made.
+    with emulator_environment(env[EMULATOR_HOST_ENV]):
         target = PubSubTarget(topology.topic)
         shape = TrafficShape(people=2000)
-        with process(command, folder / "killed.log", env) as killed:
+        with pipeline_run(command, folder / "killed.log", env) as killed:
             sender = threading.Thread(
                 target=send_load, args=(Traffic(shape, 4), target, Pacer(rate), count), kwargs={"send_log": log}
             )
@@ -373,7 +364,7 @@ def measure_kill_loss(rate: float, folder: Path, config: Path, topology: Topolog
             time.sleep(KILL_AFTER_S)
             killed.kill()
             killed.wait()
-        with process(command, folder / "restarted.log", env) as restarted:
+        with pipeline_run(command, folder / "restarted.log", env) as restarted:
             sender.join()
             target.close()
             # Caught up once the last event sent shows in its profile; the stop then flushes the rest to the lake.
@@ -381,11 +372,6 @@ def measure_kill_loss(rate: float, folder: Path, config: Path, topology: Topolog
             wait_for(lambda: last_id in _recent_ids(folder, settings, [last.identity]), STOP_TIMEOUT_S)
             restarted.send_signal(signal.SIGTERM)
             restarted.wait(timeout=STOP_TIMEOUT_S)
-    finally:
-        if previous is None:
-            os.environ.pop(EMULATOR_HOST_ENV, None)
-        else:
-            os.environ[EMULATOR_HOST_ENV] = previous
     summary = json.loads((folder / "restarted.log").read_text().strip().splitlines()[-1])
     events = log.events()
     in_profiles = _recent_ids(folder, settings, {sent.identity for sent in events.values()})
@@ -427,7 +413,7 @@ def measure_path(args: argparse.Namespace, folder: Path, config: Path, topology:
     run_command += ["--lake", str(lake), "--config", str(config), "--profile-store", profiles]
     run_command += ["--identity-store", f"sqlite:///{folder}/identity.sqlite"]
     with (
-        process(run_command, folder / "run.log", env) as pipeline,
+        pipeline_run(run_command, folder / "run.log", env) as pipeline,
         inlet(folder, config, topology.topic, env, "inlet") as url,
     ):
         batch_url = f"{url}/collection/batch/{CONNECTION}"

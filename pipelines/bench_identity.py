@@ -48,7 +48,6 @@ import multiprocessing.connection
 import random
 import resource
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -61,6 +60,7 @@ import redis
 
 from pipelines.config import Config
 from pipelines.ingest import stitch_settings
+from pipelines.pubsub_emulator import free_port
 from schemas.registry import SchemaRegistry
 from transforms.clock import EPOCH
 from transforms.identity_graph import GraphRules, changes, resolve
@@ -276,18 +276,18 @@ def traffic_size(identities: int) -> tuple[int, int, int]:
     return observations, links, -(-observations // BATCH_SIZE)
 
 
-def free_port() -> int:
-    """A loopback port free when asked; the server binds it a moment later, a race other processes rarely win."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def local_server(
-    name: str, command: Sequence[str], log: Path, ready: Callable[[], bool], *, env: Mapping[str, str] | None = None
-) -> Iterator[None]:
-    """Runs ``command`` (its output in ``log``) for the block, entered once ``ready()``; stopped at the end, always."""
+    name: str,
+    command: Sequence[str],
+    log: Path,
+    ready: Callable[[], bool],
+    *,
+    env: Mapping[str, str] | None = None,
+    stop_timeout_s: float = SERVER_STOP_TIMEOUT_S,
+) -> Iterator[subprocess.Popen]:
+    """Runs ``command`` (its output in ``log``) for the block, entered once ``ready()``; stopped at the end, always:
+    SIGTERM, then SIGKILL after ``stop_timeout_s``."""
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     try:
@@ -296,11 +296,12 @@ def local_server(
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start: {log.read_text(errors='replace')}")
             time.sleep(0.02)
-        yield
+        yield process
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
-            process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+            process.wait(timeout=stop_timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -76,7 +76,6 @@ from pipelines.bench_identity import (
     SEED,
     START_US,
     Person,
-    free_port,
     local_server,
     person,
     private_redis,
@@ -84,6 +83,7 @@ from pipelines.bench_identity import (
 from pipelines.config import Config
 from pipelines.ingest import stitch_settings
 from pipelines.profile_lookup import LookupBy
+from pipelines.pubsub_emulator import free_port
 from pipelines.serve import API_TOKEN_ENV
 from schemas.registry import SchemaRegistry
 from transforms import profile_model

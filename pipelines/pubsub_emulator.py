@@ -87,7 +87,7 @@ def emulator_binary() -> Path:
 
 
 def free_port() -> int:
-    # The port is free when asked; the server binds it a moment later, a race other processes rarely win.
+    """A loopback port free when asked; the server binds it a moment later, a race other processes rarely win."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -138,7 +138,7 @@ def create_topology(host: str, topology: Topology) -> None:
     from google.api_core.exceptions import AlreadyExists
     from google.cloud import pubsub_v1
 
-    with _emulator_environment(host):
+    with emulator_environment(host):
         publisher = pubsub_v1.PublisherClient()
         subscriber = pubsub_v1.SubscriberClient()
         try:
@@ -157,7 +157,8 @@ def create_topology(host: str, topology: Topology) -> None:
 
 
 @contextlib.contextmanager
-def _emulator_environment(host: str) -> Iterator[None]:
+def emulator_environment(host: str) -> Iterator[None]:
+    """``PUBSUB_EMULATOR_HOST`` set to ``host`` for the block (Google's clients read it when they are made)."""
     before = os.environ.get(EMULATOR_HOST_ENV)
     os.environ[EMULATOR_HOST_ENV] = host
     try:

@@ -42,7 +42,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(reason)
         pytest.skip(reason)
     folder = tmp_path_factory.mktemp("redis")
-    port = _free_port()
+    port = pubsub.free_port()
     log = folder / "redis.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -71,13 +71,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(timeout=SERVER_START_TIMEOUT_S)
 
 
-def _free_port() -> int:
-    # The port is free when asked; the server binds it a moment later, a race other processes rarely win.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -102,7 +95,7 @@ def bigtable_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    port = _free_port()
+    port = pubsub.free_port()
     log = tmp_path_factory.mktemp("bigtable") / "emulator.log"
     with log.open("wb") as output:
         process = subprocess.Popen(

@@ -116,6 +116,7 @@ class _MergeProfilesFn(beam.DoFn):
         self._settings = settings
         self._streaming = streaming
         self._clock = clock
+        self._datasets = [name for name, dataset in registry.datasets.items() if dataset.profile]
         self._written = counter("profiles_written")
         self._freshness = Metrics.distribution(NAMESPACE, FRESHNESS)
 
@@ -205,8 +206,8 @@ class _MergeProfilesFn(beam.DoFn):
         for identity, owner in sorted(resolution.person_of.items()):
             if owner in members:
                 members[owner].append(identity)
-        datasets = [name for name, dataset in self._registry.datasets.items() if dataset.profile]
-        keys = [f"{identity}|{dataset}" for owned in members.values() for identity in owned for dataset in datasets]
+        owned_identities = [identity for owned in members.values() for identity in owned]
+        keys = [f"{identity}|{dataset}" for identity in owned_identities for dataset in self._datasets]
         fragments = {key: self._decoded.fragment(key, data) for key, data in self._profiles.fragments(keys).items()}
         touched = set()
         for record, identities in extracted:

@@ -20,6 +20,7 @@ import pytest
 
 from pipelines.pubsub_emulator import EMULATOR_HOST_ENV, Topology, create_topology
 from tests.pipelines.conftest import lake_rows, stream_lines
+from tests.pipelines.test_inlet import pull_all
 from transforms.profile_store import open_profile_store
 
 MINUTES = 4
@@ -42,23 +43,6 @@ def publish_stream(topic: str, lines: list[str]) -> None:
     for future in futures:
         future.result(timeout=30)
     publisher.stop()
-
-
-def pull_all(subscription: str, expected: int, timeout_s: float) -> list:
-    """Pulls (and acknowledges) until ``expected`` messages came or the time is up."""
-    from google.cloud import pubsub_v1
-
-    received = []
-    deadline = time.monotonic() + timeout_s
-    with pubsub_v1.SubscriberClient() as subscriber:
-        while len(received) < expected and time.monotonic() < deadline:
-            response = subscriber.pull(subscription=subscription, max_messages=100, timeout=5)
-            if response.received_messages:
-                subscriber.acknowledge(
-                    subscription=subscription, ack_ids=[message.ack_id for message in response.received_messages]
-                )
-            received.extend(message.message for message in response.received_messages)
-    return received
 
 
 @pytest.fixture
