@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import ConfigError, load_config
+from pipelines.flink_cluster import FLINK_RUNNER
 from pipelines.loadgen import add_arguments as add_loadgen_arguments
 from schemas.components import UnknownComponentError, library
 from schemas.registry import SchemaFileError, SchemaRegistry
@@ -47,6 +48,7 @@ DEFAULT_API_PORT = 8080
 USAGE_ERROR = 2
 REPLAY_SCHEME = "replay:"
 PUBSUB_SCHEME = "pubsub:"
+FLINK_CHECK_TIMEOUT_S = 5.0
 # Pub/Sub resource names: projects/PROJECT/(topics|subscriptions)/NAME, NAME 3-255 characters from Google's set.
 _PUBSUB_NAME = re.compile(r"projects/[a-z][a-z0-9.:-]{1,61}[a-z0-9]/(topics|subscriptions)/[A-Za-z][\w.~+%-]{2,254}")
 
@@ -194,6 +196,8 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     # Fail now, in one line, rather than inside a worker.
     _open_store(args.identity_store).close()
     _open_profile_store(args.profile_store).close()
+    if args.runner == FLINK_RUNNER:
+        _check_flink(beam_args)
     subscription = _subscription(args.source)
     if subscription is not None and args.batch:
         raise UsageError("--batch reads a replay to its end; a pubsub: source has no end")
@@ -223,6 +227,26 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         summary = run(request, registry, config, stop=stop)
     print(json.dumps(summary.as_json(), sort_keys=False), flush=True)
     return 0
+
+
+def _check_flink(beam_args: list[str]) -> None:
+    """Fails in one line when the Flink cluster does not answer or Beam's Flink job server jar is missing; Beam
+    would otherwise wait on the cluster, or try to download the jar."""
+    import urllib.request
+
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions
+
+    from pipelines.flink_cluster import JOB_SERVER_ARTIFACT, flink_runner_args
+
+    flink = PipelineOptions(flink_runner_args(beam_args)).view_as(FlinkRunnerOptions)
+    if flink.flink_master not in ("[local]", "[auto]"):
+        try:
+            urllib.request.urlopen(f"http://{flink.flink_master}/overview", timeout=FLINK_CHECK_TIMEOUT_S).close()
+        except OSError as error:
+            raise UsageError(f"no Flink cluster answers at {flink.flink_master} (make flink-up): {error}") from None
+    jar = flink.flink_job_server_jar
+    if "://" not in jar and not Path(jar).is_file():
+        raise UsageError(f"no Flink job server jar at {jar}: make flink-up fetches {JOB_SERVER_ARTIFACT} with Maven")
 
 
 def _replay_path(source: str) -> str:

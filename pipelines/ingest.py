@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.config import Config
+from pipelines.flink_cluster import FLINK_RUNNER, flink_runner_args
 from pipelines.local_runner import metrics_of_every_bundle, stoppable_pubsub_reads
 from pipelines.summary import RunSummary, summarise
 from schemas.arrow import table_from_rows
@@ -127,8 +128,12 @@ def stitch_settings(config: Config) -> StitchSettings:
 
 
 def pipeline_options(request: RunRequest) -> PipelineOptions:
-    """Beam options for a run: the local streaming runner by default, FnApiRunner for ``--batch``."""
-    options = PipelineOptions(list(request.beam_args))
+    """Beam options for a run: the local streaming runner by default, FnApiRunner for ``--batch``; FlinkRunner
+    submits to the cluster ``make flink-up`` started, unless the Beam options say otherwise."""
+    beam_args = list(request.beam_args)
+    if request.runner == FLINK_RUNNER:
+        beam_args = flink_runner_args(beam_args)
+    options = PipelineOptions(beam_args)
     standard = options.view_as(StandardOptions)
     standard.runner = request.runner or (LOCAL_BATCH_RUNNER if request.batch else LOCAL_STREAMING_RUNNER)
     standard.streaming = not request.batch
