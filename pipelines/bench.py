@@ -1,10 +1,10 @@
-"""``make bench``: throughput of replay → decode → validate → lake, each figure beside a reference from the same run.
+"""``make bench``: throughput of the whole replay pipeline, each figure beside a reference from the same run.
 
 The machines are shared and noisy, so no figure stands alone. The reference is the project's own pure functions
-(replay reader, decode, validate, lake-row and Arrow conversion) called in a plain loop over the same input; each
-pipeline figure is printed with its share of that loop. The wide/sparse figure compares the cost of validating and
-converting the same entities against the built-in ExperienceEvent schema (hundreds of leaf fields) and against a
-narrow schema holding just the fields they use.
+(replay reader, decode, validate, stitch, merge, lake-row and Arrow conversion) called in a plain loop over the same
+input; each pipeline figure is printed with its share of that loop. The wide/sparse figure compares the cost of
+validating and converting the same entities against the built-in ExperienceEvent schema (hundreds of leaf fields) and
+against a narrow schema holding just the fields they use.
 
     python -m pipelines.bench [--copies N] [--input FILE]
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import gc
 import json
 import os
@@ -24,19 +25,25 @@ from pathlib import Path
 from jsonschema import Draft7Validator
 
 from pipelines.config import Config
-from pipelines.ingest import RunRequest, run
+from pipelines.ingest import RunRequest, run, stitch_settings
 from pipelines.local_runner import prism_binary
 from schemas.arrow import table_from_rows
 from schemas.json_schema import runtime_json_schema
 from schemas.registry import SchemaRegistry
 from schemas.validation import validate_decoded, validate_entity
 from transforms.decoding import decode_message
-from transforms.lake_rows import failed_row, lake_schemas, valid_row
-from transforms.records import FailedRecord
+from transforms.identity_store import open_identity_store
+from transforms.lake_rows import change_row, failed_row, lake_schemas, valid_row
+from transforms.merge_profiles import ProfileWriter
+from transforms.profile_store import open_profile_store
+from transforms.records import FailedRecord, LakeRow, ValidRecord
 from transforms.replay import read_replay_file
+from transforms.stitch import link_batch, record_identities
 
 SAMPLE = Path(__file__).parent / "samples" / "stream.jsonl"
 ROWS_PER_TABLE = 1000
+# The stitch step's batch and MergeProfiles' buffer (max_buffered) by default.
+BATCH = 500
 EVENT_CLASS = "https://ns.adobe.com/xdm/context/experienceevent"
 DOCS_PIPELINE_TARGET = 1.8
 WIDTH_ROUNDS = 5
@@ -74,26 +81,76 @@ def _renumbered(line: bytes, copy: int) -> bytes:
     return json.dumps(message).encode()
 
 
-def plain_loop(path: Path, registry: SchemaRegistry) -> tuple[float, int]:
-    """Seconds for the pure functions over the file, and the number of messages."""
+def plain_loop(path: Path, registry: SchemaRegistry, work_dir: Path) -> tuple[float, int]:
+    """Seconds for the pure functions over the file, and the number of messages.
+
+    The functions are the pipeline's own, called on batches of :data:`BATCH` messages as its steps make them: decode,
+    validate, stitch (one identity-store round trip per batch), merge (one profile-store write per batch) and lake
+    rows to Arrow tables of :data:`ROWS_PER_TABLE`, with SQLite stores in ``work_dir`` as the pipeline runs use.
+    """
+    config = Config()
+    stitching = stitch_settings(config)
+    profile_datasets = {name for name, dataset in registry.datasets.items() if dataset.profile}
+    identity_url = f"sqlite:///{work_dir}/identity.sqlite"
+    identity_store = open_identity_store(identity_url)
+    profiles = ProfileWriter(
+        registry,
+        open_identity_store(identity_url),
+        open_profile_store(f"sqlite:///{work_dir}/profiles.sqlite"),
+        stitching,
+        config.profile_settings(),
+    )
     schemas = lake_schemas(registry)
-    start = time.perf_counter()
     pending: dict[str, list] = defaultdict(list)
+
+    def to_lake(row: LakeRow) -> None:
+        rows = pending[row.dataset]
+        rows.append(row.row)
+        if len(rows) == ROWS_PER_TABLE:
+            table_from_rows(rows, schemas[row.dataset])
+            rows.clear()
+
+    def stitch_and_merge(valid: list[ValidRecord]) -> None:
+        found = [(record, record_identities(record, registry, stitching)) for record in valid]
+        linking = [(record, identities) for record, identities in found if identities is not None]
+        changes = [change for _, identities in linking for change in identities.rejected]
+        stitched = [record for record, identities in found if identities is None]
+        if linking:
+            batch_changes, persons = link_batch(identity_store, stitching.graph, [entry for _, entry in linking])
+            changes += batch_changes
+            for (record, _), person in zip(linking, persons, strict=True):
+                stitched.append(dataclasses.replace(record, person_id=person))
+        profiles.write(
+            [record for record in stitched if record.person_id is not None and record.dataset in profile_datasets],
+            [change for change in changes if change.kind in ("merge", "split")],
+        )
+        for record in stitched:
+            to_lake(valid_row(record))
+        for change in changes:
+            to_lake(change_row(change, change.time_us))
+
+    start = time.perf_counter()
     messages = 0
+    valid: list[ValidRecord] = []
     for message in read_replay_file(str(path), clock=time.time_ns):
         messages += 1
         for decoded in decode_message(message, registry.avro_schema_for):
             outcome = decoded if isinstance(decoded, FailedRecord) else validate_decoded(decoded, registry)
-            row = failed_row(outcome) if isinstance(outcome, FailedRecord) else valid_row(outcome)
-            rows = pending[row.dataset]
-            rows.append(row.row)
-            if len(rows) == ROWS_PER_TABLE:
-                table_from_rows(rows, schemas[row.dataset])
-                rows.clear()
+            if isinstance(outcome, FailedRecord):
+                to_lake(failed_row(outcome))
+            else:
+                valid.append(outcome)
+        if messages % BATCH == 0:
+            stitch_and_merge(valid)
+            valid = []
+    stitch_and_merge(valid)
     for dataset, rows in pending.items():
         if rows:
             table_from_rows(rows, schemas[dataset])
-    return time.perf_counter() - start, messages
+    seconds = time.perf_counter() - start
+    identity_store.close()
+    profiles.close()
+    return seconds, messages
 
 
 def pipeline_seconds(
@@ -189,11 +246,11 @@ def main(argv: list[str] | None = None) -> None:
         narrow = SchemaRegistry.load(narrow_dir)
         path = Path(work, "input.jsonl")
         messages = make_input(args.input, args.copies, path)
-        loop_seconds, counted = plain_loop(path, registry)
+        loop_seconds, counted = plain_loop(path, registry, Path(work))
         assert counted == messages
         loop_rate = messages / loop_seconds
         print(f"input: {messages} messages ({args.copies} copies of {args.input.name})")
-        print(f"reference, plain loop of decode+validate+arrow: {loop_rate:10,.0f} msg/s")
+        print(f"reference, plain loop of decode+validate+stitch+merge+arrow: {loop_rate:10,.0f} msg/s")
         rates = {}
         for label, batch in (("--batch (FnApiRunner)", True), ("streaming (BundleBasedDirectRunner)", False)):
             rates[batch] = messages / pipeline_seconds(path, registry, batch=batch)

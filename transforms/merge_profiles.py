@@ -36,7 +36,7 @@ import collections
 import dataclasses
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -54,9 +54,9 @@ from transforms.clock import wall_clock_us
 from transforms.identity_graph import resolve
 from transforms.identity_model import Identity, IdentityChange
 from transforms.identity_namespaces import extract_identities, record_time_us
-from transforms.identity_store import open_identity_store
+from transforms.identity_store import IdentityStore, open_identity_store
 from transforms.metrics import NAMESPACE, counter
-from transforms.profile_store import ProfileWrite, open_profile_store
+from transforms.profile_store import ProfileStore, ProfileWrite, open_profile_store
 from transforms.records import ValidRecord
 from transforms.stitch import StitchSettings
 
@@ -116,19 +116,23 @@ class _MergeProfilesFn(beam.DoFn):
         self._settings = settings
         self._streaming = streaming
         self._clock = clock
-        self._datasets = [name for name, dataset in registry.datasets.items() if dataset.profile]
+        self._writer: ProfileWriter | None = None
         self._written = counter("profiles_written")
         self._freshness = Metrics.distribution(NAMESPACE, FRESHNESS)
 
     def setup(self) -> None:
-        self._identities = open_identity_store(self._identity_store_url)
-        self._profiles = open_profile_store(self._profile_store_url)
-        self._decoded = _decoded_fragments_of(self._profile_store_url)
+        self._writer = ProfileWriter(
+            self._registry,
+            open_identity_store(self._identity_store_url),
+            open_profile_store(self._profile_store_url),
+            self._stitch,
+            self._settings,
+            decoded=_decoded_fragments_of(self._profile_store_url),
+        )
 
     def teardown(self) -> None:
-        for store in (getattr(self, "_identities", None), getattr(self, "_profiles", None)):
-            if store is not None:
-                store.close()
+        if self._writer is not None:
+            self._writer.close()
 
     def process(
         self,
@@ -176,7 +180,7 @@ class _MergeProfilesFn(beam.DoFn):
             return
         records = [update for update in updates if isinstance(update, ValidRecord)]
         changes = [update for update in updates if isinstance(update, IdentityChange)]
-        written = self._write(records, changes)
+        written = self._writer.write(records, changes)
         self._written.inc(written)
         persons = collections.Counter(record.person_id for record in records)
         yield ProfileFlush(tuple(sorted(persons.items())), written)
@@ -186,7 +190,75 @@ class _MergeProfilesFn(beam.DoFn):
             self._freshness.update(int(freshness_ms))
             counter(freshness_bucket(freshness_ms)).inc()
 
-    def _write(self, records: list[ValidRecord], changes: list[IdentityChange]) -> int:
+
+class _DecodedFragments:
+    """The fragments this process last read or wrote, decoded, by key and bytes: a person's next flush reads back the
+    bytes its last one wrote, and decoding them again was a sixth of the pipeline's time. A fragment is reused only
+    when the store returns the very bytes it was decoded from, so a write from elsewhere is never missed. Shared by
+    the stage's DoFn instances (the DirectRunner makes one per bundle) and their threads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: collections.OrderedDict[str, tuple[bytes, profile_model.Fragment]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def fragment(self, key: str, data: bytes) -> profile_model.Fragment:
+        with self._lock:
+            held = self._entries.get(key)
+            if held is not None and held[0] == data:
+                self._entries.move_to_end(key)
+                return held[1]
+        fragment = profile_model.fragment_from_bytes(data)
+        self.remember(key, data, fragment)
+        return fragment
+
+    def remember(self, key: str, data: bytes, fragment: profile_model.Fragment) -> None:
+        with self._lock:
+            self._entries[key] = (data, fragment)
+            self._entries.move_to_end(key)
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+_decoded_by_store: dict[str, _DecodedFragments] = {}
+_decoded_lock = threading.Lock()
+
+
+def _decoded_fragments_of(store_url: str) -> _DecodedFragments:
+    with _decoded_lock:
+        return _decoded_by_store.setdefault(store_url, _DecodedFragments(FRAGMENT_CACHE_SIZE))
+
+
+class ProfileWriter:
+    """Applies records and identity changes to the profile store: the work of one flush, without Beam.
+
+    It owns the two stores it is given (``close`` closes them). ``decoded`` is the cache of decoded fragments to use;
+    by default one of its own.
+    """
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        identities: IdentityStore,
+        profiles: ProfileStore,
+        stitch: StitchSettings,
+        settings: ProfileSettings,
+        *,
+        decoded: _DecodedFragments | None = None,
+    ) -> None:
+        self._registry = registry
+        self._identities = identities
+        self._profiles = profiles
+        self._stitch = stitch
+        self._settings = settings
+        self._decoded = decoded or _DecodedFragments(FRAGMENT_CACHE_SIZE)
+        self._datasets = [name for name, dataset in registry.datasets.items() if dataset.profile]
+
+    def close(self) -> None:
+        self._identities.close()
+        self._profiles.close()
+
+    def write(self, records: Sequence[ValidRecord], changes: Sequence[IdentityChange]) -> int:
         """Applies the records and rebuilds the view of every person they, or the merges and splits, now concern.
 
         A record carries the person it had when stitched; if that person has since been merged away, its records go
@@ -257,44 +329,6 @@ class _MergeProfilesFn(beam.DoFn):
         for key, data in written.items():
             self._decoded.remember(key, data, fragments[key])
         return len(views)
-
-
-class _DecodedFragments:
-    """The fragments this process last read or wrote, decoded, by key and bytes: a person's next flush reads back the
-    bytes its last one wrote, and decoding them again was a sixth of the pipeline's time. A fragment is reused only
-    when the store returns the very bytes it was decoded from, so a write from elsewhere is never missed. Shared by
-    the stage's DoFn instances (the DirectRunner makes one per bundle) and their threads."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: collections.OrderedDict[str, tuple[bytes, profile_model.Fragment]] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def fragment(self, key: str, data: bytes) -> profile_model.Fragment:
-        with self._lock:
-            held = self._entries.get(key)
-            if held is not None and held[0] == data:
-                self._entries.move_to_end(key)
-                return held[1]
-        fragment = profile_model.fragment_from_bytes(data)
-        self.remember(key, data, fragment)
-        return fragment
-
-    def remember(self, key: str, data: bytes, fragment: profile_model.Fragment) -> None:
-        with self._lock:
-            self._entries[key] = (data, fragment)
-            self._entries.move_to_end(key)
-            if len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-
-_decoded_by_store: dict[str, _DecodedFragments] = {}
-_decoded_lock = threading.Lock()
-
-
-def _decoded_fragments_of(store_url: str) -> _DecodedFragments:
-    with _decoded_lock:
-        return _decoded_by_store.setdefault(store_url, _DecodedFragments(FRAGMENT_CACHE_SIZE))
 
 
 def _identity(text: str) -> Identity:

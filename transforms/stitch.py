@@ -18,6 +18,7 @@ Metrics (namespace ``profilestream``): ``stitched``, ``identities_rejected`` and
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -26,9 +27,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.registry import SchemaRegistry
 from transforms.identity_graph import GraphRules, changes, record_person, resolve
-from transforms.identity_model import IdentityChange, Observation, Stamp
+from transforms.identity_model import Identity, IdentityChange, Observation, Stamp
 from transforms.identity_namespaces import IdentityRules, NamespaceRegistry, extract_identities, record_time_us
-from transforms.identity_store import open_identity_store
+from transforms.identity_store import IdentityStore, open_identity_store
 from transforms.metrics import counter
 from transforms.records import ValidRecord
 
@@ -50,6 +51,42 @@ class StitchSettings:
     graph: GraphRules
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordIdentities:
+    """A record's normalised identities, its time for linking, and the identities normalisation rejected."""
+
+    identities: tuple[Identity, ...]
+    stamp: Stamp
+    rejected: tuple[IdentityChange, ...]
+
+
+def record_identities(
+    record: ValidRecord, registry: SchemaRegistry, settings: StitchSettings
+) -> RecordIdentities | None:
+    """The identities ``record`` links, or None when its dataset is not identity-enabled."""
+    dataset = registry.datasets.get(record.dataset)
+    if dataset is None or not dataset.identity:
+        return None
+    extraction = extract_identities(record.entity, settings.namespaces, settings.rules)
+    schema = registry.get(record.schema_id)
+    stamp = Stamp(record_time_us(record.entity, schema.class_id, record.publish_time_us), record.message_id)
+    rejected = tuple(_rejected_change(rejection, stamp) for rejection in extraction.rejections)
+    return RecordIdentities(tuple(extraction.identities), stamp, rejected)
+
+
+def link_batch(
+    store: IdentityStore, graph: GraphRules, batch: Sequence[RecordIdentities]
+) -> tuple[list[IdentityChange], list[str | None]]:
+    """Observes a batch's identities in ``store`` in one round trip; returns the changes the batch caused (stamped
+    with its latest record) and each record's person, in batch order."""
+    observations = [Observation(found.identities, found.stamp) for found in batch if found.identities]
+    before, after = store.observe(observations)
+    resolved_before, resolved_after = resolve(before, graph), resolve(after, graph)
+    latest = max(found.stamp for found in batch)
+    persons = [record_person(found.identities, resolved_after, graph) for found in batch]
+    return changes(resolved_before, resolved_after, latest), persons
+
+
 class _StitchFn(beam.DoFn):
     def __init__(self, registry: SchemaRegistry, store_url: str, settings: StitchSettings, batch_size: int):
         self._registry = registry
@@ -57,7 +94,7 @@ class _StitchFn(beam.DoFn):
         self._settings = settings
         self._batch_size = batch_size
         self._store = None
-        self._pending: list[tuple[ValidRecord, tuple, Stamp, Any, Any]] = []
+        self._pending: list[tuple[ValidRecord, RecordIdentities, Any, Any]] = []
         self._stitched = counter("stitched")
         self._rejected = counter("identities_rejected")
 
@@ -72,17 +109,14 @@ class _StitchFn(beam.DoFn):
         self._pending = []
 
     def process(self, record: ValidRecord, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        dataset = self._registry.datasets.get(record.dataset)
-        if dataset is None or not dataset.identity:
+        found = record_identities(record, self._registry, self._settings)
+        if found is None:
             yield record
             return
-        extraction = extract_identities(record.entity, self._settings.namespaces, self._settings.rules)
-        schema = self._registry.get(record.schema_id)
-        stamp = Stamp(record_time_us(record.entity, schema.class_id, record.publish_time_us), record.message_id)
-        for rejection in extraction.rejections:
+        for rejected in found.rejected:
             self._rejected.inc()
-            yield beam.pvalue.TaggedOutput(_CHANGES, _rejected_change(rejection, stamp))
-        self._pending.append((record, extraction.identities, stamp, timestamp, window))
+            yield beam.pvalue.TaggedOutput(_CHANGES, rejected)
+        self._pending.append((record, found, timestamp, window))
         if len(self._pending) >= self._batch_size:
             yield from self._flush()
 
@@ -93,17 +127,13 @@ class _StitchFn(beam.DoFn):
         pending, self._pending = self._pending, []
         if not pending:
             return
-        observations = [Observation(identities, stamp) for _, identities, stamp, _, _ in pending if identities]
-        before, after = self._store.observe(observations)
-        graph = self._settings.graph
-        resolved_before, resolved_after = resolve(before, graph), resolve(after, graph)
-        latest = max(pending, key=lambda entry: entry[2])
-        for change in changes(resolved_before, resolved_after, latest[2]):
+        batch_changes, persons = link_batch(self._store, self._settings.graph, [found for _, found, _, _ in pending])
+        latest_timestamp = max(pending, key=lambda entry: entry[1].stamp)[2]
+        for change in batch_changes:
             counter(f"identity_changes.{change.kind}").inc()
-            yield beam.pvalue.TaggedOutput(_CHANGES, WindowedValue(change, latest[3], (GlobalWindow(),)))
-        for record, identities, _, timestamp, window in pending:
+            yield beam.pvalue.TaggedOutput(_CHANGES, WindowedValue(change, latest_timestamp, (GlobalWindow(),)))
+        for (record, _, timestamp, window), person in zip(pending, persons, strict=True):
             self._stitched.inc()
-            person = record_person(identities, resolved_after, graph)
             yield WindowedValue(dataclasses.replace(record, person_id=person), timestamp, (window,))
 
 
