@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test bench bench-e2e lint format sample pubsub-up pubsub-down prism clean distclean
+.PHONY: help venv run test bench bench-e2e lint format sample pubsub-up pubsub-down prism flink-up flink-down clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -68,6 +68,16 @@ prism: $(PRISM) ## Build Beam's Prism runner binary for the pinned Beam version 
 $(PRISM):
 	mkdir -p $(PRISM_DIR)
 	GOBIN=$(PRISM_DIR) GOFLAGS=-mod=mod go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
+
+# A local Flink session cluster for --runner FlinkRunner: a JobManager (REST on localhost:8081) and a TaskManager
+# with 2 slots, run from the Flink jars in PyPI's apache-flink-libraries, plus Beam's Python worker pool on
+# localhost:50000 (--environment_type=EXTERNAL). flink-up also fetches Beam's Flink job-server jar with Maven.
+# Pid files, logs and checkpoints: ~/.cache/profilestream/flink/<version>/run.
+flink-up: venv ## Start the local Flink session cluster and Beam worker pool (other ports with ARGS='--rest-port N ...')
+	$(VENV)/bin/python -m pipelines.flink_cluster up $(ARGS)
+
+flink-down: ## Stop the Flink cluster and worker pool that flink-up started
+	test ! -x $(VENV)/bin/python || $(VENV)/bin/python -m pipelines.flink_cluster down
 
 clean: ## Remove data/ and build artefacts (keeps the venv)
 	rm -rf data build dist *.egg-info .pytest_cache .ruff_cache
