@@ -35,6 +35,7 @@ from typing import Any
 from pipelines.config import ConfigError, load_config
 from pipelines.flink_cluster import FLINK_RUNNER
 from pipelines.loadgen import add_arguments as add_loadgen_arguments
+from pipelines.one_line_parser import USAGE_ERROR
 from schemas.components import UnknownComponentError, library
 from schemas.registry import SchemaFileError, SchemaRegistry
 from schemas.validation import ValidationPolicy
@@ -45,7 +46,6 @@ DEFAULT_IDENTITY_STORE = "sqlite:///data/identity.sqlite"
 DEFAULT_PROFILE_STORE = "sqlite:///data/profiles.sqlite"
 DEFAULT_API_HOST = "127.0.0.1"  # loopback: the API serves personal data, so reaching it from elsewhere is a choice
 DEFAULT_API_PORT = 8080
-USAGE_ERROR = 2
 REPLAY_SCHEME = "replay:"
 PUBSUB_SCHEME = "pubsub:"
 FLINK_CHECK_TIMEOUT_S = 5.0

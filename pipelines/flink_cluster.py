@@ -45,11 +45,11 @@ import urllib.request
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import yaml
 from apache_beam.version import __version__ as beam_version
 
+from pipelines.one_line_parser import USAGE_ERROR, OneLineParser
 from pipelines.pubsub_emulator import free_port, stop
 
 # Beam 2.77 publishes Flink job servers for 1.19 to 2.2; this is the newest Flink of those that PyPI's
@@ -110,7 +110,6 @@ START_TIMEOUT_S = 90.0
 PIP_TIMEOUT_S = 600.0
 MAVEN_TIMEOUT_S = 120.0
 BASH_JAVA_UTILS_TIMEOUT_S = 60.0
-USAGE_ERROR = 2
 
 # Flink's own log4j layout, writing to the file each process names in -Dlog.file (the web UI serves that file).
 LOG4J_PROPERTIES = """\
@@ -412,12 +411,6 @@ def fetch_job_server_jar(log: Path) -> str | None:
     return None
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
-
-
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
@@ -425,8 +418,8 @@ def _port(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _OneLineParser(prog="python -m pipelines.flink_cluster", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    parser = OneLineParser(prog="python -m pipelines.flink_cluster", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     up_parser = commands.add_parser("up", help="start the cluster and the worker pool in the background")
     status_parser = commands.add_parser("status", help="say which of the cluster's processes run")
     down_parser = commands.add_parser("down", help="stop what up started")

@@ -60,8 +60,9 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from random import Random
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
+from pipelines.one_line_parser import USAGE_ERROR, OneLineParser
 from pipelines.sample_stream import (
     EXPERIENCE_EVENT_SCHEMA,
     PROFILE_SCHEMA,
@@ -93,7 +94,6 @@ INVALID_KINDS = {
 """How a message can be invalid, and the error codes ingestion may give it."""
 SOURCE_NAME = "profilestream-loadgen"
 CONNECTION_ID = "loadgen"
-USAGE_ERROR = 2
 DEFAULT_BATCH_SIZE = 50
 # The inlet answers once Pub/Sub has confirmed the publish, tens of milliseconds later, so 500 messages/s one at a
 # time need a few dozen requests in flight.
@@ -652,14 +652,8 @@ def run(args: argparse.Namespace) -> int:
     return 1 if delivery.failed else 0
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _OneLineParser(prog="python -m pipelines.loadgen", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m pipelines.loadgen", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
