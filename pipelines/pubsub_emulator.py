@@ -117,7 +117,8 @@ def start(port: int, state_dir: Path) -> subprocess.Popen:
 
 
 def stop(pid: int) -> None:
-    """Stops the emulator started with ``pid`` and every process of its group (the JVM under the start script)."""
+    """Stops the process group led by ``pid``: SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``. The emulator's group
+    holds the JVM under its start script; the Flink cluster's processes use it too."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
