@@ -63,6 +63,16 @@ _RESOURCE = {
     "additionalProperties": False,
 }
 _POD_TEMPLATE = {"type": "object", "properties": {"spec": {"type": "object"}, "metadata": {"type": "object"}}}
+# The JobManager's and the TaskManager's specs have the same fields.
+_COMPONENT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "resource": _RESOURCE,
+        "replicas": {"type": "integer", "minimum": 1},
+        "podTemplate": _POD_TEMPLATE,
+    },
+}
 # FlinkDeploymentSpec as the operator documents it (docs/content/docs/custom-resource/reference.md and the CRD in
 # helm/flink-kubernetes-operator/crds/flinkdeployments.flink.apache.org-v1.yml). flinkVersion: v1_16 to v1_20 from the
 # CRD, v2_0 since operator 1.11, v2_1 since 1.13 (FLINK-38147); v2_2 is what FLINK_VERSION needs and is not confirmed
@@ -83,24 +93,8 @@ FLINK_DEPLOYMENT_SPEC_SCHEMA = {
         "ingress": {"type": "object"},
         "podTemplate": _POD_TEMPLATE,
         "job": {"type": "object"},
-        "jobManager": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "resource": _RESOURCE,
-                "replicas": {"type": "integer", "minimum": 1},
-                "podTemplate": _POD_TEMPLATE,
-            },
-        },
-        "taskManager": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "resource": _RESOURCE,
-                "replicas": {"type": "integer", "minimum": 1},
-                "podTemplate": _POD_TEMPLATE,
-            },
-        },
+        "jobManager": _COMPONENT,
+        "taskManager": _COMPONENT,
     },
 }
 
