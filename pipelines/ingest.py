@@ -30,12 +30,15 @@ from transforms.lake import WriteToLake
 from transforms.lake_rows import change_row, failed_row, lake_schemas, valid_row
 from transforms.merge_profiles import MergeProfiles
 from transforms.pubsub import ReadPubSub
+from transforms.pubsub_source import ReadPubSubAcknowledged
 from transforms.replay import ReadReplay
 from transforms.stitch import StitchIdentities, StitchSettings
 from transforms.validate import Validate
 
 LOCAL_STREAMING_RUNNER = "BundleBasedDirectRunner"
 LOCAL_BATCH_RUNNER = "FnApiRunner"
+# The runners Beam's own Pub/Sub read runs on; Dataflow's acknowledges once a bundle is durably committed.
+BEAM_PUBSUB_RUNNERS = frozenset({"directrunner", "bundlebaseddirectrunner", "dataflowrunner"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,9 +151,12 @@ def run(
     A replay ends when it is drained; a Pub/Sub read when ``stop`` is set (``profilestream run`` sets it on SIGINT and
     SIGTERM), after which the pipeline flushes what it holds and finishes as a replay does.
     """
-    pipeline = beam.Pipeline(options=pipeline_options(request))
+    stop = stop or threading.Event()
+    options = pipeline_options(request)
+    pipeline = beam.Pipeline(options=options)
     if request.subscription is not None:
-        messages = pipeline | "ReadPubSub" >> ReadPubSub(request.subscription)
+        read = pubsub_source(options.view_as(StandardOptions).runner, request.subscription, stop)
+        messages = pipeline | "ReadPubSub" >> read
     else:
         messages = pipeline | "ReadReplay" >> ReadReplay(request.replay_path)
     _ = messages | "Ingest" >> Ingest(
@@ -161,7 +167,17 @@ def run(
         request.profile_store,
         dead_letter_topic=request.dead_letter_topic,
     )
-    with metrics_of_every_bundle(), stoppable_pubsub_reads(stop or threading.Event()):
+    with metrics_of_every_bundle(), stoppable_pubsub_reads(stop):
         result = pipeline.run()
         result.wait_until_finish()
     return summarise(result, datasets=list(lake_schemas(registry)))
+
+
+def pubsub_source(runner: str, subscription: str, stop: threading.Event) -> beam.PTransform:
+    """Beam's own Pub/Sub read on the runners that run it; on every other runner (Prism, Flink, any portable runner)
+    :class:`ReadPubSubAcknowledged`, which acknowledges on bundle finalisation and ends when ``stop`` is set."""
+    # Beam's runner names are case-blind and may leave out "Runner" or give the class's module path.
+    name = runner.rsplit(".", 1)[-1].lower()
+    if name in BEAM_PUBSUB_RUNNERS or f"{name}runner" in BEAM_PUBSUB_RUNNERS:
+        return ReadPubSub(subscription)
+    return ReadPubSubAcknowledged(subscription, stop=stop)

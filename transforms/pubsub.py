@@ -62,7 +62,8 @@ def _check(get: Callable[[], object], name: str) -> None:
         raise PubSubUnavailableError(f"{name}: Pub/Sub cannot be reached: {first_line}") from None
 
 
-def _message(pubsub_message: PubsubMessage, clock: Callable[[], int]) -> Message:
+def message_from_pubsub(pubsub_message: PubsubMessage, clock: Callable[[], int]) -> Message:
+    """A pulled message as a :class:`Message` read now; Beam's ``PubsubMessage`` and the client's both serve."""
     return Message(
         data=pubsub_message.data,
         attributes=dict(pubsub_message.attributes or {}),
@@ -84,5 +85,5 @@ class ReadPubSub(beam.PTransform):
         return (
             begin
             | "Pull" >> beam.io.ReadFromPubSub(subscription=self._subscription, with_attributes=True)
-            | "ToMessage" >> beam.Map(_message, self._clock)
+            | "ToMessage" >> beam.Map(message_from_pubsub, self._clock)
         )

@@ -1,4 +1,5 @@
-"""Fixtures for end-to-end tests: small replay files in Pub/Sub REST form and ways to read the lake back."""
+"""Fixtures for end-to-end tests: small replay files in Pub/Sub REST form, ways to read the lake back, and the
+Pub/Sub emulator topology a streaming run reads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+
+from pipelines.pubsub_emulator import EMULATOR_HOST_ENV, Topology, create_topology
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
 PROFILE_SCHEMA = "https://ns.adobe.com/xdm/context/profile"
@@ -87,3 +90,13 @@ def dataset_files(lake: Path) -> list[str]:
     return sorted(
         str(path.relative_to(lake)) for path in lake.rglob("*") if path.is_file() and ".tmp" not in path.parts
     )
+
+
+@pytest.fixture
+def topology(pubsub_emulator, monkeypatch, request) -> Topology:
+    """Topics and subscriptions of the test's own on the Pub/Sub emulator, which the test's clients then talk to."""
+    monkeypatch.setenv(EMULATOR_HOST_ENV, pubsub_emulator)
+    name = f"run-{request.node.name[-40:].replace('_', '-')}"
+    topics = Topology.named("profilestream-test", name, f"{name}-sub", f"{name}-dead")
+    create_topology(pubsub_emulator, topics)
+    return topics

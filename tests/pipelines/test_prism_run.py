@@ -1,4 +1,5 @@
-"""``profilestream run`` on Prism, Beam's Go local runner: the same lake and profile store as the DirectRunner.
+"""``profilestream run`` on Prism, Beam's Go local runner: the same lake and profile store as the DirectRunner, and
+a Pub/Sub read (:class:`transforms.pubsub_source.ReadPubSubAcknowledged`) that SIGTERM drains as it does there.
 
 Prism is the binary ``make prism`` builds; without it the test is skipped, except under CI (``CI=true``), where that
 is a failure. Each run is a separate process, killed with its Prism server if it outlives ``RUN_TIMEOUT_S``: a
@@ -7,16 +8,20 @@ streaming job that still holds a processing-time timer does not finish on Prism.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pipelines.local_runner import prism_binary
-from tests.pipelines.conftest import dataset_files, lake_rows
+from tests.pipelines.conftest import dataset_files, lake_rows, stream_lines
+from tests.pipelines.test_inlet import pull_all
+from tests.pipelines.test_pubsub_run import EVENT_IDS, FAILED, MESSAGES, MINUTES, VALID, publish_stream, start_run
 from tests.pipelines.test_run import profile_store_contents, stores_beside
 
 PRISM = prism_binary()
@@ -62,3 +67,25 @@ def test_prism_writes_the_lake_and_profiles_of_the_direct_runner(prism, small_st
         assert lake_rows(tmp_path / "prism", dataset) == lake_rows(tmp_path / "direct", dataset)
     assert dataset_files(tmp_path / "prism") == dataset_files(tmp_path / "direct")
     assert profile_store_contents(tmp_path / "prism") == profile_store_contents(tmp_path / "direct")
+
+
+def test_a_pubsub_run_on_prism_reads_every_message_once_and_drains_on_sigterm(prism, topology, tmp_path):
+    publish_stream(topology.topic, stream_lines(minutes=MINUTES, per_minute=10))
+    run = start_run(topology, tmp_path, "--runner", "PrismRunner", "--prism_location", str(prism))
+    try:
+        # Failures are spread over the stream, so once all have reached the dead-letter topic the read has pulled it.
+        assert len(pull_all(topology.dead_letter_subscription, FAILED, timeout_s=RUN_TIMEOUT_S)) == FAILED
+        time.sleep(1)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 0, err[-4000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+
+    assert summary["messages"] == MESSAGES
+    assert (summary["valid"], summary["failed"]) == (VALID, FAILED)
+    assert summary["records"] == summary["valid"] + summary["failed"]
+    # The DirectRunner's read of the same stream (test_pubsub_run) holds exactly these events.
+    assert sorted(row["_id"] for row in lake_rows(tmp_path / "lake", "experience_events")) == sorted(EVENT_IDS)

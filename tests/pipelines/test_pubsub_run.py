@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from pipelines.pubsub_emulator import EMULATOR_HOST_ENV, Topology, create_topology
+from pipelines.pubsub_emulator import Topology
 from tests.pipelines.conftest import lake_rows, stream_lines
 from tests.pipelines.test_inlet import pull_all
 from transforms.profile_store import open_profile_store
@@ -29,6 +27,10 @@ VALID = MINUTES * (7 + 3 + 1)
 FAILED = MINUTES * 2
 DUPLICATES = MINUTES
 RUN_TIMEOUT_S = 120.0
+# The events the stream's valid messages hold, one each whatever the redeliveries.
+EVENT_IDS = {f"e{m}-{n}" for m in range(MINUTES) for n in (0, 1, 2, 4, 6, 8, 9)} | {
+    f"e{m}-7-{k}" for m in range(MINUTES) for k in range(3)
+}
 
 
 def publish_stream(topic: str, lines: list[str]) -> None:
@@ -45,16 +47,8 @@ def publish_stream(topic: str, lines: list[str]) -> None:
     publisher.stop()
 
 
-@pytest.fixture
-def topology(pubsub_emulator, monkeypatch, request) -> Topology:
-    monkeypatch.setenv(EMULATOR_HOST_ENV, pubsub_emulator)
-    name = f"run-{request.node.name[-40:].replace('_', '-')}"
-    topics = Topology.named("profilestream-test", name, f"{name}-sub", f"{name}-dead")
-    create_topology(pubsub_emulator, topics)
-    return topics
-
-
-def start_run(topology: Topology, folder: Path) -> subprocess.Popen:
+def start_run(topology: Topology, folder: Path, *runner_args: str) -> subprocess.Popen:
+    """``profilestream run`` on the topology's subscription, in a process group of its own (with any runner's)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -71,11 +65,13 @@ def start_run(topology: Topology, folder: Path) -> subprocess.Popen:
             f"sqlite:///{folder}/identity.sqlite",
             "--profile-store",
             f"sqlite:///{folder}/profiles.sqlite",
+            *runner_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=os.environ.copy(),
+        start_new_session=True,
     )
 
 
@@ -102,9 +98,7 @@ def test_published_messages_reach_the_lake_the_profiles_and_the_dead_letter_topi
     assert summary["profile_freshness_ms"]["p99"] is not None
     events = lake_rows(tmp_path / "lake", "experience_events")
     assert len(events) == VALID - DUPLICATES
-    assert {row["_id"] for row in events} == {f"e{m}-{n}" for m in range(MINUTES) for n in (0, 1, 2, 4, 6, 8, 9)} | {
-        f"e{m}-7-{k}" for m in range(MINUTES) for k in range(3)
-    }
+    assert {row["_id"] for row in events} == EVENT_IDS
     failed_rows = lake_rows(tmp_path / "lake", "failed_records")
     assert len(failed_rows) == FAILED
     assert all(dict(row["attributes"])["connectionId"] == "test-conn" for row in failed_rows)

@@ -1,0 +1,375 @@
+"""ReadPubSubAcknowledged: a Pub/Sub subscription in, :class:`~transforms.records.Message` records out, on the
+portable runners (Prism, Flink), acknowledging a message only once the runner has the data.
+
+Output: what :class:`transforms.pubsub.ReadPubSub` gives, one ``Message`` per Pub/Sub message (data, attributes,
+message id, publish time, and the time it was pulled as its read time), with the publish time as its element
+timestamp. Beam's own ``ReadFromPubSub`` runs only on the DirectRunner and Dataflow (apache/beam#27443); this is the
+read every other runner gets (:func:`pipelines.ingest.pubsub_source`).
+
+    messages = pipeline | "ReadPubSub" >> ReadPubSubAcknowledged("projects/P/subscriptions/S", stop=stop)
+
+How it reads
+------------
+One splittable DoFn on one restriction. Each call pulls synchronously (google-cloud-pubsub's ``SubscriberClient``,
+which talks to the emulator when ``PUBSUB_EMULATOR_HOST`` is set), each pull waiting at most :data:`PULL_WAIT_S`,
+outputs what it got, and defers the rest of the read: at once when it got messages, after :data:`RESUME_DELAY_S` when
+it got none, so an idle read asks the runner to come back later rather than spinning. Every call is thereby a bundle
+boundary, where the runner commits what the bundle produced. While messages keep coming, a call gathers pulls for up
+to :data:`GATHER_S` or ``max_messages``: Pub/Sub (the emulator at least) hands out at most 100 messages a pull, and
+every bundle costs the runner a round of requests and a finalisation. A runner's request to split the read is
+declined: one reader per subscription keeps up with the rates this pipeline targets (DESIGN.md §4), and splitting an
+endless read would multiply pullers without end.
+
+Acknowledgement
+---------------
+A bundle acknowledges its messages in its bundle finaliser, which the runner calls only once the bundle's output is
+durably its own: Prism right after it commits the bundle; portable Flink after the next completed checkpoint
+(apache/beam#12952, streaming only, which a Pub/Sub read always is). A bundle that fails is never finalised, and its
+messages come back when their ack deadline runs out. Delivery is therefore at least once, and the lake's duplicate
+key absorbs redeliveries. An acknowledgement that fails is logged, not raised: Prism fails the whole job on a
+finaliser's error, while the message merely comes back.
+
+Ack deadlines
+-------------
+Between its pull and its finalisation a message must not expire, or a healthy pipeline would be sent it again. On
+Prism that span is milliseconds; on Flink it is up to a checkpoint interval plus the checkpoint's own duration, which
+under load can exceed any deadline a subscription was made with (10 s is Pub/Sub's minimum). So every message pulled
+and not yet finalised is leased (:class:`AckLeases`): a thread of the DoFn extends its deadline, by the subscription's
+own, each time half of it has run, the way Beam's Java Pub/Sub source extends its messages in flight. A lease ends
+when the bundle is finalised; when the DoFn is torn down (the harness does so for a failed bundle), where the messages
+still held are handed back at once (deadline 0); and, as a backstop for a bundle lost without either, after
+``max_hold_s``, after which the message expires and comes back.
+
+Watermark
+---------
+Pub/Sub keeps no order, so the watermark is an estimate (:func:`watermark_after_pull`): after a pull with messages,
+the oldest publish time it brought; after an empty pull, the clock, so windows and timers fire on a quiet stream.
+It never goes back. A message published before the watermark (a redelivery, or a backlog another puller held) is
+late, as it is on the DirectRunner, whose Pub/Sub read holds the watermark at the clock.
+
+Stopping
+--------
+``profilestream run`` ends a read on SIGINT or SIGTERM by setting the ``stop`` event :func:`pipelines.ingest.run`
+receives. The event cannot travel with the DoFn (it does not pickle), so the transform registers it in a process-local
+registry under a token the DoFn carries. Where the DoFn runs in the process that built the pipeline, as on Prism,
+whose default environment for Python is LOOPBACK, its next call finds the event set, pulls no more and ends the
+restriction; the watermark goes to the end of time, every timer fires, every buffer flushes and the run finishes as a
+replay does. Where the workers are other processes (a cluster's EXTERNAL worker pool or containers), the token finds
+nothing there, and the read ends only with the runner's own stop, cancel or drain.
+
+Why a splittable DoFn, and not ``apache_beam.io.unbounded_source``
+------------------------------------------------------------------
+Beam 2.76 added a Python ``UnboundedSource`` wrapper that would acknowledge through a checkpoint mark's
+``finalize_checkpoint``, using the same bundle finaliser underneath. It is marked experimental, and its model is a
+source with a position to resume from: each resumption carries the pickled source and the checkpoint mark (here, every
+ack id of the bundle, twice: as the primary's finalisation hook and as the residual's resume state), and readers are
+cached by that pair. Pub/Sub has no position (the subscription is the position), so none of that buys anything,
+while it costs a tracker claim per record and restriction state that grows with the bundle. That matters on Flink,
+where a Python splittable DoFn's deferred restrictions accumulate in checkpoint state (apache/beam#27648, open): this
+read's restriction is one boolean. Beam's cross-language ``PubsubIO`` is out of reach here: its expansion service
+is a Java artifact not served to this machine, and its Java side would default to a Docker environment, which does
+not exist here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+
+import apache_beam as beam
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from transforms.clock import wall_clock_us
+from transforms.pubsub import message_from_pubsub
+from transforms.records import Message
+
+DEFAULT_PULL_MESSAGES = 1000
+PULL_WAIT_S = 0.5
+RESUME_DELAY_S = 0.2
+# How long a call gathers pulls while messages keep coming.
+GATHER_S = 0.2
+DEFAULT_MAX_HOLD_S = 600.0
+# How often the lease thread looks for deadlines to extend; well under the shortest deadline Pub/Sub allows (10 s).
+LEASE_TICK_S = 1.0
+# Pub/Sub takes at most 2,500 ack ids in one acknowledge or deadline change.
+ACK_IDS_PER_REQUEST = 2_500
+NACK_DEADLINE_S = 0
+
+_LOGGER = logging.getLogger(__name__)
+
+# Stop events by token; an entry lives as long as whoever set up the run holds the event.
+_STOP_EVENTS: weakref.WeakValueDictionary[str, threading.Event] = weakref.WeakValueDictionary()
+
+
+def watermark_after_pull(publish_times_us: Sequence[int], now_us: int) -> int:
+    """The read's watermark estimate after a pull: the oldest publish time it brought, or the clock when it brought
+    nothing. The caller keeps the watermark from going back."""
+    return min(publish_times_us) if publish_times_us else now_us
+
+
+class AckLeases:
+    """Ack ids pulled and not yet finalised, and when each needs its deadline extended; thread-safe, no I/O.
+
+    ``ack_deadline_s`` is the deadline each extension grants; an ack id is due for one once half of it has run since
+    its pull or its last extension, and is dropped (left to expire) once held ``max_hold_s``.
+    """
+
+    def __init__(self, ack_deadline_s: float, max_hold_s: float) -> None:
+        self._ack_deadline_s = ack_deadline_s
+        self._max_hold_s = max_hold_s
+        self._lock = threading.Lock()
+        # ack id -> (pulled at, extend at), in seconds of the caller's monotonic clock.
+        self._held: dict[str, tuple[float, float]] = {}
+
+    def hold(self, ack_ids: Sequence[str], now: float) -> None:
+        extend_at = now + self._ack_deadline_s / 2
+        with self._lock:
+            self._held.update((ack_id, (now, extend_at)) for ack_id in ack_ids)
+
+    def release(self, ack_ids: Sequence[str]) -> None:
+        with self._lock:
+            for ack_id in ack_ids:
+                self._held.pop(ack_id, None)
+
+    def due(self, now: float) -> list[str]:
+        """The ack ids to extend now, counted as extended; those held too long are dropped instead."""
+        extend_at = now + self._ack_deadline_s / 2
+        due = []
+        with self._lock:
+            for ack_id, (pulled_at, next_extension) in list(self._held.items()):
+                if now - pulled_at >= self._max_hold_s:
+                    del self._held[ack_id]
+                elif now >= next_extension:
+                    self._held[ack_id] = (pulled_at, extend_at)
+                    due.append(ack_id)
+        return due
+
+    def take_all(self) -> list[str]:
+        """Every ack id still held, no longer held."""
+        with self._lock:
+            held, self._held = list(self._held), {}
+        return held
+
+
+class ReadPubSubAcknowledged(beam.PTransform):
+    """Reads ``projects/P/subscriptions/S`` on any portable runner; see the module docstring.
+
+    ``stop``, once set, ends the read where the workers run in this process (LOOPBACK); ``max_messages`` caps what
+    one bundle pulls; ``max_hold_s`` bounds how long a message waits for its bundle's finalisation; ``clock`` gives
+    the read time and the idle watermark.
+    """
+
+    def __init__(
+        self,
+        subscription: str,
+        *,
+        stop: threading.Event | None = None,
+        max_messages: int = DEFAULT_PULL_MESSAGES,
+        max_hold_s: float = DEFAULT_MAX_HOLD_S,
+        clock: Callable[[], int] = wall_clock_us,
+    ) -> None:
+        super().__init__()
+        self._pull = _PullAndAcknowledgeOnFinalisation(
+            subscription,
+            stop_token=_register_stop(stop) if stop is not None else None,
+            max_messages=max_messages,
+            max_hold_s=max_hold_s,
+            clock=clock,
+        )
+
+    def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
+        return begin | "Impulse" >> beam.Impulse() | "Pull" >> beam.ParDo(self._pull).with_output_types(Message)
+
+
+def _register_stop(stop: threading.Event) -> str:
+    token = uuid.uuid4().hex
+    _STOP_EVENTS[token] = stop
+    return token
+
+
+def _stop_requested(token: str | None) -> bool:
+    stop = _STOP_EVENTS.get(token) if token is not None else None
+    return stop is not None and stop.is_set()
+
+
+# What a claim on the read's restriction asks for: one more pull, or the end of the read.
+_PULL = "pull"
+_END = "end"
+
+
+class _ReadTracker(RestrictionTracker):
+    """The restriction is a boolean: True while the read goes on, False once this call's part of it is done."""
+
+    def __init__(self, reading: bool) -> None:
+        self._reading = reading
+
+    def current_restriction(self) -> bool:
+        return self._reading
+
+    def try_claim(self, claim: str) -> bool:
+        if claim == _END:
+            self._reading = False
+        return self._reading
+
+    def try_split(self, fraction_of_remainder: float) -> tuple[bool, bool] | None:
+        # Only the self-checkpoint that defer_remainder (or a runner's checkpoint request) asks for: the pull made
+        # stays with this call, the rest of the read goes to the residual. Splits that would add readers are declined.
+        if fraction_of_remainder != 0 or not self._reading:
+            return None
+        self._reading = False
+        return False, True
+
+    def current_progress(self) -> RestrictionProgress:
+        # An endless read reports all of its work as still to do until it ends; runners ask while a bundle runs.
+        return RestrictionProgress(completed=0.0, remaining=1.0 if self._reading else 0.0)
+
+    def check_done(self) -> None:
+        if self._reading:
+            raise ValueError("the Pub/Sub read returned without deferring the rest of its read or ending it")
+
+    def is_bounded(self) -> bool:
+        return False
+
+
+class _ReadRestrictions(beam.transforms.core.RestrictionProvider):
+    def initial_restriction(self, _impulse: bytes) -> bool:
+        return True
+
+    def create_tracker(self, reading: bool) -> _ReadTracker:
+        return _ReadTracker(reading)
+
+    def restriction_size(self, _impulse: bytes, _reading: bool) -> int:
+        return 1
+
+    def restriction_coder(self) -> beam.coders.Coder:
+        return beam.coders.BooleanCoder()
+
+
+_RESTRICTION = beam.DoFn.RestrictionParam(_ReadRestrictions())
+_WATERMARK = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())
+
+
+class _PullAndAcknowledgeOnFinalisation(beam.DoFn):
+    def __init__(
+        self,
+        subscription: str,
+        *,
+        stop_token: str | None,
+        max_messages: int,
+        max_hold_s: float,
+        clock: Callable[[], int],
+    ) -> None:
+        self._subscription = subscription
+        self._stop_token = stop_token
+        self._max_messages = max_messages
+        self._max_hold_s = max_hold_s
+        self._clock = clock
+
+    def setup(self) -> None:
+        from google.cloud import pubsub_v1
+
+        self._subscriber = pubsub_v1.SubscriberClient()
+        ack_deadline_s = self._subscriber.get_subscription(subscription=self._subscription).ack_deadline_seconds
+        self._ack_deadline_s = ack_deadline_s
+        self._leases = AckLeases(ack_deadline_s, self._max_hold_s)
+        self._closing = threading.Event()
+        self._lease_thread = threading.Thread(target=self._extend_leases, name="pubsub-leases", daemon=True)
+        self._lease_thread.start()
+
+    def teardown(self) -> None:
+        self._closing.set()
+        self._lease_thread.join()
+        # Whatever is still held was never finalised: hand it back now rather than when its deadline runs out.
+        self._change_deadlines(self._leases.take_all(), NACK_DEADLINE_S)
+        self._subscriber.close()
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        _impulse: bytes,
+        finaliser=beam.DoFn.BundleFinalizerParam,
+        tracker=_RESTRICTION,
+        watermark=_WATERMARK,
+    ) -> Iterator[TimestampedValue]:
+        # Registered on every call, even one that pulls nothing: Prism asks to finalise every bundle of a stage that
+        # declares finalisation, and the SDK harness logs an error for each bundle that registered no finaliser.
+        ack_ids: list[str] = []
+        finaliser.register(functools.partial(self._acknowledge, ack_ids))
+        if _stop_requested(self._stop_token):
+            tracker.try_claim(_END)
+            return
+        if not tracker.try_claim(_PULL):
+            return
+        received = self._pull()
+        ack_ids.extend(message.ack_id for message in received)
+        self._leases.hold(ack_ids, time.monotonic())
+        publish_times_us = []
+        for pulled in received:
+            message = message_from_pubsub(pulled.message, self._clock)
+            publish_times_us.append(message.publish_time_us)
+            yield TimestampedValue(message, Timestamp(micros=message.publish_time_us))
+        estimate = Timestamp(micros=watermark_after_pull(publish_times_us, self._clock()))
+        current = watermark.current_watermark()
+        if current is None or estimate > current:
+            watermark.set_watermark(estimate)
+        tracker.defer_remainder(None if received else Duration(seconds=RESUME_DELAY_S))
+
+    def _pull(self) -> list:
+        from google.api_core.exceptions import DeadlineExceeded
+
+        gathered = []
+        deadline = time.monotonic() + GATHER_S
+        while len(gathered) < self._max_messages:
+            try:
+                response = self._subscriber.pull(
+                    subscription=self._subscription,
+                    max_messages=self._max_messages - len(gathered),
+                    timeout=PULL_WAIT_S,
+                )
+            except DeadlineExceeded:
+                break
+            gathered.extend(response.received_messages)
+            if not response.received_messages or time.monotonic() >= deadline:
+                break
+        return gathered
+
+    def _acknowledge(self, ack_ids: list[str]) -> None:
+        from google.api_core.exceptions import GoogleAPICallError
+
+        if not ack_ids:
+            return
+        self._leases.release(ack_ids)
+        try:
+            for chunk in _chunks(ack_ids):
+                self._subscriber.acknowledge(subscription=self._subscription, ack_ids=chunk)
+        except GoogleAPICallError as error:
+            _LOGGER.warning("%d messages not acknowledged; Pub/Sub will deliver them again: %s", len(ack_ids), error)
+
+    def _extend_leases(self) -> None:
+        while not self._closing.wait(LEASE_TICK_S):
+            self._change_deadlines(self._leases.due(time.monotonic()), self._ack_deadline_s)
+
+    def _change_deadlines(self, ack_ids: list[str], deadline_s: int) -> None:
+        from google.api_core.exceptions import GoogleAPICallError
+
+        try:
+            for chunk in _chunks(ack_ids):
+                self._subscriber.modify_ack_deadline(
+                    subscription=self._subscription, ack_ids=chunk, ack_deadline_seconds=deadline_s
+                )
+        except GoogleAPICallError as error:
+            # The deadline stands as it was: at worst the messages come back early, as duplicates.
+            _LOGGER.warning("ack deadlines of %d messages not changed: %s", len(ack_ids), error)
+
+
+def _chunks(ack_ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ack_ids), ACK_IDS_PER_REQUEST):
+        yield ack_ids[start : start + ACK_IDS_PER_REQUEST]
