@@ -37,8 +37,9 @@ bench: venv ## Run the throughput benchmark
 	$(VENV)/bin/python -m pipelines.bench_profiles
 
 RATE ?= 500
-bench-e2e: venv ## Measure POST -> profile and lake latency at RATE events/s (default 500) against the targets
-	RATE=$(RATE) $(VENV)/bin/python -m pipelines.bench_e2e
+RUNNER_ARGS ?=
+bench-e2e: venv ## Measure POST -> profile and lake latency at RATE events/s (default 500); RUNNER_ARGS='--runner ...'
+	RATE=$(RATE) RUNNER_ARGS='$(RUNNER_ARGS)' $(VENV)/bin/python -m pipelines.bench_e2e
 
 format: venv ## Format the code and apply ruff's safe fixes
 	$(VENV)/bin/ruff format .

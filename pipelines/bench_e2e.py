@@ -23,16 +23,21 @@ Figures
 - **inlet requests/s**: the inlet alone, on a topic nobody reads, taking single-message POSTs from 32 concurrent
   clients for a few seconds as fast as it answers them.
 - **kill -9 loss** (DESIGN.md §4: Beam's Pub/Sub read on the DirectRunner acknowledges on pull): a run reading a
-  stream published straight to Pub/Sub at ``--rate`` is killed with SIGKILL :data:`KILL_AFTER_S` seconds in, a second
-  run reads the rest and is stopped cleanly; it reports how many messages the killed run had pulled and how many valid
-  events never reached the lake, and the profile store (the lake commits every commit interval, profiles every
-  second, so a kill loses up to a commit interval of lake rows and about a second of profile updates).
+  stream published straight to Pub/Sub at ``--rate`` is killed with SIGKILL (its whole process group)
+  :data:`KILL_AFTER_S` seconds in, a second run reads the rest, and what Pub/Sub delivers again once the killed
+  run's unacknowledged messages pass their ack deadline (:data:`KILL_ACK_DEADLINE_S`), and is then stopped cleanly;
+  it reports how many messages the killed run had acknowledged and how many valid events never reached the lake, and
+  the profile store (the lake commits every commit interval, profiles every second, so a kill loses up to a commit
+  interval of lake rows and about a second of profile updates of what was acknowledged).
+
+``--runner-args`` (``RUNNER_ARGS=``) are added to both pipeline runs: ``--runner PrismRunner --prism_location PATH``
+measures the same path on Prism, where the Pub/Sub read is :class:`transforms.pubsub_source.ReadPubSubAcknowledged`.
 
 Each figure is printed beside its target with pass or fail; the last line is one JSON object:
 ``{"rate", "profile_p50_s", "profile_p95_s", "profile_p99_s", "lake_p99_s", "inlet_rps", "pass"}``.
 
     python -m pipelines.bench_e2e [--rate 500] [--duration 60] [--commit-interval 60] [--sample 50]
-                                  [--latencies FILE]
+                                  [--latencies FILE] [--runner-args '--runner PrismRunner ...']
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import io
 import json
 import math
 import os
+import shlex
 import signal
 import statistics
 import sys
@@ -86,6 +92,9 @@ STOP_TIMEOUT_S = 120.0
 INLET_BURST_S = 5.0
 INLET_CLIENTS = 32
 KILL_AFTER_S = 10.0
+# Pub/Sub's shortest: messages the killed run pulled and never acknowledged come back this soon.
+KILL_ACK_DEADLINE_S = 10
+REDELIVERY_SLACK_S = 5.0
 CONNECTION = "bench"
 API_TOKEN = "bench-token"
 
@@ -289,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=50, help="watch one valid event in N for the profile figure")
     parser.add_argument("--batch-size", type=int, default=10, help="messages per inlet batch request")
     parser.add_argument("--latencies", type=Path, help="write each watched event's send time and latencies here")
+    parser.add_argument(
+        "--runner-args",
+        type=shlex.split,
+        default=os.environ.get("RUNNER_ARGS", ""),
+        help="runner flags for the pipeline runs, e.g. '--runner PrismRunner --prism_location PATH'",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as scratch:
@@ -301,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"inlet alone: {inlet_rps:,.0f} requests/s (single-message POSTs, {INLET_CLIENTS} clients)")
             figures = measure_path(args, folder, config, topology, env)
             killed = Topology.named("profilestream-bench", "killed", "killed-pipeline", "killed-nobody")
-            create_topology(host, killed)
-            loss = measure_kill_loss(args.rate, folder / "killed", config, killed, env)
+            create_topology(host, killed, ack_deadline_s=KILL_ACK_DEADLINE_S)
+            loss = measure_kill_loss(args.rate, folder / "killed", config, killed, env, args.runner_args)
     profile_p99 = figures["profile_p99_s"]
     lake_target = args.commit_interval + LAKE_SLACK_S
     profile_pass = profile_p99 <= PROFILE_TARGET_P99_S
@@ -324,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         f"pipeline summary: {json.dumps(figures['summary'])}"
     )
     print(
-        f"kill -9 {KILL_AFTER_S:.0f} s into a run: it had pulled and acknowledged {loss['pulled']} of {loss['sent']} "
+        f"kill -9 {KILL_AFTER_S:.0f} s into a run: it had acknowledged {loss['acknowledged']} of {loss['sent']} "
         f"messages; {loss['lost_from_lake']} of {loss['valid']} valid events never reached the lake and "
         f"{loss['lost_from_profiles']} never reached a profile (the rest came through the restarted run)"
     )
@@ -341,10 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_kill_loss(rate: float, folder: Path, config: Path, topology: Topology, env: dict[str, str]) -> dict:
+def measure_kill_loss(
+    rate: float, folder: Path, config: Path, topology: Topology, env: dict[str, str], runner_args: list[str]
+) -> dict:
     """Kills a run with SIGKILL mid-stream, reads the rest with a second run, and counts what never landed."""
     folder.mkdir()
     command = [sys.executable, "-m", "pipelines.cli", "run", "--source", f"pubsub:{topology.subscription}"]
+    command += runner_args
     command += ["--lake", str(folder / "lake"), "--config", str(config)]
     command += ["--identity-store", f"sqlite:///{folder}/identity.sqlite"]
     command += ["--profile-store", f"sqlite:///{folder}/profiles.sqlite"]
@@ -362,28 +380,44 @@ def measure_kill_loss(rate: float, folder: Path, config: Path, topology: Topolog
             )
             sender.start()
             time.sleep(KILL_AFTER_S)
-            killed.kill()
+            os.killpg(killed.pid, signal.SIGKILL)
             killed.wait()
+            killed_at = time.monotonic()
         with pipeline_run(command, folder / "restarted.log", env) as restarted:
             sender.join()
             target.close()
-            # Caught up once the last event sent shows in its profile; the stop then flushes the rest to the lake.
+            # Caught up once the last event sent shows in its profile, and once what the killed run never acknowledged
+            # has come back; the stop then flushes the rest to the lake.
             last_id, last = max(log.events().items(), key=lambda item: item[1].sent_us)
             wait_for(lambda: last_id in _recent_ids(folder, settings, [last.identity]), STOP_TIMEOUT_S)
+            time.sleep(max(0.0, killed_at + KILL_ACK_DEADLINE_S + REDELIVERY_SLACK_S - time.monotonic()))
             restarted.send_signal(signal.SIGTERM)
             restarted.wait(timeout=STOP_TIMEOUT_S)
-    summary = json.loads((folder / "restarted.log").read_text().strip().splitlines()[-1])
+    summary = run_summary(folder / "restarted.log")
+    if "messages" not in summary:
+        raise RuntimeError(f"the restarted run printed no summary; see {folder / 'restarted.log'}")
     events = log.events()
     in_profiles = _recent_ids(folder, settings, {sent.identity for sent in events.values()})
     return {
         "sent": count,
-        "pulled": count - summary["messages"],
+        # At least once: what the restarted run did not read again, the killed run had acknowledged.
+        "acknowledged": max(0, count - summary["messages"]),
         "valid": len(events),
         "lost_from_lake": len(set(events) - _lake_ids(folder / "lake")),
         # A person's recent events keep the newest 50, so an event can also be missing for being old: none are here,
         # where no person sends more than a few.
         "lost_from_profiles": len(set(events) - in_profiles),
     }
+
+
+def run_summary(log: Path) -> dict:
+    """The summary a ``profilestream run`` printed into ``log`` (its last JSON line: a runner may log after it), or
+    an empty dict when it printed none."""
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                return json.loads(line)
+    return {}
 
 
 def _recent_ids(folder: Path, settings: StitchSettings, identities: Iterable[str]) -> set[str]:
@@ -410,6 +444,7 @@ def measure_path(args: argparse.Namespace, folder: Path, config: Path, topology:
     profiles = f"sqlite:///{folder}/profiles.sqlite"
     lake = folder / "lake"
     run_command = [sys.executable, "-m", "pipelines.cli", "run", "--source", f"pubsub:{topology.subscription}"]
+    run_command += args.runner_args
     run_command += ["--lake", str(lake), "--config", str(config), "--profile-store", profiles]
     run_command += ["--identity-store", f"sqlite:///{folder}/identity.sqlite"]
     with (
@@ -439,8 +474,7 @@ def measure_path(args: argparse.Namespace, folder: Path, config: Path, topology:
             watcher.join()
         pipeline.send_signal(signal.SIGTERM)
         pipeline.wait(timeout=STOP_TIMEOUT_S)
-    summary_lines = (folder / "run.log").read_text().strip().splitlines()
-    summary = json.loads(summary_lines[-1]) if summary_lines and summary_lines[-1].startswith("{") else {}
+    summary = run_summary(folder / "run.log")
     profile_s = list(profile_watch.latencies_s.values())
     lake_s = list(lake_watch.latencies_s.values())
     figures = {

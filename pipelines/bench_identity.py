@@ -45,9 +45,11 @@ import datetime
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import os
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -287,9 +289,10 @@ def local_server(
     stop_timeout_s: float = SERVER_STOP_TIMEOUT_S,
 ) -> Iterator[subprocess.Popen]:
     """Runs ``command`` (its output in ``log``) for the block, entered once ``ready()``; stopped at the end, always:
-    SIGTERM, then SIGKILL after ``stop_timeout_s``."""
+    SIGTERM, then SIGKILL after ``stop_timeout_s``. It leads a process group of its own, so a kill reaches what it
+    started too (``os.killpg(process.pid, ...)``; a pipeline on Prism runs the Prism binary as a child)."""
     with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while not ready():
@@ -305,6 +308,8 @@ def local_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ DEFAULT_TOPIC = "events"
 DEFAULT_SUBSCRIPTION = "events-pipeline"
 DEFAULT_DEAD_LETTER_TOPIC = "events-failed"
 DEFAULT_STATE_DIR = Path("data/pubsub")
+ACK_DEADLINE_S = 60
 
 
 class EmulatorNotFoundError(RuntimeError):
@@ -134,8 +135,9 @@ def stop(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def create_topology(host: str, topology: Topology) -> None:
-    """Makes the topics and subscriptions (those already there are left as they are)."""
+def create_topology(host: str, topology: Topology, *, ack_deadline_s: int = ACK_DEADLINE_S) -> None:
+    """Makes the topics and subscriptions (those already there are left as they are); the subscriptions give a
+    pulled message ``ack_deadline_s`` (10 to 600) to be acknowledged before Pub/Sub delivers it again."""
     from google.api_core.exceptions import AlreadyExists
     from google.cloud import pubsub_v1
 
@@ -151,7 +153,7 @@ def create_topology(host: str, topology: Topology) -> None:
                 (topology.dead_letter_subscription, topology.dead_letter_topic),
             ):
                 with contextlib.suppress(AlreadyExists):
-                    subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
+                    subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=ack_deadline_s)
         finally:
             subscriber.close()
             publisher.transport.close()
