@@ -1,5 +1,6 @@
-"""ReadPubSubAcknowledged: its pure parts (watermark estimate, ack leases, message conversion) without Beam, and the
-transform on Prism against Google's Pub/Sub emulator.
+"""ReadPubSubAcknowledged: its pure parts (watermark estimate, ack leases, message conversion) without Beam, its DoFn's
+leases against Google's Pub/Sub emulator with a finaliser held back as a slow checkpoint would, and the transform on
+Prism against the emulator.
 
 Each Prism run is a separate process (this module run as ``python -m``: :func:`read_job`), in a process group of
 its own that is killed if it outlives ``RUN_TIMEOUT_S``. Its messages go to a JSON-lines sink the test reads; SIGTERM
@@ -10,6 +11,7 @@ Pub/Sub allows (10 s), so a pull once it has run out shows what was acknowledged
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -23,13 +25,22 @@ from types import SimpleNamespace
 
 import apache_beam as beam
 import pytest
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 
 from pipelines.ingest import pubsub_source
 from pipelines.local_runner import prism_binary
 from pipelines.pubsub_emulator import EMULATOR_HOST_ENV
+from transforms.clock import wall_clock_us
 from transforms.pubsub import ReadPubSub, message_from_pubsub
-from transforms.pubsub_source import AckLeases, ReadPubSubAcknowledged, watermark_after_pull
+from transforms.pubsub_source import (
+    AckLeases,
+    ReadPubSubAcknowledged,
+    _PullAndAcknowledgeOnFinalisation,
+    _ReadTracker,
+    watermark_after_pull,
+)
 
 PROJECT = "pubsub-source-test"
 ACK_DEADLINE_S = 10
@@ -232,6 +243,85 @@ def test_messages_of_a_bundle_that_fails_downstream_come_back(prism, subscriptio
     assert FAIL_ON in output
 
     assert sorted(message.message.message_id for message in pull_after_the_deadline(name)) == sorted(published)
+
+
+class _HeldFinaliser:
+    """Keeps what a bundle registers for its finalisation, as a runner does until it holds the bundle's output (on
+    Flink, until the next checkpoint completes)."""
+
+    def __init__(self) -> None:
+        self._callbacks: list = []
+
+    def register(self, callback) -> None:
+        self._callbacks.append(callback)
+
+    def finalise(self) -> None:
+        for callback in self._callbacks:
+            callback()
+
+
+def pull_one_bundle(subscription: str) -> tuple[_PullAndAcknowledgeOnFinalisation, _HeldFinaliser, list]:
+    """The read's DoFn, set up and called once as a worker does (with the tracker view the SDK harness gives it):
+    the DoFn, its bundle's finaliser (not yet called) and the messages it output."""
+    read = _PullAndAcknowledgeOnFinalisation(
+        subscription, stop_token=None, max_messages=100, max_hold_s=600, clock=wall_clock_us
+    )
+    read.setup()
+    finaliser = _HeldFinaliser()
+    watermark = ManualWatermarkEstimator(None)
+    tracker = RestrictionTrackerView(ThreadsafeRestrictionTracker(_ReadTracker(True)))
+    output = read.process(b"", finaliser=finaliser, tracker=tracker, watermark=watermark)
+    return read, finaliser, [value.value for value in output]
+
+
+def pulled_by_another_reader(subscription: str, seconds: float) -> list[str]:
+    """The message ids another subscriber is delivered within ``seconds`` (it acknowledges nothing)."""
+    from google.api_core.exceptions import DeadlineExceeded
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    delivered = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(DeadlineExceeded):
+                response = subscriber.pull(subscription=subscription, max_messages=100, timeout=1)
+                delivered += [received.message.message_id for received in response.received_messages]
+            time.sleep(0.5)
+    finally:
+        subscriber.close()
+    return delivered
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_messages_awaiting_finalisation_outlive_their_ack_deadline_and_are_acknowledged_by_it(subscription):
+    topic, name = subscription
+    published = publish(topic, 5)
+    read, finaliser, output = pull_one_bundle(name)
+    try:
+        assert sorted(message.message_id for message in output) == sorted(published)
+        # Two and a half deadlines: a slow checkpoint. The leases keep every message from being delivered again.
+        assert pulled_by_another_reader(name, ACK_DEADLINE_S * 2.5) == []
+        finaliser.finalise()
+    finally:
+        read.teardown()
+
+    assert pull_after_the_deadline(name) == []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_torn_down_read_hands_back_what_was_never_finalised_at_once(subscription):
+    topic, name = subscription
+    published = publish(topic, 5)
+    read, _, output = pull_one_bundle(name)
+    assert len(output) == len(published)
+
+    read.teardown()
+
+    # Well within the 10 s deadline: handed back, not expired.
+    assert sorted(pulled_by_another_reader(name, ACK_DEADLINE_S / 3)) == sorted(published)
 
 
 class _AppendTo(beam.DoFn):
