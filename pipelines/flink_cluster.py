@@ -255,6 +255,14 @@ def worker_pool_command(port: int) -> list[str]:
     return [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"]
 
 
+def worker_pool_environment() -> dict[str, str]:
+    """This process's environment with this Python's folder first on ``PATH``: Beam's worker pool starts each SDK
+    worker as ``python`` from ``PATH``, which must be the Python that has Beam and this project (in a container, the
+    image's own)."""
+    path = os.environ.get("PATH", "")
+    return {**os.environ, "PATH": os.pathsep.join(filter(None, (str(Path(sys.executable).parent), path)))}
+
+
 def running(run_dir: Path) -> dict[str, int]:
     """The cluster's processes that still run, by name, with their pids (each leads its own process group)."""
     alive = {}
@@ -329,7 +337,13 @@ def up(run_dir: Path, *, rest_port: int = REST_PORT, worker_pool_port: int = WOR
         for name, command in commands.items():
             (run_dir / f"{name}.command").write_text(shlex.join(command) + "\n")
             with (run_dir / f"{name}.out").open("wb") as output:
-                process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+                process = subprocess.Popen(
+                    command,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=worker_pool_environment(),
+                )
             pids[name] = process.pid
             (run_dir / f"{name}.pid").write_text(str(process.pid))
         _wait_until_ready(run_dir, rest_port, worker_pool_port)

@@ -14,6 +14,8 @@ yields its ``HOST:PORT``; like the Bigtable emulator it sets nothing in the envi
 ``PUBSUB_EMULATOR_HOST`` themselves), and tests share it by each making topics of their own
 (:func:`pipelines.pubsub_emulator.create_topology`). Missing (no gcloud, no emulator component, no Java), it is
 skipped, and fails under CI.
+
+``prism`` is the path of the Prism binary ``make prism`` builds; missing, it is skipped as the servers are.
 """
 
 import os
@@ -23,24 +25,40 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import redis
 
 from pipelines import pubsub_emulator as pubsub
 from pipelines.bench_profiles import bigtable_emulator_binary
+from pipelines.local_runner import prism_binary
 
 SERVER_START_TIMEOUT_S = 10.0
+
+
+def missing_prerequisite(reason: str) -> NoReturn:
+    """Skips the test for want of a program it needs, with ``reason`` as the one line; under CI (``CI=true``),
+    where every prerequisite must be there, fails it instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def prism() -> Path:
+    """The Prism binary ``make prism`` builds, to pass as ``--prism_location``."""
+    binary = prism_binary()
+    if not os.access(binary, os.X_OK):
+        missing_prerequisite(f"no Prism binary at {binary} (make prism)")
+    return binary
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        reason = "redis-server not found (Debian package redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing_prerequisite("redis-server not found (Debian package redis-server)")
     folder = tmp_path_factory.mktemp("redis")
     port = pubsub.free_port()
     log = folder / "redis.log"
@@ -91,10 +109,7 @@ def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
 def bigtable_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = bigtable_emulator_binary()
     if binary is None:
-        reason = "Bigtable emulator not found (the Google Cloud CLI's component, cbtemulator)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing_prerequisite("Bigtable emulator not found (the Google Cloud CLI's component, cbtemulator)")
     port = pubsub.free_port()
     log = tmp_path_factory.mktemp("bigtable") / "emulator.log"
     with log.open("wb") as output:
@@ -122,8 +137,6 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         pubsub.emulator_binary()
     except pubsub.EmulatorNotFoundError as missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(missing))
-        pytest.skip(str(missing))
+        missing_prerequisite(str(missing))
     with pubsub.running_emulator(tmp_path_factory.mktemp("pubsub")) as host:
         yield host

@@ -26,6 +26,10 @@ from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 
 from pipelines import flink_cluster
 from pipelines.pubsub_emulator import free_port
+from tests.conftest import missing_prerequisite
+from tests.pipelines.conftest import lake_rows
+from tests.pipelines.test_prism_run import run_replay
+from tests.pipelines.test_run import profile_store_contents
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -73,10 +77,7 @@ def require(program: str) -> str:
     """The path of ``program``; a skip without it, or a failure under CI."""
     path = shutil.which(program)
     if path is None:
-        reason = f"{program} is not on PATH (Flink needs a Java 17 JDK)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing_prerequisite(f"{program} is not on PATH (Flink needs a Java 17 JDK)")
     return path
 
 
@@ -222,6 +223,27 @@ def test_the_worker_pool_answers_beams_external_worker_pool_service(cluster):
         response = pool.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id="no-such-worker"), timeout=10)
 
     assert response.error == ""
+
+
+def test_the_worker_pool_runs_the_pipeline_for_a_portable_runner(cluster, prism, small_stream, tmp_path):
+    # Flink's pattern with the runner that can run here: the runner asks the pool for SDK workers, which the pool
+    # starts as processes of their own; the pipeline must come out as it does on the DirectRunner.
+    external = ["--environment_type=EXTERNAL", f"--environment_config=localhost:{cluster.worker_pool_port}"]
+    run_replay(small_stream, tmp_path / "pool", "--runner", "PrismRunner", "--prism_location", str(prism), *external)
+    run_replay(small_stream, tmp_path / "direct")
+
+    assert "Starting worker with command" in (cluster.run_dir / f"{flink_cluster.WORKER_POOL}.out").read_text()
+    assert lake_rows(tmp_path / "pool", "experience_events")
+    for dataset in ("experience_events", "failed_records", "identity_changes", "profile_records"):
+        assert lake_rows(tmp_path / "pool", dataset) == lake_rows(tmp_path / "direct", dataset)
+    assert profile_store_contents(tmp_path / "pool") == profile_store_contents(tmp_path / "direct")
+
+
+def test_the_worker_pools_sdk_workers_are_this_python():
+    # The pool starts each worker as `python` from PATH.
+    first = flink_cluster.worker_pool_environment()["PATH"].split(os.pathsep)[0]
+
+    assert Path(first, "python").resolve() == Path(sys.executable).resolve()
 
 
 def test_a_flink_job_submitted_as_a_jar_runs_on_both_slots_to_finished(cluster, tmp_path):

@@ -18,26 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.local_runner import prism_binary
 from tests.pipelines.conftest import dataset_files, lake_rows, stream_lines
 from tests.pipelines.test_inlet import pull_all
 from tests.pipelines.test_pubsub_run import EVENT_IDS, FAILED, MESSAGES, MINUTES, VALID, publish_stream, start_run
 from tests.pipelines.test_run import profile_store_contents, stores_beside
 
-PRISM = prism_binary()
 RUN_TIMEOUT_S = 120
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def prism() -> Path:
-    if not os.access(PRISM, os.X_OK):
-        reason = f"no Prism binary at {PRISM} (make prism)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return PRISM
 
 
 def run_replay(stream: Path, lake: Path, *runner_args: str) -> None:

@@ -30,7 +30,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 
 from pipelines.ingest import pubsub_source
-from pipelines.local_runner import prism_binary
 from pipelines.pubsub_emulator import EMULATOR_HOST_ENV
 from transforms.clock import wall_clock_us
 from transforms.pubsub import ReadPubSub, message_from_pubsub
@@ -108,17 +107,6 @@ def test_portable_runners_get_this_read(runner):
 @pytest.mark.parametrize("runner", ["BundleBasedDirectRunner", "DirectRunner", "direct", "DataflowRunner"])
 def test_the_runners_beam_reads_pub_sub_on_keep_beams_read(runner):
     assert isinstance(pubsub_source(runner, "projects/p/subscriptions/s", threading.Event()), ReadPubSub)
-
-
-@pytest.fixture(scope="module")
-def prism() -> Path:
-    binary = prism_binary()
-    if not os.access(binary, os.X_OK):
-        reason = f"no Prism binary at {binary} (make prism)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return binary
 
 
 @pytest.fixture
