@@ -29,7 +29,7 @@ lint: venv ## Check lint and formatting with ruff
 	$(VENV)/bin/ruff format --check .
 
 test: lint ## Lint, then run the tests on 2 workers (extra pytest flags with PYTEST_ARGS='...')
-	$(VENV)/bin/pytest -n 2 -q $(PYTEST_ARGS)
+	FAKE_GCS_SERVER=$(FAKE_GCS) $(VENV)/bin/pytest -n 2 -q $(PYTEST_ARGS)
 
 bench: venv ## Run the throughput benchmark
 	$(VENV)/bin/python -m pipelines.bench
@@ -79,6 +79,19 @@ flink-up: venv ## Start the local Flink session cluster and Beam worker pool (ot
 
 flink-down: ## Stop the Flink cluster and worker pool that flink-up started
 	test ! -x $(VENV)/bin/python || $(VENV)/bin/python -m pipelines.flink_cluster down
+
+# fake-gcs-server, an open-source Cloud Storage emulator, built from the Go module proxy: the tests write a gs:// lake
+# to it (the Google Cloud CLI ships no Cloud Storage emulator).
+FAKE_GCS_VERSION ?= 1.56.1
+FAKE_GCS_DIR ?= $(HOME)/.cache/profilestream/fake-gcs-server/v$(FAKE_GCS_VERSION)
+FAKE_GCS := $(FAKE_GCS_DIR)/fake-gcs-server
+
+.PHONY: gcs-emulator
+gcs-emulator: $(FAKE_GCS) ## Build fake-gcs-server, the Cloud Storage emulator the gs:// lake tests use (needs Go)
+
+$(FAKE_GCS):
+	mkdir -p $(FAKE_GCS_DIR)
+	GOBIN=$(FAKE_GCS_DIR) GOFLAGS=-mod=mod go install github.com/fsouza/fake-gcs-server@v$(FAKE_GCS_VERSION)
 
 clean: ## Remove data/ and build artefacts (keeps the venv)
 	rm -rf data build dist *.egg-info .pytest_cache .ruff_cache

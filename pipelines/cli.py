@@ -213,7 +213,7 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
             raise UsageError(str(error)) from None
     request = RunRequest(
         replay_path=None if subscription is not None else _replay_path(args.source),
-        lake_dir=_writable_directory(args.lake),
+        lake_dir=_writable_lake(args.lake),
         identity_store=args.identity_store,
         profile_store=args.profile_store,
         batch=args.batch,
@@ -297,6 +297,23 @@ def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for number, handler in before.items():
             signal.signal(number, handler)
+
+
+def _writable_lake(path: str) -> str:
+    """The lake ``--lake`` names: a local folder made if need be and writable, or a location on an object store
+    Beam reaches (``gs://bucket/path``); anything else is a usage error."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.lake import is_local
+
+    if is_local(path):
+        return _writable_directory(path)
+    try:
+        FileSystems.match([FileSystems.join(path, "*")])
+    except Exception as error:  # Beam's filesystems raise whatever their clients raise
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"lake {path} cannot be reached: {reason}") from None
+    return path
 
 
 def _writable_directory(path: str) -> str:

@@ -15,9 +15,14 @@ yields its ``HOST:PORT``; like the Bigtable emulator it sets nothing in the envi
 (:func:`pipelines.pubsub_emulator.create_topology`). Missing (no gcloud, no emulator component, no Java), it is
 skipped, and fails under CI.
 
+``gcs_emulator`` starts fake-gcs-server, an open-source Cloud Storage emulator (``make gcs-emulator`` builds it), in
+memory on a free loopback port and yields its URL for ``STORAGE_EMULATOR_HOST``; missing, it is skipped as the others
+are.
+
 ``prism`` is the path of the Prism binary ``make prism`` builds; missing, it is skipped as the servers are.
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -35,6 +40,7 @@ from pipelines.bench_profiles import bigtable_emulator_binary
 from pipelines.local_runner import prism_binary
 
 SERVER_START_TIMEOUT_S = 10.0
+FAKE_GCS_SERVER_ENV = "FAKE_GCS_SERVER"
 
 
 def missing_prerequisite(reason: str) -> NoReturn:
@@ -111,11 +117,39 @@ def bigtable_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     if binary is None:
         missing_prerequisite("Bigtable emulator not found (the Google Cloud CLI's component, cbtemulator)")
     port = pubsub.free_port()
-    log = tmp_path_factory.mktemp("bigtable") / "emulator.log"
+    command = [str(binary), "-host", "127.0.0.1", "-port", str(port)]
+    with _listening("the Bigtable emulator", command, port, tmp_path_factory.mktemp("bigtable") / "emulator.log"):
+        yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = fake_gcs_server_binary()
+    if binary is None:
+        missing_prerequisite("fake-gcs-server not found (make gcs-emulator)")
+    port = pubsub.free_port()
+    address = f"127.0.0.1:{port}"
+    command = [str(binary), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
+    command += ["-public-host", address, "-external-url", f"http://{address}", "-log-level", "warn"]
+    with _listening("fake-gcs-server", command, port, tmp_path_factory.mktemp("gcs") / "emulator.log"):
+        yield f"http://{address}"
+
+
+def fake_gcs_server_binary() -> Path | None:
+    """The Cloud Storage emulator ``make gcs-emulator`` builds (``$FAKE_GCS_SERVER``, which ``make test`` sets, or
+    the newest under ``~/.cache/profilestream/fake-gcs-server``), or None."""
+    if FAKE_GCS_SERVER_ENV in os.environ:
+        binary = Path(os.environ[FAKE_GCS_SERVER_ENV])
+        return binary if os.access(binary, os.X_OK) else None
+    built = sorted(Path.home().glob(".cache/profilestream/fake-gcs-server/v*/fake-gcs-server"))
+    return built[-1] if built else None
+
+
+@contextlib.contextmanager
+def _listening(name: str, command: list[str], port: int, log: Path) -> Iterator[None]:
+    """Runs ``command`` (output in ``log``) while the block runs, entered once it accepts connections on ``port``."""
     with log.open("wb") as output:
-        process = subprocess.Popen(
-            [str(binary), "-host", "127.0.0.1", "-port", str(port)], stdout=output, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
@@ -124,9 +158,9 @@ def bigtable_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the Bigtable emulator did not start: {log.read_text(errors='replace')}")
+                    pytest.fail(f"{name} did not start: {log.read_text(errors='replace')}")
                 time.sleep(0.02)
-        yield f"127.0.0.1:{port}"
+        yield
     finally:
         process.terminate()
         process.wait(timeout=SERVER_START_TIMEOUT_S)

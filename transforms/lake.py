@@ -65,10 +65,12 @@ holds every key written within the horizon: throughput times (interval + horizon
 
 Failure and restart
 -------------------
-Each file is written under ``<lake>/.tmp/`` and renamed into its partition, so a reader never sees a partial file.
-Names are deterministic: a retried bundle rewrites the same files rather than adding new ones. Applying the
-transform runs :func:`clean_stale_temp_files`; one run at a time may write a lake, since a second run's start would
-remove the first one's files in flight. Local filesystems only (``os.replace``).
+In a local lake each file is written under ``<lake>/.tmp/`` and renamed into its partition (``os.replace``), so a
+reader never sees a partial file. A lake on an object store (``gs://bucket/path``, through Beam's ``FileSystems``, as
+on Dataflow) is written object by object: an object is visible only once its upload is complete. Names are
+deterministic: a retried bundle rewrites the same files rather than adding new ones. Applying the transform runs
+:func:`clean_stale_temp_files`; one run at a time may write a lake, since a second run's start would remove the
+first one's files in flight.
 
 Example::
 
@@ -92,6 +94,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.coders import BooleanCoder, ListCoder, PickleCoder, StrUtf8Coder, VarIntCoder
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import window
@@ -127,8 +131,11 @@ class LakeFile:
 def clean_stale_temp_files(lake_dir: str) -> int:
     """Remove the temporary files a killed run left in ``<lake>/.tmp/``; return how many were removed.
 
-    Only call it while no other run writes to ``lake_dir``: a run's files in flight look the same.
+    Only call it while no other run writes to ``lake_dir``: a run's files in flight look the same. A lake on an
+    object store has no temporary files.
     """
+    if not is_local(lake_dir):
+        return 0
     removed = 0
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(os.path.join(lake_dir, TEMP_DIR_NAME)):
@@ -138,6 +145,11 @@ def clean_stale_temp_files(lake_dir: str) -> int:
     if removed:
         _LOGGER.info("Removed %d stale temporary lake files from %s", removed, lake_dir)
     return removed
+
+
+def is_local(lake_dir: str) -> bool:
+    """Whether the lake is a local folder rather than a location on an object store (``gs://bucket/path``)."""
+    return FileSystems.get_scheme(lake_dir) is None
 
 
 def _table_from_pylist(rows: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -258,7 +270,8 @@ class _WritePaneFn(beam.DoFn):
         self._duplicates = metrics.counter("duplicates")
 
     def setup(self) -> None:
-        os.makedirs(self._temp_dir, exist_ok=True)
+        if is_local(self._lake_dir):
+            os.makedirs(self._temp_dir, exist_ok=True)
 
     def process(
         self, element: tuple[tuple[str, int], Iterable[LakeRow]], pane_info: Any = beam.DoFn.PaneInfoParam
@@ -285,13 +298,15 @@ class _WritePaneFn(beam.DoFn):
         if schema is None:
             raise ValueError(f"no Arrow schema for lake dataset {dataset!r}")
         start = EPOCH + datetime.timedelta(microseconds=window_start_us)
-        partition_dir = os.path.join(self._lake_dir, dataset, f"date={start:%Y-%m-%d}", f"hour={start:%H}")
-        os.makedirs(partition_dir, exist_ok=True)
+        partition_dir = FileSystems.join(self._lake_dir, dataset, f"date={start:%Y-%m-%d}", f"hour={start:%H}")
+        if is_local(self._lake_dir):
+            os.makedirs(partition_dir, exist_ok=True)
         shards = -(-len(rows) // self._max_rows_per_file)
         files = []
         for shard in range(shards):
             chunk = rows[shard * self._max_rows_per_file : (shard + 1) * self._max_rows_per_file]
-            path = os.path.join(partition_dir, f"part-{start:%Y%m%dT%H%M%SZ}-{pane_index}-{shard}-of-{shards}.parquet")
+            name = f"part-{start:%Y%m%dT%H%M%SZ}-{pane_index}-{shard}-of-{shards}.parquet"
+            path = FileSystems.join(partition_dir, name)
             self._commit(self._table_builder([row.row for row in chunk], schema), path)
             files.append(LakeFile(dataset, path, len(chunk), window_start_us, pane_index))
         metrics.counter(f"lake_files.{dataset}").inc(shards)
@@ -302,6 +317,11 @@ class _WritePaneFn(beam.DoFn):
         return files
 
     def _commit(self, table: pa.Table, path: str) -> None:
+        if not is_local(self._lake_dir):
+            # An object becomes visible whole when its upload completes; a rename there would be a copy.
+            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as upload:
+                pq.write_table(table, upload, compression="zstd")
+            return
         temp_path = os.path.join(self._temp_dir, f"{uuid.uuid4().hex}.parquet")
         try:
             pq.write_table(table, temp_path, compression="zstd")
