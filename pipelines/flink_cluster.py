@@ -295,14 +295,9 @@ def accepts_connections(port: int) -> bool:
     return True
 
 
-def up(run_dir: Path, *, rest_port: int = REST_PORT, worker_pool_port: int = WORKER_POOL_PORT) -> dict[str, int]:
-    """Starts the JobManager, the TaskManager and the worker pool, and returns their pids once the TaskManager's
-    slots are registered and the worker pool accepts connections. Whatever it started is stopped again when that
-    does not happen within :data:`START_TIMEOUT_S` (:class:`ClusterError`, naming the log to read)."""
-    for port in (rest_port, worker_pool_port):
-        if accepts_connections(port):
-            raise ClusterError(f"port {port} is already in use; choose others with --rest-port / --worker-pool-port")
-    dist = ensure_distribution()
+def cluster_commands(dist: Path, run_dir: Path, *, rest_port: int, worker_pool_port: int) -> dict[str, list[str]]:
+    """Writes the cluster's configuration into ``run_dir`` and returns the command line of each of its processes, by
+    name, as :func:`up` starts them (README "Running on Flink" shows them)."""
     java_options = default_java_options(dist)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = flink_config(
@@ -313,7 +308,7 @@ def up(run_dir: Path, *, rest_port: int = REST_PORT, worker_pool_port: int = WOR
     )
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (run_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
-    commands = {
+    return {
         JOBMANAGER: flink_command(
             dist,
             run_dir,
@@ -332,6 +327,16 @@ def up(run_dir: Path, *, rest_port: int = REST_PORT, worker_pool_port: int = WOR
         ),
         WORKER_POOL: worker_pool_command(worker_pool_port),
     }
+
+
+def up(run_dir: Path, *, rest_port: int = REST_PORT, worker_pool_port: int = WORKER_POOL_PORT) -> dict[str, int]:
+    """Starts the JobManager, the TaskManager and the worker pool, and returns their pids once the TaskManager's
+    slots are registered and the worker pool accepts connections. Whatever it started is stopped again when that
+    does not happen within :data:`START_TIMEOUT_S` (:class:`ClusterError`, naming the log to read)."""
+    for port in (rest_port, worker_pool_port):
+        if accepts_connections(port):
+            raise ClusterError(f"port {port} is already in use; choose others with --rest-port / --worker-pool-port")
+    commands = cluster_commands(ensure_distribution(), run_dir, rest_port=rest_port, worker_pool_port=worker_pool_port)
     pids = {}
     try:
         for name, command in commands.items():

@@ -33,6 +33,8 @@ from tests.pipelines.test_run import profile_store_contents
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+README = Path(__file__).parents[2] / "README.md"
+
 UP_TIMEOUT_S = flink_cluster.START_TIMEOUT_S + flink_cluster.MAVEN_TIMEOUT_S + 60
 JOB_TIMEOUT_S = 90
 SQUARES = 1000
@@ -149,6 +151,33 @@ def test_a_flink_command_puts_memory_and_java_options_before_the_class_and_prope
     assert command[1:4] == ["-Xmx1g", "--add-opens=a", "b"]
     assert command[main_class - 2 : main_class] == ["-classpath", f"{tmp_path / 'lib'}/*"]
     assert command[main_class + 1 :] == ["--configDir", str(tmp_path / "conf"), "-D", "taskmanager.numberOfTaskSlots=2"]
+
+
+def test_the_readme_shows_the_commands_flink_up_runs(tmp_path):
+    require("java")
+    dist = flink_cluster.ensure_distribution()
+    run_dir = tmp_path / "run"
+    commands = flink_cluster.cluster_commands(
+        dist, run_dir, rest_port=flink_cluster.REST_PORT, worker_pool_port=flink_cluster.WORKER_POOL_PORT
+    )
+    java_options = flink_cluster.default_java_options(dist).split()
+
+    def as_in_the_readme(command: list[str]) -> str:
+        words, at = [], 0
+        while at < len(command):
+            if command[at : at + len(java_options)] == java_options:
+                words.append("$JAVA_OPTS")
+                at += len(java_options)
+                continue
+            word = command[at].replace(str(run_dir), "$RUN").replace(str(dist), "$DIST")
+            word = word.replace(sys.executable, "$PYTHON")
+            words.append(f'"{word}"' if "*" in word else word)
+            at += 1
+        return " ".join(words) + " &"
+
+    section = README.read_text().split("### What `make flink-up` runs", 1)[1].split("```sh\n", 1)[1]
+    shown = [line for line in section.split("```", 1)[0].splitlines() if line.startswith(("java ", "$PYTHON "))]
+    assert shown == [as_in_the_readme(command) for command in commands.values()]
 
 
 @pytest.mark.parametrize(
