@@ -11,10 +11,11 @@ Pub/Sub subscription), runs it on the chosen runner and returns the run summary 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 
 from pipelines.config import Config
 from pipelines.flink_cluster import FLINK_RUNNER, flink_runner_args
@@ -156,6 +157,8 @@ def run(
     pipeline = beam.Pipeline(options=options)
     if request.subscription is not None:
         read = pubsub_source(options.view_as(StandardOptions).runner, request.subscription, stop)
+        if isinstance(read, ReadPubSubAcknowledged) and not workers_in_this_process(options):
+            _say_when_stopped_in_vain(stop)
         messages = pipeline | "ReadPubSub" >> read
     else:
         messages = pipeline | "ReadReplay" >> ReadReplay(request.replay_path)
@@ -171,6 +174,27 @@ def run(
         result = pipeline.run()
         result.wait_until_finish()
     return summarise(result, datasets=list(lake_schemas(registry)))
+
+
+def workers_in_this_process(options: PipelineOptions) -> bool:
+    """Whether a portable runner's SDK workers run in this process (``LOOPBACK``, Prism's default), where the stop
+    event of :class:`ReadPubSubAcknowledged` reaches them."""
+    environment = options.view_as(PortableOptions).environment_type
+    runner = options.view_as(StandardOptions).runner.rsplit(".", 1)[-1].lower().removesuffix("runner")
+    return environment == "LOOPBACK" or (environment is None and runner == "prism")
+
+
+def _say_when_stopped_in_vain(stop: threading.Event) -> None:
+    def say() -> None:
+        stop.wait()
+        print(
+            "profilestream: the Pub/Sub read runs in workers outside this process, which the signal does not reach: "
+            "stop the job with the runner (on Flink, stop with a savepoint), or signal again to stop waiting for it",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    threading.Thread(target=say, name="stop-notice", daemon=True).start()
 
 
 def pubsub_source(runner: str, subscription: str, stop: threading.Event) -> beam.PTransform:

@@ -29,7 +29,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 
-from pipelines.ingest import pubsub_source
+from pipelines.ingest import RunRequest, pipeline_options, pubsub_source, workers_in_this_process
 from pipelines.pubsub_emulator import EMULATOR_HOST_ENV
 from transforms.clock import wall_clock_us
 from transforms.pubsub import ReadPubSub, message_from_pubsub
@@ -107,6 +107,22 @@ def test_portable_runners_get_this_read(runner):
 @pytest.mark.parametrize("runner", ["BundleBasedDirectRunner", "DirectRunner", "direct", "DataflowRunner"])
 def test_the_runners_beam_reads_pub_sub_on_keep_beams_read(runner):
     assert isinstance(pubsub_source(runner, "projects/p/subscriptions/s", threading.Event()), ReadPubSub)
+
+
+@pytest.mark.parametrize(
+    ("runner", "beam_args", "reached"),
+    [
+        ("PrismRunner", [], True),
+        ("PrismRunner", ["--environment_type=EXTERNAL", "--environment_config=localhost:50000"], False),
+        ("FlinkRunner", [], False),
+        ("PortableRunner", [], False),
+        ("PortableRunner", ["--environment_type=LOOPBACK"], True),
+    ],
+)
+def test_a_stop_reaches_the_read_only_where_the_workers_run_in_this_process(runner, beam_args, reached):
+    request = RunRequest(None, "lake", "sqlite:///i", "sqlite:///p", runner=runner, beam_args=tuple(beam_args))
+
+    assert workers_in_this_process(pipeline_options(request)) is reached
 
 
 @pytest.fixture
