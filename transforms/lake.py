@@ -68,9 +68,10 @@ Failure and restart
 In a local lake each file is written under ``<lake>/.tmp/`` and renamed into its partition (``os.replace``), so a
 reader never sees a partial file. A lake on an object store (``gs://bucket/path``, through Beam's ``FileSystems``, as
 on Dataflow) is written object by object: an object is visible only once its upload is complete. Names are
-deterministic: a retried bundle rewrites the same files rather than adding new ones. Applying the transform runs
-:func:`clean_stale_temp_files`; one run at a time may write a lake, since a second run's start would remove the
-first one's files in flight.
+deterministic: a retried bundle rewrites the same files rather than adding new ones, and a pane never replaces a
+committed file of other rows (a second run into the same window writes its panes after those there). Applying the
+transform runs :func:`clean_stale_temp_files`; one run at a time may write a lake, since a second run's start would
+remove the first one's files in flight.
 
 Example::
 
@@ -301,13 +302,16 @@ class _WritePaneFn(beam.DoFn):
         partition_dir = FileSystems.join(self._lake_dir, dataset, f"date={start:%Y-%m-%d}", f"hour={start:%H}")
         if is_local(self._lake_dir):
             os.makedirs(partition_dir, exist_ok=True)
-        shards = -(-len(rows) // self._max_rows_per_file)
+        size = self._max_rows_per_file
+        chunks = [rows[at : at + size] for at in range(0, len(rows), size)]
+        shards = len(chunks)
+        tables = [self._table_builder([row.row for row in chunk], schema) for chunk in chunks]
+        prefix = FileSystems.join(partition_dir, f"part-{start:%Y%m%dT%H%M%SZ}")
+        pane_index = _pane_to_write(prefix, pane_index, tables)
         files = []
-        for shard in range(shards):
-            chunk = rows[shard * self._max_rows_per_file : (shard + 1) * self._max_rows_per_file]
-            name = f"part-{start:%Y%m%dT%H%M%SZ}-{pane_index}-{shard}-of-{shards}.parquet"
-            path = FileSystems.join(partition_dir, name)
-            self._commit(self._table_builder([row.row for row in chunk], schema), path)
+        for shard, (chunk, table) in enumerate(zip(chunks, tables, strict=True)):
+            path = f"{prefix}-{pane_index}-{shard}-of-{shards}.parquet"
+            self._commit(table, path)
             files.append(LakeFile(dataset, path, len(chunk), window_start_us, pane_index))
         metrics.counter(f"lake_files.{dataset}").inc(shards)
         metrics.counter(f"lake_rows.{dataset}").inc(len(rows))
@@ -331,6 +335,44 @@ class _WritePaneFn(beam.DoFn):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temp_path)
             raise
+
+
+def _pane_to_write(prefix: str, pane_index: int, tables: list[pa.Table]) -> int:
+    """The pane index to write ``tables`` (a pane's shards) under: ``pane_index``, unless files of that pane hold
+    other rows already, in which case the next index no file of the window uses.
+
+    A retried bundle writes the same rows under the same names, and that rewrite is harmless. Other rows under a
+    committed pane's names mean the writer's state was lost and panes are numbered from 0 again (seen on Prism with
+    a cold EXTERNAL worker: a window's state was gone while rows of it still came), and writing them would replace
+    rows the lake already holds.
+    """
+    existing = _pane_files(prefix)
+    held = existing.get(pane_index)
+    if held is None or _same_rows(held, tables):
+        return pane_index
+    renumbered = max(existing) + 1
+    _LOGGER.warning("lake pane %s-%d holds other rows; writing this one as pane %d", prefix, pane_index, renumbered)
+    metrics.counter("lake_panes_renumbered").inc()
+    return renumbered
+
+
+def _pane_files(prefix: str) -> dict[int, list[str]]:
+    """The files of a window's panes, by pane index, in shard order."""
+    panes: dict[int, list[tuple[int, str]]] = {}
+    for found in FileSystems.match([f"{prefix}-*-*-of-*.parquet"])[0].metadata_list:
+        pane, shard = found.path[len(prefix) + 1 : -len(".parquet")].split("-")[:2]
+        panes.setdefault(int(pane), []).append((int(shard), found.path))
+    return {pane: [path for _, path in sorted(shards)] for pane, shards in panes.items()}
+
+
+def _same_rows(paths: list[str], tables: list[pa.Table]) -> bool:
+    if len(paths) != len(tables):
+        return False
+    for path, table in zip(paths, tables, strict=True):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as held:
+            if not pq.read_table(pa.BufferReader(held.read())).equals(table):
+                return False
+    return True
 
 
 class _BufferAndWritePanesFn(_WritePaneFn):

@@ -314,6 +314,33 @@ def test_the_same_input_in_any_order_writes_the_same_files(tmp_path):
     assert os.listdir(os.path.join(lake, ".tmp")) == []
 
 
+def test_writing_a_pane_again_with_the_same_rows_rewrites_the_same_file(tmp_path):
+    # A retried bundle, or a replay of the same input.
+    lake = str(tmp_path)
+    rows = [lake_row("e1", at(10), "m1"), lake_row("e2", at(20), "m2")]
+    run_batch(lake, rows)
+    before = file_bytes(lake)
+
+    result = run_batch(lake, rows)
+
+    assert file_bytes(lake) == before
+    assert counter(result, "lake_panes_renumbered") == 0
+
+
+def test_a_pane_never_replaces_a_committed_pane_of_other_rows(tmp_path):
+    # A second run into the same window (a restart, another backfill), or a runner that lost the writer's state,
+    # numbers its panes from 0 again: its rows go to a pane of their own.
+    lake = str(tmp_path)
+    run_batch(lake, [lake_row("e1", at(10), "m1"), lake_row("e2", at(20), "m2")])
+
+    result = run_batch(lake, [lake_row("e3", at(30), "m3")])
+
+    assert lake_files(lake) == [f"{T0_NAME}-0-0-of-1.parquet", f"{T0_NAME}-1-0-of-1.parquet"]
+    assert message_ids(lake, f"{T0_NAME}-0-0-of-1.parquet") == ["m1", "m2"]
+    assert message_ids(lake, f"{T0_NAME}-1-0-of-1.parquet") == ["m3"]
+    assert counter(result, "lake_panes_renumbered") == 1
+
+
 def test_a_killed_runs_temp_files_are_cleaned(tmp_path):
     lake = str(tmp_path)
     os.makedirs(os.path.join(lake, ".tmp"))
