@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv run test bench bench-e2e lint format sample pubsub-up pubsub-down prism flink-up flink-down clean distclean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 venv: $(VENV)/.installed ## Create the virtualenv with the package and test tools (reinstalls only when setup.py changes)
 
