@@ -8,6 +8,7 @@ the dead-letter topic then hold what a replay of the same stream would give.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from pipelines.pubsub_emulator import Topology
-from tests.pipelines.conftest import lake_rows, stream_lines
+from tests.pipelines.conftest import envelope, event, lake_rows, rest_line, stream_lines
 from tests.pipelines.test_inlet import pull_all
 from transforms.profile_store import open_profile_store
 
@@ -107,6 +108,32 @@ def test_published_messages_reach_the_lake_the_profiles_and_the_dead_letter_topi
     assert {bytes(message.data) for message in dead_letters} >= {b'{"not json'}
     with open_profile_store(f"sqlite:///{tmp_path}/profiles.sqlite") as store:
         assert store.view_by_identity("ECID:" + "1" * 38) is not None
+
+
+def run_until_dead_letter(topology: Topology, folder: Path, event_ids: list[str]) -> None:
+    """Publishes a valid event for each id and one message that is not JSON, runs until that message reaches the
+    dead-letter topic (the read has pulled what came before it), and stops the run with SIGTERM."""
+    now = datetime.datetime.now(datetime.UTC)
+    lines = [rest_line(envelope(event(event_id, now)), event_id, now) for event_id in event_ids]
+    publish_stream(topology.topic, [*lines, rest_line(b'{"not json', "bad", now)])
+    run = start_run(topology, folder)
+    try:
+        assert len(pull_all(topology.dead_letter_subscription, 1, timeout_s=RUN_TIMEOUT_S)) == 1
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+
+
+def test_a_run_restarted_into_the_same_commit_window_keeps_what_the_first_run_wrote(topology, tmp_path):
+    first, second = [f"first-{n}" for n in range(6)], [f"second-{n}" for n in range(4)]
+
+    run_until_dead_letter(topology, tmp_path, first)
+    assert sorted(row["_id"] for row in lake_rows(tmp_path / "lake", "experience_events")) == sorted(first)
+    run_until_dead_letter(topology, tmp_path, second)
+
+    assert sorted(row["_id"] for row in lake_rows(tmp_path / "lake", "experience_events")) == sorted(first + second)
 
 
 def test_a_missing_subscription_is_one_line_and_exit_2(topology, tmp_path):
