@@ -38,7 +38,6 @@ from pipelines.loadgen import add_arguments as add_loadgen_arguments
 from pipelines.one_line_parser import USAGE_ERROR
 from schemas.components import UnknownComponentError, library
 from schemas.registry import SchemaFileError, SchemaRegistry
-from schemas.validation import ValidationPolicy
 from transforms.replay import ReplayPathError, expand_replay_path
 
 DEFAULT_LAKE = "data/lake"
@@ -460,7 +459,7 @@ def _validate(args: argparse.Namespace, _beam_args: list[str]) -> int:
     for path in args.files:
         if not Path(path).is_file():
             raise UsageError(f"{path}: no such file")
-    policy = ValidationPolicy(timestamp_skew_us=config.timestamp_skew_seconds * 1_000_000, max_errors=config.max_errors)
+    policy = config.validation_policy()
     all_valid = True
     for path in args.files:
         try:

@@ -23,7 +23,6 @@ from pipelines.local_runner import metrics_of_every_bundle, stoppable_pubsub_rea
 from pipelines.summary import RunSummary, summarise
 from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
-from schemas.validation import ValidationPolicy
 from transforms.dead_letter import PublishFailedRecords
 from transforms.decode import Decode
 from transforms.identity_graph import GraphRules
@@ -79,9 +78,7 @@ class Ingest(beam.PTransform):
         self._dead_letter_topic = dead_letter_topic
 
     def expand(self, messages: beam.PCollection) -> beam.PCollection:
-        policy = ValidationPolicy(
-            timestamp_skew_us=self._config.timestamp_skew_seconds * 1_000_000, max_errors=self._config.max_errors
-        )
+        policy = self._config.validation_policy()
         decoded = messages | "Decode" >> Decode(
             self._registry.avro_schema_for, max_message_bytes=self._config.max_message_bytes
         )

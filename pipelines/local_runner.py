@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,8 @@ from apache_beam.runners.worker import statesampler
 from apache_beam.utils import counters
 from apache_beam.utils.timestamp import MAX_TIMESTAMP
 from apache_beam.version import __version__ as beam_version
+
+from transforms.pubsub import pull_gathered
 
 PRISM_ENV = "PRISM"
 DEFAULT_PULL_MESSAGES = 1000
@@ -113,23 +114,15 @@ class _LargerPulls:
         self._max_messages = max_messages
 
     def pull(self, *, subscription: str, max_messages: int, timeout: float) -> Any:
-        from google.api_core.exceptions import DeadlineExceeded
         from google.pubsub_v1 import PullResponse
 
-        gathered = []
-        deadline = time.monotonic() + GATHER_S
-        while len(gathered) < self._max_messages:
-            try:
-                response = self._client.pull(
-                    subscription=subscription,
-                    max_messages=self._max_messages - len(gathered),
-                    timeout=min(timeout, PULL_WAIT_S),
-                )
-            except DeadlineExceeded:
-                break
-            gathered.extend(response.received_messages)
-            if not response.received_messages or time.monotonic() >= deadline:
-                break
+        gathered = pull_gathered(
+            self._client,
+            subscription,
+            max_messages=self._max_messages,
+            wait_s=min(timeout, PULL_WAIT_S),
+            gather_s=GATHER_S,
+        )
         return PullResponse(received_messages=gathered)
 
     def acknowledge(self, *, subscription: str, ack_ids: list[str]) -> None:

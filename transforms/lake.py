@@ -263,6 +263,7 @@ class _WritePaneFn(beam.DoFn):
         clock: Callable[[], int],
     ) -> None:
         self._lake_dir = lake_dir
+        self._local = is_local(lake_dir)
         self._temp_dir = os.path.join(lake_dir, TEMP_DIR_NAME)
         self._schemas = schemas
         self._max_rows_per_file = max_rows_per_file
@@ -271,7 +272,7 @@ class _WritePaneFn(beam.DoFn):
         self._duplicates = metrics.counter("duplicates")
 
     def setup(self) -> None:
-        if is_local(self._lake_dir):
+        if self._local:
             os.makedirs(self._temp_dir, exist_ok=True)
 
     def process(
@@ -300,7 +301,7 @@ class _WritePaneFn(beam.DoFn):
             raise ValueError(f"no Arrow schema for lake dataset {dataset!r}")
         start = EPOCH + datetime.timedelta(microseconds=window_start_us)
         partition_dir = FileSystems.join(self._lake_dir, dataset, f"date={start:%Y-%m-%d}", f"hour={start:%H}")
-        if is_local(self._lake_dir):
+        if self._local:
             os.makedirs(partition_dir, exist_ok=True)
         size = self._max_rows_per_file
         chunks = [rows[at : at + size] for at in range(0, len(rows), size)]
@@ -321,7 +322,7 @@ class _WritePaneFn(beam.DoFn):
         return files
 
     def _commit(self, table: pa.Table, path: str) -> None:
-        if not is_local(self._lake_dir):
+        if not self._local:
             # An object becomes visible whole when its upload completes; a rename there would be a copy.
             with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as upload:
                 pq.write_table(table, upload, compression="zstd")

@@ -12,7 +12,9 @@ Pub/Sub unreachable), before the pipeline starts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
@@ -47,6 +49,25 @@ def check_topic(topic: str) -> None:
         _check(lambda: publisher.get_topic(topic=topic, retry=None, timeout=CHECK_TIMEOUT_S), topic)
     finally:
         publisher.transport.close()
+
+
+def pull_gathered(client: Any, subscription: str, *, max_messages: int, wait_s: float, gather_s: float) -> list:
+    """Synchronous pulls from ``subscription`` with Google's subscriber ``client``, gathered while messages keep coming
+    for up to ``gather_s`` or ``max_messages`` (Pub/Sub hands out at most 100 or so a pull), each waiting at most
+    ``wait_s``; the received messages, none when a pull times out empty."""
+    from google.api_core.exceptions import DeadlineExceeded
+
+    gathered: list = []
+    deadline = time.monotonic() + gather_s
+    while len(gathered) < max_messages:
+        try:
+            response = client.pull(subscription=subscription, max_messages=max_messages - len(gathered), timeout=wait_s)
+        except DeadlineExceeded:
+            break
+        gathered.extend(response.received_messages)
+        if not response.received_messages or time.monotonic() >= deadline:
+            break
+    return gathered
 
 
 def _check(get: Callable[[], object], name: str) -> None:

@@ -88,7 +88,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.clock import wall_clock_us
-from transforms.pubsub import message_from_pubsub
+from transforms.pubsub import message_from_pubsub, pull_gathered
 from transforms.records import Message
 
 DEFAULT_PULL_MESSAGES = 1000
@@ -323,23 +323,13 @@ class _PullAndAcknowledgeOnFinalisation(beam.DoFn):
         tracker.defer_remainder(None if received else Duration(seconds=RESUME_DELAY_S))
 
     def _pull(self) -> list:
-        from google.api_core.exceptions import DeadlineExceeded
-
-        gathered = []
-        deadline = time.monotonic() + GATHER_S
-        while len(gathered) < self._max_messages:
-            try:
-                response = self._subscriber.pull(
-                    subscription=self._subscription,
-                    max_messages=self._max_messages - len(gathered),
-                    timeout=PULL_WAIT_S,
-                )
-            except DeadlineExceeded:
-                break
-            gathered.extend(response.received_messages)
-            if not response.received_messages or time.monotonic() >= deadline:
-                break
-        return gathered
+        return pull_gathered(
+            self._subscriber,
+            self._subscription,
+            max_messages=self._max_messages,
+            wait_s=PULL_WAIT_S,
+            gather_s=GATHER_S,
+        )
 
     def _acknowledge(self, ack_ids: list[str]) -> None:
         from google.api_core.exceptions import GoogleAPICallError

@@ -7,19 +7,11 @@ every current person's view may not."""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 from pipelines.bench import SAMPLE, make_input, plain_loop
 from pipelines.config import Config
 from pipelines.ingest import RunRequest, run
 from schemas.registry import SchemaRegistry
-
-
-def store_contents(path: Path) -> dict[str, list]:
-    with sqlite3.connect(path) as connection:
-        tables = [name for (name,) in connection.execute("select name from sqlite_master where type = 'table'")]
-        return {table: sorted(connection.execute(f"select * from {table}").fetchall()) for table in tables}
+from tests.pipelines.test_run import sqlite_contents
 
 
 def test_the_reference_loop_leaves_the_profiles_of_a_batch_run(tmp_path):
@@ -35,7 +27,7 @@ def test_the_reference_loop_leaves_the_profiles_of_a_batch_run(tmp_path):
     run(RunRequest(str(stream), str(run_dir / "lake"), *stores, batch=True), registry, Config())
 
     assert counted == messages
-    reference, pipeline = store_contents(loop_dir / "profiles.sqlite"), store_contents(run_dir / "profiles.sqlite")
+    reference, pipeline = sqlite_contents(loop_dir / "profiles.sqlite"), sqlite_contents(run_dir / "profiles.sqlite")
     assert reference["redirects"]  # merges happened
     for table in ("fragments", "identity_index"):
         assert reference[table] == pipeline[table]

@@ -47,7 +47,12 @@ def stores_beside(lake: Path) -> list[str]:
 
 
 def profile_store_contents(lake: Path) -> dict[str, list]:
-    with sqlite3.connect(f"{lake}.profiles.sqlite") as connection:
+    return sqlite_contents(Path(f"{lake}.profiles.sqlite"))
+
+
+def sqlite_contents(path: Path) -> dict[str, list]:
+    """Every table of a SQLite store, each as its sorted rows."""
+    with sqlite3.connect(path) as connection:
         tables = [name for (name,) in connection.execute("select name from sqlite_master where type = 'table'")]
         return {table: sorted(connection.execute(f"select * from {table}").fetchall()) for table in tables}
 
