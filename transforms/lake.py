@@ -15,9 +15,10 @@ What comes out
 One :class:`LakeFile` per Parquet file committed (dataset, final path, rows, window start, pane index), in the global
 window at its end timestamp, so a caller can count files and rows for its run summary. Counters in the
 ``profilestream`` namespace: ``lake_files.<dataset>``, ``lake_rows.<dataset>``, ``duplicates`` and
-``duplicates.<dataset>``; the distribution ``lake_lag_ms.<dataset>`` is the age (from publish time, by ``clock``) of
-each pane's oldest row when its files land. On the BundleBasedDirectRunner count the ``LakeFile`` outputs instead:
-that runner (Beam 2.77) loses the user metrics of every bundle after the first that a worker thread runs for a step.
+``duplicates.<dataset>`` (rows not written because the pane or the lake holds them already); the distribution
+``lake_lag_ms.<dataset>`` is the age (from publish time, by ``clock``) of each pane's oldest row when its files land.
+On the BundleBasedDirectRunner count the ``LakeFile`` outputs instead: that runner (Beam 2.77) loses
+the user metrics of every bundle after the first that a worker thread runs for a step.
 
 Layout
 ------
@@ -47,31 +48,40 @@ pipeline's time. Beam's ``FixedWindows`` with late panes would not keep the prom
 either: late elements hold no watermark, so a late pane waiting for its processing-time delay is abandoned when the
 input ends. Batch pipelines group with a plain ``GroupByKey``: one pane per window.
 
-The price: each (dataset, window) key keeps a few state cells for the life of the job (288 keys a day per dataset at
-the default interval), emptied when its pane is written.
+A key's state (its buffer and two timers) is released when its pane is written, so state holds open windows only.
 
-Duplicates
-----------
-Within a pane, rows that share a non-``None`` ``dedupe_key`` are written once: the copy with the earliest
-``publish_time_us``, then the lowest ``message_id``. Rows are written ordered by (``publish_time_us``,
-``message_id``, ``dedupe_key``), ties broken by content, so the same input writes byte-identical files.
+Duplicates: each row once, whoever writes
+----------------------------------------
+A row's identity is its dataset, its commit window and its ``dedupe_key`` (a keyless row: a digest of its content).
+Each identity is in the lake once, whatever reruns, restarts, retries, state losses or concurrent writers happen:
 
-Across panes of one window (streaming only; a batch window has one pane), the writer keeps the keys it wrote in state
-per (dataset, window start) and drops a later pane's copies of them: the copy already on disk wins, even over one
-published earlier. The keys are forgotten ``dedupe_horizon_s`` of processing time (by ``clock``) after the window's
-last file; a copy arriving later than that is written again. Forgetting by processing time rather than watermark
-matters at the end of input, where the watermark jumps to infinity before the final panes are written. The state
-holds every key written within the horizon: throughput times (interval + horizon) keys at most.
+- within a pane, rows that share an identity are written once: the copy with the earliest ``publish_time_us``, then
+  the lowest ``message_id`` (keyless rows all stay). Rows are written ordered by (``publish_time_us``,
+  ``message_id``, ``dedupe_key``), ties broken by content, so the same input writes byte-identical files;
+- across panes, the lake itself is the memory: every file carries the digests of its rows' identities in its Parquet
+  footer (key-value metadata ``profilestream.keys``, invisible to readers of rows), and a pane drops the rows whose
+  identity a committed file of its window already holds, read from those footers (cached by file). The copy already
+  on disk wins, even over one published earlier, whoever wrote it: this run, an earlier run of the same replay, a run
+  before a crash, or a runner restored from an older checkpoint. A later run's copies count under ``duplicates``.
+
+The writer keeps no state about what it wrote, so a key's state is empty once its pane is written: state holds the
+open windows' buffers only.
 
 Failure and restart
 -------------------
-In a local lake each file is written under ``<lake>/.tmp/`` and renamed into its partition (``os.replace``), so a
-reader never sees a partial file. A lake on an object store (``gs://bucket/path``, through Beam's ``FileSystems``, as
-on Dataflow) is written object by object: an object is visible only once its upload is complete. Names are
-deterministic: a retried bundle rewrites the same files rather than adding new ones, and a pane never replaces a
-committed file of other rows (a second run into the same window writes its panes after those there). Applying the
-transform runs :func:`clean_stale_temp_files`; one run at a time may write a lake, since a second run's start would
-remove the first one's files in flight.
+A pane's file is named by the next pane index no file of its window uses, and is never replaced: in a local lake
+each file is written under ``<lake>/.tmp/`` and linked into its partition only if that name is free (``os.link``
+fails on an existing name; another writer that took it first makes this one take the next index), so a reader never
+sees a partial file and two writers never overwrite each other. A lake on an object store (``gs://bucket/path``,
+through Beam's ``FileSystems``, as on Dataflow) is written object by object after checking that the name is free: an
+object is visible only once its upload is complete, and two writers racing for one name within that check are the
+one case not covered there.
+
+A retried bundle or timer (the runner did not commit the state change after the file was written) finds the files it
+wrote: each file's footer also holds the run (``profilestream.run``, made once per pipeline) and a digest of the
+pane's rows (``profilestream.pane``), and a pane of this run whose rows are the same reports those files again
+instead of writing new ones. Applying the transform runs :func:`clean_stale_temp_files`; one run at a time may write
+a lake, since a second run's start would remove the first one's temporary files in flight.
 
 Example::
 
@@ -80,21 +90,24 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import datetime
+import functools
+import hashlib
 import itertools
 import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.coders import BooleanCoder, ListCoder, PickleCoder, StrUtf8Coder, VarIntCoder
+from apache_beam.coders import BooleanCoder, PickleCoder
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -116,6 +129,12 @@ TableBuilder = Callable[[list[Mapping[str, Any]], pa.Schema], pa.Table]
 _LOGGER = logging.getLogger(__name__)
 _SECONDS_PER_HOUR = 3600
 _MICROS = 1_000_000
+# The footer keys of a lake file (Parquet key-value metadata), and the bytes of one row identity's digest: 2^-64 per
+# pair of rows in a window is far below any other way a row could be lost.
+_RUN = "profilestream.run"
+_PANE = "profilestream.pane"
+_KEYS = "profilestream.keys"
+_IDENTITY_BYTES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,10 +185,8 @@ class WriteToLake(beam.PTransform):
             or ``.`` (Spark, Hive and pyarrow skip such folders).
         commit_interval_s: the commit window, in seconds; must divide an hour.
         max_rows_per_file: a pane with more rows is split into shards of at most this many, in row order.
-        dedupe_horizon_s: streaming only: how long (processing time) after a window's last file its written keys
-            are remembered, to drop copies arriving in later panes.
         table_builder: turns a pane's rows into an Arrow table of the dataset's schema.
-        clock: microseconds since the epoch: the runner's processing time, for ``lake_lag_ms`` and the horizon.
+        clock: microseconds since the epoch: the runner's processing time, for ``lake_lag_ms`` and the commit timer.
     """
 
     def __init__(
@@ -179,7 +196,6 @@ class WriteToLake(beam.PTransform):
         *,
         commit_interval_s: int = 300,
         max_rows_per_file: int = 1_000_000,
-        dedupe_horizon_s: int = 3600,
         table_builder: TableBuilder = _table_from_pylist,
         clock: Callable[[], int] = wall_clock_us,
     ) -> None:
@@ -188,8 +204,6 @@ class WriteToLake(beam.PTransform):
             raise ValueError(f"commit_interval_s must divide an hour (3600 s), got {commit_interval_s}")
         if max_rows_per_file <= 0:
             raise ValueError(f"max_rows_per_file must be positive, got {max_rows_per_file}")
-        if dedupe_horizon_s < 0:
-            raise ValueError(f"dedupe_horizon_s must not be negative, got {dedupe_horizon_s}")
         unusable = sorted(name for name in schemas if not _is_dataset_folder_name(name))
         if unusable:
             raise ValueError(f"lake dataset names must be plain folder names without a leading '_' or '.': {unusable}")
@@ -197,13 +211,14 @@ class WriteToLake(beam.PTransform):
         self._schemas = dict(schemas)
         self._commit_interval_s = commit_interval_s
         self._max_rows_per_file = max_rows_per_file
-        self._dedupe_horizon_s = dedupe_horizon_s
         self._table_builder = table_builder
         self._clock = clock
 
     def expand(self, rows: beam.PCollection[LakeRow]) -> beam.PCollection[LakeFile]:
         clean_stale_temp_files(self._lake_dir)
         writer_options = {
+            # One per pipeline, so a retried bundle of this run knows its own files from an earlier run's.
+            "run_id": uuid.uuid4().hex,
             "max_rows_per_file": self._max_rows_per_file,
             "table_builder": self._table_builder,
             "clock": self._clock,
@@ -213,11 +228,7 @@ class WriteToLake(beam.PTransform):
         ).with_output_types(tuple[tuple[str, int], LakeRow])
         if rows.pipeline.options.view_as(StandardOptions).streaming:
             write_panes = _BufferAndWritePanesFn(
-                self._lake_dir,
-                self._schemas,
-                interval_us=self._commit_interval_s * _MICROS,
-                horizon_us=self._dedupe_horizon_s * _MICROS,
-                **writer_options,
+                self._lake_dir, self._schemas, interval_us=self._commit_interval_s * _MICROS, **writer_options
             )
             return (
                 keyed
@@ -250,14 +261,68 @@ class _KeyByCommitWindowFn(beam.DoFn):
         yield (row.dataset, micros - micros % self._interval_us), row
 
 
+@dataclasses.dataclass(frozen=True)
+class CommittedFile:
+    """What a committed lake file's footer says: the run and pane digest that wrote it, its rows' identities."""
+
+    path: str
+    pane_index: int
+    run_id: str
+    pane_digest: str
+    identities: frozenset[bytes]
+    rows: int
+
+
+def read_committed_file(path: str) -> CommittedFile:
+    """The footer of a lake file (a file without the writer's metadata holds no identities)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as opened:
+        footer = pq.read_metadata(opened)
+    found = footer.metadata or {}
+    packed = base64.b64decode(found.get(_KEYS.encode(), b""))
+    identities = frozenset(packed[at : at + _IDENTITY_BYTES] for at in range(0, len(packed), _IDENTITY_BYTES))
+    pane_index = int(os.path.basename(path).rsplit("-", 4)[-4])
+    return CommittedFile(
+        path=path,
+        pane_index=pane_index,
+        run_id=found.get(_RUN.encode(), b"").decode(),
+        pane_digest=found.get(_PANE.encode(), b"").decode(),
+        identities=identities,
+        rows=footer.num_rows,
+    )
+
+
+# Files are never replaced, so a path of one size and time always reads the same.
+@functools.lru_cache(maxsize=8192)
+def _committed_file(path: str, size: int, updated: float) -> CommittedFile:
+    return read_committed_file(path)
+
+
+def _committed_files(prefix: str) -> list[CommittedFile]:
+    """The committed files of the window whose names start with ``prefix``, in name order."""
+    matched = FileSystems.match([f"{prefix}-*-*-of-*.parquet"])[0].metadata_list
+    return [
+        _committed_file(found.path, found.size_in_bytes, found.last_updated_in_seconds)
+        for found in sorted(matched, key=lambda found: found.path)
+    ]
+
+
+def row_identity(row: LakeRow) -> bytes:
+    """The digest that stands for a row's identity within its dataset and window: its dedupe key's, else its
+    content's."""
+    text = row.dedupe_key if row.dedupe_key is not None else "\0" + _content_key(row)
+    return hashlib.blake2b(text.encode(), digest_size=_IDENTITY_BYTES).digest()
+
+
 class _WritePaneFn(beam.DoFn):
-    """Writes one pane of a (dataset, window start) key: drops duplicates, orders rows, commits shards by rename."""
+    """Writes one pane of a (dataset, window start) key: drops rows the pane or the window's committed files hold
+    already, orders the rest, commits them in shards under a pane index no file uses."""
 
     def __init__(
         self,
         lake_dir: str,
         schemas: Mapping[str, pa.Schema],
         *,
+        run_id: str,
         max_rows_per_file: int,
         table_builder: TableBuilder,
         clock: Callable[[], int],
@@ -266,6 +331,7 @@ class _WritePaneFn(beam.DoFn):
         self._local = is_local(lake_dir)
         self._temp_dir = os.path.join(lake_dir, TEMP_DIR_NAME)
         self._schemas = schemas
+        self._run_id = run_id
         self._max_rows_per_file = max_rows_per_file
         self._table_builder = table_builder
         self._clock = clock
@@ -275,134 +341,118 @@ class _WritePaneFn(beam.DoFn):
         if self._local:
             os.makedirs(self._temp_dir, exist_ok=True)
 
-    def process(
-        self, element: tuple[tuple[str, int], Iterable[LakeRow]], pane_info: Any = beam.DoFn.PaneInfoParam
-    ) -> Iterator[LakeFile]:
+    def process(self, element: tuple[tuple[str, int], Iterable[LakeRow]]) -> Iterator[LakeFile]:
         (dataset, window_start_us), rows = element
-        _, files = self._write_pane(dataset, window_start_us, pane_info.index, rows, written=frozenset())
-        yield from files
+        yield from self._write_pane(dataset, window_start_us, rows)
 
-    def _write_pane(
-        self, dataset: str, window_start_us: int, pane_index: int, rows: Iterable[LakeRow], written: Set[str]
-    ) -> tuple[list[LakeRow], list[LakeFile]]:
-        """Writes the pane's first copies of keys not in ``written``; returns the rows kept and the files."""
-        ordered = _in_deterministic_order(rows)
-        kept = _first_copies(ordered, written)
-        if len(kept) < len(ordered):
-            self._duplicates.inc(len(ordered) - len(kept))
-            metrics.counter(f"duplicates.{dataset}").inc(len(ordered) - len(kept))
-        if not kept:
-            return kept, []
-        return kept, self._write(dataset, window_start_us, pane_index, kept)
-
-    def _write(self, dataset: str, window_start_us: int, pane_index: int, rows: list[LakeRow]) -> list[LakeFile]:
+    def _write_pane(self, dataset: str, window_start_us: int, rows: Iterable[LakeRow]) -> list[LakeFile]:
+        """Writes the pane's rows that neither an earlier copy in it nor a committed file holds; returns the files
+        that hold its rows for this run: the new ones, or those an earlier attempt at the same pane wrote."""
         schema = self._schemas.get(dataset)
         if schema is None:
             raise ValueError(f"no Arrow schema for lake dataset {dataset!r}")
+        ordered = _in_deterministic_order(rows)
+        firsts = _first_copies(ordered)
+        identities = [row_identity(row) for row in firsts]
+        pane_digest = hashlib.blake2b(b"".join(identities), digest_size=16).hexdigest()
         start = EPOCH + datetime.timedelta(microseconds=window_start_us)
         partition_dir = FileSystems.join(self._lake_dir, dataset, f"date={start:%Y-%m-%d}", f"hour={start:%H}")
-        if self._local:
-            os.makedirs(partition_dir, exist_ok=True)
+        prefix = FileSystems.join(partition_dir, f"part-{start:%Y%m%dT%H%M%SZ}")
+        committed = _committed_files(prefix)
+        held = frozenset().union(*(found.identities for found in committed))
+        kept = [row for row, identity in zip(firsts, identities, strict=True) if identity not in held]
+        own = [found for found in committed if (found.run_id, found.pane_digest) == (self._run_id, pane_digest)]
+        files = [LakeFile(dataset, found.path, found.rows, window_start_us, found.pane_index) for found in own]
+        if kept:
+            if self._local:
+                os.makedirs(partition_dir, exist_ok=True)
+            next_pane = max((found.pane_index for found in committed), default=-1) + 1
+            files += self._write(dataset, window_start_us, prefix, next_pane, kept, schema, pane_digest)
+        written = sum(lake_file.rows for lake_file in files)
+        if len(ordered) > written:
+            self._duplicates.inc(len(ordered) - written)
+            metrics.counter(f"duplicates.{dataset}").inc(len(ordered) - written)
+        if files:
+            metrics.counter(f"lake_files.{dataset}").inc(len(files))
+            metrics.counter(f"lake_rows.{dataset}").inc(written)
+            # Rows are in publish-time order, so the first is the oldest.
+            lag_ms = (self._clock() - ordered[0].publish_time_us) // 1000
+            Metrics.distribution(metrics.NAMESPACE, f"lake_lag_ms.{dataset}").update(lag_ms)
+        return files
+
+    def _write(
+        self,
+        dataset: str,
+        window_start_us: int,
+        prefix: str,
+        pane_index: int,
+        rows: list[LakeRow],
+        schema: pa.Schema,
+        pane_digest: str,
+    ) -> list[LakeFile]:
         size = self._max_rows_per_file
         chunks = [rows[at : at + size] for at in range(0, len(rows), size)]
         shards = len(chunks)
-        tables = [self._table_builder([row.row for row in chunk], schema) for chunk in chunks]
-        prefix = FileSystems.join(partition_dir, f"part-{start:%Y%m%dT%H%M%SZ}")
-        pane_index = _pane_to_write(prefix, pane_index, tables)
         files = []
-        for shard, (chunk, table) in enumerate(zip(chunks, tables, strict=True)):
-            path = f"{prefix}-{pane_index}-{shard}-of-{shards}.parquet"
-            self._commit(table, path)
+        for shard, chunk in enumerate(chunks):
+            footer = {
+                _RUN: self._run_id,
+                _PANE: pane_digest,
+                _KEYS: base64.b64encode(b"".join(row_identity(row) for row in chunk)).decode(),
+            }
+            table = self._table_builder([row.row for row in chunk], schema)
+            while True:
+                path = f"{prefix}-{pane_index}-{shard}-of-{shards}.parquet"
+                if self._commit(table, footer, path):
+                    break
+                # Another writer took this pane index since the window was listed: the whole pane moves on.
+                if shard:
+                    raise FileExistsError(f"lake file {path} appeared while its pane was being written")
+                pane_index = max(found.pane_index for found in _committed_files(prefix)) + 1
             files.append(LakeFile(dataset, path, len(chunk), window_start_us, pane_index))
-        metrics.counter(f"lake_files.{dataset}").inc(shards)
-        metrics.counter(f"lake_rows.{dataset}").inc(len(rows))
-        # Rows are in publish-time order, so the first is the oldest.
-        lag_ms = (self._clock() - rows[0].publish_time_us) // 1000
-        Metrics.distribution(metrics.NAMESPACE, f"lake_lag_ms.{dataset}").update(lag_ms)
         return files
 
-    def _commit(self, table: pa.Table, path: str) -> None:
+    def _commit(self, table: pa.Table, footer: Mapping[str, str], path: str) -> bool:
+        """Writes the file unless ``path`` exists; whether it did."""
         if not self._local:
             # An object becomes visible whole when its upload completes; a rename there would be a copy.
+            if FileSystems.exists(path):
+                return False
             with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as upload:
-                pq.write_table(table, upload, compression="zstd")
-            return
+                _write_parquet(table, footer, upload)
+            return True
         temp_path = os.path.join(self._temp_dir, f"{uuid.uuid4().hex}.parquet")
         try:
-            pq.write_table(table, temp_path, compression="zstd")
-            os.replace(temp_path, path)
-        except BaseException:
-            # A failed write leaves nothing behind for the next run to clean.
+            _write_parquet(table, footer, temp_path)
+            # A link, unlike a rename, never replaces a file another writer committed under this name.
+            os.link(temp_path, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            # Committed or not, the temporary name goes: nothing is left for the next run to clean.
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temp_path)
-            raise
 
 
-def _pane_to_write(prefix: str, pane_index: int, tables: list[pa.Table]) -> int:
-    """The pane index to write ``tables`` (a pane's shards) under: ``pane_index``, unless files of that pane hold
-    other rows already, in which case the next index no file of the window uses.
-
-    A retried bundle writes the same rows under the same names, and that rewrite is harmless. Other rows under a
-    committed pane's names mean the writer's state was lost and panes are numbered from 0 again (seen on Prism with
-    a cold EXTERNAL worker: a window's state was gone while rows of it still came), and writing them would replace
-    rows the lake already holds.
-    """
-    existing = _pane_files(prefix)
-    held = existing.get(pane_index)
-    if held is None or _same_rows(held, tables):
-        return pane_index
-    renumbered = max(existing) + 1
-    _LOGGER.warning("lake pane %s-%d holds other rows; writing this one as pane %d", prefix, pane_index, renumbered)
-    metrics.counter("lake_panes_renumbered").inc()
-    return renumbered
-
-
-def _pane_files(prefix: str) -> dict[int, list[str]]:
-    """The files of a window's panes, by pane index, in shard order."""
-    panes: dict[int, list[tuple[int, str]]] = {}
-    for found in FileSystems.match([f"{prefix}-*-*-of-*.parquet"])[0].metadata_list:
-        pane, shard = found.path[len(prefix) + 1 : -len(".parquet")].split("-")[:2]
-        panes.setdefault(int(pane), []).append((int(shard), found.path))
-    return {pane: [path for _, path in sorted(shards)] for pane, shards in panes.items()}
-
-
-def _same_rows(paths: list[str], tables: list[pa.Table]) -> bool:
-    if len(paths) != len(tables):
-        return False
-    for path, table in zip(paths, tables, strict=True):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as held:
-            if not pq.read_table(pa.BufferReader(held.read())).equals(table):
-                return False
-    return True
+def _write_parquet(table: pa.Table, footer: Mapping[str, str], where: Any) -> None:
+    with pq.ParquetWriter(where, table.schema, compression="zstd") as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata(footer)
 
 
 class _BufferAndWritePanesFn(_WritePaneFn):
     """Buffers each (dataset, window start) key's rows and writes them as a pane ``interval_us`` of processing time
-    after the first, and at the end of input; drops copies of keys an earlier pane wrote.
-
-    The written keys are forgotten ``horizon_us`` of processing time after the key's last pane, by ``clock``.
-    """
+    after the first, and at the end of input. Writing a pane releases all of the key's state."""
 
     BUFFER = BagStateSpec("buffer", PickleCoder())
     BUFFERING = ReadModifyWriteStateSpec("buffering", BooleanCoder())
-    NEXT_PANE = ReadModifyWriteStateSpec("next_pane", VarIntCoder())
-    WRITTEN_KEYS = BagStateSpec("written_keys", ListCoder(StrUtf8Coder()))
     COMMIT = TimerSpec("commit", TimeDomain.REAL_TIME)
     END_OF_INPUT = TimerSpec("end_of_input", TimeDomain.WATERMARK)
-    FORGET_KEYS = TimerSpec("forget_keys", TimeDomain.REAL_TIME)
 
-    def __init__(
-        self,
-        lake_dir: str,
-        schemas: Mapping[str, pa.Schema],
-        *,
-        interval_us: int,
-        horizon_us: int,
-        **writer_options: Any,
-    ):
+    def __init__(self, lake_dir: str, schemas: Mapping[str, pa.Schema], *, interval_us: int, **writer_options: Any):
         super().__init__(lake_dir, schemas, **writer_options)
         self._interval_us = interval_us
-        self._horizon_us = horizon_us
 
     # Beam finds state and timers through these parameter defaults (hence B008).
     def process(
@@ -427,11 +477,10 @@ class _BufferAndWritePanesFn(_WritePaneFn):
         key: Any = beam.DoFn.KeyParam,
         buffer: Any = beam.DoFn.StateParam(BUFFER),
         buffering: Any = beam.DoFn.StateParam(BUFFERING),
-        next_pane: Any = beam.DoFn.StateParam(NEXT_PANE),
-        written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS),
-        forget_keys: Any = beam.DoFn.TimerParam(FORGET_KEYS),
+        end_of_input: Any = beam.DoFn.TimerParam(END_OF_INPUT),
     ) -> Iterator[TimestampedValue]:
-        yield from self._write_buffer(key, buffer, buffering, next_pane, written_keys, forget_keys)
+        end_of_input.clear()
+        yield from self._write_buffer(key, buffer, buffering)
 
     @on_timer(END_OF_INPUT)
     def on_end_of_input(
@@ -439,39 +488,22 @@ class _BufferAndWritePanesFn(_WritePaneFn):
         key: Any = beam.DoFn.KeyParam,
         buffer: Any = beam.DoFn.StateParam(BUFFER),
         buffering: Any = beam.DoFn.StateParam(BUFFERING),
-        next_pane: Any = beam.DoFn.StateParam(NEXT_PANE),
-        written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS),
         commit: Any = beam.DoFn.TimerParam(COMMIT),
-        forget_keys: Any = beam.DoFn.TimerParam(FORGET_KEYS),
     ) -> Iterator[TimestampedValue]:
-        yield from self._write_buffer(key, buffer, buffering, next_pane, written_keys, forget_keys)
-        # No pane follows the end of input: pending processing-time timers would keep Prism waiting for them (the
-        # DirectRunner drops them).
+        # No pane follows the end of input: a pending processing-time timer would keep Prism waiting for it (the
+        # DirectRunner drops it).
         commit.clear()
-        forget_keys.clear()
+        yield from self._write_buffer(key, buffer, buffering)
 
-    @on_timer(FORGET_KEYS)
-    def forget_written_keys(self, written_keys: Any = beam.DoFn.StateParam(WRITTEN_KEYS)) -> None:
-        written_keys.clear()
-
-    def _write_buffer(
-        self, key: tuple[str, int], buffer: Any, buffering: Any, next_pane: Any, written_keys: Any, forget_keys: Any
-    ) -> Iterator[TimestampedValue]:
+    def _write_buffer(self, key: tuple[str, int], buffer: Any, buffering: Any) -> Iterator[TimestampedValue]:
         rows = list(buffer.read())
         buffer.clear()
         buffering.clear()
         if not rows:
             return
         dataset, window_start_us = key
-        pane_index = next_pane.read() or 0
-        next_pane.write(pane_index + 1)
-        written = set(itertools.chain.from_iterable(written_keys.read()))
-        kept, files = self._write_pane(dataset, window_start_us, pane_index, rows, written)
-        if kept:
-            written_keys.add([row.dedupe_key for row in kept if row.dedupe_key is not None])
-            forget_keys.set(Timestamp(micros=self._clock() + self._horizon_us))
         # At the global window's end, as a GroupByKey's panes came out, for callers that count the files.
-        for lake_file in files:
+        for lake_file in self._write_pane(dataset, window_start_us, rows):
             yield TimestampedValue(lake_file, GlobalWindow().max_timestamp())
 
 
@@ -496,14 +528,14 @@ def _in_deterministic_order(rows: Iterable[LakeRow]) -> list[LakeRow]:
     return ordered
 
 
-def _first_copies(ordered: list[LakeRow], written: Set[str]) -> list[LakeRow]:
-    """Keeps the first row of each dedupe key in ``ordered`` whose key is not in ``written``; keyless rows all stay."""
+def _first_copies(ordered: list[LakeRow]) -> list[LakeRow]:
+    """Keeps the first row of each dedupe key in ``ordered``; keyless rows all stay."""
     seen: set[str] = set()
     kept = []
     for row in ordered:
         key = row.dedupe_key
         if key is not None:
-            if key in seen or key in written:
+            if key in seen:
                 continue
             seen.add(key)
         kept.append(row)

@@ -25,7 +25,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
@@ -33,8 +33,10 @@ from hypothesis import strategies as st
 from transforms.lake import (
     LakeFile,
     WriteToLake,
+    _BufferAndWritePanesFn,
     _first_copies,
     _in_deterministic_order,
+    _WritePaneFn,
     clean_stale_temp_files,
 )
 from transforms.records import LakeRow
@@ -236,26 +238,135 @@ def test_a_copy_arriving_in_a_later_pane_is_not_written_again(tmp_path):
     assert lake_files(lake) == [f"{T0_NAME}-0-0-of-1.parquet"]
 
 
-def test_a_copy_arriving_after_the_dedupe_horizon_is_written_again(tmp_path):
-    """The documented limit: keys are forgotten ``dedupe_horizon_s`` of processing time after a window's last file.
-
-    The forget timer (clock + horizon = 600 s) is on the stream's timeline and fires when processing time passes
-    it, before the copy arrives.
-    """
+def test_a_copy_arriving_a_day_later_is_not_written_again(tmp_path):
+    """The lake is the writer's memory of what it wrote: no horizon after which a copy is written again."""
     lake = str(tmp_path)
     stream = (
         test_stream.TestStream()
         .advance_watermark_to(Timestamp(micros=us(T0)))
         .add_elements([stamped(lake_row("e1", at(10), "m1"))])
         .advance_processing_time(INTERVAL_S + 1)
-        .advance_processing_time(600 + 1)
-        .add_elements([stamped(lake_row("e1", at(10), "m1"))])
+        .advance_processing_time(24 * 3600)
+        .add_elements([stamped(lake_row("e1", at(10), "m1")), stamped(lake_row("e2", at(20), "m2"))])
         .advance_watermark_to_infinity()
     )
 
-    run_stream(lake, stream, dedupe_horizon_s=600)
+    run_stream(lake, stream)
 
     assert lake_files(lake) == [f"{T0_NAME}-0-0-of-1.parquet", f"{T0_NAME}-1-0-of-1.parquet"]
+    assert message_ids(lake, f"{T0_NAME}-1-0-of-1.parquet") == ["m2"]
+
+
+def test_a_second_run_of_a_stream_with_redeliveries_adds_nothing(tmp_path):
+    """Run the same stream (with a redelivered message in a later pane) twice into one lake: the second run writes
+    no file, and every row it was given is a duplicate."""
+    lake = str(tmp_path)
+
+    def stream():
+        return (
+            test_stream.TestStream()
+            .advance_watermark_to(Timestamp(micros=us(T0)))
+            .add_elements([stamped(lake_row("e1", at(10), "m1")), stamped(lake_row(None, at(11), "m2"))])
+            .advance_processing_time(INTERVAL_S + 1)
+            .add_elements([stamped(lake_row("e1", at(10), "m1")), stamped(lake_row("e3", at(30), "m3"))])
+            .advance_watermark_to_infinity()
+        )
+
+    run_stream(lake, stream())
+    first = file_bytes(lake)
+    run_stream(lake, stream(), expected_files=[])
+
+    assert file_bytes(lake) == first
+    assert len(first) == 2
+    rows = ds.dataset(os.path.join(lake, DATASET), partitioning="hive").to_table()
+    assert sorted(rows.column("_message_id").to_pylist()) == ["m1", "m2", "m3"]
+
+
+def restored_writer(lake: str, run_id: str, stream: test_stream.TestStream, expected_files: list[LakeFile]) -> None:
+    """Runs the streaming pane writer of one run (``run_id``) on ``stream``; checks the files it reports.
+
+    Two calls with one ``run_id`` are what a runner restoring the writer from a checkpoint does: the state goes back
+    to before the commit, the files written after it stay, and the rows since the checkpoint come again.
+    """
+    pipeline = beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions([], streaming=True))
+    writer = _BufferAndWritePanesFn(
+        lake,
+        SCHEMAS,
+        interval_us=INTERVAL_S * 1_000_000,
+        run_id=run_id,
+        max_rows_per_file=1_000_000,
+        table_builder=lambda rows, schema: pa.Table.from_pylist(rows, schema=schema),
+        clock=stream_clock,
+    )
+    files = (
+        pipeline
+        | stream
+        | beam.Map(lambda row: ((row.dataset, us(T0)), row)).with_output_types(tuple[tuple[str, int], LakeRow])
+        | beam.WindowInto(GlobalWindows())
+        | beam.ParDo(writer)
+    )
+    assert_that(files, equal_to(expected_files))
+    pipeline.run().wait_until_finish()
+
+
+def pane_file(lake: str, pane: int, rows: int) -> LakeFile:
+    return LakeFile(DATASET, os.path.join(lake, DATASET, f"{T0_NAME}-{pane}-0-of-1.parquet"), rows, us(T0), pane)
+
+
+def panes_stream(*panes: list[LakeRow]) -> test_stream.TestStream:
+    stream = test_stream.TestStream().advance_watermark_to(Timestamp(micros=us(T0)))
+    for pane in panes:
+        stream = stream.add_elements([stamped(row) for row in pane]).advance_processing_time(INTERVAL_S + 1)
+    return stream.advance_watermark_to_infinity()
+
+
+def test_a_restored_writer_firing_the_same_panes_again_reports_its_files_and_writes_nothing(tmp_path):
+    lake = str(tmp_path)
+    rows = [lake_row(f"e{i}", at(10 + i), f"m{i}") for i in range(6)]
+    files = [pane_file(lake, 0, 3), pane_file(lake, 1, 3)]
+    restored_writer(lake, "run-a", panes_stream(rows[:3], rows[3:]), files)
+    before = file_bytes(lake)
+
+    restored_writer(lake, "run-a", panes_stream(rows[:3], rows[3:]), files)
+
+    assert file_bytes(lake) == before
+
+
+def test_a_restored_writer_whose_panes_come_out_otherwise_writes_only_rows_the_lake_lacks(tmp_path):
+    """After the restore, the rows since the checkpoint are buffered into other panes (and one more row came)."""
+    lake = str(tmp_path)
+    rows = [lake_row(f"e{i}", at(10 + i), f"m{i}") for i in range(7)]
+    restored_writer(lake, "run-a", panes_stream(rows[:3], rows[3:6]), [pane_file(lake, 0, 3), pane_file(lake, 1, 3)])
+    before = file_bytes(lake)
+
+    restored_writer(lake, "run-a", panes_stream(rows[:2], rows[2:]), [pane_file(lake, 2, 1)])
+
+    assert message_ids(lake, f"{T0_NAME}-2-0-of-1.parquet") == ["m6"]
+    assert {name: data for name, data in file_bytes(lake).items() if name in before} == before
+
+
+def test_a_pane_index_another_writer_took_since_the_listing_moves_the_pane_on(tmp_path):
+    """Two writers of one window that listed it at the same moment: the second to commit takes the next index."""
+    lake = str(tmp_path)
+    run_batch(lake, [lake_row("e1", at(10), "m1")])
+    writer = _WritePaneFn(
+        lake,
+        SCHEMAS,
+        run_id="run-b",
+        max_rows_per_file=1_000_000,
+        table_builder=lambda rows, schema: pa.Table.from_pylist(rows, schema=schema),
+        clock=stream_clock,
+    )
+    writer.setup()
+    prefix = os.path.join(lake, DATASET, T0_NAME)
+    before = file_bytes(lake)
+
+    files = writer._write(DATASET, us(T0), prefix, 0, [lake_row("e2", at(20), "m2")], SCHEMA, "digest")
+
+    assert [lake_file.pane_index for lake_file in files] == [1]
+    assert message_ids(lake, f"{T0_NAME}-1-0-of-1.parquet") == ["m2"]
+    assert {name: file_bytes(lake)[name] for name in before} == before
+    assert os.listdir(os.path.join(lake, ".tmp")) == []
 
 
 # Batch: what a pane writes.
@@ -314,31 +425,32 @@ def test_the_same_input_in_any_order_writes_the_same_files(tmp_path):
     assert os.listdir(os.path.join(lake, ".tmp")) == []
 
 
-def test_writing_a_pane_again_with_the_same_rows_rewrites_the_same_file(tmp_path):
-    # A retried bundle, or a replay of the same input.
+def test_a_second_run_of_the_same_rows_writes_nothing_and_counts_them_as_duplicates(tmp_path):
     lake = str(tmp_path)
-    rows = [lake_row("e1", at(10), "m1"), lake_row("e2", at(20), "m2")]
+    rows = [lake_row("e1", at(10), "m1"), lake_row("e2", at(20), "m2"), lake_row(None, at(20), "m3")]
     run_batch(lake, rows)
     before = file_bytes(lake)
 
     result = run_batch(lake, rows)
 
     assert file_bytes(lake) == before
-    assert counter(result, "lake_panes_renumbered") == 0
+    assert counter(result, "duplicates") == 3
+    assert counter(result, f"lake_rows.{DATASET}") == 0
+    assert counter(result, f"lake_files.{DATASET}") == 0
 
 
-def test_a_pane_never_replaces_a_committed_pane_of_other_rows(tmp_path):
-    # A second run into the same window (a restart, another backfill), or a runner that lost the writer's state,
-    # numbers its panes from 0 again: its rows go to a pane of their own.
+def test_a_pane_never_replaces_a_committed_pane_and_writes_only_what_the_lake_lacks(tmp_path):
+    # A second run into the same window (a restart, another backfill), or a runner that lost the writer's state:
+    # its new rows go to a pane of their own, its copies of committed rows nowhere.
     lake = str(tmp_path)
     run_batch(lake, [lake_row("e1", at(10), "m1"), lake_row("e2", at(20), "m2")])
 
-    result = run_batch(lake, [lake_row("e3", at(30), "m3")])
+    result = run_batch(lake, [lake_row("e3", at(30), "m3"), lake_row("e1", at(5), "m0")])
 
     assert lake_files(lake) == [f"{T0_NAME}-0-0-of-1.parquet", f"{T0_NAME}-1-0-of-1.parquet"]
     assert message_ids(lake, f"{T0_NAME}-0-0-of-1.parquet") == ["m1", "m2"]
     assert message_ids(lake, f"{T0_NAME}-1-0-of-1.parquet") == ["m3"]
-    assert counter(result, "lake_panes_renumbered") == 1
+    assert counter(result, "duplicates") == 1
 
 
 def test_a_killed_runs_temp_files_are_cleaned(tmp_path):
@@ -452,16 +564,8 @@ SAMPLE_ROWS = [
 @given(st.permutations(SAMPLE_ROWS))
 def test_kept_rows_do_not_depend_on_input_order(rows):
     """Earliest copy of ``e1`` wins; ``m3``'s keyless rows sort before its keyed one, and by content between them."""
-    assert _first_copies(_in_deterministic_order(rows), set()) == [
+    assert _first_copies(_in_deterministic_order(rows)) == [
         SAMPLE_ROWS[2],
-        SAMPLE_ROWS[4],
-        SAMPLE_ROWS[5],
-        SAMPLE_ROWS[3],
-    ]
-
-
-def test_keys_written_in_an_earlier_pane_are_dropped():
-    assert _first_copies(_in_deterministic_order(SAMPLE_ROWS), {"e1"}) == [
         SAMPLE_ROWS[4],
         SAMPLE_ROWS[5],
         SAMPLE_ROWS[3],
