@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import random
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -56,13 +58,14 @@ from transforms.identity_model import Identity, IdentityChange
 from transforms.identity_namespaces import extract_identities, record_time_us
 from transforms.identity_store import IdentityStore, open_identity_store
 from transforms.metrics import NAMESPACE, counter
-from transforms.profile_store import ProfileStore, ProfileWrite, open_profile_store
+from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, open_profile_store
 from transforms.records import ValidRecord
 from transforms.stitch import StitchSettings
 
 FRESHNESS_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
 FRESHNESS = "profile_freshness_ms"
 FRAGMENT_CACHE_SIZE = 20_000
+CONFLICT_ATTEMPTS = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +256,7 @@ class ProfileWriter:
         self._settings = settings
         self._decoded = decoded or _DecodedFragments(FRAGMENT_CACHE_SIZE)
         self._datasets = [name for name, dataset in registry.datasets.items() if dataset.profile]
+        self._conflicts = counter("profile_write_conflicts")
 
     def close(self) -> None:
         self._identities.close()
@@ -263,7 +267,22 @@ class ProfileWriter:
 
         A record carries the person it had when stitched; if that person has since been merged away, its records go
         to the survivor, the person its identities belong to now. Returns how many views it wrote.
+
+        Another worker may write a fragment this write read: the store then refuses it, and it is computed again
+        from what the store holds now (after a short random pause, up to ``CONFLICT_ATTEMPTS`` times).
         """
+        attempt = 0
+        while True:
+            try:
+                return self._write_once(records, changes)
+            except ProfileWriteConflict:
+                attempt += 1
+                self._conflicts.inc()
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+
+    def _write_once(self, records: Sequence[ValidRecord], changes: Sequence[IdentityChange]) -> int:
         rules = self._stitch.graph
         extracted = [
             (record, extract_identities(record.entity, self._stitch.namespaces, self._stitch.rules).identities)
@@ -280,7 +299,8 @@ class ProfileWriter:
                 members[owner].append(identity)
         owned_identities = [identity for owned in members.values() for identity in owned]
         keys = [f"{identity}|{dataset}" for identity in owned_identities for dataset in self._datasets]
-        fragments = {key: self._decoded.fragment(key, data) for key, data in self._profiles.fragments(keys).items()}
+        read = self._profiles.fragments(keys)
+        fragments = {key: self._decoded.fragment(key, data) for key, data in read.items()}
         touched = set()
         for record, identities in extracted:
             owner = profile_model.fragment_identity(identities, rules)
@@ -324,6 +344,7 @@ class ProfileWriter:
                 index={str(identity): owner for owner, owned in members.items() for identity in owned},
                 redirects=redirects,
                 drop_views=tuple(sorted(redirects)),
+                expected={key: read.get(key) for key in keys},
             )
         )
         for key, data in written.items():

@@ -17,7 +17,10 @@ Documents are opaque bytes here (JSON written by :mod:`transforms.profile_model`
 - person id ``"p-..."``.
 
 ``write`` applies one :class:`ProfileWrite` atomically and idempotently (writing the same thing twice leaves the
-same contents), so a retried bundle changes nothing. URLs: ``sqlite:///PATH``, ``redis://HOST:PORT/DB``,
+same contents), so a retried bundle changes nothing. A write names the fragments it was computed from as they were
+read (``expected``); when any of them has changed since (another worker's flush of the same person), the write
+changes nothing and raises :class:`ProfileWriteConflict`, and the writer reads again and recomputes. Two flushes that
+touch the same fragment therefore never lose either's update. URLs: ``sqlite:///PATH``, ``redis://HOST:PORT/DB``,
 ``bigtable://PROJECT/INSTANCE/TABLE`` (the emulator through ``BIGTABLE_EMULATOR_HOST``).
 """
 
@@ -36,7 +39,9 @@ from transforms.identity_store import check_redis_url
 class ProfileWrite:
     """One batch of changes: fragments and views to put, identity index entries to set or drop, redirects to set.
 
-    ``index`` maps identity keys to person ids; ``unindex`` lists identity keys that belong to no profile any more;
+    ``expected`` maps fragment keys to the bytes the write was computed from (``None``: absent); the write applies
+    only while every one of them still holds exactly that. ``index`` maps identity keys to person ids; ``unindex``
+    lists identity keys that belong to no profile any more;
     ``redirects`` maps retired person ids to the person that absorbed them; ``drop_views`` lists person ids whose
     view is gone (merged away or split up).
     """
@@ -47,6 +52,11 @@ class ProfileWrite:
     unindex: tuple[str, ...] = ()
     redirects: Mapping[str, str] = dataclasses.field(default_factory=dict)
     drop_views: tuple[str, ...] = ()
+    expected: Mapping[str, bytes | None] = dataclasses.field(default_factory=dict)
+
+
+class ProfileWriteConflict(Exception):
+    """A fragment a write was computed from is no longer as it was read; the write changed nothing."""
 
 
 class ProfileStore(abc.ABC):
@@ -58,7 +68,8 @@ class ProfileStore(abc.ABC):
 
     @abc.abstractmethod
     def write(self, change: ProfileWrite) -> None:
-        """Applies ``change`` atomically, in one round trip."""
+        """Applies ``change`` atomically, in one round trip, if its ``expected`` fragments are as it says; raises
+        :class:`ProfileWriteConflict`, having changed nothing, if not."""
 
     @abc.abstractmethod
     def view_by_identity(self, identity_key: str) -> bytes | None:
@@ -131,5 +142,5 @@ def _missing_package(error: ModuleNotFoundError, extra: str, url: str) -> Except
 
 
 def changes_nothing(change: ProfileWrite) -> bool:
-    """Whether every part of the change is empty: backends then skip the round trip."""
-    return not any(getattr(change, field.name) for field in dataclasses.fields(change))
+    """Whether the change puts or drops nothing (whatever it expects): backends then skip the round trip."""
+    return not any(getattr(change, field.name) for field in dataclasses.fields(change) if field.name != "expected")

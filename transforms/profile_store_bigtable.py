@@ -43,8 +43,12 @@ splits do (they index all the identities of the persons they change): the rows i
 themselves, and it mends the copy and member lists that disagree with them. A row reached only through a list (an
 identity of a person merged away, which the write does not index) may keep a stale copy until a write names it.
 
-Two writers that name the same person at once may interleave their reads and batches, and leave a copy stale until
-the next write of that person.
+A write checks the fragments it expects in that same read, and puts each of them with a conditional mutation (one
+``check_and_mutate_row`` each, only while the fragment holds the bytes that were read), before the batch; a fragment
+changed in between raises :class:`~transforms.profile_store.ProfileWriteConflict`, and the writer reads again. So no
+fragment update is lost: a conflict after some fragments were put leaves fragments that already hold this write's
+records, which applying them again does not change. Views are not guarded: two writers that name the same person at
+once may interleave their reads and batches, and leave a view or a copy stale until the next write of that person.
 """
 
 from __future__ import annotations
@@ -69,11 +73,17 @@ from google.cloud.bigtable.data import (
     RowMutationEntry,
     SetCell,
 )
-from google.cloud.bigtable.data.row_filters import FamilyNameRegexFilter
+from google.cloud.bigtable.data.row_filters import (
+    CellsColumnLimitFilter,
+    ColumnQualifierRegexFilter,
+    FamilyNameRegexFilter,
+    RowFilterChain,
+    ValueRangeFilter,
+)
 from google.cloud.bigtable_admin_v2.types import GcRule, Table
 
 from transforms.identity_store import StoreUnavailableError
-from transforms.profile_store import ProfileStore, ProfileWrite, changes_nothing
+from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
 
 ADMIN_TIMEOUT_S = 10.0
 
@@ -111,9 +121,20 @@ class BigtableProfileStore(ProfileStore):
     def write(self, change: ProfileWrite) -> None:
         if changes_nothing(change):
             return
-        plan = _Plan(*self._stored(change))
-        plan.apply(change)
-        self._table.bulk_mutate_rows(plan.entries())
+        persons, identities, fragments = self._stored(change)
+        if any(fragments.get(key) != doc for key, doc in change.expected.items()):
+            raise ProfileWriteConflict(f"{len(change.expected)} fragments changed since they were read")
+        # A fragment the change expects is put only while it still holds what was read, in a mutation of its own.
+        guarded = {key: doc for key, doc in change.fragments.items() if key in change.expected}
+        for key, doc in guarded.items():
+            if not self._put_if_unchanged(key, doc, change.expected[key]):
+                raise ProfileWriteConflict(f"fragment {key} changed since it was read")
+        plan = _Plan(persons, identities)
+        unguarded = {key: doc for key, doc in change.fragments.items() if key not in guarded}
+        plan.apply(dataclasses.replace(change, fragments=unguarded))
+        entries = plan.entries()
+        if entries:
+            self._table.bulk_mutate_rows(entries)
 
     def view_by_identity(self, identity_key: str) -> bytes | None:
         row = self._table.read_row(_key(_IDENTITY, identity_key))
@@ -130,8 +151,23 @@ class BigtableProfileStore(ProfileStore):
     def close(self) -> None:
         self._client.close()
 
-    def _stored(self, change: ProfileWrite) -> tuple[dict[str, _StoredPerson], dict[str, _StoredIdentity]]:
-        """What is stored of the persons and identities the change names, read in one request."""
+    def _put_if_unchanged(self, key: str, doc: bytes, expected: bytes | None) -> bool:
+        """Puts a fragment if it holds ``expected`` (``None``: if it is absent); whether it did."""
+        stored_doc = RowFilterChain([FamilyNameRegexFilter(_DATA), ColumnQualifierRegexFilter(_DOC)])
+        mutations = _replace(_DATA, _DOC, doc)
+        if expected is None:
+            return not self._table.check_and_mutate_row(
+                _key(_FRAGMENT, key), stored_doc, false_case_mutations=mutations
+            )
+        same = RowFilterChain(
+            [*stored_doc.filters, CellsColumnLimitFilter(1), ValueRangeFilter(expected, expected, True, True)]
+        )
+        return self._table.check_and_mutate_row(_key(_FRAGMENT, key), same, true_case_mutations=mutations)
+
+    def _stored(
+        self, change: ProfileWrite
+    ) -> tuple[dict[str, _StoredPerson], dict[str, _StoredIdentity], dict[str, bytes]]:
+        """What is stored of the persons, identities and expected fragments the change names, read in one request."""
         named = (
             *change.views,
             *change.drop_views,
@@ -143,11 +179,16 @@ class BigtableProfileStore(ProfileStore):
         identities = {identity: _StoredIdentity() for identity in (*change.index, *change.unindex)}
         keys = [_key(kind, person) for person in persons for kind in (_VIEW, _REDIRECT)]
         keys += [_key(_IDENTITY, identity) for identity in identities]
+        keys += [_key(_FRAGMENT, key) for key in change.expected]
+        fragments: dict[str, bytes] = {}
         if not keys:
-            return persons, identities
+            return persons, identities, fragments
         for row in self._table.read_rows(ReadRowsQuery(row_keys=keys)):
             kind, name, cells = row.row_key[:2], row.row_key[2:].decode(), _latest(row)
-            if kind == _VIEW:
+            if kind == _FRAGMENT:
+                if (_DATA, _DOC) in cells:
+                    fragments[name] = cells[_DATA, _DOC]
+            elif kind == _VIEW:
                 persons[name].doc = cells.get((_DATA, _DOC))
                 persons[name].copies = {qualifier for family, qualifier in cells if family == _COPIES}
                 persons[name].members = {qualifier.decode() for family, qualifier in cells if family == _MEMBERS}
@@ -158,7 +199,7 @@ class BigtableProfileStore(ProfileStore):
                 identities[name] = _StoredIdentity(
                     _text(cells.get((_DATA, _PERSON))), _text(cells.get((_DATA, _HOLDER)))
                 )
-        return persons, identities
+        return persons, identities, fragments
 
 
 @dataclasses.dataclass

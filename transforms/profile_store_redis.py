@@ -2,7 +2,8 @@
 
 Opened by :func:`~transforms.profile_store.open_profile_store` from ``redis://host:port/db``. Each call is one round
 trip: fragments are read with one ``MGET``, and a write and each lookup run one Lua script (``EVALSHA``; ``EVAL``
-when the server has lost its script cache), so a write is atomic. The scripts build the keys they touch from the
+when the server has lost its script cache), so a write is atomic; it checks the SHA-1 of the fragments it expects
+before it writes anything. The scripts build the keys they touch from the
 prefix as they go, which a standalone server allows (a cluster would need every key in one slot).
 
 Keys
@@ -24,12 +25,13 @@ should one be left.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
 import redis
 
 from transforms.identity_store import StoreUnavailableError
-from transforms.profile_store import ProfileStore, ProfileWrite, changes_nothing
+from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
 
 # ARGV[1]: the prefix. The lookups resolve a person through its redirect, if any, to the view.
 _RESOLVE = r"""
@@ -50,8 +52,9 @@ if not person then return false end
 return view_of(person)
 """
 )
-# ARGV[2..]: six sections, each its length and then its items: the views to drop, the identities to unindex, then
-# (name, value) pairs of fragments, views, index entries and redirects.
+# ARGV[2..]: seven sections, each its length and then its items: (fragment key, SHA-1 of the bytes expected or "" for
+# none) pairs, checked before anything is written (a mismatch answers "conflict"); the views to drop, the identities
+# to unindex; then (name, value) pairs of fragments, views, index entries and redirects.
 _WRITE = r"""
 local prefix = ARGV[1]
 local position = 2
@@ -73,6 +76,11 @@ local function unredirect(person)
   end
 end
 
+local expected = section(2)
+for i = 1, #expected, 2 do
+  local held = redis.call('GET', key('f', expected[i]))
+  if (held and redis.sha1hex(held) or '') ~= expected[i + 1] then return 'conflict' end
+end
 local drop_views, unindex = section(1), section(1)
 local fragments, views, index, redirects = section(2), section(2), section(2), section(2)
 for _, person in ipairs(drop_views) do redis.call('DEL', key('v', person)) end
@@ -131,10 +139,12 @@ class RedisProfileStore(ProfileStore):
     def write(self, change: ProfileWrite) -> None:
         if changes_nothing(change):
             return
-        args: list[str | bytes | int] = [*_names(change.drop_views), *_names(change.unindex)]
+        expected = {key: "" if doc is None else hashlib.sha1(doc).hexdigest() for key, doc in change.expected.items()}
+        args: list[str | bytes | int] = [*_pairs(expected), *_names(change.drop_views), *_names(change.unindex)]
         for pairs in (change.fragments, change.views, change.index, change.redirects):
             args += _pairs(pairs)
-        self._run(_WRITE, args)
+        if self._run(_WRITE, args) == b"conflict":
+            raise ProfileWriteConflict(f"{len(expected)} fragments changed since they were read")
 
     def view_by_identity(self, identity_key: str) -> bytes | None:
         return self._run(_VIEW_BY_IDENTITY, [identity_key])

@@ -11,7 +11,8 @@ Tables
 - ``redirects (person, target)``: a person id merged away → the person that absorbed it.
 
 A write runs in one ``BEGIN IMMEDIATE`` transaction, so writers in several processes take turns (each waits up to
-a minute for the lock), and in WAL mode readers never wait for them. It drops views and index entries
+a minute for the lock), and in WAL mode readers never wait for them. It first reads the fragments it expects and
+raises :class:`~transforms.profile_store.ProfileWriteConflict` if any differs. It drops views and index entries
 first and then puts, so a write that does both to one key leaves it put. A person given a view is live: its redirect
 goes. Redirects are kept one step long, pointing at a person that has no redirect of its own: a new redirect to a
 person that is itself redirected goes straight to the end of the chain, and the redirects to a person that is merged
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from transforms.profile_store import ProfileStore, ProfileWrite, changes_nothing
+from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
 from transforms.sqlite_files import open_store_file, transaction
 
 # Bound parameters per IN list, well under SQLite's limit of 32,766.
@@ -67,21 +68,17 @@ class SqliteProfileStore(ProfileStore):
         self._connection = open_store_file(path, _SCHEMA, "profile store")
 
     def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
-        wanted = list(dict.fromkeys(keys))
-        found: dict[str, bytes] = {}
-        # A plain IN list per chunk: filling a temporary table with the keys first cost twice the read itself.
         with transaction(self._connection, "BEGIN"):
-            for start in range(0, len(wanted), KEYS_PER_QUERY):
-                chunk = wanted[start : start + KEYS_PER_QUERY]
-                marks = ",".join("?" * len(chunk))
-                found.update(self._connection.execute(f"SELECT key, doc FROM fragments WHERE key IN ({marks})", chunk))
-        return found
+            return self._fragments(keys)
 
     def write(self, change: ProfileWrite) -> None:
         if changes_nothing(change):
             return
         execute_each = self._connection.executemany
         with transaction(self._connection):
+            held = self._fragments(change.expected)
+            if any(held.get(key) != doc for key, doc in change.expected.items()):
+                raise ProfileWriteConflict(f"{len(change.expected)} fragments changed since they were read")
             execute_each("DELETE FROM views WHERE person = ?", [(person,) for person in change.drop_views])
             execute_each("DELETE FROM identity_index WHERE identity = ?", [(key,) for key in change.unindex])
             execute_each("INSERT OR REPLACE INTO fragments VALUES (?, ?)", change.fragments.items())
@@ -104,6 +101,16 @@ class SqliteProfileStore(ProfileStore):
 
     def close(self) -> None:
         self._connection.close()
+
+    def _fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, bytes] = {}
+        # A plain IN list per chunk: filling a temporary table with the keys first cost twice the read itself.
+        for start in range(0, len(wanted), KEYS_PER_QUERY):
+            chunk = wanted[start : start + KEYS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._connection.execute(f"SELECT key, doc FROM fragments WHERE key IN ({marks})", chunk))
+        return found
 
 
 def _first(row: tuple[bytes] | None) -> bytes | None:

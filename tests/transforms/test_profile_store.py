@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transforms.identity_store import StoreUnavailableError
-from transforms.profile_store import ProfileStore, ProfileWrite, open_profile_store
+from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, open_profile_store
 
 ADA, BOB, CAT = "p-ada", "p-bob", "p-cat"
 ADA_EMAIL, ADA_ECID, BOB_EMAIL, BOB_PHONE, CAT_EMAIL = (
@@ -310,6 +310,46 @@ def test_writing_each_change_twice_leaves_what_writing_it_once_does(empty_store_
             once = contents(store)
             store.write(change)
             assert contents(store) == once == contents(written(changes[:done]))
+
+
+def test_a_write_whose_fragments_are_as_it_read_them_applies(empty_store_url: Callable[[], str]) -> None:
+    with open_profile_store(empty_store_url()) as store:
+        store.write(PROFILES)
+        expected = {FRAGMENT_KEYS[0]: b"ada-crm", FRAGMENT_KEYS[1]: None}
+        store.write(ProfileWrite(fragments={FRAGMENT_KEYS[1]: b"ada-web"}, views={ADA: b"ada2"}, expected=expected))
+
+        assert contents(store) == contents(
+            written([PROFILES, ProfileWrite(fragments={FRAGMENT_KEYS[1]: b"ada-web"}, views={ADA: b"ada2"})])
+        )
+
+
+@pytest.mark.parametrize(
+    "expected",
+    [
+        {FRAGMENT_KEYS[0]: b"ada-crm-as-read-before"},  # another write changed it
+        {FRAGMENT_KEYS[1]: b"ada-web"},  # it was read, and is gone
+        {FRAGMENT_KEYS[0]: b"ada-crm", FRAGMENT_KEYS[2]: None},  # it was absent, and another write created it
+    ],
+    ids=["changed", "gone", "created"],
+)
+def test_a_write_whose_fragments_changed_since_it_read_them_changes_nothing(
+    empty_store_url: Callable[[], str], expected: dict[str, bytes | None]
+) -> None:
+    with open_profile_store(empty_store_url()) as store:
+        store.write(PROFILES)
+        before = contents(store)
+        change = ProfileWrite(
+            fragments={FRAGMENT_KEYS[0]: b"lost?"},
+            views={ADA: b"ada2"},
+            index={ADA_EMAIL: BOB},
+            redirects={CAT: ADA},
+            expected=expected,
+        )
+
+        with pytest.raises(ProfileWriteConflict):
+            store.write(change)
+
+        assert contents(store) == before
 
 
 def test_a_write_of_nothing_changes_nothing(empty_store_url: Callable[[], str]) -> None:
