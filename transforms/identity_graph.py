@@ -20,7 +20,7 @@ The rules, applied in this order:
    then the highest namespace priority, then namespace and id): ``p-`` and 24 hex digits of the anchor's SHA-256. When
    persons merge, the one whose anchor was seen first keeps its id; when a person splits, the side holding the anchor
    keeps it and each other side takes the id of its own anchor. A late record can move an anchor earlier and so
-   rename a person: the graph is a function of the facts, and the facts say who was first.
+   rename a person (a ``rename`` change): the graph is a function of the facts, and the facts say who was first.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from transforms.identity_namespaces import QUARANTINED
 
 UNIQUE_NAMESPACE = "unique_namespace"
 GRAPH_LIMIT = "graph_limit"
+ANCHOR = "anchor"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +119,20 @@ def record_person(identities: Iterable[Identity], resolution: Resolution, rules:
 
 
 def changes(before: Resolution, after: Resolution, cause: Stamp) -> list[IdentityChange]:
-    """Merges, splits, removed links and new quarantines between two resolutions of the same identities."""
+    """Merges, renames, splits, removed links and new quarantines between two resolutions of the same identities.
+
+    A rename is a person whose identities all stay together under another id, which no person keeps: a late record
+    moved its anchor (rule ``anchor``)."""
     found: list[IdentityChange] = []
+    members_before = before.members()
+    # A person id no person has after, which was one whole person before: renamed, unless it merged.
+    persons_after = set(after.person_of.values())
     for person, group in sorted(after.members().items()):
         previous = sorted({before.person_of[identity] for identity in group if identity in before.person_of})
         if len(previous) > 1:
             found.append(_change("merge", group, previous, [person], "link", cause))
+        elif previous and previous[0] not in persons_after and members_before[previous[0]] <= group:
+            found.append(_change("rename", group, previous, [person], ANCHOR, cause))
     new_removals = {link: rule for link, rule in after.removed.items() if link not in before.removed}
     for person, group in sorted(before.members().items()):
         following = sorted({after.person_of[identity] for identity in group if identity in after.person_of})

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
+import orjson
+
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Identity:
@@ -85,13 +87,76 @@ class GraphFacts:
                     )
         return GraphFacts(sightings, links)
 
+    def union(self, other: GraphFacts) -> GraphFacts:
+        """Both sets of facts: each identity's earliest sighting, each link's earliest first and latest last stamp."""
+        sightings = dict(self.sightings)
+        for identity, stamp in other.sightings.items():
+            seen = sightings.get(identity)
+            sightings[identity] = stamp if seen is None else min(seen, stamp)
+        links = dict(self.links)
+        for pair, link in other.links.items():
+            known = links.get(pair)
+            links[pair] = (
+                link
+                if known is None
+                else LinkFact(link.a, link.b, min(known.first, link.first), max(known.last, link.last))
+            )
+        return GraphFacts(sightings, links)
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON: ``{"s": [[namespace, id, time_us, message_id], ...], "l": [[a, b, first, last], ...]}``
+        with each identity of a link as its position in ``s`` and each stamp as ``[time_us, message_id]``."""
+        position = {identity: place for place, identity in enumerate(self.sightings)}
+        return orjson.dumps(
+            {
+                "s": [[i.namespace, i.id, s.time_us, s.message_id] for i, s in self.sightings.items()],
+                "l": [
+                    [position[link.a], position[link.b], *_stamp_pair(link.first), *_stamp_pair(link.last)]
+                    for link in self.links.values()
+                ],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GraphFacts:
+        document = orjson.loads(data)
+        identities = [Identity(namespace, id_) for namespace, id_, _, _ in document["s"]]
+        sightings = {
+            identity: Stamp(time_us, message_id)
+            for identity, (_, _, time_us, message_id) in zip(identities, document["s"], strict=True)
+        }
+        links = {}
+        for a, b, first_us, first_id, last_us, last_id in document["l"]:
+            link = LinkFact(identities[a], identities[b], Stamp(first_us, first_id), Stamp(last_us, last_id))
+            links[(link.a, link.b)] = link
+        return cls(sightings, links)
+
+
+def _stamp_pair(stamp: Stamp) -> tuple[int, str]:
+    return stamp.time_us, stamp.message_id
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedBatch:
+    """A batch of observations a store logged with its facts: the facts it found (``before``), the facts it added
+    (``batch``) and its cause, the latest of its records. ``entry`` is the store's name for the log entry.
+
+    The changes the batch made to the graph follow from these alone, so they can be told again after a crash lost
+    them between the store and the lake."""
+
+    entry: str
+    cause: Stamp
+    before: GraphFacts
+    batch: GraphFacts
+
 
 @dataclasses.dataclass(frozen=True)
 class IdentityChange:
     """One row of ``identity_changes``: what happened to the graph, to which identities, and why.
 
-    ``kind`` is ``merge``, ``split``, ``link_removed``, ``quarantined`` or ``rejected``; ``rule`` names the rule or
-    the ``IDENTITY.*`` code; ``persons_before`` and ``persons_after`` are the person ids involved before and after.
+    ``kind`` is ``merge``, ``split``, ``rename``, ``link_removed``, ``quarantined`` or ``rejected``; ``rule`` names
+    the rule or the ``IDENTITY.*`` code; ``persons_before`` and ``persons_after`` are the person ids involved before
+    and after.
     """
 
     kind: str

@@ -16,6 +16,13 @@ Contract
   (:meth:`GraphFacts.merged_with <transforms.identity_model.GraphFacts.merged_with>`), over the union of the touched
   components. Adding facts is commutative, so concurrent writers end with the facts a single writer would have.
 - :meth:`IdentityStore.facts_of` reads the raw components of some identities, changing nothing.
+- :meth:`IdentityStore.observe_and_log` does what ``observe`` does and, when the batch adds facts, logs it in the
+  same atomic write: its cause (the latest of its records), the facts it found and the facts it added
+  (:class:`~transforms.identity_model.LoggedBatch`). The changes a batch made to the graph follow from that entry
+  alone, so a process that dies after the store's write and before the lake's loses no history: whoever sees the
+  cause's message again (a rerun, a redelivery) finds the entry with :meth:`IdentityStore.logged` and tells its
+  changes again, and the lake drops the ones it holds already. A batch that changed nothing worth telling is
+  dropped (:meth:`~IdentityStore.discard`) with the next write. Entries are kept ``CHANGE_LOG_RETENTION_S`` (30 days).
 - A store object is used by one thread at a time; open one per worker (a ``DoFn``'s ``setup``).
 
 URLs
@@ -30,8 +37,9 @@ An unknown scheme or a malformed URL raises :class:`ValueError` with a one-line 
 
 Backends
 --------
-A backend subclasses :class:`IdentityStore` with ``_add`` (add a batch's facts atomically in one round trip, and
-return the touched components' facts from before), ``facts_of`` and ``close``; :class:`FactsBuilder` makes the
+A backend subclasses :class:`IdentityStore` with ``_add`` (add a batch's facts atomically in one round trip, log it
+when asked, drop the discarded entries, and return the touched components' facts from before and the log entry),
+``facts_of``, ``logged`` and ``close``; :class:`FactsBuilder` makes the
 :class:`~transforms.identity_model.GraphFacts` of what it reads.
 
 Example
@@ -49,7 +57,9 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 
-from transforms.identity_model import GraphFacts, Identity, LinkFact, Observation, Stamp
+from transforms.identity_model import GraphFacts, Identity, LinkFact, LoggedBatch, Observation, Stamp
+
+CHANGE_LOG_RETENTION_S = 30 * 24 * 3600
 
 
 class StoreUnavailableError(ValueError):
@@ -59,21 +69,44 @@ class StoreUnavailableError(ValueError):
 class IdentityStore(abc.ABC):
     """The facts of the identity graph, read and added by raw component; one module implements it per backend."""
 
+    def __init__(self) -> None:
+        self._discarded: list[str] = []
+
     def observe(self, observations: Sequence[Observation]) -> tuple[GraphFacts, GraphFacts]:
         """Atomically add the observations' facts; return the facts of the raw components touched, before and after.
 
         The components touched are those of every identity of the observations. One round trip per call (none for a
         batch without identities).
         """
+        before, after, _ = self.observe_and_log(observations, None)
+        return before, after
+
+    def observe_and_log(
+        self, observations: Sequence[Observation], cause: Stamp | None
+    ) -> tuple[GraphFacts, GraphFacts, str | None]:
+        """``observe``, and with a ``cause``, log the batch in the same write when it adds facts; returns the log
+        entry too (``None``: not logged)."""
         batch = GraphFacts.empty().merged_with(observations)
         if not batch.sightings:
-            return GraphFacts.empty(), GraphFacts.empty()
-        before = self._add(batch)
-        return before, before.merged_with(observations)
+            return GraphFacts.empty(), GraphFacts.empty(), None
+        discarded, self._discarded = self._discarded, []
+        before, entry = self._add(batch, cause, discarded)
+        return before, before.merged_with(observations), entry
+
+    def discard(self, entry: str) -> None:
+        """Drop a log entry whose batch changed nothing worth telling, with the next write (should the process die
+        first, the entry stays, and telling it again tells nothing)."""
+        self._discarded.append(entry)
 
     @abc.abstractmethod
-    def _add(self, batch: GraphFacts) -> GraphFacts:
-        """Atomically add these facts, in one round trip; return the touched components' facts as they were."""
+    def _add(self, batch: GraphFacts, cause: Stamp | None, discarded: Sequence[str]) -> tuple[GraphFacts, str | None]:
+        """Atomically, in one round trip: add these facts, log the batch under ``cause`` when there is one and the
+        batch adds facts, and drop the ``discarded`` entries; return the touched components' facts as they were and
+        the new entry."""
+
+    @abc.abstractmethod
+    def logged(self, message_ids: Iterable[str]) -> list[LoggedBatch]:
+        """The logged batches whose cause is one of these messages, in one round trip."""
 
     @abc.abstractmethod
     def facts_of(self, identities: Iterable[Identity]) -> GraphFacts:

@@ -13,7 +13,11 @@ Keys (``prefix`` defaults to ``ps:id:``)
 - ``ps:id:component``: hash, identity → its component id;
 - ``ps:id:next``: the last component id given out;
 - ``ps:id:facts:<component>``: hash of the component's facts: identity → the stamp it was first seen at, and
-  ``a \\t b`` (a link, ``a < b``) → its first and last stamps.
+  ``a \\t b`` (a link, ``a < b``) → its first and last stamps;
+- ``ps:id:log:<message id>``: hash of the batches logged with that cause (entry number → the cause's time as 16 hex
+  digits, the byte length of the facts before, ``:``, the facts before as the scripts read them and the batch's
+  facts as :meth:`~transforms.identity_model.GraphFacts.to_bytes` writes them), expiring after the retention;
+  ``ps:id:logseq``, the last entry number given out.
 
 A batch finds the components of all its identities with one ``HMGET``, and each component's facts with one
 ``HGETALL``. Components that the batch's links join merge into the largest (then the lowest id): the others' facts
@@ -37,8 +41,8 @@ from typing import Any
 
 import redis
 
-from transforms.identity_model import GraphFacts, Identity, Stamp
-from transforms.identity_store import FactsBuilder, IdentityStore, StoreUnavailableError
+from transforms.identity_model import GraphFacts, Identity, LoggedBatch, Stamp
+from transforms.identity_store import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore, StoreUnavailableError
 
 _TIME_OFFSET = 1 << 63
 
@@ -102,8 +106,11 @@ return facts
 """
 )
 
-# ARGV[2]: n, the batch's identities; then n pairs (identity, its earliest stamp in the batch); then for each link
-# the positions (1..n) of its a and b, and its first and last stamps in the batch. Returns the facts from before.
+# ARGV[2..6]: the cause's message id ('' to log nothing), its time (16 hex digits), the batch's facts as logged, the
+# log's retention in seconds, and d, the entries to drop; then d pairs (message id, entry number). Then n, the
+# batch's identities; n pairs (identity, its earliest stamp in the batch); then for each link the positions (1..n) of
+# its a and b, and its first and last stamps in the batch. Returns the facts from before and the entry number
+# logged (0: none).
 _OBSERVE = (
     _READ_COMPONENTS
     + r"""
@@ -115,12 +122,16 @@ local function stamp_less(x, y)
   return #x < #y
 end
 
-local n = tonumber(ARGV[2])
+local cause, cause_time, logged_batch, retention = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local dropped = tonumber(ARGV[6])
+for i = 7, 6 + 2 * dropped, 2 do redis.call('HDEL', prefix .. 'log:' .. ARGV[i], ARGV[i + 1]) end
+local base = 7 + 2 * dropped
+local n = tonumber(ARGV[base])
 local identities, stamps = {}, {}
 for i = 1, n do
-  identities[i], stamps[i] = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  identities[i], stamps[i] = ARGV[base - 1 + 2 * i], ARGV[base + 2 * i]
 end
-local first_link = 3 + 2 * n
+local first_link = base + 1 + 2 * n
 local component, fields, members, stored, before = read(identities)
 
 -- Union-find over the batch's links. A node is a stored component, or an identity new to the store.
@@ -216,9 +227,16 @@ for position = first_link, #ARGV, 4 do
   local value = #first .. ':' .. first .. last
   if value ~= known then write(a, field, value) end
 end
+local entry = 0
+if cause ~= '' and next(writes) then
+  entry = redis.call('INCR', prefix .. 'logseq')
+  local log = prefix .. 'log:' .. cause
+  redis.call('HSET', log, entry, cause_time .. #before .. ':' .. before .. logged_batch)
+  redis.call('EXPIRE', log, retention)
+end
 for key, items in pairs(writes) do call_in_chunks('HSET', key, items, 2) end
 
-return before
+return {before, entry}
 """
 )
 
@@ -227,6 +245,7 @@ class RedisIdentityStore(IdentityStore):
     """The identity graph's facts on a Redis server, under keys that start with ``prefix``."""
 
     def __init__(self, url: str, *, prefix: str = "ps:id:") -> None:
+        super().__init__()
         self._client = redis.Redis.from_url(url)
         self._prefix = prefix
         self._keys = (prefix + "component", prefix + "next")
@@ -236,14 +255,35 @@ class RedisIdentityStore(IdentityStore):
         except redis.RedisError as error:
             raise StoreUnavailableError(f"identity store {url} cannot be reached: {error}") from None
 
-    def _add(self, batch: GraphFacts) -> GraphFacts:
+    def _add(self, batch: GraphFacts, cause: Stamp | None, discarded: Sequence[str]) -> tuple[GraphFacts, str | None]:
+        args: list[Any] = [b"", b"", b""] if cause is None else [cause.message_id, _time_hex(cause), batch.to_bytes()]
+        args += [CHANGE_LOG_RETENTION_S, len(discarded)]
+        for entry in discarded:
+            number, _, message_id = entry.partition(":")
+            args += [message_id, number]
         position = {identity: place for place, identity in enumerate(batch.sightings, start=1)}
-        args: list[Any] = [len(position)]
+        args.append(len(position))
         for identity, stamp in batch.sightings.items():
             args += [_identity_bytes(identity), _stamp_bytes(stamp)]
         for (a, b), link in batch.links.items():
             args += [position[a], position[b], _stamp_bytes(link.first), _stamp_bytes(link.last)]
-        return _facts(self._run(_OBSERVE, args))
+        before, entry = self._run(_OBSERVE, args)
+        return _facts(before), f"{entry}:{cause.message_id}" if entry else None
+
+    def logged(self, message_ids: Iterable[str]) -> list[LoggedBatch]:
+        wanted = list(dict.fromkeys(message_ids))
+        pipeline = self._client.pipeline(transaction=False)
+        for message_id in wanted:
+            pipeline.hgetall(f"{self._prefix}log:{message_id}".encode())
+        found = []
+        for message_id, entries in zip(wanted, pipeline.execute(), strict=True):
+            for number, value in sorted(entries.items(), key=lambda item: int(item[0])):
+                length, _, rest = value[16:].partition(b":")
+                before, batch = rest[: int(length)], rest[int(length) :]
+                cause = Stamp(int(value[:16], 16) - _TIME_OFFSET, message_id)
+                entry = f"{int(number)}:{message_id}"
+                found.append(LoggedBatch(entry, cause, _facts(before), GraphFacts.from_bytes(batch)))
+        return found
 
     def facts_of(self, identities: Iterable[Identity]) -> GraphFacts:
         args = [_identity_bytes(identity) for identity in set(identities)]
@@ -265,10 +305,14 @@ def _identity_bytes(identity: Identity) -> bytes:
 
 
 def _stamp_bytes(stamp: Stamp) -> bytes:
+    return _time_hex(stamp) + stamp.message_id.encode()
+
+
+def _time_hex(stamp: Stamp) -> bytes:
     shifted = stamp.time_us + _TIME_OFFSET
     if not 0 <= shifted < 1 << 64:
         raise ValueError(f"time_us {stamp.time_us} is outside the 64-bit range a store keeps")
-    return b"%016x%s" % (shifted, stamp.message_id.encode())
+    return b"%016x" % shifted
 
 
 def _facts(reply: bytes) -> GraphFacts:

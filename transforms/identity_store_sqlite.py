@@ -9,7 +9,11 @@ Tables
 - ``identity_sightings (namespace, id, time_us, message_id)``: when each identity was first seen;
 - ``identity_components (namespace, id, component)``: the raw component each identity is in;
 - ``identity_links (a_namespace, a_id, b_namespace, b_id, component, first_*, last_*)``: each link (``a < b``), its
-  earliest and latest stamps as ``time_us`` and ``message_id`` columns, and the component it lies in.
+  earliest and latest stamps as ``time_us`` and ``message_id`` columns, and the component it lies in;
+- ``identity_change_log (entry, cause_message_id, cause_time_us, before, batch, logged_at_us)``: the logged batches
+  (:meth:`~transforms.identity_store.IdentityStore.observe_and_log`), their facts as
+  :meth:`GraphFacts.to_bytes <transforms.identity_model.GraphFacts.to_bytes>`; entries older than the retention go
+  when a store is opened.
 
 A batch is added in one ``BEGIN IMMEDIATE`` transaction, so writers in several processes take turns (each waits up
 to a minute for the lock), and in WAL mode readers never wait for them. Components that the batch's
@@ -21,11 +25,15 @@ keep the earliest stamps (and a link's latest) themselves: SQLite orders ``(time
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from transforms.identity_model import GraphFacts, Identity, Stamp
-from transforms.identity_store import FactsBuilder, IdentityStore
+from transforms.clock import wall_clock_us
+from transforms.identity_model import GraphFacts, Identity, LoggedBatch, Stamp
+from transforms.identity_store import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore
 from transforms.sqlite_files import open_store_file, transaction
+
+# Bound parameters per IN list, well under SQLite's limit of 32,766.
+_IDS_PER_QUERY = 500
 
 _SCHEMA = """
 BEGIN IMMEDIATE;
@@ -56,6 +64,15 @@ CREATE TABLE IF NOT EXISTS identity_links (
     PRIMARY KEY (a_namespace, a_id, b_namespace, b_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identity_links_by_component ON identity_links (component);
+CREATE TABLE IF NOT EXISTS identity_change_log (
+    entry INTEGER PRIMARY KEY,
+    cause_message_id TEXT NOT NULL,
+    cause_time_us INTEGER NOT NULL,
+    before BLOB NOT NULL,
+    batch BLOB NOT NULL,
+    logged_at_us INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS identity_change_log_by_cause ON identity_change_log (cause_message_id);
 -- The identities a call asks about. A table rather than JSON or a long IN list: any number of them fits, and ids
 -- holding a NUL character (which SQLite's JSON and text functions cut short) compare whole.
 CREATE TEMP TABLE IF NOT EXISTS wanted (namespace TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (namespace, id))
@@ -115,9 +132,15 @@ class SqliteIdentityStore(IdentityStore):
     """The identity graph's facts in a SQLite file (or ``:memory:``, private to this store)."""
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self._connection = open_store_file(path, _SCHEMA, "identity store")
+        with transaction(self._connection):
+            self._connection.execute(
+                "DELETE FROM identity_change_log WHERE logged_at_us < ?",
+                (wall_clock_us() - CHANGE_LOG_RETENTION_S * 1_000_000,),
+            )
 
-    def _add(self, batch: GraphFacts) -> GraphFacts:
+    def _add(self, batch: GraphFacts, cause: Stamp | None, discarded: Sequence[str]) -> tuple[GraphFacts, str | None]:
         with transaction(self._connection):
             before, component_of = self._read(batch.sightings)
             target_of = self._join_components(batch, component_of)
@@ -132,7 +155,37 @@ class SqliteIdentityStore(IdentityStore):
                     for (a, b), link in batch.links.items()
                 ],
             )
-        return before
+            self._connection.executemany(
+                "DELETE FROM identity_change_log WHERE entry = ?", [(int(entry),) for entry in discarded]
+            )
+            entry = None
+            if cause is not None and before.union(batch) != before:
+                logged = self._connection.execute(
+                    "INSERT INTO identity_change_log (cause_message_id, cause_time_us, before, batch, logged_at_us)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (cause.message_id, cause.time_us, before.to_bytes(), batch.to_bytes(), wall_clock_us()),
+                )
+                entry = str(logged.lastrowid)
+        return before, entry
+
+    def logged(self, message_ids: Iterable[str]) -> list[LoggedBatch]:
+        wanted = list(dict.fromkeys(message_ids))
+        found = []
+        with transaction(self._connection, "BEGIN"):
+            for start in range(0, len(wanted), _IDS_PER_QUERY):
+                chunk = wanted[start : start + _IDS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                found += self._connection.execute(
+                    "SELECT entry, cause_time_us, cause_message_id, before, batch FROM identity_change_log"
+                    f" WHERE cause_message_id IN ({marks}) ORDER BY entry",
+                    chunk,
+                ).fetchall()
+        return [
+            LoggedBatch(
+                str(entry), Stamp(time_us, message_id), GraphFacts.from_bytes(before), GraphFacts.from_bytes(batch)
+            )
+            for entry, time_us, message_id, before, batch in found
+        ]
 
     def facts_of(self, identities: Iterable[Identity]) -> GraphFacts:
         # A read transaction, so the members and the links come from one snapshot.

@@ -21,9 +21,9 @@ in one store write, and a person's updates still all meet in one buffer.
 A flush reads the identities of its records from the identity store, every fragment of the persons they now belong
 to from the profile store, applies the buffered records to their fragments (:mod:`transforms.profile_model`:
 order-independent and idempotent, so a replay or a retried bundle changes nothing), and writes the fragments, each
-person's merged view, the index of their identities and, after a merge, redirects from the retired person ids, in one
-store write. A merge or a split reported by StitchIdentities flushes every person it names, so each side's view is
-rebuilt from its own fragments.
+person's merged view, the index of their identities and, after a merge or a rename, redirects from the retired person
+ids, in one store write. A merge, a rename or a split reported by StitchIdentities flushes every person it names, so
+each side's view is rebuilt from its own fragments.
 
 Metrics (namespace ``profilestream``): ``profiles_written``; the freshness of each record's write, from the time the
 pipeline read it to the store write, as the distribution ``profile_freshness_ms`` and as bucket counters
@@ -66,6 +66,8 @@ FRESHNESS_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 
 FRESHNESS = "profile_freshness_ms"
 FRAGMENT_CACHE_SIZE = 20_000
 CONFLICT_ATTEMPTS = 50
+# The changes after which a person id answers with another's profile.
+RETIRING_CHANGES = ("merge", "rename")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,12 +329,12 @@ class ProfileWriter:
             held = [fragments[key] for key in sorted(key for identity in owned for key in keys_of[identity])]
             view = profile_model.build_view(owner, owned, held, self._settings.policy)
             views[owner] = profile_model.view_to_bytes(view)
-        # Only a merge retires a person id; a record stitched to a person that is now another's goes to the person
-        # its identities belong to, and the merge's own flush leaves the redirect.
+        # Only a merge or a rename retires a person id; a record stitched to a person that is now another's goes to
+        # the person its identities belong to, and the merge's own flush leaves the redirect.
         redirects = {
             old: change.persons_after[0]
             for change in changes
-            if change.kind == "merge"
+            if change.kind in RETIRING_CHANGES
             for old in change.persons_before
             if old not in members and change.persons_after
         }
@@ -418,7 +420,7 @@ def _keyed_record(record: ValidRecord, profile_datasets: Iterable[str], shards: 
 
 
 def _keyed_change(change: IdentityChange, shards: int):
-    # A merge or a split rebuilds the view of every person it leaves; the others change no profile.
-    if change.kind in ("merge", "split"):
+    # A merge, a rename or a split rebuilds the view of every person it leaves; the others change no profile.
+    if change.kind in ("split", *RETIRING_CHANGES):
         for shard in sorted({shard_of(person, shards) for person in change.persons_after}):
             yield shard, change

@@ -9,7 +9,10 @@ Records are stitched a batch at a time (up to ``batch_size``, and whatever a bun
 identities are extracted and normalised (:mod:`transforms.identity_namespaces`), the batch's observations go to the
 store in one round trip (:mod:`transforms.identity_store`), which returns the facts of the touched components before
 and after; both are resolved by the linking rules (:mod:`transforms.identity_graph`), each record takes the person of
-its highest-priority identity, and the difference between the two resolutions is reported as changes. A record's
+its highest-priority identity, and the difference between the two resolutions is reported as changes, stamped with
+the ingestion time of their cause (the batch's latest record with identities). The store logs a batch that changes the
+graph with its facts; the changes of logged batches whose cause is in a batch are told again (a run that died before
+the lake had them left them there), and the lake keeps each change once. A record's
 time is its own (event ``timestamp``, a profile's ``extSourceSystemAudit.lastUpdatedDate``), else its ingestion time.
 
 Metrics (namespace ``profilestream``): ``stitched``, ``identities_rejected`` and ``identity_changes.<kind>``.
@@ -27,7 +30,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.registry import SchemaRegistry
 from transforms.identity_graph import GraphRules, changes, record_person, resolve
-from transforms.identity_model import Identity, IdentityChange, Observation, Stamp
+from transforms.identity_model import Identity, IdentityChange, LoggedBatch, Observation, Stamp
 from transforms.identity_namespaces import IdentityRules, NamespaceRegistry, extract_identities, record_time_us
 from transforms.identity_store import IdentityStore, open_identity_store
 from transforms.metrics import counter
@@ -77,14 +80,36 @@ def record_identities(
 def link_batch(
     store: IdentityStore, graph: GraphRules, batch: Sequence[RecordIdentities]
 ) -> tuple[list[IdentityChange], list[str | None]]:
-    """Observes a batch's identities in ``store`` in one round trip; returns the changes the batch caused (stamped
-    with its latest record) and each record's person, in batch order."""
+    """Observes a batch's identities in ``store``; returns the changes to tell and each record's person, in batch
+    order.
+
+    The changes are those the batch caused (stamped with its latest record that has identities, its cause), and
+    those of every batch an earlier run logged with one of this batch's records as its cause: that run may have
+    died before the lake had them (the lake drops the ones it holds). Two store round trips: the log, then the
+    facts, logged with them.
+    """
     observations = [Observation(found.identities, found.stamp) for found in batch if found.identities]
-    before, after = store.observe(observations)
+    if not observations:
+        return [], [None] * len(batch)
+    told = [
+        change
+        for logged in store.logged({found.stamp.message_id for found in batch})
+        for change in logged_changes(logged, graph)
+    ]
+    cause = max(observation.stamp for observation in observations)
+    before, after, entry = store.observe_and_log(observations, cause)
     resolved_before, resolved_after = resolve(before, graph), resolve(after, graph)
-    latest = max(found.stamp for found in batch)
     persons = [record_person(found.identities, resolved_after, graph) for found in batch]
-    return changes(resolved_before, resolved_after, latest), persons
+    caused = changes(resolved_before, resolved_after, cause)
+    if entry is not None and not caused:
+        store.discard(entry)
+    return [*told, *caused], persons
+
+
+def logged_changes(logged: LoggedBatch, graph: GraphRules) -> list[IdentityChange]:
+    """The changes a logged batch made to the graph, as they were told when it was observed."""
+    before = resolve(logged.before, graph)
+    return changes(before, resolve(logged.before.union(logged.batch), graph), logged.cause)
 
 
 class _StitchFn(beam.DoFn):
@@ -128,10 +153,12 @@ class _StitchFn(beam.DoFn):
         if not pending:
             return
         batch_changes, persons = link_batch(self._store, self._settings.graph, [found for _, found, _, _ in pending])
-        latest_timestamp = max(pending, key=lambda entry: entry[1].stamp)[2]
+        # A change is stamped with its cause's ingestion time, which a rerun telling it again finds in its batch.
+        timestamp_of = {found.stamp.message_id: timestamp for _, found, timestamp, _ in pending}
         for change in batch_changes:
             counter(f"identity_changes.{change.kind}").inc()
-            yield beam.pvalue.TaggedOutput(_CHANGES, WindowedValue(change, latest_timestamp, (GlobalWindow(),)))
+            timestamp = timestamp_of[change.message_id]
+            yield beam.pvalue.TaggedOutput(_CHANGES, WindowedValue(change, timestamp, (GlobalWindow(),)))
         for (record, _, timestamp, window), person in zip(pending, persons, strict=True):
             self._stitched.inc()
             yield WindowedValue(dataclasses.replace(record, person_id=person), timestamp, (window,))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pipelines.config import Config
 from pipelines.ingest import stitch_settings
 from transforms.identity_graph import (
+    ANCHOR,
     GRAPH_LIMIT,
     QUARANTINED,
     UNIQUE_NAMESPACE,
@@ -251,3 +252,24 @@ def test_adversarial_traffic_in_any_order_builds_the_same_graph_within_the_rules
     for group in baseline.members().values():
         assert len(group) <= rules.max_identities
         assert len([identity for identity in group if identity.namespace == "CRMID"]) <= 1
+
+
+def test_a_late_record_that_moves_the_anchor_renames_the_person():
+    """The device anchored the person until a record from an earlier minute showed the e-mail was seen first."""
+    first = [seen(5, ecid(1)), seen(6, ecid(1), email("ann"))]
+    before = resolved(*first)
+    after = resolved(*first, seen(1, email("ann"), message="m-late"))
+
+    [rename] = changes(before, after, Stamp(60_000_000, "m-late"))
+    assert rename.kind == "rename" and rename.rule == ANCHOR
+    assert rename.persons_before == (person_id(ecid(1)),)
+    assert rename.persons_after == (person_id(email("ann")),)
+    assert rename.identities == tuple(sorted([str(ecid(1)), str(email("ann"))]))
+
+
+def test_a_split_whose_sides_both_take_new_ids_is_no_rename():
+    first = [seen(3, ecid(1), crm("ann")), seen(3, ecid(1), email("x"))]
+    before = resolved(*first)
+    after = resolved(*first, seen(5, email("x"), crm("bob")), seen(1, crm("ann")))
+
+    assert "rename" not in {change.kind for change in changes(before, after, Stamp(5, "m5"))}

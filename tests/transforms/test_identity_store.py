@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transforms.identity_graph import GRAPH_LIMIT, UNIQUE_NAMESPACE, GraphRules, resolve
-from transforms.identity_model import GraphFacts, Identity, LinkFact, Observation, Stamp
+from transforms.identity_model import GraphFacts, Identity, LinkFact, LoggedBatch, Observation, Stamp
 from transforms.identity_store import open_identity_store
 
 ECID = Identity("ECID", "12345678901234567890123456789012345678")
@@ -302,3 +302,59 @@ def test_a_redis_store_carries_on_when_the_server_has_lost_its_scripts(redis_ser
     with open_identity_store(flushed(redis_server)) as store, redis.Redis.from_url(redis_server) as client:
         client.script_flush()
         assert store.observe([Observation((ECID,), T1)]) == (GraphFacts.empty(), GraphFacts({ECID: T1}, {}))
+
+
+# The change log.
+
+
+def test_a_batch_that_adds_facts_is_logged_with_its_cause_and_the_facts_before(
+    empty_store_url: Callable[[], str],
+) -> None:
+    first = [Observation((ECID, EMAIL), T1)]
+    second = [Observation((EMAIL, PHONE), T2), Observation((CRM,), T3)]
+    with open_identity_store(empty_store_url()) as store:
+        store.observe(first)
+        before, _, entry = store.observe_and_log(second, T3)
+
+        (logged,) = store.logged(["m3", "unknown"])
+
+    assert entry is not None
+    assert logged == LoggedBatch(entry, T3, before, reference(second))
+    assert before == reference(first)
+
+
+def test_a_batch_that_adds_no_fact_and_a_batch_without_a_cause_are_not_logged(
+    empty_store_url: Callable[[], str],
+) -> None:
+    with open_identity_store(empty_store_url()) as store:
+        assert store.observe_and_log([Observation((ECID, EMAIL), T2)], None)[2] is None
+        assert store.observe_and_log([Observation((ECID, EMAIL), T2)], T2)[2] is None
+        assert store.logged(["m2"]) == []
+
+
+def test_a_discarded_entry_goes_with_the_next_write(empty_store_url: Callable[[], str]) -> None:
+    with open_identity_store(empty_store_url()) as store:
+        _, _, entry = store.observe_and_log([Observation((ECID,), T1)], T1)
+        _, _, kept = store.observe_and_log([Observation((EMAIL,), T1)], T1)
+        store.discard(entry)
+        assert [logged.entry for logged in store.logged(["m1"])] == [entry, kept]
+
+        store.observe_and_log([Observation((PHONE,), T2)], T2)
+
+        assert [logged.entry for logged in store.logged(["m1"])] == [kept]
+
+
+def test_the_log_outlives_the_store_object(empty_store_url: Callable[[], str]) -> None:
+    url = empty_store_url()
+    with open_identity_store(url) as store:
+        _, _, entry = store.observe_and_log([Observation((ECID, EMAIL), T1)], T1)
+    with open_identity_store(url) as reopened:
+        assert reopened.logged(["m1"]) == [
+            LoggedBatch(entry, T1, GraphFacts.empty(), reference([Observation((ECID, EMAIL), T1)]))
+        ]
+
+
+@given(facts=st.lists(OBSERVATIONS, max_size=6))
+def test_facts_survive_their_byte_form(facts: list[Observation]) -> None:
+    written = reference(facts)
+    assert GraphFacts.from_bytes(written.to_bytes()) == written

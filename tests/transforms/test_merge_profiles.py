@@ -382,6 +382,22 @@ def test_a_shared_device_split_gives_each_user_back_their_own_fragments(registry
     assert view_of_identity(stores, Identity("ECID", DEVICE)) == bob_view
 
 
+def test_a_person_renamed_by_a_late_record_keeps_answering_under_its_old_id(registry, stores):
+    """The device anchors the person until Ann's profile record, stamped with an earlier time, shows her e-mail was
+    seen first: the person is renamed after the e-mail, and the device's person id answers with that profile."""
+    run_stream(stream_of([event("e1", 5, ECID=DEVICE), event("e2", 6, ECID=DEVICE, Email=ANN_EMAIL)]), registry, stores)
+    assert event_ids(view_of_person(stores, DEVICE_PERSON)) == ["e1", "e2"]
+
+    run_stream(stream_of([profile("r1", 1, "Ann", Email=ANN_EMAIL)]), registry, stores)
+
+    renamed = view_of_person(stores, ANN)
+    assert renamed["person_id"] == ANN
+    assert first_name(renamed) == "Ann"
+    assert event_ids(renamed) == ["e1", "e2"]
+    assert view_of_person(stores, DEVICE_PERSON) == renamed
+    assert view_of_identity(stores, Identity("ECID", DEVICE)) == renamed
+
+
 # Order and replays.
 
 

@@ -15,8 +15,9 @@ from pipelines.ingest import stitch_settings
 from schemas.registry import SchemaRegistry
 from transforms.identity_graph import person_id
 from transforms.identity_model import Identity
+from transforms.identity_store import open_identity_store
 from transforms.records import ValidRecord
-from transforms.stitch import StitchIdentities
+from transforms.stitch import StitchIdentities, link_batch, record_identities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
 DEVICE = "1" * 38
@@ -119,3 +120,52 @@ def test_streaming_stitching_gives_every_record_its_person(tmp_path, registry):
         result = pipeline | stream | StitchIdentities(registry, store, SETTINGS)
         device = person_id(Identity("ECID", DEVICE))
         assert_that(persons(result.records), equal_to([("m1", device), ("m2", device)]))
+
+
+def found_in(records: list[ValidRecord], registry: SchemaRegistry) -> list:
+    return [record_identities(record, registry, SETTINGS) for record in records]
+
+
+def test_changes_a_crash_kept_from_the_lake_are_told_again_when_their_records_come_again(tmp_path, registry):
+    """The store committed the login's facts, and the process died before the lake had the merge: a rerun of the
+    same records (or their redelivery) tells it again, as it was told, and the anonymous visits still tell nothing."""
+    url = f"sqlite:///{tmp_path}/identity.sqlite"
+    anonymous = found_in([event("m1", 1, ECID=DEVICE), event("m2", 2, CRMID="ann")], registry)
+    login = found_in([event("m3", 3, ECID=DEVICE, CRMID="ann"), event("m4", 4)], registry)
+    with open_identity_store(url) as store:
+        link_batch(store, SETTINGS.graph, anonymous)
+        told, _ = link_batch(store, SETTINGS.graph, login)
+
+    with open_identity_store(url) as store:
+        told_again = [link_batch(store, SETTINGS.graph, batch)[0] for batch in (anonymous, login)]
+
+    assert [(change.kind, change.message_id) for change in told] == [("merge", "m3")]
+    assert told_again == [[], told]
+
+
+def test_a_second_run_of_the_same_records_tells_the_same_changes(tmp_path, registry):
+    store = f"sqlite:///{tmp_path}/identity.sqlite"
+    records = [event("m1", 1, ECID=DEVICE, CRMID="ann"), event("m2", 5, ECID=DEVICE, CRMID="bob")]
+    told = []
+    for run in ("First", "Second"):
+        with beam.Pipeline(runner="FnApiRunner") as pipeline:
+            changes = (
+                pipeline
+                | f"{run}Records" >> beam.Create(records)
+                | f"{run}Stitch" >> StitchIdentities(registry, store, SETTINGS, batch_size=1)
+            ).changes
+            _ = changes | f"{run}Log" >> beam.Map(lambda change, path: append_line(path, change), f"{tmp_path}/{run}")
+        told.append(sorted(read_lines(f"{tmp_path}/{run}")))
+
+    assert told[0] == told[1]
+    assert {line.split("|")[0] for line in told[0]} == {"split", "link_removed"}
+
+
+def append_line(path: str, change) -> None:
+    with open(path, "a") as log:
+        log.write("|".join([change.kind, change.message_id, *change.identities, *change.persons_after]) + "\n")
+
+
+def read_lines(path: str) -> list[str]:
+    with open(path) as log:
+        return log.read().splitlines()
