@@ -19,7 +19,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, PortableOption
 
 from pipelines.config import Config
 from pipelines.flink_cluster import FLINK_RUNNER, flink_runner_args
-from pipelines.local_runner import metrics_of_every_bundle, stoppable_pubsub_reads
+from pipelines.local_runner import (
+    disable_prism_splits,
+    metrics_of_every_bundle,
+    runner_name,
+    runs_on_prism,
+    stoppable_pubsub_reads,
+)
 from pipelines.summary import RunSummary, summarise
 from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
@@ -37,8 +43,9 @@ from transforms.validate import Validate
 
 LOCAL_STREAMING_RUNNER = "BundleBasedDirectRunner"
 LOCAL_BATCH_RUNNER = "FnApiRunner"
-# The runners Beam's own Pub/Sub read runs on; Dataflow's acknowledges once a bundle is durably committed.
-BEAM_PUBSUB_RUNNERS = frozenset({"directrunner", "bundlebaseddirectrunner", "dataflowrunner"})
+# The runners Beam's own Pub/Sub read runs on, as runner_name spells them; Dataflow's acknowledges once a bundle is
+# durably committed.
+BEAM_PUBSUB_RUNNERS = frozenset({"direct", "bundlebaseddirect", "dataflow"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +137,8 @@ def stitch_settings(config: Config) -> StitchSettings:
 
 def pipeline_options(request: RunRequest) -> PipelineOptions:
     """Beam options for a run: the local streaming runner by default, FnApiRunner for ``--batch``; FlinkRunner
-    submits to the cluster ``make flink-up`` started, unless the Beam options say otherwise."""
+    submits to the cluster ``make flink-up`` started, unless the Beam options say otherwise; Prism never splits a
+    bundle in progress (:func:`pipelines.local_runner.disable_prism_splits`)."""
     beam_args = list(request.beam_args)
     if request.runner == FLINK_RUNNER:
         beam_args = flink_runner_args(beam_args)
@@ -138,6 +146,7 @@ def pipeline_options(request: RunRequest) -> PipelineOptions:
     standard = options.view_as(StandardOptions)
     standard.runner = request.runner or (LOCAL_BATCH_RUNNER if request.batch else LOCAL_STREAMING_RUNNER)
     standard.streaming = not request.batch
+    disable_prism_splits(options)
     return options
 
 
@@ -177,8 +186,7 @@ def workers_in_this_process(options: PipelineOptions) -> bool:
     """Whether a portable runner's SDK workers run in this process (``LOOPBACK``, Prism's default), where the stop
     event of :class:`ReadPubSubAcknowledged` reaches them."""
     environment = options.view_as(PortableOptions).environment_type
-    runner = options.view_as(StandardOptions).runner.rsplit(".", 1)[-1].lower().removesuffix("runner")
-    return environment == "LOOPBACK" or (environment is None and runner == "prism")
+    return environment == "LOOPBACK" or (environment is None and runs_on_prism(options))
 
 
 def _say_when_stopped_in_vain(stop: threading.Event) -> None:
@@ -197,8 +205,6 @@ def _say_when_stopped_in_vain(stop: threading.Event) -> None:
 def pubsub_source(runner: str, subscription: str, stop: threading.Event) -> beam.PTransform:
     """Beam's own Pub/Sub read on the runners that run it; on every other runner (Prism, Flink, any portable runner)
     :class:`ReadPubSubAcknowledged`, which acknowledges on bundle finalisation and ends when ``stop`` is set."""
-    # Beam's runner names are case-blind and may leave out "Runner" or give the class's module path.
-    name = runner.rsplit(".", 1)[-1].lower()
-    if name in BEAM_PUBSUB_RUNNERS or f"{name}runner" in BEAM_PUBSUB_RUNNERS:
+    if runner_name(runner) in BEAM_PUBSUB_RUNNERS:
         return ReadPubSub(subscription)
     return ReadPubSubAcknowledged(subscription, stop=stop)

@@ -1,4 +1,5 @@
-"""Local runners: corrections to Beam's BundleBasedDirectRunner for ``profilestream run``, and where Prism is.
+"""Local runners: corrections to Beam's BundleBasedDirectRunner for ``profilestream run``, where Prism is, and the
+one experiment every run on Prism gets.
 
 Every bundle's metrics
 ----------------------
@@ -26,6 +27,14 @@ coming, gathers pulls for up to :data:`GATHER_S` into one bundle: on a steady st
 published since the last one, and every bundle costs each step of the pipeline its fixed overhead on this runner
 (the DoFn is pickled and unpickled per bundle), which at a bundle of one or two messages capped a run near 200
 messages/s.
+
+Prism's bundle splits
+---------------------
+Prism (2.77) splits a bundle that makes no progress for a while, stateful stages' bundles too, and hands the keys of
+the split-off elements to a new bundle while the first still runs with its own copy of their state: the bundle that
+finishes last overwrites what the other wrote, and elements vanish from state (``docs/prism-split-state-loss.md``).
+:func:`disable_prism_splits` turns the splits off on Prism; ``tests/pipelines/test_prism_split.py`` shows the state
+whole with it. :func:`runner_name` is the one spelling of a runner's name this project compares.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.runners.direct.util import TransformResult
 from apache_beam.runners.worker import statesampler
@@ -47,6 +57,8 @@ from apache_beam.version import __version__ as beam_version
 from transforms.pubsub import pull_gathered
 
 PRISM_ENV = "PRISM"
+# Prism's experiment that stops it splitting bundles in progress (see the module docstring).
+PRISM_NO_SPLIT_EXPERIMENT = "prism_disable_sdf_split"
 DEFAULT_PULL_MESSAGES = 1000
 # Beam waits up to 30 s for a pull, and a stop waits for the pull in progress.
 PULL_WAIT_S = 1.0
@@ -59,6 +71,25 @@ def prism_binary() -> Path:
     missing. Pass it to a run as ``--prism_location``: Beam would otherwise download it at run time."""
     default = Path.home() / ".cache" / "profilestream" / "prism" / f"v{beam_version}" / "prism"
     return Path(os.environ.get(PRISM_ENV, default))
+
+
+def runner_name(runner: str) -> str:
+    """A runner's name in one spelling: Beam's names are case-blind and may leave out "Runner" or give the class's
+    module path, so ``PrismRunner``, ``prism`` and ``apache_beam.runners.portability.prism_runner.PrismRunner`` are
+    all ``prism``."""
+    return runner.rsplit(".", 1)[-1].lower().removesuffix("runner")
+
+
+def runs_on_prism(options: PipelineOptions) -> bool:
+    """Whether ``options`` name Prism as the runner."""
+    return runner_name(options.view_as(StandardOptions).runner or "") == "prism"
+
+
+def disable_prism_splits(options: PipelineOptions) -> None:
+    """On Prism, adds the experiment that keeps Prism from splitting bundles in progress, which loses stateful
+    DoFns' state (see the module docstring); other runners' options are left as they are."""
+    if runs_on_prism(options):
+        options.view_as(DebugOptions).add_experiment(PRISM_NO_SPLIT_EXPERIMENT)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""The Ingest transform as a whole: whatever comes in, nothing crashes, nothing is lost, and the counts balance."""
+"""The Ingest transform as a whole: whatever comes in, nothing crashes, nothing is lost, and the counts balance; and
+the options a run gets: on Prism, with bundle splitting off."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+import pytest
+from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pipelines.config import Config
-from pipelines.ingest import Ingest
+from pipelines.ingest import Ingest, RunRequest, pipeline_options
+from pipelines.local_runner import PRISM_NO_SPLIT_EXPERIMENT
 from pipelines.summary import counters, summary_of
 from schemas.registry import SchemaRegistry
 from tests.pipelines.conftest import START, envelope, event, lake_rows
@@ -120,3 +123,30 @@ def test_streaming_ingest_writes_late_backlog_and_redelivered_messages_once(tmp_
     assert [row["message_id"] for row in lake_rows(tmp_path, "failed_records")] == ["m2"]
     late_hour = (START - timedelta(hours=1)).strftime("%H")
     assert list((tmp_path / "experience_events").rglob(f"hour={late_hour}/*.parquet"))
+
+
+def experiments_of_a_run(runner: str | None, *beam_args: str, batch: bool = False) -> list[str]:
+    request = RunRequest(None, "lake", "sqlite:///i", "sqlite:///p", batch=batch, runner=runner, beam_args=beam_args)
+    return pipeline_options(request).view_as(DebugOptions).experiments or []
+
+
+@pytest.mark.parametrize(
+    "runner", ["PrismRunner", "prism", "PRISM", "apache_beam.runners.portability.prism_runner.PrismRunner"]
+)
+def test_a_run_on_prism_has_bundle_splitting_off(runner):
+    assert experiments_of_a_run(runner) == [PRISM_NO_SPLIT_EXPERIMENT]
+
+
+def test_a_run_on_prism_keeps_the_users_experiments_and_names_the_split_experiment_once():
+    experiments = experiments_of_a_run(
+        "PrismRunner", "--experiments=prism_disable_rtc", f"--experiments={PRISM_NO_SPLIT_EXPERIMENT}"
+    )
+
+    assert experiments == ["prism_disable_rtc", PRISM_NO_SPLIT_EXPERIMENT]
+
+
+@pytest.mark.parametrize(
+    ("runner", "batch"), [(None, False), (None, True), ("DirectRunner", False), ("FlinkRunner", False)]
+)
+def test_other_runners_get_no_prism_experiment(runner, batch):
+    assert PRISM_NO_SPLIT_EXPERIMENT not in experiments_of_a_run(runner, batch=batch)

@@ -28,22 +28,26 @@ RUN_TIMEOUT_S = 120
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def run_replay(stream: Path, lake: Path, *runner_args: str) -> None:
-    """A streaming replay of ``stream`` into ``lake`` and stores beside it, in its own process group."""
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--source", f"replay:{stream}", "--lake", str(lake)]
+def finished(command: list[str], timeout_s: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``command`` run to its end in a process group of its own, its output and errors apart; if it outlives
+    ``timeout_s``, the group (a Prism server with it) is killed and the test fails."""
     process = subprocess.Popen(
-        [*command, *stores_beside(lake), *runner_args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True
     )
     try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+        output, errors = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        pytest.fail(f"the run did not finish within {RUN_TIMEOUT_S} s: {' '.join(runner_args)}")
-    assert process.returncode == 0, output.decode(errors="replace")[-4000:]
+        pytest.fail(f"did not finish within {timeout_s} s: {' '.join(command)}")
+    return subprocess.CompletedProcess(command, process.returncode, output, errors)
+
+
+def run_replay(stream: Path, lake: Path, *runner_args: str) -> None:
+    """A streaming replay of ``stream`` into ``lake`` and stores beside it, in its own process group."""
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--source", f"replay:{stream}", "--lake", str(lake)]
+    run = finished([*command, *stores_beside(lake), *runner_args])
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
 
 
 def test_prism_writes_the_lake_and_profiles_of_the_direct_runner(prism, small_stream, tmp_path):

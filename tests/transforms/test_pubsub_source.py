@@ -30,6 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 
 from pipelines.ingest import RunRequest, pipeline_options, pubsub_source, workers_in_this_process
+from pipelines.local_runner import disable_prism_splits
 from pipelines.pubsub_emulator import EMULATOR_HOST_ENV
 from transforms.clock import wall_clock_us
 from transforms.pubsub import ReadPubSub, message_from_pubsub
@@ -360,6 +361,7 @@ def read_job(subscription: str, sink: str, prism: str, *, fail: bool) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _number, _frame: stop.set())
     options = PipelineOptions(["--runner", "PrismRunner", "--prism_location", prism, "--streaming"])
+    disable_prism_splits(options)
     with beam.Pipeline(options=options) as pipeline:
         _ = (
             pipeline
