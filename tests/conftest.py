@@ -62,37 +62,32 @@ def prism() -> Path:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        missing_prerequisite("redis-server not found (Debian package redis-server)")
     folder = tmp_path_factory.mktemp("redis")
     port = pubsub.free_port()
-    log = folder / "redis.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(folder),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_redis(folder, port)
     try:
-        url = f"redis://127.0.0.1:{port}/0"
-        _wait_until_ready(url, process, log)
-        yield url
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.terminate()
         process.wait(timeout=SERVER_START_TIMEOUT_S)
+
+
+def start_redis(folder: Path, port: int, *, durable: bool = False) -> subprocess.Popen:
+    """``redis-server`` on ``port`` with its files in ``folder``, once it answers: without persistence, or
+    ``durable``, with an append-only file synced on every write (what survives a SIGKILL and a restart)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing_prerequisite("redis-server not found (Debian package redis-server)")
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    log = folder / "redis.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", *persistence],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    _wait_until_ready(f"redis://127.0.0.1:{port}/0", process, log)
+    return process
 
 
 def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:

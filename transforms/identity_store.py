@@ -116,6 +116,10 @@ class IdentityStore(abc.ABC):
     def close(self) -> None:
         """Release the connection."""
 
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether ``error`` says the store cannot be reached for now (calling again later may work)."""
+        return False
+
     def __enter__(self) -> IdentityStore:
         return self
 

@@ -45,6 +45,14 @@ from transforms.identity_model import GraphFacts, Identity, LoggedBatch, Stamp
 from transforms.identity_store import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore, StoreUnavailableError
 
 _TIME_OFFSET = 1 << 63
+# A server that stops answering (stopped, swapping, overloaded) is an outage after this long rather than a hang.
+CLIENT_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether a Redis error says the server cannot be reached for now: refused, timed out, loading its data."""
+    return isinstance(error, (redis.ConnectionError, redis.TimeoutError))
+
 
 # Shared by both scripts. KEYS: the component hash, the component counter; ARGV[1]: the prefix.
 _READ_COMPONENTS = r"""
@@ -246,7 +254,7 @@ class RedisIdentityStore(IdentityStore):
 
     def __init__(self, url: str, *, prefix: str = "ps:id:") -> None:
         super().__init__()
-        self._client = redis.Redis.from_url(url)
+        self._client = redis.Redis.from_url(url, **CLIENT_TIMEOUTS)
         self._prefix = prefix
         self._keys = (prefix + "component", prefix + "next")
         # Loaded now so that every call is one EVALSHA, and so that an unreachable server is found at once.
@@ -291,6 +299,9 @@ class RedisIdentityStore(IdentityStore):
 
     def close(self) -> None:
         self._client.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        return is_unreachable(error)
 
     def _run(self, source: str, args: Sequence[Any]) -> Any:
         try:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from transforms.clock import wall_clock_us
 from transforms.identity_model import GraphFacts, Identity, LoggedBatch, Stamp
 from transforms.identity_store import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore
-from transforms.sqlite_files import open_store_file, transaction
+from transforms.sqlite_files import is_busy, open_store_file, transaction
 
 # Bound parameters per IN list, well under SQLite's limit of 32,766.
 _IDS_PER_QUERY = 500
@@ -195,6 +195,9 @@ class SqliteIdentityStore(IdentityStore):
 
     def close(self) -> None:
         self._connection.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        return is_busy(error)
 
     def _read(self, identities: Iterable[Identity]) -> tuple[GraphFacts, dict[Identity, int]]:
         """The facts of the identities' components, and the component of each of their members."""

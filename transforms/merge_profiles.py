@@ -61,6 +61,7 @@ from transforms.metrics import NAMESPACE, counter
 from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, open_profile_store
 from transforms.records import ValidRecord
 from transforms.stitch import StitchSettings
+from transforms.store_outages import patient
 
 FRESHNESS_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
 FRESHNESS = "profile_freshness_ms"
@@ -128,8 +129,8 @@ class _MergeProfilesFn(beam.DoFn):
     def setup(self) -> None:
         self._writer = ProfileWriter(
             self._registry,
-            open_identity_store(self._identity_store_url),
-            open_profile_store(self._profile_store_url),
+            patient(open_identity_store, self._identity_store_url, "identity store"),
+            patient(open_profile_store, self._profile_store_url, "profile store"),
             self._stitch,
             self._settings,
             decoded=_decoded_fragments_of(self._profile_store_url),

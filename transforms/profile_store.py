@@ -82,6 +82,10 @@ class ProfileStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether ``error`` says the store cannot be reached for now (calling again later may work)."""
+        return False
+
     def __enter__(self) -> ProfileStore:
         return self
 

@@ -151,6 +151,9 @@ class BigtableProfileStore(ProfileStore):
     def close(self) -> None:
         self._client.close()
 
+    def is_transient(self, error: BaseException) -> bool:
+        return isinstance(error, (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded))
+
     def _put_if_unchanged(self, key: str, doc: bytes, expected: bytes | None) -> bool:
         """Puts a fragment if it holds ``expected`` (``None``: if it is absent); whether it did."""
         stored_doc = RowFilterChain([FamilyNameRegexFilter(_DATA), ColumnQualifierRegexFilter(_DOC)])

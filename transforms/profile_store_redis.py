@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import redis
 
 from transforms.identity_store import StoreUnavailableError
+from transforms.identity_store_redis import CLIENT_TIMEOUTS, is_unreachable
 from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
 
 # ARGV[1]: the prefix. The lookups resolve a person through its redirect, if any, to the view.
@@ -119,7 +120,7 @@ class RedisProfileStore(ProfileStore):
     """Fragments, views, the identity index and redirects on a Redis server, under keys that start with ``prefix``."""
 
     def __init__(self, url: str, *, prefix: str = "ps:pf:") -> None:
-        self._client = redis.Redis.from_url(url)
+        self._client = redis.Redis.from_url(url, **CLIENT_TIMEOUTS)
         self._prefix = prefix
         self._scripts = {source: self._client.register_script(source) for source in _SCRIPTS}
         # Loaded now so that every call is one EVALSHA, and so that an unreachable server is found at once.
@@ -154,6 +155,9 @@ class RedisProfileStore(ProfileStore):
 
     def close(self) -> None:
         self._client.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        return is_unreachable(error)
 
     def _run(self, source: str, args: Sequence[str | bytes | int]) -> bytes | None:
         # redis-py's Script sends EVALSHA, and loads the script again should the server answer NOSCRIPT.

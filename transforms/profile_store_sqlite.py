@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
-from transforms.sqlite_files import open_store_file, transaction
+from transforms.sqlite_files import is_busy, open_store_file, transaction
 
 # Bound parameters per IN list, well under SQLite's limit of 32,766.
 KEYS_PER_QUERY = 500
@@ -101,6 +101,9 @@ class SqliteProfileStore(ProfileStore):
 
     def close(self) -> None:
         self._connection.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        return is_busy(error)
 
     def _fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(keys))

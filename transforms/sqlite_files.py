@@ -1,7 +1,8 @@
 """What the SQLite-backed stores share: opening a store file and running explicit transactions.
 
 Writers begin ``IMMEDIATE`` transactions, so concurrent processes serialise on the file lock (waiting up to
-:data:`BUSY_TIMEOUT_S`), and WAL mode lets readers go on meanwhile.
+:data:`BUSY_TIMEOUT_S`, after which :func:`is_busy` says the error is transient), and WAL mode lets readers go on
+meanwhile.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import Iterator
 
 from transforms.identity_store import StoreUnavailableError
 
-BUSY_TIMEOUT_S = 60.0
+# Writers hold the lock for milliseconds; a lock held longer is an outage, which the pipeline waits out with
+# back-off and says so (transforms.store_outages).
+BUSY_TIMEOUT_S = 5.0
 
 
 def open_store_file(path: str, schema: str, what: str) -> sqlite3.Connection:
@@ -44,3 +47,8 @@ def transaction(connection: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") 
             connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
+
+
+def is_busy(error: BaseException) -> bool:
+    """Whether ``error`` is SQLite's answer to a file another connection holds locked past the busy timeout."""
+    return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))

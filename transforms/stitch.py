@@ -35,6 +35,7 @@ from transforms.identity_namespaces import IdentityRules, NamespaceRegistry, ext
 from transforms.identity_store import IdentityStore, open_identity_store
 from transforms.metrics import counter
 from transforms.records import ValidRecord
+from transforms.store_outages import patient
 
 REJECTED = "rejected"
 _CHANGES = "changes"
@@ -124,7 +125,7 @@ class _StitchFn(beam.DoFn):
         self._rejected = counter("identities_rejected")
 
     def setup(self) -> None:
-        self._store = open_identity_store(self._store_url)
+        self._store = patient(open_identity_store, self._store_url, "identity store")
 
     def teardown(self) -> None:
         if self._store is not None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -75,6 +78,21 @@ def small_stream(tmp_path: Path) -> Path:
     path = tmp_path / "stream.jsonl"
     path.write_text("\n".join(stream_lines(minutes=12, per_minute=10)) + "\n")
     return path
+
+
+def finished(command: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """``command`` run to its end in a process group of its own, its output and errors apart; if it outlives
+    ``timeout_s``, the group (a Prism server with it) is killed and the test fails."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True
+    )
+    try:
+        output, errors = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"did not finish within {timeout_s} s: {' '.join(command)}")
+    return subprocess.CompletedProcess(command, process.returncode, output, errors)
 
 
 def lake_rows(lake: Path, dataset: str) -> list[dict]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.pipelines.conftest import dataset_files, lake_rows, stream_lines
+from tests.pipelines.conftest import dataset_files, finished, lake_rows, stream_lines
 from tests.pipelines.test_inlet import pull_all
 from tests.pipelines.test_pubsub_run import EVENT_IDS, FAILED, MESSAGES, MINUTES, VALID, publish_stream, start_run
 from tests.pipelines.test_run import profile_store_contents, stores_beside
@@ -28,25 +27,10 @@ RUN_TIMEOUT_S = 120
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def finished(command: list[str], timeout_s: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """``command`` run to its end in a process group of its own, its output and errors apart; if it outlives
-    ``timeout_s``, the group (a Prism server with it) is killed and the test fails."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True
-    )
-    try:
-        output, errors = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"did not finish within {timeout_s} s: {' '.join(command)}")
-    return subprocess.CompletedProcess(command, process.returncode, output, errors)
-
-
 def run_replay(stream: Path, lake: Path, *runner_args: str) -> None:
     """A streaming replay of ``stream`` into ``lake`` and stores beside it, in its own process group."""
     command = [sys.executable, "-m", "pipelines.cli", "run", "--source", f"replay:{stream}", "--lake", str(lake)]
-    run = finished([*command, *stores_beside(lake), *runner_args])
+    run = finished([*command, *stores_beside(lake), *runner_args], RUN_TIMEOUT_S)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
 
 

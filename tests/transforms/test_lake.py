@@ -570,3 +570,32 @@ def test_kept_rows_do_not_depend_on_input_order(rows):
         SAMPLE_ROWS[5],
         SAMPLE_ROWS[3],
     ]
+
+
+def test_a_day_of_streaming_leaves_no_state_for_the_windows_it_wrote(tmp_path):
+    """A day of rows, a commit window after another, with processing time moving along: once a window's pane is
+    written its key holds nothing (no buffer, no timer, nothing about what it wrote), so state is only ever held by
+    the windows still open.
+
+    State is read from the BundleBasedDirectRunner's own keyed state after the run: its evaluation context keeps, per
+    transform and key, the state cells and timers the runner holds (Beam 2.77, private).
+    """
+    lake = str(tmp_path)
+    windows = 24 * 3600 // INTERVAL_S
+    stream = test_stream.TestStream().advance_watermark_to(Timestamp(micros=us(T0)))
+    for window in range(windows):
+        rows = [lake_row(f"e{window}-{n}", at(window * INTERVAL_S + n * 60), f"m{window}-{n}") for n in range(2)]
+        stream = stream.add_elements([stamped(row) for row in rows]).advance_processing_time(INTERVAL_S + 1)
+    pipeline = beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions([], streaming=True))
+    _ = pipeline | stream | WriteToLake(lake, SCHEMAS, commit_interval_s=INTERVAL_S, clock=stream_clock)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    (keyed,) = [
+        states
+        for transform, states in result._evaluation_context._transform_keyed_states.items()
+        if transform.full_label.endswith("BufferAndWritePanes")
+    ]
+    assert len(keyed) == windows
+    assert [key for key, held in keyed.items() if held.state or held.timers] == []
+    assert len(lake_files(lake)) >= windows
