@@ -26,6 +26,8 @@ EXPECTED_FAILED = MINUTES * 2
 EXPECTED_DUPLICATES = MINUTES
 
 
+DATASETS = ("experience_events", "profile_records", "failed_records", "identity_changes")
+
 # Depend on when processing-time timers fire: a streaming run may flush a person more often than a batch run.
 FLUSH_TIMED = ("profiles_written", "profile_freshness_ms")
 
@@ -84,6 +86,26 @@ def test_streaming_and_batch_replays_write_the_same_lake(small_stream, tmp_path,
     for dataset in ("experience_events", "failed_records", "identity_changes"):
         assert lake_rows(tmp_path / "streaming", dataset) == lake_rows(tmp_path / "batch", dataset)
     assert dataset_files(tmp_path / "streaming") == dataset_files(tmp_path / "batch")
+
+
+def test_a_replay_run_again_streaming_and_in_batch_adds_nothing_to_the_lake(small_stream, tmp_path, capsys):
+    """What a user does with ``make run`` twice, then ``make run ARGS=--batch``, into one ``./data/``: the stream
+    holds redeliveries, and its later runs find every row in the lake already (their ``_person_id`` would differ:
+    the graph is already built)."""
+    lake = tmp_path / "lake"
+    arguments = ("--source", f"replay:{small_stream}", "--lake", str(lake))
+    first = run_cli(capsys, *arguments)
+    files, rows = dataset_files(lake), {name: lake_rows(lake, name) for name in DATASETS}
+
+    again = [run_cli(capsys, *arguments), run_cli(capsys, *arguments, "--batch")]
+
+    assert first["duplicates"] == EXPECTED_DUPLICATES
+    for summary in again:
+        assert summary["duplicates"] == EXPECTED_VALID
+        assert {name: written["rows"] for name, written in summary["lake"].items()} == dict.fromkeys(DATASETS, 0)
+        assert (summary["valid"], summary["failed"]) == (EXPECTED_VALID, EXPECTED_FAILED)
+    assert dataset_files(lake) == files
+    assert {name: lake_rows(lake, name) for name in DATASETS} == rows
 
 
 def test_lake_reads_with_duckdb_hive_partitioning(small_stream, tmp_path, capsys):

@@ -33,11 +33,19 @@ from schemas.registry import SchemaRegistry
 from transforms import profile_model
 from transforms.identity_graph import person_id
 from transforms.identity_model import Identity
-from transforms.merge_profiles import FRESHNESS, MergeProfiles, ProfileFlush, ProfileSettings, _DecodedFragments
+from transforms.identity_store import open_identity_store
+from transforms.merge_profiles import (
+    FRESHNESS,
+    MergeProfiles,
+    ProfileFlush,
+    ProfileSettings,
+    ProfileWriter,
+    _DecodedFragments,
+)
 from transforms.profile_model import fragment_to_bytes, view_from_bytes
 from transforms.profile_store import open_profile_store
 from transforms.records import ValidRecord
-from transforms.stitch import StitchIdentities
+from transforms.stitch import StitchIdentities, link_batch, record_identities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
 PROFILE_SCHEMA = "https://ns.adobe.com/xdm/context/profile"
@@ -423,6 +431,34 @@ def test_replaying_the_input_leaves_what_one_run_leaves(registry, tmp_path):
         run_stream(stream_of(*([record] for record in records)), registry, twice)
 
     assert store_contents(twice) == store_contents(once)
+
+
+def test_flushes_fired_again_after_a_restore_leave_the_profile_store_unchanged(registry, stores):
+    """What a runner restoring the stage's state from a checkpoint does: the buffers go back to what they held
+    before the commit and their flushes fire again, here the flush of Ann's first records and the one after the merge,
+    once more each, in the order they ran; the store keeps what the first time left."""
+    flushes = []
+    with open_identity_store(stores.identity) as identities:
+        for batch in ([*SAMPLE_ANONYMOUS_VISITS, SAMPLE_ANN_PROFILE], [SAMPLE_SIGNED_IN_VISIT]):
+            found = [record_identities(record, registry, STITCH) for record in batch]
+            changes, persons = link_batch(identities, STITCH.graph, found)
+            stitched = [
+                dataclasses.replace(record, person_id=person) for record, person in zip(batch, persons, strict=True)
+            ]
+            flushes.append((stitched, [change for change in changes if change.kind == "merge"]))
+    writer = ProfileWriter(
+        registry, open_identity_store(stores.identity), open_profile_store(stores.profile), STITCH, ProfileSettings()
+    )
+    for records, changes in flushes:
+        writer.write(records, changes)
+    committed = store_contents(stores)
+    assert flushes[1][1], "the second flush carries the merge"
+
+    for records, changes in flushes:
+        writer.write(records, changes)
+
+    assert store_contents(stores) == committed
+    assert view_of_person(stores, ANN) == view_of_person(stores, DEVICE_PERSON)
 
 
 # Datasets.
