@@ -7,6 +7,7 @@ Every key, with its default (also shipped as ``pipelines/profilestream.example.y
     timestamp_skew_seconds: 300       # how far past its ingestion time an event timestamp may lie
     max_errors: 100                   # violations reported per record
     max_message_bytes: 1048576        # larger messages fail with SIZE.MESSAGE_TOO_LARGE
+    max_batch_entries: 1024           # a batch envelope with more messages fails whole with DECODE.BATCH_TOO_LARGE
     datasets:                         # other ids a header's datasetId may use for a dataset
       experience_events: {aliases: []}
       profile_records: {aliases: []}
@@ -69,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from schemas.validation import ValidationPolicy
+from transforms.decoding import MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES
 from transforms.identity_namespaces import (
     DEFAULT_IDENTITY_FIELDS,
     STANDARD_NAMESPACES,
@@ -223,7 +225,8 @@ class Config:
     commit_interval_seconds: int = 300
     timestamp_skew_seconds: int = 300
     max_errors: int = 100
-    max_message_bytes: int = 1024 * 1024
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_batch_entries: int = MAX_BATCH_ENTRIES
     datasets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     namespaces: tuple[Namespace, ...] = STANDARD_NAMESPACES
     identity: IdentitySettings = dataclasses.field(default_factory=IdentitySettings)
@@ -231,7 +234,7 @@ class Config:
     profiles: ProfilesSettings = dataclasses.field(default_factory=ProfilesSettings)
 
     def __post_init__(self) -> None:
-        for name in ("commit_interval_seconds", "max_errors", "max_message_bytes"):
+        for name in ("commit_interval_seconds", "max_errors", "max_message_bytes", "max_batch_entries"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.timestamp_skew_seconds < 0:

@@ -52,6 +52,24 @@ def test_the_example_file_sets_every_default_of_profiles():
     assert load_config(Path(pipelines.__path__[0]) / "profilestream.example.yaml").profiles == ProfilesSettings()
 
 
+def test_the_example_file_sets_the_default_limits_per_message():
+    config = load_config(Path(pipelines.__path__[0]) / "profilestream.example.yaml")
+    assert (config.max_message_bytes, config.max_batch_entries) == (Config().max_message_bytes, 1024)
+
+
+def test_max_batch_entries_reads_from_the_file(tmp_path):
+    assert load_config(write(tmp_path, "max_batch_entries: 50\n")).max_batch_entries == 50
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("max_batch_entries: 0", "max_batch_entries must be positive"), ("max_batch_entries: many", "must be int")],
+)
+def test_a_bad_max_batch_entries_is_one_line_naming_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
 def test_every_key_reaches_the_settings_of_merge_profiles(tmp_path):
     config = load_config(
         write(
