@@ -304,9 +304,15 @@ def _writable_lake(path: str) -> str:
     from apache_beam.io.filesystems import FileSystems
 
     from transforms.lake import is_local
+    from transforms.lake_folders import LakeFolderError, refuse_linked_folders
 
     if is_local(path):
-        return _writable_directory(path)
+        directory = _writable_directory(path)
+        try:
+            refuse_linked_folders(directory)
+        except LakeFolderError as error:
+            raise UsageError(str(error)) from None
+        return directory
     try:
         FileSystems.match([FileSystems.join(path, "*")])
     except Exception as error:  # Beam's filesystems raise whatever their clients raise

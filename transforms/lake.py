@@ -1,7 +1,7 @@
 """Write lake rows as Parquet files in hourly partitions, one commit window at a time (DESIGN.md §2 "Lake layout").
 
-``WriteToLake`` is the lake's only writer; ``LakeFile`` describes what it committed; ``clean_stale_temp_files``
-removes what a killed run left behind.
+``WriteToLake`` is the lake's only writer; ``LakeFile`` describes what it committed. Its local folders, temporary
+files and their clean-up are :mod:`transforms.lake_folders`'.
 
 What goes in
 ============
@@ -70,9 +70,11 @@ open windows' buffers only.
 Failure and restart
 -------------------
 A pane's file is named by the next pane index no file of its window uses, and is never replaced: in a local lake
-each file is written under ``<lake>/.tmp/`` and linked into its partition only if that name is free (``os.link``
-fails on an existing name; another writer that took it first makes this one take the next index), so a reader never
-sees a partial file and two writers never overwrite each other. A lake on an object store (``gs://bucket/path``,
+each file is written in the writing process's own folder under ``<lake>/.tmp/`` and linked into its partition only if
+that name is free (``os.link`` fails on an existing name), so a reader never sees a partial file and two writers never
+overwrite each other. A writer that finds its pane index taken lists the window again, drops the rows the other
+writer committed, and takes the next index: concurrent writers of one window (two runs, or a runner that lost the
+writer's state) still write each row once. A lake on an object store (``gs://bucket/path``,
 through Beam's ``FileSystems``, as on Dataflow) is written object by object after checking that the name is free: an
 object is visible only once its upload is complete, and two writers racing for one name within that check are the
 one case not covered there.
@@ -80,8 +82,9 @@ one case not covered there.
 A retried bundle or timer (the runner did not commit the state change after the file was written) finds the files it
 wrote: each file's footer also holds the run (``profilestream.run``, made once per pipeline) and a digest of the
 pane's rows (``profilestream.pane``), and a pane of this run whose rows are the same reports those files again
-instead of writing new ones. Applying the transform runs :func:`clean_stale_temp_files`; one run at a time may write
-a lake, since a second run's start would remove the first one's temporary files in flight.
+instead of writing new ones. Applying the transform refuses a lake whose folders below its root are symbolic links
+and removes the temporary files of writers that are gone, never those of a live one
+(:func:`~transforms.lake_folders.clean_stale_temp_files`).
 
 Example::
 
@@ -120,9 +123,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms import metrics
 from transforms.clock import EPOCH, wall_clock_us
+from transforms.lake_folders import clean_stale_temp_files, make_folders, refuse_linked_folders, writer_temp_dir
 from transforms.records import LakeRow
-
-TEMP_DIR_NAME = ".tmp"
 
 TableBuilder = Callable[[list[Mapping[str, Any]], pa.Schema], pa.Table]
 
@@ -146,25 +148,6 @@ class LakeFile:
     rows: int
     window_start_us: int
     pane_index: int
-
-
-def clean_stale_temp_files(lake_dir: str) -> int:
-    """Remove the temporary files a killed run left in ``<lake>/.tmp/``; return how many were removed.
-
-    Only call it while no other run writes to ``lake_dir``: a run's files in flight look the same. A lake on an
-    object store has no temporary files.
-    """
-    if not is_local(lake_dir):
-        return 0
-    removed = 0
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(os.path.join(lake_dir, TEMP_DIR_NAME)):
-            if entry.is_file(follow_symlinks=False):
-                os.remove(entry.path)
-                removed += 1
-    if removed:
-        _LOGGER.info("Removed %d stale temporary lake files from %s", removed, lake_dir)
-    return removed
 
 
 def is_local(lake_dir: str) -> bool:
@@ -215,7 +198,9 @@ class WriteToLake(beam.PTransform):
         self._clock = clock
 
     def expand(self, rows: beam.PCollection[LakeRow]) -> beam.PCollection[LakeFile]:
-        clean_stale_temp_files(self._lake_dir)
+        if is_local(self._lake_dir):
+            refuse_linked_folders(self._lake_dir)
+            clean_stale_temp_files(self._lake_dir)
         writer_options = {
             # One per pipeline, so a retried bundle of this run knows its own files from an earlier run's.
             "run_id": uuid.uuid4().hex,
@@ -329,17 +314,12 @@ class _WritePaneFn(beam.DoFn):
     ) -> None:
         self._lake_dir = lake_dir
         self._local = is_local(lake_dir)
-        self._temp_dir = os.path.join(lake_dir, TEMP_DIR_NAME)
         self._schemas = schemas
         self._run_id = run_id
         self._max_rows_per_file = max_rows_per_file
         self._table_builder = table_builder
         self._clock = clock
         self._duplicates = metrics.counter("duplicates")
-
-    def setup(self) -> None:
-        if self._local:
-            os.makedirs(self._temp_dir, exist_ok=True)
 
     def process(self, element: tuple[tuple[str, int], Iterable[LakeRow]]) -> Iterator[LakeFile]:
         (dataset, window_start_us), rows = element
@@ -358,16 +338,22 @@ class _WritePaneFn(beam.DoFn):
         start = EPOCH + datetime.timedelta(microseconds=window_start_us)
         partition_dir = FileSystems.join(self._lake_dir, dataset, f"date={start:%Y-%m-%d}", f"hour={start:%H}")
         prefix = FileSystems.join(partition_dir, f"part-{start:%Y%m%dT%H%M%SZ}")
-        committed = _committed_files(prefix)
-        held = frozenset().union(*(found.identities for found in committed))
-        kept = [row for row, identity in zip(firsts, identities, strict=True) if identity not in held]
-        own = [found for found in committed if (found.run_id, found.pane_digest) == (self._run_id, pane_digest)]
-        files = [LakeFile(dataset, found.path, found.rows, window_start_us, found.pane_index) for found in own]
-        if kept:
-            if self._local:
-                os.makedirs(partition_dir, exist_ok=True)
+        if self._local:
+            make_folders(self._lake_dir, os.path.relpath(partition_dir, self._lake_dir))
+        while True:
+            committed = _committed_files(prefix)
+            held = frozenset().union(*(found.identities for found in committed))
+            kept = [row for row, identity in zip(firsts, identities, strict=True) if identity not in held]
+            own = [found for found in committed if (found.run_id, found.pane_digest) == (self._run_id, pane_digest)]
+            files = [LakeFile(dataset, found.path, found.rows, window_start_us, found.pane_index) for found in own]
+            if not kept:
+                break
             next_pane = max((found.pane_index for found in committed), default=-1) + 1
-            files += self._write(dataset, window_start_us, prefix, next_pane, kept, schema, pane_digest)
+            written_now = self._write(dataset, window_start_us, prefix, next_pane, kept, schema, pane_digest)
+            if written_now is not None:
+                files += written_now
+                break
+            # Another writer committed a pane of this window since it was listed: drop what that one holds too.
         written = sum(lake_file.rows for lake_file in files)
         if len(ordered) > written:
             self._duplicates.inc(len(ordered) - written)
@@ -389,7 +375,8 @@ class _WritePaneFn(beam.DoFn):
         rows: list[LakeRow],
         schema: pa.Schema,
         pane_digest: str,
-    ) -> list[LakeFile]:
+    ) -> list[LakeFile] | None:
+        """Commits the rows as pane ``pane_index``, in shards; None if another writer took that index first."""
         size = self._max_rows_per_file
         chunks = [rows[at : at + size] for at in range(0, len(rows), size)]
         shards = len(chunks)
@@ -401,14 +388,11 @@ class _WritePaneFn(beam.DoFn):
                 _KEYS: base64.b64encode(b"".join(row_identity(row) for row in chunk)).decode(),
             }
             table = self._table_builder([row.row for row in chunk], schema)
-            while True:
-                path = f"{prefix}-{pane_index}-{shard}-of-{shards}.parquet"
-                if self._commit(table, footer, path):
-                    break
-                # Another writer took this pane index since the window was listed: the whole pane moves on.
+            path = f"{prefix}-{pane_index}-{shard}-of-{shards}.parquet"
+            if not self._commit(table, footer, path):
                 if shard:
                     raise FileExistsError(f"lake file {path} appeared while its pane was being written")
-                pane_index = max(found.pane_index for found in _committed_files(prefix)) + 1
+                return None
             files.append(LakeFile(dataset, path, len(chunk), window_start_us, pane_index))
         return files
 
@@ -421,7 +405,7 @@ class _WritePaneFn(beam.DoFn):
             with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as upload:
                 _write_parquet(table, footer, upload)
             return True
-        temp_path = os.path.join(self._temp_dir, f"{uuid.uuid4().hex}.parquet")
+        temp_path = os.path.join(writer_temp_dir(self._lake_dir), f"{uuid.uuid4().hex}.parquet")
         try:
             _write_parquet(table, footer, temp_path)
             # A link, unlike a rename, never replaces a file another writer committed under this name.

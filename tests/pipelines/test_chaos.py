@@ -167,3 +167,32 @@ def test_replays_killed_at_random_moments_then_rerun_leave_what_a_clean_run_leav
         query = f"SELECT * FROM {profiles}"
         assert table(f"{chaos}.profiles.sqlite", query) == table(f"{clean}.profiles.sqlite", query), profiles
     assert not [path for path in (chaos / ".tmp").iterdir()]
+
+
+def test_two_runs_started_seconds_apart_into_one_lake_write_each_row_once(tmp_path):
+    """Two replays of the sample into one lake and the same stores, the second started 0 to 5 s after the first:
+    both finish, neither removes the other's files, and each row is in the lake once, as one clean run has it.
+    ``_person_id`` is left out: two runs stitching at once may each write a row before the other's merge."""
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", time.time_ns() % 1_000_000)))
+    clean, shared = tmp_path / "clean", tmp_path / "shared"
+    summary_of(replay(clean))
+    # Its log goes to a file: a pipe nobody reads while the second run runs could fill and stop it.
+    with (tmp_path / "first.log").open("wb") as log:
+        first = subprocess.Popen(replay(shared), stdout=DEVNULL, stderr=log, start_new_session=True)
+    time.sleep(rng.uniform(0, 5))
+    second = summary_of(replay(shared))
+    assert first.wait(timeout=RUN_TIMEOUT_S) == 0, (tmp_path / "first.log").read_text()[-4000:]
+
+    for dataset in DATASETS:
+        assert without_persons(lake_rows(shared, dataset)) == without_persons(lake_rows(clean, dataset)), dataset
+    assert second["records"] == second["valid"] + second["failed"]
+    facts = "SELECT * FROM identity_sightings"
+    assert table(f"{shared}.identity.sqlite", facts) == table(f"{clean}.identity.sqlite", facts)
+    assert not list((shared / ".tmp").rglob("*.parquet"))
+
+
+def without_persons(rows: list[dict]) -> list[dict]:
+    return sorted(
+        ({key: value for key, value in row.items() if key != "_person_id"} for row in rows),
+        key=lambda row: json.dumps(row, default=str, sort_keys=True),
+    )

@@ -47,6 +47,22 @@ def test_unwritable_lake_is_a_usage_error(tmp_path, capsys):
     assert "lake directory" in one_line_error(capsys)
 
 
+def test_a_lake_with_a_linked_temporary_folder_is_refused_in_one_line_and_the_link_target_kept(tmp_path, capsys):
+    stream = tmp_path / "s.jsonl"
+    stream.write_text("{}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.db").write_bytes(b"bystander")
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / ".tmp").symlink_to(elsewhere)
+
+    assert main(["run", "--source", f"replay:{stream}", "--lake", str(lake)]) == 2
+
+    assert f"{lake / '.tmp'} is a symbolic link" in one_line_error(capsys)
+    assert (elsewhere / "keep.db").read_bytes() == b"bystander"
+
+
 @pytest.mark.parametrize(
     ("name", "text", "fragment"),
     [

@@ -11,6 +11,7 @@ import datetime
 import os
 import pathlib
 import random
+import uuid
 
 import apache_beam as beam
 import duckdb
@@ -30,6 +31,7 @@ from apache_beam.utils.timestamp import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from transforms import lake as lake_module
 from transforms.lake import (
     LakeFile,
     WriteToLake,
@@ -37,8 +39,8 @@ from transforms.lake import (
     _first_copies,
     _in_deterministic_order,
     _WritePaneFn,
-    clean_stale_temp_files,
 )
+from transforms.lake_folders import LakeFolderError, clean_stale_temp_files, writer_temp_dir
 from transforms.records import LakeRow
 
 INTERVAL_S = 300
@@ -345,28 +347,47 @@ def test_a_restored_writer_whose_panes_come_out_otherwise_writes_only_rows_the_l
     assert {name: data for name, data in file_bytes(lake).items() if name in before} == before
 
 
-def test_a_pane_index_another_writer_took_since_the_listing_moves_the_pane_on(tmp_path):
-    """Two writers of one window that listed it at the same moment: the second to commit takes the next index."""
+def test_a_writer_whose_listing_missed_another_writers_pane_drops_its_rows_and_takes_the_next_index(
+    tmp_path, monkeypatch
+):
+    """Two writers of one window that listed it at the same moment: the first commits pane 0; the second finds the
+    name taken, lists the window again, and writes only the rows the first did not."""
     lake = str(tmp_path)
     run_batch(lake, [lake_row("e1", at(10), "m1")])
-    writer = _WritePaneFn(
+    before = file_bytes(lake)
+    listings = []
+
+    def listing(prefix: str) -> list:
+        # The second writer's first listing was made before the first writer committed.
+        listings.append(prefix)
+        return [] if len(listings) == 1 else committed_files(prefix)
+
+    committed_files = lake_module._committed_files
+    monkeypatch.setattr(lake_module, "_committed_files", listing)
+    writer = pane_writer(lake, "run-b")
+
+    files = writer._write_pane(DATASET, us(T0), [lake_row("e1", at(10), "m1"), lake_row("e2", at(20), "m2")])
+
+    assert [(lake_file.pane_index, lake_file.rows) for lake_file in files] == [(1, 1)]
+    assert len(listings) == 2
+    assert message_ids(lake, f"{T0_NAME}-1-0-of-1.parquet") == ["m2"]
+    assert {name: file_bytes(lake)[name] for name in before} == before
+    assert temp_files(lake) == []
+
+
+def pane_writer(lake: str, run_id: str) -> _WritePaneFn:
+    return _WritePaneFn(
         lake,
         SCHEMAS,
-        run_id="run-b",
+        run_id=run_id,
         max_rows_per_file=1_000_000,
         table_builder=lambda rows, schema: pa.Table.from_pylist(rows, schema=schema),
         clock=stream_clock,
     )
-    writer.setup()
-    prefix = os.path.join(lake, DATASET, T0_NAME)
-    before = file_bytes(lake)
 
-    files = writer._write(DATASET, us(T0), prefix, 0, [lake_row("e2", at(20), "m2")], SCHEMA, "digest")
 
-    assert [lake_file.pane_index for lake_file in files] == [1]
-    assert message_ids(lake, f"{T0_NAME}-1-0-of-1.parquet") == ["m2"]
-    assert {name: file_bytes(lake)[name] for name in before} == before
-    assert os.listdir(os.path.join(lake, ".tmp")) == []
+def temp_files(lake: str) -> list[str]:
+    return sorted(str(path) for path in pathlib.Path(lake, ".tmp").rglob("*.parquet"))
 
 
 # Batch: what a pane writes.
@@ -422,7 +443,7 @@ def test_the_same_input_in_any_order_writes_the_same_files(tmp_path):
 
     assert file_bytes(lake) == first
     assert len(first) == 3
-    assert os.listdir(os.path.join(lake, ".tmp")) == []
+    assert temp_files(lake) == []
 
 
 def test_a_second_run_of_the_same_rows_writes_nothing_and_counts_them_as_duplicates(tmp_path):
@@ -453,24 +474,72 @@ def test_a_pane_never_replaces_a_committed_pane_and_writes_only_what_the_lake_la
     assert counter(result, "duplicates") == 1
 
 
-def test_a_killed_runs_temp_files_are_cleaned(tmp_path):
-    lake = str(tmp_path)
-    os.makedirs(os.path.join(lake, ".tmp"))
-    for name in ("0f3a.parquet", "9c1b.parquet"):
-        (tmp_path / ".tmp" / name).write_bytes(b"PAR1 half a file")
+def dead_writer(lake: str, *names: str) -> pathlib.Path:
+    """The temporary folder and lock file a killed writer left (nobody holds the lock), holding files ``names``."""
+    writer = f"writer-{uuid.uuid4().hex}"
+    folder = pathlib.Path(lake, ".tmp", writer)
+    folder.mkdir(parents=True)
+    (folder.parent / f"{writer}.lock").touch()
+    for name in names:
+        (folder / name).write_bytes(b"PAR1 half a file")
+    return folder
 
-    assert clean_stale_temp_files(lake) == 2
-    assert os.listdir(os.path.join(lake, ".tmp")) == []
+
+def test_a_killed_writers_temp_files_are_cleaned_and_nothing_else(tmp_path):
+    lake = str(tmp_path)
+    written = [f"{uuid.uuid4().hex}.parquet" for _ in range(2)]
+    dead = dead_writer(lake, *written)
+    kept = dead_writer(lake, *written, "notes.txt")
+    (tmp_path / ".tmp" / "bystander.db").write_bytes(b"not the writer's")
+    live = pathlib.Path(writer_temp_dir(lake))
+    (live / written[0]).write_bytes(b"PAR1 in flight")
+
+    assert clean_stale_temp_files(lake) == 4
+
+    assert not dead.exists()
+    assert sorted(path.name for path in kept.iterdir()) == ["notes.txt"]
+    assert (tmp_path / ".tmp" / "bystander.db").read_bytes() == b"not the writer's"
+    assert (live / written[0]).read_bytes() == b"PAR1 in flight"
 
 
 def test_applying_the_writer_cleans_stale_temp_files(tmp_path):
     lake = str(tmp_path)
-    os.makedirs(os.path.join(lake, ".tmp"))
-    (tmp_path / ".tmp" / "0f3a.parquet").write_bytes(b"PAR1 half a file")
+    dead = dead_writer(lake, f"{uuid.uuid4().hex}.parquet")
 
     run_batch(lake, [lake_row("e1", at(10), "m1")])
 
-    assert os.listdir(os.path.join(lake, ".tmp")) == []
+    assert not dead.exists()
+    assert temp_files(lake) == []
+
+
+@pytest.mark.parametrize("linked", [".tmp", DATASET])
+def test_a_lake_folder_that_is_a_symbolic_link_is_refused_and_what_it_leads_to_left_alone(tmp_path, linked):
+    bystanders = tmp_path / "elsewhere"
+    bystanders.mkdir()
+    for name, data in (("keep.db", b"db"), ("notes.txt", b"txt"), (f"{uuid.uuid4().hex}.parquet", b"PAR1")):
+        (bystanders / name).write_bytes(data)
+    before = {path.name: path.read_bytes() for path in bystanders.iterdir()}
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / linked).symlink_to(bystanders)
+
+    with pytest.raises(LakeFolderError, match=f"{linked} is a symbolic link"):
+        run_batch(str(lake), [lake_row("e1", at(10), "m1")])
+
+    assert {path.name: path.read_bytes() for path in bystanders.iterdir()} == before
+
+
+def test_a_partition_folder_that_is_a_symbolic_link_is_not_written_through(tmp_path):
+    lake = tmp_path / "lake"
+    (lake / DATASET / "date=2026-03-05").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (lake / DATASET / "date=2026-03-05" / "hour=09").symlink_to(elsewhere)
+
+    with pytest.raises(Exception, match="follows no link"):
+        run_batch(str(lake), [lake_row("e1", at(10), "m1")])
+
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_partitions_follow_the_window_start_in_utc(tmp_path):
