@@ -87,7 +87,10 @@ class Ingest(beam.PTransform):
     def expand(self, messages: beam.PCollection) -> beam.PCollection:
         policy = self._config.validation_policy()
         decoded = messages | "Decode" >> Decode(
-            self._registry.avro_schema_for, max_message_bytes=self._config.max_message_bytes
+            self._registry.avro_schema_for,
+            max_message_bytes=self._config.max_message_bytes,
+            max_batch_entries=self._config.max_batch_entries,
+            publish_time_skew_us=policy.timestamp_skew_us,
         )
         validated = decoded.entities | "Validate" >> Validate(self._registry, policy=policy)
         stitching = stitch_settings(self._config)

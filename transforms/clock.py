@@ -2,7 +2,8 @@
 
 ``wall_clock_us`` is the default ``clock`` of every stage that reads the time (tests inject their own);
 ``parse_rfc3339`` and ``parse_rfc3339_us`` read RFC 3339 date-times (``Z`` or an offset, up to nine fractional
-digits, truncated to the microsecond); ``micros`` turns a datetime into the pipeline's unit.
+digits, truncated to the microsecond); ``micros`` turns a datetime into the pipeline's unit, and
+``rfc3339_or_micros`` a time back into text.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ def micros(moment: datetime.datetime) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return (moment - EPOCH) // _ONE_MICROSECOND
+
+
+def rfc3339_or_micros(time_us: int) -> str:
+    """``time_us`` as an RFC 3339 date-time, or as a count of microseconds when no datetime can hold it."""
+    try:
+        return (EPOCH + datetime.timedelta(microseconds=time_us)).isoformat().replace("+00:00", "Z")
+    except OverflowError:
+        return f"{time_us} µs since 1970-01-01"
 
 
 def parse_rfc3339(text: str) -> datetime.datetime | None:

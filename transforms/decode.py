@@ -3,7 +3,8 @@
 Input: ``PCollection[Message]``. Outputs (:class:`DecodeResult`): ``entities``, ``PCollection[DecodedEntity]``, one
 per entity (a batch envelope gives several), not yet validated; ``failed``, ``PCollection[FailedRecord]`` for every
 message or batch entry that cannot be decoded (codes in :mod:`transforms.decoding`). Nothing raises out of the DoFn:
-an unexpected error becomes a failed record with code ``DECODE.INTERNAL``.
+an unexpected error becomes a failed record with code ``DECODE.INTERNAL``. The limits of
+:func:`~transforms.decoding.decode_message` (message size, batch entries, publish-time skew) are keyword options.
 
 Metrics (namespace ``profilestream``): ``messages``, ``decoded_entities``, ``decode_failed`` and ``failed.<CODE>``.
 """
@@ -15,7 +16,12 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 
-from transforms.decoding import MAX_MESSAGE_BYTES, decode_message
+from transforms.decoding import (
+    DEFAULT_PUBLISH_TIME_SKEW_US,
+    MAX_BATCH_ENTRIES,
+    MAX_MESSAGE_BYTES,
+    decode_message,
+)
 from transforms.metrics import count_failure, counter
 from transforms.records import FailedRecord, Message, RecordError
 
@@ -29,9 +35,9 @@ class DecodeResult(NamedTuple):
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, avro_schema_for: Callable[[str], Any | None], max_message_bytes: int) -> None:
+    def __init__(self, avro_schema_for: Callable[[str], Any | None], limits: dict[str, int]) -> None:
         self._avro_schema_for = avro_schema_for
-        self._max_message_bytes = max_message_bytes
+        self._limits = limits
         self._messages = counter("messages")
         self._entities = counter("decoded_entities")
         self._failed = counter("decode_failed")
@@ -39,7 +45,7 @@ class _DecodeFn(beam.DoFn):
     def process(self, message: Message):
         self._messages.inc()
         try:
-            outputs = decode_message(message, self._avro_schema_for, max_message_bytes=self._max_message_bytes)
+            outputs = decode_message(message, self._avro_schema_for, **self._limits)
         except Exception as error:  # a bug must not lose the message: it leaves as a failed record
             outputs = [FailedRecord.of_message(message, "decode", (RecordError(INTERNAL, "", repr(error)),))]
         for output in outputs:
@@ -56,14 +62,23 @@ class Decode(beam.PTransform):
     """Splits messages into entities; see the module docstring."""
 
     def __init__(
-        self, avro_schema_for: Callable[[str], Any | None], *, max_message_bytes: int = MAX_MESSAGE_BYTES
+        self,
+        avro_schema_for: Callable[[str], Any | None],
+        *,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_batch_entries: int = MAX_BATCH_ENTRIES,
+        publish_time_skew_us: int = DEFAULT_PUBLISH_TIME_SKEW_US,
     ) -> None:
         super().__init__()
         self._avro_schema_for = avro_schema_for
-        self._max_message_bytes = max_message_bytes
+        self._limits = {
+            "max_message_bytes": max_message_bytes,
+            "max_batch_entries": max_batch_entries,
+            "publish_time_skew_us": publish_time_skew_us,
+        }
 
     def expand(self, messages: beam.PCollection) -> DecodeResult:
-        outputs = messages | "SplitEntities" >> beam.ParDo(
-            _DecodeFn(self._avro_schema_for, self._max_message_bytes)
-        ).with_outputs(_FAILED, main="entities")
+        outputs = messages | "SplitEntities" >> beam.ParDo(_DecodeFn(self._avro_schema_for, self._limits)).with_outputs(
+            _FAILED, main="entities"
+        )
         return DecodeResult(entities=outputs.entities, failed=outputs[_FAILED])

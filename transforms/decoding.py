@@ -17,7 +17,11 @@ JSON is parsed strictly (:func:`parse_json`): what parsers disagree on is reject
 silently altered. Codes:
 
 =================================  ==================================================================================
-``SIZE.MESSAGE_TOO_LARGE``         the message is larger than ``max_message_bytes`` (1 MiB)
+``SIZE.MESSAGE_TOO_LARGE``         the message is larger than ``max_message_bytes`` (1 MiB), or its data is already
+                                   cut to a prefix (it carries ``profilestream.originalBytes``: a replay line too
+                                   long to read whole, or such a failed record replayed)
+``DECODE.PUBLISH_TIME_OUT_OF_RANGE``  the publish time is before 1970-01-01 or later than the read time plus the skew
+``DECODE.BATCH_TOO_LARGE``         a batch envelope with more than ``max_batch_entries`` messages (1,024)
 ``DECODE.NOT_UTF8``                the payload is not UTF-8
 ``DECODE.NOT_JSON``                not JSON; a UTF-8 byte-order mark counts (RFC 8259 §8.1: senders MUST NOT add one)
 ``DECODE.DUPLICATE_KEY``           an object repeats a key
@@ -34,10 +38,23 @@ silently altered. Codes:
 ``DECODE.UNKNOWN_ENVELOPE``        JSON that is not an object, or a batch entry that is not an envelope
 ``SCHEMA.UNKNOWN_SCHEMA``          an Avro entity naming a schema that is not registered
 =================================  ==================================================================================
+
+The checks that bound the work a message can cost come first: its size, then its publish time, then (after parsing)
+a batch's count, before any entry is looked at, so a 1 MiB ``{"messages": [1, 1, ...]}`` is one failed record, not
+half a million. A too large message's record keeps only the first :data:`FAILED_PREFIX_BYTES` of its data; its
+attributes ``profilestream.originalBytes`` and ``profilestream.originalSha256`` give the whole payload's length and
+SHA-256 (:func:`cut_payload_attributes`).
+
+The publish time is the message's ingestion time, which decides its lake partition. Before 1970 it cannot be a
+Pub/Sub publish time; later than the read time plus the skew it has not happened yet: only a forged or corrupt
+archive holds either. A replay reads later than the first ingestion did, so a genuine archive passes in every replay
+and a replay of the same archive still writes the same files; the read time serves only to reject the absurd.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import re
@@ -46,16 +63,30 @@ from typing import Any
 
 import fastavro
 
-from transforms.records import REPLAY_ERROR_ATTRIBUTE, DecodedEntity, FailedRecord, Message, RecordError
+from transforms.clock import rfc3339_or_micros
+from transforms.records import (
+    ORIGINAL_BYTES_ATTRIBUTE,
+    ORIGINAL_SHA256_ATTRIBUTE,
+    REPLAY_ERROR_ATTRIBUTE,
+    DecodedEntity,
+    FailedRecord,
+    Message,
+    RecordError,
+)
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 # The reference documents no count per batch request; its multiple-messages tutorial sends 200 messages of 1 KB in one
 # request, so 1 MiB of 1 KiB messages (1,024) admits that and any request of realistic events within 1 MiB.
 MAX_BATCH_ENTRIES = 1024
 MAX_JSON_DEPTH = 64
+# What a failed record keeps of a too large payload: enough to see what it was, never the payload itself.
+FAILED_PREFIX_BYTES = 64 * 1024
+DEFAULT_PUBLISH_TIME_SKEW_US = 300 * 1_000_000
 AVRO_CONTENT_TYPE = "avro/binary"
 
 TOO_LARGE = "SIZE.MESSAGE_TOO_LARGE"
+PUBLISH_TIME_OUT_OF_RANGE = "DECODE.PUBLISH_TIME_OUT_OF_RANGE"
+BATCH_TOO_LARGE = "DECODE.BATCH_TOO_LARGE"
 NOT_UTF8 = "DECODE.NOT_UTF8"
 NOT_JSON = "DECODE.NOT_JSON"
 DUPLICATE_KEY = "DECODE.DUPLICATE_KEY"
@@ -180,12 +211,16 @@ def decode_message(
     avro_schema_for: Callable[[str], Any | None],
     *,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_batch_entries: int = MAX_BATCH_ENTRIES,
+    publish_time_skew_us: int = DEFAULT_PUBLISH_TIME_SKEW_US,
 ) -> list[DecodedEntity | FailedRecord]:
     """The entities a message carries, or the failed records of what cannot be decoded; see the module docstring."""
-    if len(message.data) > max_message_bytes:
-        size = len(message.data)
-        return [_failed(message, TOO_LARGE, f"{size} bytes; at most {max_message_bytes} per message")]
     attributes = message.attributes
+    if len(message.data) > max_message_bytes or ORIGINAL_BYTES_ATTRIBUTE in attributes:
+        return [_too_large(message, max_message_bytes)]
+    out_of_range = _publish_time_out_of_range(message, publish_time_skew_us)
+    if out_of_range is not None:
+        return [_failed(message, PUBLISH_TIME_OUT_OF_RANGE, out_of_range)]
     if attributes.get(REPLAY_ERROR_ATTRIBUTE) == BASE64:
         return [_failed(message, BASE64, "the archived message's data is not base64")]
     if attributes.get("contentType", "").lower() == AVRO_CONTENT_TYPE:
@@ -197,7 +232,7 @@ def decode_message(
     if type(payload) is not dict:
         return [_failed(message, UNKNOWN_ENVELOPE, "the payload is JSON but not an object")]
     if payload.keys() == {"messages"}:
-        return _decode_batch(message, payload["messages"])
+        return _decode_batch(message, payload["messages"], max_batch_entries)
     if "header" in payload or "body" in payload:
         return [_from_envelope(message, payload, 0, message.data, "")]
     schema_id = attributes.get("schemaRef")
@@ -206,20 +241,50 @@ def decode_message(
     return [DecodedEntity(message, 0, schema_id, attributes.get("datasetId"), payload, message.data)]
 
 
-def _decode_batch(message: Message, entries: Any) -> list[DecodedEntity | FailedRecord]:
+def cut_payload_attributes(length: int, sha256_hex: str) -> dict[str, str]:
+    """The attributes that stand for a payload cut to a prefix: its whole length in bytes and its SHA-256."""
+    return {ORIGINAL_BYTES_ATTRIBUTE: str(length), ORIGINAL_SHA256_ATTRIBUTE: sha256_hex}
+
+
+def _too_large(message: Message, max_message_bytes: int) -> FailedRecord:
+    attributes = message.attributes
+    if ORIGINAL_BYTES_ATTRIBUTE in attributes:  # cut before it came here: its attributes describe the whole
+        size = attributes[ORIGINAL_BYTES_ATTRIBUTE]
+    else:
+        size = len(message.data)
+        attributes = {**attributes, **cut_payload_attributes(size, hashlib.sha256(message.data).hexdigest())}
+    text = f"{size} bytes; at most {max_message_bytes} per message (the record keeps the first {FAILED_PREFIX_BYTES})"
+    record = _failed(message, TOO_LARGE, text)
+    return dataclasses.replace(record, data=message.data[:FAILED_PREFIX_BYTES], attributes=attributes)
+
+
+def _publish_time_out_of_range(message: Message, skew_us: int) -> str | None:
+    published = rfc3339_or_micros(message.publish_time_us)
+    if message.publish_time_us < 0:
+        return f"published {published}, before 1970-01-01"
+    latest_us = message.read_time_us + skew_us
+    if message.publish_time_us > latest_us:
+        return f"published {published}, later than its read time plus skew ({rfc3339_or_micros(latest_us)})"
+    return None
+
+
+def _decode_batch(message: Message, entries: Any, max_batch_entries: int) -> list[DecodedEntity | FailedRecord]:
     if type(entries) is not list or not entries:
         return [_failed(message, EMPTY_BATCH, "a batch envelope holds a non-empty list of messages", "/messages")]
-    outputs = []
-    for index, entry in enumerate(entries):
-        raw = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode()
-        if type(entry) is not dict or ("header" not in entry and "body" not in entry):
-            context = DecodedEntity(message, index, None, None, entry, raw)
-            text = "a batch entry is a streaming envelope object (with a header or a body)"
-            error = RecordError(UNKNOWN_ENVELOPE, f"/messages/{index}", text)
-            outputs.append(FailedRecord.of_entity(context, "decode", (error,)))
-        else:
-            outputs.append(_from_envelope(message, entry, index, raw, f"/messages/{index}"))
-    return outputs
+    if len(entries) > max_batch_entries:
+        text = f"{len(entries)} messages; at most {max_batch_entries} per batch"
+        return [_failed(message, BATCH_TOO_LARGE, text, "/messages")]
+    return [_decode_entry(message, index, entry) for index, entry in enumerate(entries)]
+
+
+def _decode_entry(message: Message, index: int, entry: Any) -> DecodedEntity | FailedRecord:
+    raw = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode()
+    if type(entry) is not dict or ("header" not in entry and "body" not in entry):
+        context = DecodedEntity(message, index, None, None, entry, raw)
+        text = "a batch entry is a streaming envelope object (with a header or a body)"
+        error = RecordError(UNKNOWN_ENVELOPE, f"/messages/{index}", text)
+        return FailedRecord.of_entity(context, "decode", (error,))
+    return _from_envelope(message, entry, index, raw, f"/messages/{index}")
 
 
 def _from_envelope(

@@ -14,6 +14,10 @@ from typing import Any
 
 REPLAY_ERROR_ATTRIBUTE = "profilestream.replayError"
 """Attribute set on a replayed message that could not be read faithfully; its value is the error code."""
+ORIGINAL_BYTES_ATTRIBUTE = "profilestream.originalBytes"
+"""Attribute of a message or failed record whose ``data`` keeps only a prefix: the whole payload's length in bytes."""
+ORIGINAL_SHA256_ATTRIBUTE = "profilestream.originalSha256"
+"""Attribute beside :data:`ORIGINAL_BYTES_ATTRIBUTE`: the whole payload's SHA-256, in lowercase hex."""
 
 
 @dataclasses.dataclass(frozen=True)

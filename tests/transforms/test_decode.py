@@ -7,6 +7,8 @@ The decoding rules themselves are tested without Beam in test_decoding.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
@@ -19,6 +21,7 @@ from tests.transforms.test_decoding import (
     AVRO_ATTRIBUTES,
     EVENT_ID,
     PROFILE_ID,
+    READ_TIME_US,
     SAMPLE_EVENT,
     SAMPLE_PROFILE,
     avro_bytes,
@@ -26,7 +29,14 @@ from tests.transforms.test_decoding import (
     message,
 )
 from transforms.decode import INTERNAL, Decode
-from transforms.decoding import NO_SCHEMA_REF, NOT_JSON, TOO_DEEP, UNKNOWN_ENVELOPE
+from transforms.decoding import (
+    BATCH_TOO_LARGE,
+    NO_SCHEMA_REF,
+    NOT_JSON,
+    PUBLISH_TIME_OUT_OF_RANGE,
+    TOO_DEEP,
+    UNKNOWN_ENVELOPE,
+)
 from transforms.metrics import NAMESPACE
 
 SAMPLE_BATCH = {"messages": [envelope(), 42, envelope(SAMPLE_PROFILE, header_id=PROFILE_ID, body_id=None)]}
@@ -175,6 +185,19 @@ def test_the_maximum_message_size_is_passed_to_decoding():
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
         result = pipeline | beam.Create([message(envelope(), "envelope")]) | Decode(no_schema, max_message_bytes=10)
         assert_that(result.failed | beam.Map(failed_key), equal_to([("envelope", None, "SIZE.MESSAGE_TOO_LARGE")]))
+
+
+def test_the_batch_limit_and_the_publish_time_skew_are_passed_to_decoding():
+    future = dataclasses.replace(message(envelope(), "future"), publish_time_us=READ_TIME_US + 2)
+    batch = message({"messages": [envelope(), envelope()]}, "batch")
+    with beam.Pipeline(runner="FnApiRunner") as pipeline:
+        result = (
+            pipeline | beam.Create([future, batch]) | Decode(no_schema, max_batch_entries=1, publish_time_skew_us=1)
+        )
+        assert_that(
+            result.failed | beam.Map(failed_key),
+            equal_to([("future", None, PUBLISH_TIME_OUT_OF_RANGE), ("batch", None, BATCH_TOO_LARGE)]),
+        )
 
 
 def test_decode_splits_entities_and_failures_in_streaming(registry, sample_messages):

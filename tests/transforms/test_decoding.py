@@ -6,6 +6,8 @@ Messages are built from the SAMPLE constants below; the helpers here are shared 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import re
@@ -22,10 +24,13 @@ from transforms import decoding
 from transforms.decoding import (
     AVRO,
     BASE64,
+    BATCH_TOO_LARGE,
     DUPLICATE_KEY,
     EMPTY_BATCH,
+    FAILED_PREFIX_BYTES,
     INTEGER_OUT_OF_RANGE,
     INVALID_STRING,
+    MAX_BATCH_ENTRIES,
     MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     NO_ENTITY,
@@ -33,6 +38,7 @@ from transforms.decoding import (
     NON_FINITE_NUMBER,
     NOT_JSON,
     NOT_UTF8,
+    PUBLISH_TIME_OUT_OF_RANGE,
     REPLAY_ERROR_ATTRIBUTE,
     SCHEMA_REF_MISMATCH,
     TOO_DEEP,
@@ -43,7 +49,7 @@ from transforms.decoding import (
     decode_message,
     parse_json,
 )
-from transforms.records import DecodedEntity, FailedRecord, Message
+from transforms.records import ORIGINAL_BYTES_ATTRIBUTE, ORIGINAL_SHA256_ATTRIBUTE, DecodedEntity, FailedRecord, Message
 
 EVENT_ID = "https://ns.adobe.com/xdm/context/experienceevent"
 PROFILE_ID = "https://ns.adobe.com/xdm/context/profile"
@@ -94,8 +100,10 @@ def no_avro_schema(schema_id: str) -> None:
     return None
 
 
-def decode(payload: Any, avro_schema_for=no_avro_schema, **attributes: str) -> list[DecodedEntity | FailedRecord]:
-    return decode_message(message(payload, **attributes), avro_schema_for)
+def decode(
+    payload: Any, avro_schema_for=no_avro_schema, *, max_batch_entries: int = MAX_BATCH_ENTRIES, **attributes: str
+) -> list[DecodedEntity | FailedRecord]:
+    return decode_message(message(payload, **attributes), avro_schema_for, max_batch_entries=max_batch_entries)
 
 
 def decode_one(payload: Any, avro_schema_for=no_avro_schema, **attributes: str) -> DecodedEntity | FailedRecord:
@@ -420,8 +428,33 @@ def test_message_of_exactly_the_maximum_size_decodes():
 
 def test_message_one_byte_over_the_maximum_fails_with_too_large():
     payload = b"{}" + b" " * (MAX_MESSAGE_BYTES - 1)
+    assert codes(decode_one(payload, schemaRef=EVENT_ID)) == [TOO_LARGE]
+
+
+def test_a_too_large_message_keeps_a_prefix_and_the_length_and_sha256_of_the_whole():
+    payload = bytes(range(256)) * (MAX_MESSAGE_BYTES // 128)
     output = decode_one(payload, schemaRef=EVENT_ID)
-    assert (codes(output), output.data) == ([TOO_LARGE], payload)
+    assert (output.data, output.attributes) == (
+        payload[:FAILED_PREFIX_BYTES],
+        {
+            **SAMPLE_ATTRIBUTES,
+            "schemaRef": EVENT_ID,
+            ORIGINAL_BYTES_ATTRIBUTE: str(2 * MAX_MESSAGE_BYTES),
+            ORIGINAL_SHA256_ATTRIBUTE: hashlib.sha256(payload).hexdigest(),
+        },
+    )
+
+
+def test_a_message_already_cut_to_a_prefix_fails_with_too_large_keeping_its_attributes():
+    # A replay line too long to read whole, or the failed record of a too large message replayed out of the lake.
+    cut = {ORIGINAL_BYTES_ATTRIBUTE: "314572800", ORIGINAL_SHA256_ATTRIBUTE: "ab" * 32}
+    output = decode_one(b'{"_id": "x"}', schemaRef=EVENT_ID, **cut)
+    assert (codes(output), output.data, output.attributes) == (
+        [TOO_LARGE],
+        b'{"_id": "x"}',
+        {**SAMPLE_ATTRIBUTES, "schemaRef": EVENT_ID, **cut},
+    )
+    assert "314572800 bytes" in output.errors[0].message
 
 
 def test_the_maximum_size_is_configurable():
@@ -443,6 +476,8 @@ def test_size_is_checked_before_the_avro_content_type(registry):
 
 SAMPLE_PER_CODE = {
     TOO_LARGE: (b"{}" + b" " * MAX_MESSAGE_BYTES, {"schemaRef": EVENT_ID}),
+    PUBLISH_TIME_OUT_OF_RANGE: (as_bytes(envelope()), {}),
+    BATCH_TOO_LARGE: (as_bytes({"messages": [1] * (MAX_BATCH_ENTRIES + 1)}), {}),
     NOT_UTF8: (b'{"name": "caf\xe9"}', {"schemaRef": EVENT_ID}),
     NOT_JSON: (b'{"name": "cafe",}', {"schemaRef": EVENT_ID}),
     DUPLICATE_KEY: (b'{"_id": "a", "_id": "a"}', {"schemaRef": EVENT_ID}),
@@ -465,10 +500,76 @@ def test_every_code_in_the_module_docstring_has_a_sample():
     assert set(SAMPLE_PER_CODE) == DECODE_CODES
 
 
+# A sample's publish time when it is not PUBLISH_TIME_US.
+SAMPLE_PUBLISH_TIME_US = {PUBLISH_TIME_OUT_OF_RANGE: -1}
+
+
 @pytest.mark.parametrize("code", sorted(SAMPLE_PER_CODE))
 def test_each_documented_code_comes_from_its_sample(code, registry):
     data, attributes = SAMPLE_PER_CODE[code]
-    assert codes(decode_one(data, registry.avro_schema_for, **attributes)) == [code]
+    sample = dataclasses.replace(
+        message(data, **attributes), publish_time_us=SAMPLE_PUBLISH_TIME_US.get(code, PUBLISH_TIME_US)
+    )
+    assert [codes(output) for output in decode_message(sample, registry.avro_schema_for)] == [[code]]
+
+
+# Bounded work per message
+
+
+def test_a_batch_of_the_maximum_entries_decodes_each():
+    outputs = decode({"messages": [envelope()] * 3}, max_batch_entries=3)
+    assert [type(output) for output in outputs] == [DecodedEntity] * 3
+
+
+def test_a_batch_over_the_maximum_entries_is_one_failed_record_of_the_whole_message():
+    batch = {"messages": [envelope()] * 4}
+    [output] = decode(batch, max_batch_entries=3)
+    assert (codes(output), output.errors[0].path, output.index, output.data) == (
+        [BATCH_TOO_LARGE],
+        "/messages",
+        None,
+        as_bytes(batch),
+    )
+
+
+def test_a_1_mib_batch_of_half_a_million_ones_is_one_record_without_looking_at_any_entry(monkeypatch):
+    # The adversarial payload measured in issue 12: 524,278 entries in 1 MiB once became as many failed records.
+    payload = b'{"messages":[' + b",".join([b"1"] * 524_278) + b"]}"
+    assert len(payload) <= MAX_MESSAGE_BYTES
+    entries_looked_at = []
+    monkeypatch.setattr(decoding, "_decode_entry", lambda *args: entries_looked_at.append(args))
+    [output] = decode(payload)
+    assert (codes(output), entries_looked_at) == ([BATCH_TOO_LARGE], [])
+
+
+@pytest.mark.parametrize(
+    "publish_time_us",
+    [
+        -1,  # 1969-12-31T23:59:59.999999Z
+        -62_135_596_800_000_000,  # 0001-01-01T00:00:00Z, which became the partition date=1-01-01
+        253_402_300_799_000_000,  # 9999-12-31T23:59:59Z, once accepted as valid
+        READ_TIME_US + 300_000_001,  # one microsecond past the read time plus the default skew
+    ],
+)
+def test_a_publish_time_outside_1970_to_the_read_time_plus_skew_fails_the_whole_message(publish_time_us):
+    sample = dataclasses.replace(message({"messages": [envelope(), envelope()]}), publish_time_us=publish_time_us)
+    [output] = decode_message(sample, no_avro_schema)
+    assert (codes(output), output.index, output.publish_time_us) == (
+        [PUBLISH_TIME_OUT_OF_RANGE],
+        None,
+        publish_time_us,
+    )
+
+
+@pytest.mark.parametrize("publish_time_us", [0, READ_TIME_US + 300_000_000])
+def test_a_publish_time_at_either_bound_decodes(publish_time_us):
+    sample = dataclasses.replace(message(envelope()), publish_time_us=publish_time_us)
+    assert [type(output) for output in decode_message(sample, no_avro_schema)] == [DecodedEntity]
+
+
+def test_the_publish_time_skew_is_configurable():
+    sample = dataclasses.replace(message(envelope()), publish_time_us=READ_TIME_US + 2)
+    assert codes(decode_message(sample, no_avro_schema, publish_time_skew_us=1)[0]) == [PUBLISH_TIME_OUT_OF_RANGE]
 
 
 @pytest.mark.parametrize("payload", [b"NaN", b"[Infinity]", b'{"a": -Infinity}', b"[-1e400]"])
@@ -513,11 +614,17 @@ def check_invariants(msg: Message, outputs: list) -> None:
     for output in outputs:
         assert type(output) in (DecodedEntity, FailedRecord)
         if isinstance(output, FailedRecord):
+            too_large = codes(output) == [TOO_LARGE]
+            attributes = dict(msg.attributes)
+            if too_large:  # a prefix of the bytes, and the length and digest of the whole
+                attributes |= {ORIGINAL_BYTES_ATTRIBUTE: str(len(msg.data))}
+                attributes |= {ORIGINAL_SHA256_ATTRIBUTE: hashlib.sha256(msg.data).hexdigest()}
             kept = (output.attributes, output.message_id, output.publish_time_us, output.read_time_us, output.stage)
-            assert kept == (msg.attributes, msg.message_id, msg.publish_time_us, msg.read_time_us, "decode")
+            assert kept == (attributes, msg.message_id, msg.publish_time_us, msg.read_time_us, "decode")
             assert {error.code for error in output.errors} <= DECODE_CODES
             if output.index is None:
-                assert output.data == msg.data, "a whole-message failure keeps the original bytes"
+                kept_bytes = msg.data[:FAILED_PREFIX_BYTES] if too_large else msg.data
+                assert output.data == kept_bytes, "a whole-message failure keeps the original bytes (or their prefix)"
         else:
             assert output.message == msg
             assert type(output.entity) is dict
