@@ -9,7 +9,8 @@ Temporary files
 Each writing process has a folder of its own, ``<lake>/.tmp/writer-<32 hex digits>/``, and holds an exclusive
 ``flock`` on its lock file ``<lake>/.tmp/writer-<same digits>.lock`` for as long as it lives. The lock file is
 locked under another name and then renamed into place, so a lock file under its final name is always locked by a
-live writer or left by a dead one: a killed process's locks go with it. :func:`clean_stale_temp_files` removes the
+live writer or left by a dead one: a killed process's locks go with it. A process that exits removes its own folder
+and lock file (when the folder is empty). :func:`clean_stale_temp_files` removes the
 folders whose lock it can take, and in them only files named as the writer names them (``<32 hex digits>.parquet``),
 so two runs writing one lake never remove each other's files, and a file someone else keeps in ``.tmp`` stays.
 
@@ -22,6 +23,7 @@ is written or removed there. Folders are made with ``os.mkdir`` one level at a t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import logging
@@ -98,6 +100,7 @@ def writer_temp_dir(lake_dir: str) -> str:
         # Renamed only once locked, so that no clean-up ever finds this lock file free while it is in use.
         os.rename(claiming, os.path.join(root, f"{name}.lock"))
         _own_folders[key] = (folder, lock)
+        atexit.register(_remove_own_folder, folder, os.path.join(root, f"{name}.lock"))
         return folder
 
 
@@ -128,6 +131,13 @@ def clean_stale_temp_files(lake_dir: str) -> int:
     if removed:
         _LOGGER.info("Removed %d stale temporary lake files from %s", removed, root)
     return removed
+
+
+def _remove_own_folder(folder: str, lock_path: str) -> None:
+    """At exit: this process's folder goes if nothing is left in it, and its lock file with it."""
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+        os.unlink(lock_path)
 
 
 def _remove_if_stale(lock_path: str, folder: str) -> int:
