@@ -1,11 +1,13 @@
 """The run summary: the counters of a finished pipeline as the one JSON line ``profilestream run`` prints last.
 
-    {"messages": n, "records": n, "valid": n, "failed": n, "duplicates": n, "profiles_written": n,
-     "lake": {"<dataset>": {"files": n, "rows": n}, ...}, "failed_by_code": {"<CODE>": n, ...},
+    {"messages": n, "records": n, "valid": n, "failed": n, "duplicates": n, "failed_duplicates": n,
+     "profiles_written": n, "lake": {"<dataset>": {"files": n, "rows": n}, ...}, "failed_by_code": {"<CODE>": n, ...},
      "profile_freshness_ms": {"p50": ms, "p95": ms, "p99": ms}}
 
 ``records`` counts XDM entities (a batch envelope holds several; a message that fails before it can be split counts
-as one), and ``records = valid + failed`` always. ``duplicates`` counts valid records the lake dropped as repeats.
+as one), and ``records = valid + failed`` always. ``duplicates`` counts valid records the lake dropped as repeats, and
+``failed_duplicates`` failed records it dropped as repeats (a redelivered bad message), so ``failed`` equals the rows
+``failed_records`` gained plus ``failed_duplicates``.
 ``profile_freshness_ms`` gives p50, p95 and p99 of the time from reading a record to writing its profile, as bucket
 upper bounds (-1: beyond the last bucket; null: no profile written).
 """
@@ -22,7 +24,8 @@ from transforms.merge_profiles import FRESHNESS, FRESHNESS_BUCKETS_MS
 
 NAMESPACE = "profilestream"
 # Datasets the pipeline writes about records rather than records themselves: their repeats are not duplicates.
-SERVICE_DATASETS = frozenset({"failed_records", "identity_changes"})
+FAILED_RECORDS = "failed_records"
+SERVICE_DATASETS = frozenset({FAILED_RECORDS, "identity_changes"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,7 @@ class RunSummary:
     valid: int
     failed: int
     duplicates: int
+    failed_duplicates: int
     profiles_written: int
     lake: Mapping[str, Mapping[str, int]]
     failed_by_code: Mapping[str, int]
@@ -66,6 +70,7 @@ def summary_of(values: Mapping[str, int], datasets: Iterable[str]) -> RunSummary
         duplicates=sum(
             values.get(f"duplicates.{dataset}", 0) for dataset in datasets if dataset not in SERVICE_DATASETS
         ),
+        failed_duplicates=values.get(f"duplicates.{FAILED_RECORDS}", 0),
         profiles_written=values.get("profiles_written", 0),
         lake={
             dataset: {"files": values.get(f"lake_files.{dataset}", 0), "rows": values.get(f"lake_rows.{dataset}", 0)}

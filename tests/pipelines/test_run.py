@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -106,6 +107,28 @@ def test_a_replay_run_again_streaming_and_in_batch_adds_nothing_to_the_lake(smal
         assert (summary["valid"], summary["failed"]) == (EXPECTED_VALID, EXPECTED_FAILED)
     assert dataset_files(lake) == files
     assert {name: lake_rows(lake, name) for name in DATASETS} == rows
+
+
+def test_failed_records_the_lake_drops_as_repeats_are_counted(tmp_path, capsys):
+    """Each bad message of the stream is delivered twice: the lake keeps each failure once, and the summary counts
+    the other copy, so that ``failed`` is what ``failed_records`` holds plus ``failed_duplicates``."""
+    lines = stream_lines(minutes=3, per_minute=10)
+    # The lines that are not JSON, and those without a timestamp.
+    bad = [line for line in lines if '"timestamp"' not in base64_payload(line)]
+    stream = tmp_path / "stream.jsonl"
+    stream.write_text("\n".join([*lines, *bad]) + "\n")
+    lake = tmp_path / "lake"
+
+    summary = run_cli(capsys, "--source", f"replay:{stream}", "--lake", str(lake))
+
+    assert summary["failed"] == 2 * 3 * 2
+    assert summary["failed_duplicates"] == 3 * 2
+    assert len(lake_rows(lake, "failed_records")) + summary["failed_duplicates"] == summary["failed"]
+    assert summary["lake"]["failed_records"]["rows"] == len(lake_rows(lake, "failed_records"))
+
+
+def base64_payload(line: str) -> str:
+    return base64.b64decode(json.loads(line)["data"]).decode(errors="replace")
 
 
 def test_lake_reads_with_duckdb_hive_partitioning(small_stream, tmp_path, capsys):
