@@ -63,10 +63,10 @@ import httpx2
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.bench_identity import local_server
 from pipelines.config import load_config
 from pipelines.ingest import stitch_settings
 from pipelines.loadgen import VALID, HttpTarget, Pacer, PubSubTarget, Traffic, TrafficShape, send_load
+from pipelines.local_servers import local_server
 from pipelines.profile_lookup import lookup_key
 from pipelines.pubsub_emulator import (
     EMULATOR_HOST_ENV,
@@ -226,7 +226,7 @@ def inlet(folder: Path, config: Path, topic: str, env: dict[str, str], name: str
     command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--config", str(config)]
     command += ["--pubsub-topic", topic, "--profile-store", f"sqlite:///{folder}/{name}.profiles.sqlite"]
     env = {**env, "PROFILESTREAM_API_TOKEN": API_TOKEN}
-    with local_server("serve", command, folder / f"{name}.log", lambda: _healthy(url), env=env):
+    with local_server("serve", command, folder / f"{name}.log", lambda: _healthy(url), port=port, env=env):
         yield url
 
 

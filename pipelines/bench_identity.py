@@ -45,12 +45,9 @@ import datetime
 import itertools
 import multiprocessing
 import multiprocessing.connection
-import os
 import random
 import resource
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -62,7 +59,7 @@ import redis
 
 from pipelines.config import Config
 from pipelines.ingest import stitch_settings
-from pipelines.pubsub_emulator import free_port
+from pipelines.local_servers import free_port, local_server
 from schemas.registry import SchemaRegistry
 from transforms.clock import EPOCH
 from transforms.identity_graph import GraphRules, changes, resolve
@@ -84,9 +81,6 @@ RETURNS_PER_ARRIVAL = 2
 SHARED_DEVICE_SHARE = 0.05
 CRMID_SHARE = 0.4
 EVENT_DATASET = "experience_events"
-# A new Python interpreter imports Beam before it serves: seconds alone, more on a loaded machine.
-SERVER_START_TIMEOUT_S = 60.0
-SERVER_STOP_TIMEOUT_S = 10.0
 MB = 1024 * 1024
 
 
@@ -279,40 +273,6 @@ def traffic_size(identities: int) -> tuple[int, int, int]:
 
 
 @contextlib.contextmanager
-def local_server(
-    name: str,
-    command: Sequence[str],
-    log: Path,
-    ready: Callable[[], bool],
-    *,
-    env: Mapping[str, str] | None = None,
-    stop_timeout_s: float = SERVER_STOP_TIMEOUT_S,
-) -> Iterator[subprocess.Popen]:
-    """Runs ``command`` (its output in ``log``) for the block, entered once ``ready()``; stopped at the end, always:
-    SIGTERM, then SIGKILL after ``stop_timeout_s``. It leads a process group of its own, so a kill reaches what it
-    started too (``os.killpg(process.pid, ...)``; a pipeline on Prism runs the Prism binary as a child)."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not ready():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start: {log.read_text(errors='replace')}")
-            time.sleep(0.02)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(timeout=stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
 def private_redis(folder: str) -> Iterator[str]:
     """A ``redis-server`` of our own on a free loopback port, without persistence; its URL while it runs."""
     port = free_port()
@@ -321,12 +281,12 @@ def private_redis(folder: str) -> Iterator[str]:
     command = [shutil.which("redis-server"), *arguments]
     with (
         redis.Redis.from_url(url) as client,
-        local_server("redis-server", command, Path(folder, "redis.log"), lambda: _answers(client)),
+        local_server("redis-server", command, Path(folder, "redis.log"), lambda: redis_answers(client), port=port),
     ):
         yield url
 
 
-def _answers(client: redis.Redis) -> bool:
+def redis_answers(client: redis.Redis) -> bool:
     try:
         return client.ping()
     except redis.exceptions.ConnectionError:

@@ -58,7 +58,6 @@ import os
 import random
 import secrets
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -76,14 +75,13 @@ from pipelines.bench_identity import (
     SEED,
     START_US,
     Person,
-    local_server,
     person,
     private_redis,
 )
 from pipelines.config import Config
 from pipelines.ingest import stitch_settings
+from pipelines.local_servers import free_port, local_server
 from pipelines.profile_lookup import LookupBy
-from pipelines.pubsub_emulator import free_port
 from pipelines.serve import API_TOKEN_ENV
 from schemas.registry import SchemaRegistry
 from transforms import profile_model
@@ -547,7 +545,12 @@ def running_api(store_url: str, folder: str) -> Iterator[tuple[str, str]]:
     with (
         httpx2.Client(base_url=base_url, timeout=1.0) as probe,
         local_server(
-            "profilestream serve", command, Path(folder, "serve.log"), lambda: _healthy(probe), env=environment
+            "profilestream serve",
+            command,
+            Path(folder, "serve.log"),
+            lambda: _healthy(probe),
+            port=port,
+            env=environment,
         ),
     ):
         yield base_url, token
@@ -577,16 +580,8 @@ def private_bigtable_emulator(folder: str, binary: Path) -> Iterator[str]:
     """Google's Bigtable emulator on a free loopback port, its tables in memory; its ``HOST:PORT`` while it runs."""
     port = free_port()
     command = [str(binary), "-host", "127.0.0.1", "-port", str(port)]
-    with local_server("the Bigtable emulator", command, Path(folder, "bigtable.log"), lambda: _accepts(port)):
+    with local_server("the Bigtable emulator", command, Path(folder, "bigtable.log"), port=port):
         yield f"127.0.0.1:{port}"
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def start_backend(backend: str, folder: str, servers: contextlib.ExitStack) -> tuple[str, str, str] | None:

@@ -23,7 +23,8 @@ JDK modules Flink needs on Java 17.
     python -m pipelines.flink_cluster status [--run-dir DIR]
     python -m pipelines.flink_cluster down [--run-dir DIR]
 
-``up`` returns once the TaskManager has registered its slots and the worker pool accepts connections, then fetches
+``up`` refuses a port another program holds, and returns once the TaskManager has registered its slots and the worker
+pool listens (the JobManager and the worker pool alone on their ports: :mod:`pipelines.local_servers`), then fetches
 Beam's Flink job-server jar (:data:`JOB_SERVER_ARTIFACT`) with Maven if it is not there yet; when Maven cannot
 provide it, ``up`` says so in one line and the cluster stays up. Exit codes: 0 up (or already up), 1 the cluster
 did not start (the line names the log to read), 2 bad input or no Java.
@@ -49,8 +50,8 @@ from pathlib import Path
 import yaml
 from apache_beam.version import __version__ as beam_version
 
+from pipelines.local_servers import Listener, PortTakenError, free_port, refuse_taken_port, stop, who_listens
 from pipelines.one_line_parser import USAGE_ERROR, OneLineParser
-from pipelines.pubsub_emulator import free_port, stop
 
 # Beam 2.77 publishes Flink job servers for 1.19 to 2.2; this is the newest Flink of those that PyPI's
 # apache-flink-libraries carries.
@@ -331,11 +332,16 @@ def cluster_commands(dist: Path, run_dir: Path, *, rest_port: int, worker_pool_p
 
 def up(run_dir: Path, *, rest_port: int = REST_PORT, worker_pool_port: int = WORKER_POOL_PORT) -> dict[str, int]:
     """Starts the JobManager, the TaskManager and the worker pool, and returns their pids once the TaskManager's
-    slots are registered and the worker pool accepts connections. Whatever it started is stopped again when that
-    does not happen within :data:`START_TIMEOUT_S` (:class:`ClusterError`, naming the log to read)."""
+    slots are registered and the worker pool listens, the JobManager and the worker pool each alone on its port.
+    Whatever it started is stopped again when that does not happen within :data:`START_TIMEOUT_S`
+    (:class:`ClusterError`, naming the log to read), or at once when another program listens on one of the ports."""
     for port in (rest_port, worker_pool_port):
-        if accepts_connections(port):
-            raise ClusterError(f"port {port} is already in use; choose others with --rest-port / --worker-pool-port")
+        try:
+            refuse_taken_port(port)
+        except PortTakenError:
+            raise ClusterError(
+                f"port {port} is already in use; choose others with --rest-port / --worker-pool-port"
+            ) from None
     commands = cluster_commands(ensure_distribution(), run_dir, rest_port=rest_port, worker_pool_port=worker_pool_port)
     pids = {}
     try:
@@ -361,18 +367,23 @@ def up(run_dir: Path, *, rest_port: int = REST_PORT, worker_pool_port: int = WOR
 def _wait_until_ready(run_dir: Path, rest_port: int, worker_pool_port: int) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
-        stopped = [name for name in PROCESSES if name not in running(run_dir)]
+        alive = running(run_dir)
+        stopped = [name for name in PROCESSES if name not in alive]
+        if stopped:
+            raise ClusterError(f"the {stopped[0]} exited while starting: see {_log_of(run_dir, stopped[0])}")
+        # A program that took a port after up checked it would answer for the cluster: only our processes count.
+        for name, port in ((JOBMANAGER, rest_port), (WORKER_POOL, worker_pool_port)):
+            if who_listens(alive[name], port) is Listener.ANOTHER:
+                raise ClusterError(f"another program listens on port {port} too; the {name} cannot serve there")
         summary = overview(rest_port)
         if summary is None:
             waiting_for = JOBMANAGER
         elif summary.get("taskmanagers") != 1 or summary.get("slots-total") != PARALLELISM:
             waiting_for = TASKMANAGER
-        elif not accepts_connections(worker_pool_port):
+        elif who_listens(alive[WORKER_POOL], worker_pool_port) is not Listener.OURS:
             waiting_for = WORKER_POOL
         else:
             return
-        if stopped:
-            raise ClusterError(f"the {stopped[0]} exited while starting: see {_log_of(run_dir, stopped[0])}")
         if time.monotonic() > deadline:
             raise ClusterError(
                 f"the {waiting_for} was not ready within {START_TIMEOUT_S:.0f} s: see {_log_of(run_dir, waiting_for)}"

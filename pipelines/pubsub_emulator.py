@@ -11,7 +11,9 @@ takes to start itself, and in a process group of its own, so stopping it stops i
 
 ``up`` starts the emulator in the background (its pid and log in the state folder), makes the topic, its
 subscription and the dead-letter topic (with a subscription of its own, so failed records can be read back), and
-prints the environment line to use; ``down`` stops it. ``make pubsub-up`` / ``make pubsub-down`` run these.
+prints the environment line to use; ``down`` stops it. ``make pubsub-up`` / ``make pubsub-down`` run these. On a
+port another program holds, ``up`` starts nothing and exits 1 with one line; an emulator that does not come up alone on
+its port is stopped, JVM and all, with one line too (:mod:`pipelines.local_servers`). Either way no ``export`` line.
 """
 
 from __future__ import annotations
@@ -21,17 +23,15 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipelines.local_servers import LOOPBACK, free_port, start_server, stop
+
 EMULATOR_HOST_ENV = "PUBSUB_EMULATOR_HOST"
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
 DEFAULT_PORT = 8085
 DEFAULT_PROJECT = "profilestream-local"
 DEFAULT_TOPIC = "events"
@@ -87,52 +87,16 @@ def emulator_binary() -> Path:
     return binary
 
 
-def free_port() -> int:
-    """A loopback port free when asked; the server binds it a moment later, a race other processes rarely win."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start(port: int, state_dir: Path) -> subprocess.Popen:
-    """Starts the emulator on loopback ``port``, waits until it answers; it logs to ``state_dir/emulator.log``."""
+    """Starts the emulator on loopback ``port`` and returns it once it serves there, it and nothing else
+    (:func:`~pipelines.local_servers.start_server`); it logs to ``state_dir/emulator.log``. A port another program
+    holds is :class:`~pipelines.local_servers.PortTakenError`, and an emulator that does not serve is stopped and
+    :class:`~pipelines.local_servers.ServerStartError`, each one line."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    log = state_dir / "emulator.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [str(emulator_binary()), "--host=127.0.0.1", f"--port={port}"],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop(process.pid)
-                raise RuntimeError(f"the Pub/Sub emulator did not start: {log.read_text(errors='replace')}") from None
-            time.sleep(0.1)
-
-
-def stop(pid: int) -> None:
-    """Stops the process group led by ``pid``: SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``. The emulator's group
-    holds the JVM under its start script; the Flink cluster's processes use it too."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    command = [str(emulator_binary()), f"--host={LOOPBACK}", f"--port={port}"]
+    return start_server(
+        "the Pub/Sub emulator", command, state_dir / "emulator.log", port=port, timeout_s=START_TIMEOUT_S
+    )
 
 
 def create_topology(host: str, topology: Topology, *, ack_deadline_s: int = ACK_DEADLINE_S) -> None:
@@ -178,7 +142,7 @@ def running_emulator(state_dir: Path, topology: Topology | None = None) -> Itera
     """An emulator on a free loopback port for the ``with`` block, with ``topology`` made; yields its ``HOST:PORT``."""
     port = free_port()
     process = start(port, state_dir)
-    host = f"127.0.0.1:{port}"
+    host = f"{LOOPBACK}:{port}"
     try:
         if topology is not None:
             create_topology(host, topology)
@@ -212,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         process = start(args.port, args.state_dir)
         pid_file.write_text(str(process.pid))
-        host = f"127.0.0.1:{args.port}"
+        host = f"{LOOPBACK}:{args.port}"
         topology = Topology.named(args.project, args.topic, args.subscription, args.dead_letter_topic)
-        create_topology(host, topology)
+        try:
+            create_topology(host, topology)
+        except BaseException:
+            stop(process.pid)
+            pid_file.unlink()
+            raise
     except (EmulatorNotFoundError, RuntimeError) as error:
         print(f"pubsub_emulator: {error}", file=sys.stderr)
         return 1

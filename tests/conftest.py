@@ -20,14 +20,16 @@ memory on a free loopback port and yields its URL for ``STORAGE_EMULATOR_HOST``;
 are.
 
 ``prism`` is the path of the Prism binary ``make prism`` builds; missing, it is skipped as the servers are.
+
+Every server here starts through :mod:`pipelines.local_servers`: only on a port no other program holds, and counted
+up only once its own process group is alone listening there; otherwise it is stopped (its whole group) and the test
+fails with that one line and the end of the server's log.
 """
 
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -36,10 +38,13 @@ import pytest
 import redis
 
 from pipelines import pubsub_emulator as pubsub
+from pipelines.bench_identity import redis_answers
 from pipelines.bench_profiles import bigtable_emulator_binary
 from pipelines.local_runner import prism_binary
+from pipelines.local_servers import PortTakenError, ServerStartError, free_port, local_server, start_server
 
 SERVER_START_TIMEOUT_S = 10.0
+LOG_TAIL_CHARS = 4000
 FAKE_GCS_SERVER_ENV = "FAKE_GCS_SERVER"
 
 
@@ -63,7 +68,7 @@ def prism() -> Path:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("redis")
-    port = pubsub.free_port()
+    port = free_port()
     process = start_redis(folder, port)
     try:
         yield f"redis://127.0.0.1:{port}/0"
@@ -73,37 +78,34 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def start_redis(folder: Path, port: int, *, durable: bool = False) -> subprocess.Popen:
-    """``redis-server`` on ``port`` with its files in ``folder``, once it answers: without persistence, or
-    ``durable``, with an append-only file synced on every write (what survives a SIGKILL and a restart)."""
+    """``redis-server`` on ``port`` with its files in ``folder``, once it answers there, it and no other program:
+    without persistence, or ``durable``, with an append-only file synced on every write (what survives a SIGKILL
+    and a restart)."""
     binary = shutil.which("redis-server")
     if binary is None:
         missing_prerequisite("redis-server not found (Debian package redis-server)")
     persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
-    log = folder / "redis.log"
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", *persistence],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    _wait_until_ready(f"redis://127.0.0.1:{port}/0", process, log)
-    return process
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", *persistence]
+    with redis.Redis.from_url(f"redis://127.0.0.1:{port}/0") as client:
+        try:
+            return start_server(
+                "redis-server",
+                command,
+                folder / "redis.log",
+                port=port,
+                ready=lambda: redis_answers(client),
+                timeout_s=SERVER_START_TIMEOUT_S,
+            )
+        except (PortTakenError, ServerStartError) as error:
+            did_not_start(error)
 
 
-def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    try:
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not start: {log.read_text(errors='replace')}")
-                time.sleep(0.02)
-    finally:
-        client.close()
+def did_not_start(error: PortTakenError | ServerStartError) -> NoReturn:
+    """Fails the test with the server's one line and, when it ran, the end of its log."""
+    log = getattr(error, "log", None)
+    if log is None or not log.exists():
+        pytest.fail(str(error))
+    pytest.fail(f"{error}\n{log.read_text(errors='replace')[-LOG_TAIL_CHARS:]}")
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +113,7 @@ def bigtable_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     binary = bigtable_emulator_binary()
     if binary is None:
         missing_prerequisite("Bigtable emulator not found (the Google Cloud CLI's component, cbtemulator)")
-    port = pubsub.free_port()
+    port = free_port()
     command = [str(binary), "-host", "127.0.0.1", "-port", str(port)]
     with _listening("the Bigtable emulator", command, port, tmp_path_factory.mktemp("bigtable") / "emulator.log"):
         yield f"127.0.0.1:{port}"
@@ -122,7 +124,7 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = fake_gcs_server_binary()
     if binary is None:
         missing_prerequisite("fake-gcs-server not found (make gcs-emulator)")
-    port = pubsub.free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     command = [str(binary), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
     command += ["-public-host", address, "-external-url", f"http://{address}", "-log-level", "warn"]
@@ -142,23 +144,14 @@ def fake_gcs_server_binary() -> Path | None:
 
 @contextlib.contextmanager
 def _listening(name: str, command: list[str], port: int, log: Path) -> Iterator[None]:
-    """Runs ``command`` (output in ``log``) while the block runs, entered once it accepts connections on ``port``."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"{name} did not start: {log.read_text(errors='replace')}")
-                time.sleep(0.02)
+    """Runs ``command`` (output in ``log``) while the block runs, entered once it, and no other program, listens on
+    ``port`` (:func:`pipelines.local_servers.local_server`)."""
+    with contextlib.ExitStack() as server:
+        try:
+            server.enter_context(local_server(name, command, log, port=port, start_timeout_s=SERVER_START_TIMEOUT_S))
+        except (PortTakenError, ServerStartError) as error:
+            did_not_start(error)
         yield
-    finally:
-        process.terminate()
-        process.wait(timeout=SERVER_START_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")
@@ -167,5 +160,9 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pubsub.emulator_binary()
     except pubsub.EmulatorNotFoundError as missing:
         missing_prerequisite(str(missing))
-    with pubsub.running_emulator(tmp_path_factory.mktemp("pubsub")) as host:
+    with contextlib.ExitStack() as emulator:
+        try:
+            host = emulator.enter_context(pubsub.running_emulator(tmp_path_factory.mktemp("pubsub")))
+        except (PortTakenError, ServerStartError) as error:
+            did_not_start(error)
         yield host
