@@ -668,3 +668,32 @@ def test_a_day_of_streaming_leaves_no_state_for_the_windows_it_wrote(tmp_path):
     assert len(keyed) == windows
     assert [key for key, held in keyed.items() if held.state or held.timers] == []
     assert len(lake_files(lake)) >= windows
+
+
+def test_a_retried_bundle_counts_the_rows_its_first_attempt_committed_as_written(tmp_path):
+    """The runner retries a bundle whose first attempt committed its files (and lost its counters): the retry reports
+    those files, and the summary's counters say the rows the files hold, not duplicates."""
+    lake = str(tmp_path)
+    rows = [lake_row(f"e{i}", at(i), f"m{i}") for i in range(5)] + [lake_row("e0", at(9), "m9")]
+
+    def attempt() -> PipelineResult:
+        pipeline = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
+        _ = (
+            pipeline
+            | beam.Create(rows)
+            | beam.Map(lambda row: ((row.dataset, us(T0)), row)).with_output_types(tuple[tuple[str, int], LakeRow])
+            | beam.GroupByKey()
+            | beam.ParDo(pane_writer(lake, "run-a"))
+        )
+        result = pipeline.run()
+        result.wait_until_finish()
+        return result
+
+    attempt()
+    retry = attempt()
+
+    committed = sum(pq.read_metadata(os.path.join(lake, DATASET, name)).num_rows for name in lake_files(lake))
+    assert committed == 5
+    assert counter(retry, f"lake_rows.{DATASET}") == committed
+    assert counter(retry, f"lake_files.{DATASET}") == len(lake_files(lake)) == 1
+    assert counter(retry, "duplicates") == 1
