@@ -170,7 +170,9 @@ def run(
             _say_when_stopped_in_vain(stop)
         messages = pipeline | "ReadPubSub" >> read
     else:
-        messages = pipeline | "ReadReplay" >> ReadReplay(request.replay_path)
+        messages = pipeline | "ReadReplay" >> ReadReplay(
+            request.replay_path, max_message_bytes=config.max_message_bytes
+        )
     _ = messages | "Ingest" >> Ingest(
         registry,
         config,

@@ -22,6 +22,15 @@ Each file is recognised by its content, not its name:
   Lines are split on ``\\n`` as bytes; a ``\\r`` before it and a UTF-8 byte-order mark opening the file are not part
   of the line, and blank lines are skipped (they still count in the line numbers).
 
+Long lines
+----------
+No line is read whole past :func:`max_line_bytes` (twice ``max_message_bytes`` plus 1 MiB, room for a REST line's
+base64 and attributes: 3 MiB by default), so a replay's memory is bounded whatever the file holds. A longer line is
+read on in chunks of :data:`CHUNK_BYTES` to take its length and SHA-256, and becomes a message whose ``data`` is its
+first 64 KiB and whose attributes are ``profilestream.originalBytes`` and ``profilestream.originalSha256`` (its
+line number is its id, the read time its publish time); the decode stage fails it with ``SIZE.MESSAGE_TOO_LARGE``, as
+it fails any message too large, keeping that prefix, length and digest and never the line.
+
 Bad base64
 ----------
 A REST line whose ``data`` is not base64 is neither dropped nor turned into a bare payload (that would lose its
@@ -50,10 +59,11 @@ import binascii
 import codecs
 import datetime
 import glob
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import apache_beam as beam
 import fastavro
@@ -63,6 +73,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.clock import micros, parse_rfc3339_us, wall_clock_us
+from transforms.decoding import FAILED_PREFIX_BYTES, MAX_MESSAGE_BYTES, cut_payload_attributes
 from transforms.records import REPLAY_ERROR_ATTRIBUTE, Message
 
 _AVRO_MAGIC = b"Obj\x01"
@@ -71,6 +82,7 @@ _REST_KEYS = frozenset({"data", "attributes", "messageId", "publishTime", "order
 _FAILED_RECORD_COLUMNS = ("data", "attributes", "message_id", "publish_time")
 # Failed records hold whole messages (up to 1 MiB each): small batches keep a file's memory bounded.
 _PARQUET_BATCH_ROWS = 1024
+CHUNK_BYTES = 1024 * 1024
 # RFC 3339 date-time; the fraction may be longer than Python's microseconds (Pub/Sub writes nanoseconds).
 
 
@@ -169,12 +181,71 @@ def _rest_message(line: bytes) -> _RestMessage | None:
     return _RestMessage(data, attributes, parsed.get("messageId"), publish_time_us)
 
 
-def _read_jsonl(path: str, clock: Callable[[], int]) -> Iterator[Message]:
-    with open(path, "rb") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            line = line.removesuffix(b"\n").removesuffix(b"\r")
-            if line_number == 1:
-                line = line.removeprefix(codecs.BOM_UTF8)
+def max_line_bytes(max_message_bytes: int = MAX_MESSAGE_BYTES) -> int:
+    """The longest JSONL line a replay reads whole: a REST line carries its data in base64 (4/3 of it) beside
+    attributes (Pub/Sub's cap them at 100 of 1,280 bytes, more once JSON escapes them), and 1 MiB covers those."""
+    return 2 * max_message_bytes + 1024 * 1024
+
+
+class _CutLine(NamedTuple):
+    """A line too long to read whole: its first bytes, its length and its SHA-256."""
+
+    prefix: bytes
+    length: int
+    sha256: str
+
+
+def _jsonl_lines(stream: BinaryIO, longest: int) -> Iterator[bytes | _CutLine]:
+    """Every line of ``stream`` without its line end (blank lines too, so that line numbers hold), a line longer than
+    ``longest`` bytes as a :class:`_CutLine`, read in chunks and never held whole."""
+    first = True
+    while True:
+        # Two bytes of room for the line end, so that a line of exactly ``longest`` bytes comes whole in one read.
+        head = stream.readline(longest + 2)
+        if not head:
+            return
+        whole = head.endswith(b"\n") or len(head) < longest + 2
+        if first:
+            head = head.removeprefix(codecs.BOM_UTF8)
+            first = False
+        line = head.removesuffix(b"\n").removesuffix(b"\r")
+        if whole and len(line) <= longest:
+            yield line
+        else:
+            yield _cut_line(head, stream)
+
+
+def _cut_line(head: bytes, stream: BinaryIO) -> _CutLine:
+    """The line that ``head`` begins, read on from ``stream`` up to its end in chunks of :data:`CHUNK_BYTES`."""
+    digest = hashlib.sha256()
+    length = 0
+    prefix = bytearray()
+    chunk, held = head, b""
+    while True:
+        ended = not chunk or chunk.endswith(b"\n")
+        body = held + chunk
+        if ended:
+            body, held = body.removesuffix(b"\n").removesuffix(b"\r"), b""
+        else:
+            # A "\r" that ends a chunk may be the line end's; it is counted once the next chunk shows it is not.
+            held = b"\r" if body.endswith(b"\r") else b""
+            body = body[: len(body) - len(held)]
+        digest.update(body)
+        length += len(body)
+        prefix += body[: FAILED_PREFIX_BYTES - len(prefix)]
+        if ended:
+            return _CutLine(bytes(prefix), length, digest.hexdigest())
+        chunk = stream.readline(CHUNK_BYTES)
+
+
+def _read_jsonl(path: str, clock: Callable[[], int], longest: int) -> Iterator[Message]:
+    with open(path, "rb") as stream:
+        for line_number, line in enumerate(_jsonl_lines(stream, longest), start=1):
+            if isinstance(line, _CutLine):
+                read_time_us = clock()
+                attributes = cut_payload_attributes(line.length, line.sha256)
+                yield Message(line.prefix, attributes, str(line_number), read_time_us, read_time_us)
+                continue
             if not line.strip():
                 continue
             read_time_us = clock()
@@ -244,27 +315,32 @@ def _read_failed_records(path: str, clock: Callable[[], int]) -> Iterator[Messag
             )
 
 
-def read_replay_file(path: str, *, clock: Callable[[], int]) -> Iterator[Message]:
-    """The messages archived in one file, in file order, read lazily; ``clock()`` gives each one's read time (µs)."""
+def read_replay_file(
+    path: str, *, clock: Callable[[], int], max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> Iterator[Message]:
+    """The messages archived in one file, in file order, read lazily; ``clock()`` gives each one's read time (µs).
+
+    A JSONL line longer than :func:`max_line_bytes` of ``max_message_bytes`` is cut (see the module docstring)."""
     with open(path, "rb") as head:
         magic = head.read(4)
     if magic == _AVRO_MAGIC:
         return _read_avro(path, clock)
     if magic == _PARQUET_MAGIC:
         return _read_failed_records(path, clock)
-    return _read_jsonl(path, clock)
+    return _read_jsonl(path, clock, max_line_bytes(max_message_bytes))
 
 
 class _ReadReplayFileFn(beam.DoFn):
     """Reads one replay file into messages stamped with their publish time."""
 
-    def __init__(self, clock: Callable[[], int]):
+    def __init__(self, clock: Callable[[], int], max_message_bytes: int):
         self._clock = clock
+        self._max_message_bytes = max_message_bytes
         self._messages = Metrics.counter("profilestream", "replay_messages")
 
     def process(self, path: str) -> Iterator[beam.window.TimestampedValue]:
         count = 0
-        for message in read_replay_file(path, clock=self._clock):
+        for message in read_replay_file(path, clock=self._clock, max_message_bytes=self._max_message_bytes):
             count += 1
             yield beam.window.TimestampedValue(message, Timestamp(micros=message.publish_time_us))
         self._messages.inc(count)
@@ -274,19 +350,24 @@ class ReadReplay(beam.PTransform):
     """Reads the messages archived under a replay PATH (file, directory or glob) as a ``PCollection[Message]``.
 
     Each element's event timestamp is its message's publish time. The messages read are counted in the
-    ``profilestream/replay_messages`` counter. ``clock`` gives read times in microseconds since the epoch.
+    ``profilestream/replay_messages`` counter. ``clock`` gives read times in microseconds since the epoch;
+    ``max_message_bytes`` sets how long a JSONL line may be before it is cut (:func:`max_line_bytes`).
     Raises :class:`ReplayPathError` at construction when PATH names no file.
     """
 
-    def __init__(self, path: str, *, clock: Callable[[], int] = wall_clock_us):
+    def __init__(
+        self, path: str, *, clock: Callable[[], int] = wall_clock_us, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ):
         super().__init__()
         self._files = expand_replay_path(path)
         self._clock = clock
+        self._max_message_bytes = max_message_bytes
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Message]:
         return (
             pbegin
             # No reshuffle: the files are read in the stage that lists them, and each message flows on unbuffered.
             | "ListFiles" >> beam.Create(self._files, reshuffle=False)
-            | "ReadFiles" >> beam.ParDo(_ReadReplayFileFn(self._clock)).with_output_types(Message)
+            | "ReadFiles"
+            >> beam.ParDo(_ReadReplayFileFn(self._clock, self._max_message_bytes)).with_output_types(Message)
         )

@@ -1,8 +1,12 @@
 """Tests for transforms/replay.py: the file readers, path expansion and the ReadReplay transform on both runners."""
 
 import base64
+import codecs
 import datetime
+import hashlib
 import json
+import subprocess
+import sys
 
 import apache_beam as beam
 import fastavro
@@ -15,13 +19,16 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.records import Message
+from transforms.decoding import FAILED_PREFIX_BYTES, TOO_LARGE
+from transforms.records import ORIGINAL_BYTES_ATTRIBUTE, ORIGINAL_SHA256_ATTRIBUTE, Message
 from transforms.replay import (
+    CHUNK_BYTES,
     REPLAY_ERROR_ATTRIBUTE,
     ReadReplay,
     ReplayFormatError,
     ReplayPathError,
     expand_replay_path,
+    max_line_bytes,
     parse_rfc3339_us,
     read_replay_file,
 )
@@ -351,3 +358,118 @@ def test_read_replay_stamps_elements_with_publish_time_in_streaming_on_the_direc
 
 def test_read_replay_stamps_elements_with_publish_time_in_batch_on_the_fn_api_runner(tmp_path):
     run_and_check_timestamps(tmp_path, FnApiRunner(), PipelineOptions())
+
+
+# Long lines: memory bounded whatever a line holds
+
+
+def cut_attributes(line: bytes) -> dict[str, str]:
+    return {ORIGINAL_BYTES_ATTRIBUTE: str(len(line)), ORIGINAL_SHA256_ATTRIBUTE: hashlib.sha256(line).hexdigest()}
+
+
+def test_a_line_of_the_longest_length_is_read_whole(tmp_path):
+    line = b'{"_id":"' + b"x" * (max_line_bytes() - 10) + b'"}'
+    assert len(line) == max_line_bytes()
+    path = write_lines(tmp_path / "long.jsonl", line, b"{}")
+    assert read(path) == [
+        Message(line, {}, "1", READ_TIME_US, READ_TIME_US),
+        Message(b"{}", {}, "2", READ_TIME_US, READ_TIME_US),
+    ]
+
+
+def test_a_line_one_byte_longer_is_cut_to_a_prefix_with_the_length_and_sha256_of_the_whole(tmp_path):
+    line = b'{"_id":"' + b"x" * (max_line_bytes() - 9) + b'"}'
+    path = write_lines(tmp_path / "long.jsonl", line, b"{}")
+    assert read(path) == [
+        Message(line[:FAILED_PREFIX_BYTES], cut_attributes(line), "1", READ_TIME_US, READ_TIME_US),
+        Message(b"{}", {}, "2", READ_TIME_US, READ_TIME_US),
+    ]
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        b"\r\n",  # the "\r" of the line end ends a chunk; the "\n" comes alone in the next
+        b"\r\r\n",  # one "\r" is the line's, the other the line end's
+        b"\ry\n",  # a "\r" ending a chunk that is the line's own
+        b"\r",  # the last line, ending without "\n"
+    ],
+)
+def test_a_cut_line_reads_its_line_end_across_chunks_as_a_whole_line_would(tmp_path, ending):
+    # The first read takes max_line_bytes() + 2 bytes, each later one CHUNK_BYTES: the "\r" ends the second.
+    body = b"x" * (max_line_bytes() + 1 + CHUNK_BYTES)
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(body + ending)
+    line = (body + ending).removesuffix(b"\n").removesuffix(b"\r")
+    assert read(str(path)) == [
+        Message(line[:FAILED_PREFIX_BYTES], cut_attributes(line), "1", READ_TIME_US, READ_TIME_US)
+    ]
+
+
+def test_a_cut_first_line_loses_its_byte_order_mark_as_a_whole_one_does(tmp_path):
+    line = b"y" * (max_line_bytes() + 5)
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(codecs.BOM_UTF8 + line + b"\n")
+    assert read(str(path)) == [
+        Message(line[:FAILED_PREFIX_BYTES], cut_attributes(line), "1", READ_TIME_US, READ_TIME_US)
+    ]
+
+
+def test_the_longest_line_follows_the_maximum_message_size(tmp_path):
+    line = b"z" * (max_line_bytes(10) + 1)
+    path = write_lines(tmp_path / "long.jsonl", line)
+    [message] = read_replay_file(path, clock=fixed_clock, max_message_bytes=10)
+    assert message.attributes == cut_attributes(line)
+
+
+@pytest.mark.slow
+def test_a_300_mb_line_is_read_and_decoded_in_bounded_memory(tmp_path):
+    # Issue 12: a 299 MB replay line was stored whole in failed_records and took the run to 3.2 GB RSS.
+    path = tmp_path / "huge.jsonl"
+    digest = hashlib.sha256()
+    block = b'{"messages":[' + b"1," * (4 * 1024 * 1024)
+    with path.open("wb") as out:
+        for _ in range(36):  # 36 blocks of 8 MiB and a bit: about 300 MB
+            out.write(block)
+            digest.update(block)
+        out.write(b"\n{}\n")
+    size = path.stat().st_size - 4
+    child = subprocess.run(
+        [sys.executable, "-c", MEASURE_REPLAY, str(path)], capture_output=True, text=True, timeout=120, check=True
+    )
+    measured = json.loads(child.stdout)
+    print(f"replay of a {size:,}-byte line: peak RSS {measured['growth_kib'] / 1024:.1f} MiB above the baseline")
+    assert measured["outputs"] == [
+        [
+            "1",
+            [TOO_LARGE],
+            FAILED_PREFIX_BYTES,
+            {ORIGINAL_BYTES_ATTRIBUTE: str(size), ORIGINAL_SHA256_ATTRIBUTE: digest.hexdigest()},
+        ],
+        ["2", ["DECODE.NO_SCHEMA_REF"], 2, {}],
+    ]
+    assert measured["growth_kib"] < 200 * 1024
+
+
+# Runs in a child process, so that its peak RSS is the replay's alone: reads a file, decodes every message, keeps
+# every output, then prints the outputs and how far the peak RSS rose above the RSS the imports left. Writing 5 to
+# clear_refs resets the peak (Linux 4.0 on), which the imports would otherwise set.
+MEASURE_REPLAY = """
+import json, pathlib, re, sys
+from transforms.decoding import decode_message
+from transforms.replay import read_replay_file
+
+def kib(name):
+    return int(re.search(name + r":\\s+(\\d+) kB", pathlib.Path("/proc/self/status").read_text())[1])
+
+pathlib.Path("/proc/self/clear_refs").write_text("5")
+baseline_kib = kib("VmRSS")
+outputs = [
+    output
+    for message in read_replay_file(sys.argv[1], clock=lambda: 1_800_000_000_000_000)
+    for output in decode_message(message, lambda schema_id: None)
+]
+growth_kib = kib("VmHWM") - baseline_kib
+summary = [[o.message_id, [e.code for e in o.errors], len(o.data), dict(o.attributes)] for o in outputs]
+print(json.dumps({"growth_kib": growth_kib, "outputs": summary}))
+"""
