@@ -8,7 +8,7 @@
     profilestream loadgen --target (pubsub:projects/P/topics/T | http://HOST:PORT/collection/[batch/]ID)
                           [--rate N] (--duration S | --count N) [traffic shape] [--send-log FILE]
     profilestream serve [--host HOST] [--port PORT] [--profile-store URL] [--config FILE] [--token-file FILE]
-                        [--pubsub-topic projects/P/topics/T] [--schema-dir DIR]
+                        [--pubsub-topic projects/P/topics/T] [--schema-dir DIR] [limits on each client]
 
 Every usage or input error prints one line on stderr and exits 2; no traceback reaches the user. ``run`` prints its
 summary as the last line on stdout; ``validate`` prints a JSON line per entity and exits 0 when all are valid, 1 when
@@ -50,6 +50,17 @@ PUBSUB_SCHEME = "pubsub:"
 FLINK_CHECK_TIMEOUT_S = 5.0
 # Pub/Sub resource names: projects/PROJECT/(topics|subscriptions)/NAME, NAME 3-255 characters from Google's set.
 _PUBSUB_NAME = re.compile(r"projects/[a-z][a-z0-9.:-]{1,61}[a-z0-9]/(topics|subscriptions)/[A-Za-z][\w.~+%-]{2,254}")
+
+
+# serve's limits on what one client may hold of the server: flag, type, default, what it is.
+_SERVE_LIMITS = [
+    ("--header-timeout", float, 10.0, "seconds a request's headers may take"),
+    ("--body-timeout", float, 30.0, "seconds a request's body may take"),
+    ("--keep-alive-timeout", float, 5.0, "seconds an idle connection stays open"),
+    ("--max-connections", int, 4096, "connections served at once, then 503"),
+    ("--auth-failures", int, 10, "failed authentications per address, then 429"),
+    ("--auth-failure-window", float, 60.0, "seconds in which they are counted"),
+]
 
 
 class UsageError(Exception):
@@ -166,8 +177,24 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the HTTP inlet too, publishing to this topic (connections: inlet in --config)",
     )
     serve.add_argument("--schema-dir", help="directory of user-composed schema files (for syncValidation=true)")
+    limits = serve.add_argument_group("limits on each client (README: Hostile clients)")
+    for flag, kind, default, help_text in _SERVE_LIMITS:
+        limits.add_argument(flag, type=_positive(kind), default=default, metavar="N", help=f"{help_text} ({default:g})")
     serve.set_defaults(handler=_serve)
     return parser
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: a positive ``kind``."""
+
+    def positive(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
+
+    positive.__name__ = f"positive {kind.__name__}"
+    return positive
 
 
 def _lookup(by: str) -> Callable[[str], tuple[str, str]]:
@@ -399,7 +426,8 @@ def _profile_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
 
 def _serve(args: argparse.Namespace, _beam_args: list[str]) -> int:
     from pipelines.ingest import stitch_settings
-    from pipelines.serve import api_token, create_app, listen, serve
+    from pipelines.inlet import AuthFailureLimit
+    from pipelines.serve import ServerLimits, api_token, create_app, listen, serve
 
     config = load_config(args.config)
     settings = stitch_settings(config)
@@ -411,7 +439,17 @@ def _serve(args: argparse.Namespace, _beam_args: list[str]) -> int:
         except ValueError as error:
             raise UsageError(str(error)) from None
         store = stack.enter_context(_open_profile_store(args.profile_store))
-        serve(create_app(store, settings, token, inlet=inlet, event_ttl_us=config.event_ttl_us()), listener)
+        auth_failures = AuthFailureLimit(args.auth_failures, args.auth_failure_window)
+        app = create_app(
+            store, settings, token, inlet=inlet, event_ttl_us=config.event_ttl_us(), auth_failures=auth_failures
+        )
+        limits = ServerLimits(
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            keep_alive_timeout_s=args.keep_alive_timeout,
+            max_connections=args.max_connections,
+        )
+        serve(app, listener, limits)
     return 0
 
 
@@ -425,7 +463,7 @@ def _inlet(args: argparse.Namespace):
     config, registry = _registry(args)
     if not config.inlet.connections:
         raise UsageError("the inlet takes messages only on configured connections: add inlet.connections to --config")
-    judge = Judge(registry, config.validation_policy(), config.max_message_bytes)
+    judge = Judge(registry, config.validation_policy(), config.max_message_bytes, config.max_batch_entries)
     try:
         publisher = PubSubPublisher(args.pubsub_topic, timeout_s=config.inlet.publish_timeout_seconds)
     except DefaultCredentialsError:

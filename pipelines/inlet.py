@@ -12,12 +12,20 @@ Routes (:meth:`Inlet.router`; no API token, each connection has its own)
     ``{"inletId", "batchId", "receivedTimeMs", "responses": [...]}`` with, in request order, ``{"xactionId"}`` for
     a published message and ``{"statusCode": 400, "message"}`` for a rejected one, so a client resends only those.
 
-Statuses, in the order they are decided: 404 unknown connection; 401 no bearer token, 403 a wrong one (for a
-connection with a token; compared in constant time); 429 over the connection's rate (``Retry-After`` in seconds);
-413 a body over ``inlet.max_request_bytes`` (read no further); 400 for a body that is not strict JSON, a single
-message that fails decoding (or validation with ``syncValidation=true``, listing every violation), or a batch body
-that is not ``{"messages": [...]}``; 503 when Pub/Sub has not confirmed every message of the request within
-``inlet.publish_timeout_seconds``. Error bodies have the documented problem shape
+Statuses, in the order they are decided: 429 for a client address past its failed-authentication limit
+(:class:`AuthFailureLimit`, shared with the profile API; ``Retry-After`` in seconds); 401 no bearer token, 403 a wrong
+one (for a connection with a token; compared in constant time) or an unknown connection, which answers exactly as a
+wrong token does, so no answer tells which connection ids exist; 429 over the connection's rate (``Retry-After``),
+counted in messages: one token a request, one a message for a batch; 413 a body over ``inlet.max_request_bytes`` (read
+no further), or a batch of more than ``max_batch_entries`` messages (counted without judging any, in milliseconds;
+``DECODE.BATCH_TOO_LARGE``, as the pipeline would fail it); 400 for a body that is not strict JSON, a single message
+that fails decoding (or validation with ``syncValidation=true``, listing every violation), or a batch body that is not
+``{"messages": [...]}``; 503 when Pub/Sub has not confirmed every message of the request within
+``inlet.publish_timeout_seconds``. A rejected batch message's text is cut at :data:`MAX_ENTRY_MESSAGE_CHARS` characters,
+so the answer to a batch is bounded whatever it holds. A client that goes away before its body is read is one line in
+the log (counted as status 499).
+
+Error bodies have the documented problem shape
 ``{"type", "status", "title", "report": {"message", "cause"?}}``; ``report.cause._streamingValidation`` lists each
 violation as ``{"schemaLocation", "pointerToViolation": "#" + JSON pointer, "causingExceptions": [], "keyword": code,
 "message"}``, where ``keyword`` is our stable error code and ``schemaLocation`` is ``"#"`` (our violations point into
@@ -50,6 +58,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import secrets
 import threading
 import time
@@ -59,12 +68,15 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from pipelines.config import InletConnection, InletSettings
 from schemas.registry import SchemaRegistry
 from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
 from transforms.decoding import (
+    BATCH_TOO_LARGE,
     EMPTY_BATCH,
+    MAX_BATCH_ENTRIES,
     MAX_MESSAGE_BYTES,
     UNKNOWN_ENVELOPE,
     JsonRejected,
@@ -83,6 +95,10 @@ PROBLEM_TYPE = "urn:profilestream:problem:inlet"
 INVALID_MESSAGE = "Invalid XDM Message Format"
 SYNC_VALIDATION = "syncValidation"
 SINGLE_ROUTE, BATCH_ROUTE = "single", "batch"
+# nginx's status for a client that closed its connection before it was answered: counted, never sent.
+CLIENT_CLOSED_REQUEST = 499
+# A rejected batch message's text is cut here, so that the answer to a batch stays within a small multiple of it.
+MAX_ENTRY_MESSAGE_CHARS = 200
 
 _log = logging.getLogger(__name__)
 
@@ -164,6 +180,7 @@ class Judge:
     registry: SchemaRegistry
     policy: ValidationPolicy = DEFAULT_POLICY
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_batch_entries: int = MAX_BATCH_ENTRIES
 
     def single(self, body: bytes, receipt: Receipt, connection: InletConnection, *, sync_validation: bool) -> Verdict:
         """The verdict on a ``/collection`` body, published as it is; raises :class:`BadRequest` for bad JSON."""
@@ -225,6 +242,42 @@ class Judge:
         return Accepted(data, attributes, xaction_id)
 
 
+_PLAIN_JSON = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_MESSAGES_KEY = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"messages"[ \t\n\r]*:[ \t\n\r]*\[')
+
+
+def batch_entry_count(body: bytes, limit: int) -> int | None:
+    """How many entries ``body``, a ``{"messages": [...]}`` batch, holds, counting no further than ``limit + 1``.
+
+    The entries are stepped over without being judged, so an oversized batch costs as little as its first
+    ``limit`` entries. None for a body this scan does not follow (not UTF-8, not that shape, not JSON): the strict
+    parser says what is wrong with it."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    opening = _MESSAGES_KEY.match(text)
+    if opening is None:
+        return None
+    position, count = opening.end(), 0
+    try:
+        while True:
+            position = _WHITESPACE.match(text, position).end()
+            if count == 0 and text.startswith("]", position):
+                return 0
+            _, position = _PLAIN_JSON.raw_decode(text, position)
+            count += 1
+            position = _WHITESPACE.match(text, position).end()
+            if count > limit or text.startswith("]", position):
+                return count
+            if not text.startswith(",", position):
+                return None
+            position += 1
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
 def _parsed(body: bytes) -> Any:
     try:
         return parse_json(body)
@@ -253,7 +306,7 @@ def batch_response(receipt: Receipt, verdicts: Sequence[Verdict]) -> dict[str, A
         "responses": [
             {"xactionId": verdict.xaction_id}
             if isinstance(verdict, Accepted)
-            else {"statusCode": 400, "message": _inlet_message(receipt.connection_id, _summary(verdict.errors))}
+            else {"statusCode": 400, "message": _cut(_inlet_message(receipt.connection_id, _summary(verdict.errors)))}
             for verdict in verdicts
         ],
     }
@@ -290,6 +343,10 @@ def _inlet_message(connection_id: str, detail: str) -> str:
     return f"inletId: [{connection_id}] {detail}"
 
 
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_ENTRY_MESSAGE_CHARS else text[: MAX_ENTRY_MESSAGE_CHARS - 1] + "\u2026"
+
+
 def _summary(errors: Iterable[RecordError]) -> str:
     return "; ".join(f"{error.code} at {error.path or '/'}: {error.message}" for error in errors)
 
@@ -307,7 +364,7 @@ def token_status(expected: str | None, authorization: str | None) -> int | None:
 
 
 class TokenBucket:
-    """A token bucket: ``burst`` requests at once, refilled at ``rate`` per second of ``clock``."""
+    """A token bucket: ``burst`` tokens at once, refilled at ``rate`` per second of ``clock``."""
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._rate = rate
@@ -317,17 +374,78 @@ class TokenBucket:
         self._last = clock()
         self._lock = threading.Lock()
 
-    def take(self) -> float:
-        """0.0 when a token was taken, else the seconds until one will be there."""
+    def take(self, count: int = 1) -> float:
+        """0.0 when ``count`` tokens were taken, else the seconds until they will be there.
+
+        A count above ``burst`` needs a full bucket and leaves it in debt, so that a batch larger than the burst
+        is still possible and its messages are paid for at the rate all the same."""
         with self._lock:
-            now = self._clock()
-            # A clock that steps back refills nothing rather than draining the bucket.
-            self._tokens = min(self._burst, self._tokens + max(0.0, now - self._last) * self._rate)
-            self._last = now
-            if self._tokens >= 1:
-                self._tokens -= 1
+            self._refill()
+            needed = min(count, self._burst)
+            if self._tokens >= needed:
+                self._tokens -= count
                 return 0.0
-            return (1 - self._tokens) / self._rate
+            return (needed - self._tokens) / self._rate
+
+    def wait_s(self) -> float:
+        """The seconds until one token will be there (0.0: it is), taking none."""
+        with self._lock:
+            self._refill()
+            return max(0.0, (1 - self._tokens) / self._rate)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        # A clock that steps back refills nothing rather than draining the bucket.
+        self._tokens = min(self._burst, self._tokens + max(0.0, now - self._last) * self._rate)
+        self._last = now
+
+
+class AuthFailureLimit:
+    """Failed authentications (no token or a wrong one) per client address: ``failures`` at once, then
+    ``failures`` per ``window_s``. A client past it is answered 429 until its bucket refills, whatever it sends,
+    so that tokens cannot be guessed at the server's speed. The profile API and the inlet share one.
+
+    At most ``max_clients`` addresses are remembered (the least recently failed are forgotten first), so a flood
+    of addresses costs bounded memory."""
+
+    def __init__(
+        self,
+        failures: int = 10,
+        window_s: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 10_000,
+    ) -> None:
+        if failures <= 0 or window_s <= 0:
+            raise ValueError("the failed-authentication limit and its window must be positive")
+        self._failures = failures
+        self._rate = failures / window_s
+        self._clock = clock
+        self._max_clients = max_clients
+        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def wait_s(self, client: str) -> float:
+        """0.0 when ``client`` may try to authenticate, else the seconds until it may."""
+        with self._lock:
+            bucket = self._buckets.get(client)
+        return 0.0 if bucket is None else bucket.wait_s()
+
+    def failed(self, client: str) -> None:
+        """Counts one failed authentication of ``client``."""
+        with self._lock:
+            bucket = self._buckets.pop(client, None)
+            if bucket is None:
+                bucket = TokenBucket(self._rate, self._failures, self._clock)
+            self._buckets[client] = bucket
+            while len(self._buckets) > self._max_clients:
+                self._buckets.popitem(last=False)
+        bucket.take()
+
+
+def client_address(request: Request) -> str:
+    """The address a request came from, which the failed-authentication limit counts by."""
+    return request.client.host if request.client is not None else ""
 
 
 class TransactionIds:
@@ -425,6 +543,7 @@ class Inlet:
         self._clock = clock
         self._ids = ids if ids is not None else TransactionIds()
         self._tokens = {name: connection.resolved_token(environ) for name, connection in settings.connections.items()}
+        self._unknown_connection_token = secrets.token_urlsafe(32)
         self._buckets = {
             name: TokenBucket(connection.rate_per_second, connection.burst, clock)
             for name, connection in settings.connections.items()
@@ -433,50 +552,70 @@ class Inlet:
     def close(self) -> None:
         self._publisher.close()
 
-    def router(self) -> APIRouter:
-        """The inlet's two routes."""
+    def router(self, auth_failures: AuthFailureLimit) -> APIRouter:
+        """The inlet's two routes, counting failed authentications in ``auth_failures``."""
         router = APIRouter(tags=["inlet"])
 
         @router.post("/collection/{connection_id}", summary="Send one message")
         async def collect(connection_id: str, request: Request) -> JSONResponse:
-            return await self._answer(SINGLE_ROUTE, connection_id, request)
+            return await self._answer(SINGLE_ROUTE, connection_id, request, auth_failures)
 
         @router.post("/collection/batch/{connection_id}", summary="Send a batch of messages", status_code=207)
         async def collect_batch(connection_id: str, request: Request) -> JSONResponse:
-            return await self._answer(BATCH_ROUTE, connection_id, request)
+            return await self._answer(BATCH_ROUTE, connection_id, request, auth_failures)
 
         return router
 
-    async def _answer(self, route: str, connection_id: str, request: Request) -> JSONResponse:
-        status, body, headers = await self._handle(route, connection_id, request)
+    async def _answer(
+        self, route: str, connection_id: str, request: Request, auth_failures: AuthFailureLimit
+    ) -> JSONResponse:
+        status, body, headers = await self._handle(route, connection_id, request, auth_failures)
         self.metrics.count_response(route, status)
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def _handle(
-        self, route: str, connection_id: str, request: Request
+        self, route: str, connection_id: str, request: Request, auth_failures: AuthFailureLimit
     ) -> tuple[int, dict[str, Any], dict[str, str] | None]:
         received_ms = int(self._clock() * 1000)
+        client = client_address(request)
+        if blocked_s := auth_failures.wait_s(client):
+            detail = "too many failed authentications from this address"
+            return 429, problem(429, "Too Many Requests", connection_id, detail), _retry_after(blocked_s)
+        # An unknown connection is asked for a token nobody has, so that it answers as a wrong token would and
+        # the answer never tells which connection ids exist.
+        expected = self._tokens.get(connection_id, self._unknown_connection_token)
+        denied = token_status(expected, request.headers.get("authorization"))
         connection = self._settings.connections.get(connection_id)
-        if connection is None:
-            return 404, problem(404, "Unknown Connection", connection_id, "no such connection"), None
-        denied = token_status(self._tokens[connection_id], request.headers.get("authorization"))
-        if denied is not None:
-            detail = "a bearer token is required" if denied == 401 else "the bearer token is not this connection's"
-            headers = {"WWW-Authenticate": "Bearer"} if denied == 401 else None
-            return denied, problem(denied, "Authorization", connection_id, detail), headers
-        wait_s = self._buckets[connection_id].take()
-        if wait_s:
-            self.metrics.count_rate_limited(connection_id)
-            detail = f"over {connection.rate_per_second:g} requests per second"
-            return 429, problem(429, "Too Many Requests", connection_id, detail), _retry_after(wait_s)
+        if denied is not None or connection is None:
+            auth_failures.failed(client)
+            status = denied or 403
+            detail = "a bearer token is required" if status == 401 else "the bearer token is not this connection's"
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return status, problem(status, "Authorization", connection_id, detail), headers
+        bucket = self._buckets[connection_id]
+        # A batch is paid for by its messages once they are counted; until then it needs one token to be read.
+        if wait_s := bucket.take() if route == SINGLE_ROUTE else bucket.wait_s():
+            return self._rate_limited(connection_id, connection, wait_s)
         limit = self._settings.max_request_bytes
-        body = await _body_within(request, limit)
+        try:
+            body = await _body_within(request, limit)
+        except ClientDisconnect:
+            _log.info("inlet: the client went away before its %s request's body was read", route)
+            return CLIENT_CLOSED_REQUEST, {}, None
         if body is None:
             return 413, problem(413, "Payload Too Large", connection_id, f"the body is over {limit} bytes"), None
         sync_text = request.query_params.get(SYNC_VALIDATION, "false").lower()
         if sync_text not in ("true", "false"):
             return 400, problem(400, "Bad Request", connection_id, "syncValidation is true or false"), None
         sync_validation = sync_text == "true"
+        if route == BATCH_ROUTE:
+            most = self._judge.max_batch_entries
+            entries = batch_entry_count(body, most)
+            if entries is not None and entries > most:
+                too_large = RecordError(BATCH_TOO_LARGE, "/messages", f"at most {most} messages per batch")
+                return 413, problem(413, "Payload Too Large", connection_id, _summary([too_large]), [too_large]), None
+            if wait_s := bucket.take(max(1, entries or 0)):
+                return self._rate_limited(connection_id, connection, wait_s)
         receipt = Receipt(connection_id, received_ms, self._ids.next(received_ms))
         judge = self._judge.single if route == SINGLE_ROUTE else self._judge.batch
         try:
@@ -493,6 +632,13 @@ class Inlet:
         if isinstance(verdicts, Accepted):
             return 200, single_response(receipt, sync_validation=sync_validation), None
         return 207, batch_response(receipt, verdicts), None
+
+    def _rate_limited(
+        self, connection_id: str, connection: InletConnection, wait_s: float
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        self.metrics.count_rate_limited(connection_id)
+        detail = f"over {connection.rate_per_second:g} messages per second"
+        return 429, problem(429, "Too Many Requests", connection_id, detail), _retry_after(wait_s)
 
     async def _published(self, accepted: list[Accepted]) -> bool:
         """Whether Pub/Sub confirmed every message within the publish timeout."""

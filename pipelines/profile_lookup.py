@@ -42,22 +42,27 @@ _PERSON_ID = re.compile(PERSON_ID_PATTERN)
 
 
 class MalformedLookupError(ValueError):
-    """A lookup that can never find anything as written; the message is one line and quotes what was asked."""
+    """A lookup that can never find anything as written; the message is one line and quotes what was asked,
+    ``reason`` says what is wrong without quoting it (for answers that must not echo an identity)."""
+
+    def __init__(self, asked: str, reason: str) -> None:
+        super().__init__(f"{asked!r}: {reason}")
+        self.reason = reason
 
 
 def lookup_key(asked: str, settings: StitchSettings, *, by: LookupBy) -> str:
     """The store key a lookup reads: a normalised ``NAMESPACE:ID``, or the person id as asked."""
     if by == "person":
         if not _PERSON_ID.fullmatch(asked):
-            raise MalformedLookupError(f"{asked!r}: expected a person id, p- and 24 hex digits")
+            raise MalformedLookupError(asked, "expected a person id, p- and 24 hex digits")
         return asked
     namespace, separator, raw_id = asked.partition(":")
     if not separator or not namespace:
-        raise MalformedLookupError(f"{asked!r}: expected NAMESPACE:ID")
+        raise MalformedLookupError(asked, "expected NAMESPACE:ID")
     # Normalised exactly as ingestion normalised what it stored, so that Email:Ann@Example.com finds ann@example.com.
     extraction = extract_identities({"identityMap": {namespace: [{"id": raw_id}]}}, settings.namespaces, settings.rules)
     if not extraction.identities:
-        raise MalformedLookupError(f"{asked!r}: {extraction.rejections[0].code}, an identity ingestion never keeps")
+        raise MalformedLookupError(asked, f"{extraction.rejections[0].code}, an identity ingestion never keeps")
     [identity] = extraction.identities
     return str(identity)
 

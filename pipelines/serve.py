@@ -15,17 +15,27 @@ Routes
                                             authentication (counts only, no personal data)
 ==========================================  ===========================================================================
 
-A profile is the ``profile get`` line of :mod:`pipelines.profile_lookup`; an unknown identity or person id is a 404,
-a malformed one (not ``NAMESPACE:ID``, an identity ingestion would reject, a person id not ``p-`` and 24 hex digits,
-a time not RFC 3339) a 422 shaped as FastAPI's own validation errors. Each lookup is one read of the profile store,
+A profile is the ``profile get`` line of :mod:`pipelines.profile_lookup`; an unknown identity or person id is a 404
+``{"detail": "not found"}``, a malformed one (not ``NAMESPACE:ID``, an identity ingestion would reject, a person id not
+``p-`` and 24 hex digits, a time not RFC 3339) a 422 shaped as FastAPI's own validation errors without their ``input``:
+no error body repeats the identity, person id or token asked with. Each lookup is one read of the profile store,
 made from the server's worker threads.
 
 Authentication
 --------------
 Profiles are personal data, so every profile route needs ``Authorization: Bearer TOKEN``: 401 without one, 403 for a
-token that is not the API's (compared in constant time). The token comes from ``--token-file`` or the environment
-variable ``PROFILESTREAM_API_TOKEN``; the server refuses to start without one. Requests are not logged, because their
-query strings carry identities.
+token that is not the API's (compared in constant time); after :class:`~pipelines.inlet.AuthFailureLimit`'s failures
+from one client address (10 a minute by default, counted with the inlet's), 429 with ``Retry-After`` whatever the token.
+The token comes from ``--token-file`` or the environment variable ``PROFILESTREAM_API_TOKEN``; the server refuses to
+start without one. Requests are not logged, because their query strings carry identities.
+
+Hostile clients
+---------------
+:class:`ServerLimits` (``serve``'s flags) bound what one client holds: its request headers must arrive within
+``--header-timeout`` seconds of connecting (or of its previous response) and its body within ``--body-timeout`` of its
+headers, else the connection is closed (uvicorn alone times out only idle connections, so a client trickling a byte at
+a time held one for ever); an idle kept-alive connection is closed after ``--keep-alive-timeout``; beyond
+``--max-connections`` at once, requests are answered 503; headers over 16 KiB are a 400.
 
 The inlet's routes are not behind this token: each of its connections has a token of its own (or none), checked by
 the inlet. :func:`create_app` builds the app; other routers passed to it sit behind the API token.
@@ -33,24 +43,31 @@ the inlet. :func:`create_app` builds the app; other routers passed to it sit beh
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import hmac
 import importlib.metadata
 import logging
+import math
 import re
+import resource
 import socket
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
+import h11
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from pipelines.inlet import Inlet, InletMetrics
+from pipelines.inlet import AuthFailureLimit, Inlet, InletMetrics, client_address
 from pipelines.profile_lookup import PERSON_ID_PATTERN, LookupBy, MalformedLookupError, events_between, lookup_profile
 from transforms.clock import micros, parse_rfc3339, wall_clock_us
 from transforms.profile_store import ProfileStore
@@ -118,22 +135,27 @@ def create_app(
     inlet: Inlet | None = None,
     event_ttl_us: int | None = None,
     clock: Callable[[], int] = wall_clock_us,
+    auth_failures: AuthFailureLimit | None = None,
 ) -> FastAPI:
     """The API on ``store``, with identities normalised by ``settings`` and the profile routes and those of
     ``routers`` behind ``token``; with ``inlet``, its routes (under its connections' own tokens) and ``/metrics``.
-    With ``event_ttl_us``, profiles leave out recent events older than that by ``clock`` (:func:`lookup_profile`)."""
+    With ``event_ttl_us``, profiles leave out recent events older than that by ``clock`` (:func:`lookup_profile`).
+    ``auth_failures`` (default :class:`AuthFailureLimit`'s) limits failed authentications per client address, on
+    the API's token and the inlet's alike."""
     app = FastAPI(
         title="profilestream Profile Access API",
         version=importlib.metadata.version("profilestream"),
         description="Merged customer profiles, looked up by identity or by person id.",
     )
+    app.add_exception_handler(RequestValidationError, _validation_error_without_input)
     app.include_router(_health_router())
-    authenticated = [Depends(_bearer_auth(token))]
+    auth_failures = auth_failures if auth_failures is not None else AuthFailureLimit()
+    authenticated = [Depends(_bearer_auth(token, auth_failures))]
     lookup = functools.partial(lookup_profile, store=store, settings=settings, event_ttl_us=event_ttl_us, clock=clock)
     for router in (_profiles_router(lookup), *routers):
         app.include_router(router, dependencies=authenticated, responses=_AUTH_RESPONSES)
     if inlet is not None:
-        app.include_router(inlet.router())
+        app.include_router(inlet.router(auth_failures))
         app.include_router(_metrics_router(inlet.metrics))
     return app
 
@@ -173,15 +195,107 @@ def listen(host: str, port: int) -> socket.socket:
         raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-def api_server(app: FastAPI) -> uvicorn.Server:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerLimits:
+    """What one client may hold of the server: the seconds it may take to send a request's headers (from when it
+    connects, or from the end of its previous response) and its body (from the end of its headers), how long an
+    idle kept-alive connection stays open, how many connections are served at once (beyond it, requests are
+    answered 503) and how large a request's headers may be (beyond it, 400). A connection past a timeout is
+    closed; a body cut off this way is one line in the inlet's log."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_timeout_s: float = 5.0
+    max_connections: int = 4096
+    max_header_bytes: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        if min(self.header_timeout_s, self.body_timeout_s, self.keep_alive_timeout_s) <= 0:
+            raise ValueError("the server's timeouts must be positive")
+        if self.max_connections <= 0 or self.max_header_bytes <= 0:
+            raise ValueError("the server's connection and header limits must be positive")
+
+
+def api_server(app: FastAPI, limits: ServerLimits = ServerLimits()) -> uvicorn.Server:
     """The uvicorn server ``serve`` runs; ``server.run(sockets=[listener])`` serves until ``should_exit`` is set."""
     # No access log: request lines carry identities (e-mail addresses, phone numbers) in their query strings.
-    return uvicorn.Server(uvicorn.Config(app, access_log=False))
+    config = uvicorn.Config(
+        app,
+        access_log=False,
+        http=_protocol_with_deadlines(limits),
+        timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]  # call_later takes any seconds
+        limit_concurrency=limits.max_connections,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+    )
+    return uvicorn.Server(config)
 
 
-def serve(app: FastAPI, listener: socket.socket) -> None:
-    """Serves ``app`` on ``listener`` until interrupted (SIGINT or SIGTERM, which end it gracefully)."""
-    server = api_server(app)
+def _protocol_with_deadlines(limits: ServerLimits) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline on each request's headers and on its body, which uvicorn has not:
+    its keep-alive timer stops at a connection's first byte, so a client trickling a byte at a time (slowloris)
+    would hold its connection for ever."""
+    deadlines = {h11.IDLE: limits.header_timeout_s, h11.SEND_BODY: limits.body_timeout_s}
+
+    class DeadlineProtocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _awaiting: object = None  # the client state (h11.IDLE: headers, h11.SEND_BODY: body) the deadline is for
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._follow_client_state()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._follow_client_state()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._follow_client_state()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_deadline()
+            super().connection_lost(exc)
+
+        def _follow_client_state(self) -> None:
+            """Arms the deadline of what the client is sending now (headers, body), or none while it waits."""
+            awaiting = self.conn.their_state if self.conn.their_state in deadlines else None
+            if awaiting is self._awaiting or self.transport.is_closing():
+                return
+            self._cancel_deadline()
+            self._awaiting = awaiting
+            if awaiting is not None:
+                self._deadline = self.loop.call_later(deadlines[awaiting], self._past_deadline, awaiting)
+
+        def _cancel_deadline(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            self._awaiting = None
+
+        def _past_deadline(self, awaiting: object) -> None:
+            what = "headers" if awaiting is h11.IDLE else "body"
+            _log.debug("closed a connection whose request %s took over %g s", what, deadlines[awaiting])
+            self._deadline = None
+            self.transport.close()
+
+    return DeadlineProtocol
+
+
+def _allow_open_files(count: int) -> None:
+    """Raises this process's soft limit on open files to ``count`` (within the hard limit), so that the
+    connection cap, not the file limit, decides how many clients are served."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count if hard == resource.RLIM_INFINITY else min(count, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def serve(app: FastAPI, listener: socket.socket, limits: ServerLimits = ServerLimits()) -> None:
+    """Serves ``app`` on ``listener`` within ``limits`` until interrupted (SIGINT or SIGTERM, which end it
+    gracefully)."""
+    # Room for every connection allowed, plus the store's, the publisher's and the listener's own files.
+    _allow_open_files(limits.max_connections + 256)
+    server = api_server(app, limits)
     host, port = listener.getsockname()[:2]
     address = f"[{host}]" if ":" in host else host
     _log.info("Profile Access API on http://%s:%d (press Ctrl+C to stop)", address, port)
@@ -247,9 +361,9 @@ def _found(
     try:
         profile = lookup(asked, by=by)
     except MalformedLookupError as error:
-        raise _unprocessable(where, str(error)) from None
+        raise _unprocessable(where, error.reason) from None
     if profile["person_id"] is None:
-        raise HTTPException(status_code=404, detail=f"no profile for {asked!r}")
+        raise HTTPException(status_code=404, detail="not found")
     return profile
 
 
@@ -258,7 +372,7 @@ def _time_param(text: str | None, name: str) -> int | None:
         return None
     moment = parse_rfc3339(text)
     if moment is None:
-        raise _unprocessable(("query", name), f"{text!r} is not an RFC 3339 date-time")
+        raise _unprocessable(("query", name), "not an RFC 3339 date-time")
     return micros(moment)
 
 
@@ -267,16 +381,35 @@ def _unprocessable(where: tuple[str, str], message: str) -> RequestValidationErr
     return RequestValidationError([{"type": "value_error", "loc": where, "msg": message}])
 
 
-def _bearer_auth(token: str) -> Callable[..., Coroutine[Any, Any, None]]:
+def _bearer_auth(token: str, auth_failures: AuthFailureLimit) -> Callable[..., Coroutine[Any, Any, None]]:
     expected = token.encode()
 
-    async def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+    async def require_token(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+    ) -> None:
+        client = client_address(request)
+        if blocked_s := auth_failures.wait_s(client):
+            raise HTTPException(
+                status_code=429,
+                detail="too many failed authentications from this address",
+                headers={"Retry-After": str(max(1, math.ceil(blocked_s)))},
+            )
         if credentials is None:
+            auth_failures.failed(client)
             raise HTTPException(
                 status_code=401, detail="a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
         # Constant time, so that response timing does not tell how much of a guessed token was right.
         if not hmac.compare_digest(credentials.credentials.encode(), expected):
+            auth_failures.failed(client)
             raise HTTPException(status_code=403, detail="the bearer token is not this API's")
 
     return require_token
+
+
+async def _validation_error_without_input(_request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422 body without each error's ``input`` (and ``ctx``), which would echo what was asked: an
+    identity, an e-mail address."""
+    assert isinstance(error, RequestValidationError)
+    details = [{key: value for key, value in item.items() if key in ("type", "loc", "msg")} for item in error.errors()]
+    return JSONResponse({"detail": jsonable_encoder(details)}, status_code=422)

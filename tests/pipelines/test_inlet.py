@@ -26,10 +26,12 @@ from pipelines.ingest import stitch_settings
 from pipelines.inlet import (
     CONNECTION_ID_ATTRIBUTE,
     DATASET_ID_ATTRIBUTE,
+    MAX_ENTRY_MESSAGE_CHARS,
     RECEIVED_TIME_ATTRIBUTE,
     SCHEMA_REF_ATTRIBUTE,
     XACTION_ID_ATTRIBUTE,
     Accepted,
+    AuthFailureLimit,
     BadRequest,
     Inlet,
     InletMetrics,
@@ -39,6 +41,7 @@ from pipelines.inlet import (
     Rejected,
     TokenBucket,
     TransactionIds,
+    batch_entry_count,
     batch_response,
     problem,
     single_response,
@@ -50,7 +53,15 @@ from schemas.registry import SchemaRegistry
 from schemas.validation import REQUIRED, UNKNOWN_FIELD
 from tests.pipelines.conftest import EVENT_SCHEMA, PROFILE_SCHEMA, envelope, event
 from tests.pipelines.test_profile_lookup import sample_store
-from transforms.decoding import EMPTY_BATCH, NO_ENTITY, NO_SCHEMA_REF, NOT_JSON, UNKNOWN_ENVELOPE
+from transforms.decoding import (
+    BATCH_TOO_LARGE,
+    EMPTY_BATCH,
+    MAX_BATCH_ENTRIES,
+    NO_ENTITY,
+    NO_SCHEMA_REF,
+    NOT_JSON,
+    UNKNOWN_ENVELOPE,
+)
 from transforms.records import RecordError
 
 API_TOKEN = "api-Token_1"
@@ -377,6 +388,70 @@ def test_the_wait_a_refused_request_is_told_is_enough(rate, burst):
     assert bucket.take() == 0.0
 
 
+@given(
+    st.floats(min_value=0.1, max_value=100),
+    st.integers(min_value=1, max_value=20),
+    st.lists(st.tuples(st.floats(min_value=0, max_value=5), st.integers(min_value=1, max_value=50)), max_size=40),
+)
+def test_a_bucket_taking_many_at_once_never_grants_more_than_burst_plus_rate_times_elapsed(rate, burst, takes):
+    clock = Clock(0.0)
+    bucket = TokenBucket(rate=rate, burst=burst, clock=clock)
+    granted = 0
+    for step, count in takes:
+        clock.now += step
+        granted += count if bucket.take(count) == 0.0 else 0
+    # A count above the burst may leave the bucket in debt by at most the count less the burst.
+    assert granted <= burst + rate * clock.now + max((count for _, count in takes), default=0) + 1e-9
+
+
+def test_a_count_above_the_burst_takes_a_full_bucket_and_leaves_it_in_debt():
+    clock = Clock(0.0)
+    bucket = TokenBucket(rate=1, burst=3, clock=clock)
+    assert (bucket.take(5), bucket.wait_s()) == (0.0, 3.0)
+    clock.now = 2.5
+    assert bucket.take() == 0.5
+    clock.now = 3.0
+    assert (bucket.wait_s(), bucket.take()) == (0.0, 0.0)
+
+
+def test_failed_authentications_are_limited_per_address_and_refill_over_the_window():
+    clock = Clock(0.0)
+    limit = AuthFailureLimit(3, 30.0, clock=clock)
+    for _ in range(3):
+        assert limit.wait_s("10.0.0.1") == 0.0
+        limit.failed("10.0.0.1")
+    assert (limit.wait_s("10.0.0.1"), limit.wait_s("10.0.0.2")) == (10.0, 0.0)
+    clock.now = 10.0
+    assert limit.wait_s("10.0.0.1") == 0.0
+
+
+def test_the_failed_authentication_limit_forgets_the_least_recent_addresses_beyond_its_size():
+    limit = AuthFailureLimit(1, 60.0, clock=Clock(0.0), max_clients=2)
+    for address in ("a", "b", "c"):
+        limit.failed(address)
+    assert [limit.wait_s(address) > 0 for address in ("a", "b", "c")] == [False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("body", "count"),
+    [
+        (b'{"messages": []}', 0),
+        (b'{"messages":[1]}', 1),
+        (b' {\n "messages" : [ {"a": [1, {"b": "]"}]} ,\t"x]" , 3 ] } ', 3),
+        (b'{"messages":[1,2,3,4,5,6]}', 4),  # no further than the limit + 1
+        (b'{"messages":[1,2,3,4,5,6', 4),
+        (b'{"messages":[1,2', None),
+        (b'{"messages":[1 2]}', None),
+        (b'{"other":[1], "messages":[1]}', None),
+        (b"[1, 2]", None),
+        (b'{"messages":[' + b"[" * 100_000 + b"]" * 100_000 + b"]}", None),
+        ('{"messages":["\u00e9"]}'.encode("latin-1"), None),
+    ],
+)
+def test_batch_entries_are_counted_without_parsing_past_the_limit(body, count):
+    assert batch_entry_count(body, 3) == count
+
+
 def test_transaction_ids_have_the_reference_form_and_never_repeat():
     ids = TransactionIds("7f3a")
     assert [ids.next(NOW_MS) for _ in range(2)] == [f"{NOW_MS}:7f3a:0", f"{NOW_MS}:7f3a:1"]
@@ -512,12 +587,16 @@ def test_bad_json_is_400(client, publisher):
     assert publisher.published == []
 
 
-def test_an_unknown_connection_is_404(client):
-    response = client.post("/collection/elsewhere", content=EVENT_BYTES)
-    assert (response.status_code, response.json()["report"]["message"]) == (
-        404,
-        "inletId: [elsewhere] no such connection",
-    )
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", f"Bearer {WEB_TOKEN}"])
+def test_an_unknown_connection_answers_as_a_wrong_token_would(client, authorization):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    unknown = client.post("/collection/elsewhere", content=EVENT_BYTES, headers=headers)
+    known = client.post("/collection/web", content=EVENT_BYTES, headers={**headers, "Authorization": "Bearer nope"})
+    if authorization is None:
+        known = client.post("/collection/web", content=EVENT_BYTES)
+    assert unknown.status_code == known.status_code
+    assert unknown.headers.get("WWW-Authenticate") == known.headers.get("WWW-Authenticate")
+    assert unknown.text.replace("[elsewhere]", "[web]") == known.text
 
 
 def test_a_connection_token_is_asked_and_checked(client):
@@ -567,6 +646,89 @@ def test_a_streamed_body_is_cut_at_the_limit_without_a_content_length(client):
 def test_a_body_at_the_limit_is_read(client):
     body = EVENT_BYTES + b" " * (SETTINGS.max_request_bytes - len(EVENT_BYTES))
     assert client.post("/collection/web", content=body, headers=AUTH).status_code == 200
+
+
+def test_a_batch_is_paid_for_by_its_messages(client, publisher, clock):
+    two = json.dumps({"messages": [EVENT, EVENT]}).encode()
+    answers = [client.post("/collection/batch/web", content=two, headers=AUTH) for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [207, 429]  # a burst of 3 has room for one batch of 2
+    assert (answers[1].headers["Retry-After"], len(publisher.published)) == ("1", 2)
+
+
+def test_a_batch_above_the_burst_needs_a_full_bucket_and_is_paid_for_in_full(client, publisher, clock):
+    five = json.dumps({"messages": [EVENT] * 5}).encode()
+    assert client.post("/collection/batch/web", content=five, headers=AUTH).status_code == 207
+    clock.now += 2  # the bucket of 3 gave 5: 2 seconds pay the debt back to an empty bucket
+    refused = client.post("/collection/web", content=EVENT_BYTES, headers=AUTH)
+    assert (refused.status_code, refused.headers["Retry-After"]) == (429, "1")
+    clock.now += 1
+    assert client.post("/collection/web", content=EVENT_BYTES, headers=AUTH).status_code == 200
+
+
+LARGE_SETTINGS = InletSettings(max_request_bytes=2 * 1024 * 1024, connections={"open": OPEN})
+ONES_MIB = b'{"messages":[' + b",".join([b"1"] * 524_278) + b"]}"  # the measured attack: 1 MiB, 524,278 entries
+
+
+def test_a_mebibyte_batch_of_ones_is_413_at_once_with_a_small_body(registry, clock):
+    publisher = FakePublisher()
+    inlet = Inlet(LARGE_SETTINGS, Judge(registry), publisher, environ={}, clock=clock)
+    with TestClient(app_with(inlet)) as client:
+        client.post("/collection/batch/open", content=b'{"messages":[1]}')  # warm: the first request builds the app
+        started = time.monotonic()
+        response = client.post("/collection/batch/open", content=ONES_MIB)
+        elapsed_s = time.monotonic() - started
+    print(
+        f"1 MiB batch of 524,278 entries: {response.status_code} in {elapsed_s * 1000:.0f} ms, "
+        f"{len(response.content)} bytes answered"
+    )
+    assert response.status_code == 413
+    [cause] = response.json()["report"]["cause"]["_streamingValidation"][0]["causingExceptions"]
+    assert (cause["keyword"], cause["message"]) == (BATCH_TOO_LARGE, f"at most {MAX_BATCH_ENTRIES} messages per batch")
+    assert len(response.content) < 1024
+    assert elapsed_s < 1.0  # measured 26 s before; tens of milliseconds in process
+    assert publisher.published == []
+
+
+def test_a_batch_at_the_entry_limit_is_judged(registry, clock):
+    inlet = Inlet(LARGE_SETTINGS, Judge(registry, max_batch_entries=3), FakePublisher(), environ={}, clock=clock)
+    with TestClient(app_with(inlet)) as client:
+        at_limit = client.post("/collection/batch/open", content=json.dumps({"messages": [EVENT] * 3}).encode())
+        over = client.post("/collection/batch/open", content=json.dumps({"messages": [EVENT] * 4}).encode())
+    assert (at_limit.status_code, over.status_code) == (207, 413)
+
+
+def test_the_answer_to_a_batch_is_bounded_per_entry(client):
+    noisy = dict(EVENT["body"]["xdmEntity"], **{f"field{index}": index for index in range(40)})
+    body = json.dumps({"messages": [envelope(noisy), 1]}).encode()
+    response = client.post("/collection/batch/open?syncValidation=true", content=body)
+    messages = [answer["message"] for answer in response.json()["responses"]]
+    assert response.status_code == 207
+    assert all(len(message) <= MAX_ENTRY_MESSAGE_CHARS for message in messages)
+    assert messages[0].startswith(f"inletId: [open] {UNKNOWN_FIELD} at /field0: ")
+    assert messages[0].endswith("\u2026")
+
+
+def test_failed_authentications_lead_to_429_for_every_token_from_that_address(judge, clock):
+    limit = AuthFailureLimit(3, 60.0, clock=clock)
+    inlet = Inlet(SETTINGS, judge, FakePublisher(), environ={}, clock=clock)
+    app = create_app(sample_store(), stitch_settings(load_config(None)), API_TOKEN, inlet=inlet, auth_failures=limit)
+    wrong = {"Authorization": "Bearer nope"}
+    with TestClient(app) as client:
+        failures = [
+            client.post("/collection/web", content=EVENT_BYTES, headers=wrong),
+            client.post("/collection/elsewhere", content=EVENT_BYTES),
+            client.get("/profiles?identity=CRMID:ann", headers=wrong),
+        ]
+        assert [failure.status_code for failure in failures] == [403, 401, 403]
+        blocked = [
+            client.post("/collection/web", content=EVENT_BYTES, headers=AUTH),
+            client.get("/profiles?identity=CRMID:ann", headers={"Authorization": f"Bearer {API_TOKEN}"}),
+        ]
+        assert [(answer.status_code, answer.headers["Retry-After"]) for answer in blocked] == [(429, "20")] * 2
+        assert client.post("/collection/open", content=EVENT_BYTES).status_code == 429  # whatever the route
+        assert client.get("/health").status_code == 200
+        clock.now += 20
+        assert client.post("/collection/web", content=EVENT_BYTES, headers=AUTH).status_code == 200
 
 
 @pytest.mark.parametrize("outcome", ["fail", "hang"])

@@ -31,8 +31,9 @@ import transforms.profile_store as profile_store
 from pipelines.cli import main
 from pipelines.config import load_config
 from pipelines.ingest import stitch_settings
+from pipelines.inlet import AuthFailureLimit
 from pipelines.profile_lookup import lookup_profile
-from pipelines.serve import API_TOKEN_ENV, MAX_EVENTS, api_server, api_token, create_app, listen
+from pipelines.serve import API_TOKEN_ENV, MAX_EVENTS, ServerLimits, api_server, api_token, create_app, listen
 from tests.pipelines.test_profile_lookup import (
     ANN,
     ANN_VIEW,
@@ -114,6 +115,37 @@ def test_a_malformed_request_is_422_naming_the_parameter(client, url, params, wh
     response = get(client, url, **params)
     assert response.status_code == 422
     assert [error["loc"] for error in response.json()["detail"]] == [where]
+
+
+SECRET_EMAIL = "ann.secret@example.com"
+
+
+@pytest.mark.parametrize(
+    ("url", "params", "status"),
+    [
+        ("/profiles", {"identity": f"Email:{SECRET_EMAIL}"}, 404),
+        ("/profiles", {"identity": SECRET_EMAIL}, 422),
+        ("/profiles", {"identity": f"Email:{SECRET_EMAIL.replace('@', ' at ')}"}, 422),
+        (f"/profiles/p-{SECRET_EMAIL}", {}, 422),
+        (f"/profiles/{ANN}/events", {"start": SECRET_EMAIL}, 422),
+        (f"/profiles/{ANN}/events", {"limit": SECRET_EMAIL}, 422),
+    ],
+)
+def test_error_bodies_never_echo_what_was_asked(client, url, params, status):
+    response = get(client, url, **params)
+    assert response.status_code == status
+    assert "ann.secret" not in response.text
+    if status == 404:
+        assert response.json() == {"detail": "not found"}
+
+
+def test_wrong_api_tokens_from_one_address_are_429_after_the_limit(settings):
+    app = create_app(sample_store(), settings, TOKEN, auth_failures=AuthFailureLimit(2, 60.0))
+    with TestClient(app) as client:
+        statuses = [client.get(f"/profiles/{ANN}", headers={"Authorization": "Bearer nope"}).status_code for _ in "abc"]
+        blocked = client.get(f"/profiles/{ANN}", headers=AUTH)
+    assert statuses == [403, 403, 429]
+    assert (blocked.status_code, int(blocked.headers["Retry-After"])) == (429, 30)
 
 
 def event_ids(response: httpx2.Response) -> list[str]:
@@ -251,9 +283,11 @@ class Served:
 
     def __init__(self) -> None:
         self.calls: list[tuple[object, tuple]] = []
+        self.limits: list[ServerLimits] = []
 
-    def __call__(self, app, listener: socket.socket) -> None:
+    def __call__(self, app, listener: socket.socket, limits: ServerLimits) -> None:
         self.calls.append((app, listener.getsockname()))
+        self.limits.append(limits)
 
 
 def test_serve_listens_where_asked_and_serves_the_store_then_closes_it(monkeypatch, tmp_path):
@@ -268,6 +302,30 @@ def test_serve_listens_where_asked_and_serves_the_store_then_closes_it(monkeypat
     assert stores.stores[0].closed
     with TestClient(app) as client:
         assert client.get(f"/profiles/{ANN}", headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("flags", "limits"),
+    [
+        ([], ServerLimits()),
+        (
+            ["--header-timeout", "2", "--body-timeout", "3.5", "--keep-alive-timeout", "1", "--max-connections", "9"],
+            ServerLimits(header_timeout_s=2, body_timeout_s=3.5, keep_alive_timeout_s=1, max_connections=9),
+        ),
+    ],
+)
+def test_serve_takes_its_limits_from_its_flags(monkeypatch, flags, limits):
+    served = Served()
+    monkeypatch.setattr(profile_store, "open_profile_store", OpenedStores(), raising=False)
+    monkeypatch.setattr(pipelines.serve, "serve", served)
+    monkeypatch.setenv(API_TOKEN_ENV, TOKEN)
+    assert main(["serve", "--port", "0", *flags]) == 0
+    assert served.limits == [limits]
+
+
+def test_serve_refuses_a_limit_that_is_not_positive(capsys):
+    assert main(["serve", "--port", "0", "--max-connections", "0"]) == 2
+    assert "--max-connections" in capsys.readouterr().err
 
 
 def test_serve_hides_recent_events_older_than_the_configured_ttl(monkeypatch, tmp_path):
