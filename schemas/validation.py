@@ -27,22 +27,28 @@ Codes (also in README):
 ``SCHEMA.MULTIPLE_PRIMARY`` more than one identity marked ``primary``
 ``SCHEMA.TOO_MANY_IDENTITIES``  more than 20 identities in ``identityMap``
 ``SCHEMA.FUTURE_TIMESTAMP`` a time-series ``timestamp`` later than the ingestion time plus the allowed skew
+``SCHEMA.TIME_BEFORE_EPOCH`` a record time before 1970-01-01: an event's ``timestamp`` or a profile record's
+                            ``extSourceSystemAudit.lastUpdatedDate``
 ``SCHEMA.TOO_MANY_ERRORS``  the error list was cut at ``max_errors``
 ==========================  =================================================================================
+
+A record time orders records (the identity graph's links, the merge of profile attributes); one before the Unix
+epoch, where the pipeline's microsecond clock starts, is no real record's. A profile record's time has no upper
+bound: a source system may date a record ahead, and only its order among that person's records depends on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from schemas.avro import entity_from_avro
 from schemas.components import Field
 from schemas.names import pointer_token, runtime_name
 from schemas.registry import IngestionSchema, SchemaRegistry
-from transforms.clock import micros, parse_rfc3339
+from transforms.clock import micros, parse_rfc3339, rfc3339_or_micros
 from transforms.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 
 UNKNOWN_SCHEMA = "SCHEMA.UNKNOWN_SCHEMA"
@@ -62,6 +68,7 @@ IDENTITY_ITEM = "SCHEMA.IDENTITY_ITEM"
 MULTIPLE_PRIMARY = "SCHEMA.MULTIPLE_PRIMARY"
 TOO_MANY_IDENTITIES = "SCHEMA.TOO_MANY_IDENTITIES"
 FUTURE_TIMESTAMP = "SCHEMA.FUTURE_TIMESTAMP"
+TIME_BEFORE_EPOCH = "SCHEMA.TIME_BEFORE_EPOCH"
 TOO_MANY_ERRORS = "SCHEMA.TOO_MANY_ERRORS"
 
 MAX_IDENTITIES = 20
@@ -121,8 +128,8 @@ def validate_entity(
     errors = _Errors(policy.max_errors)
     try:
         normalised = _value(entity, schema.root, "", errors)
-        if schema.time_series and isinstance(normalised, dict):
-            _check_not_in_future(normalised.get("timestamp"), ingest_time_us + policy.timestamp_skew_us, errors)
+        if isinstance(normalised, dict):
+            _check_record_time(normalised, schema.time_series, ingest_time_us + policy.timestamp_skew_us, errors)
     except _TooManyErrors:
         return None, list(errors)
     return normalised, list(errors)
@@ -309,13 +316,24 @@ def _identity_item(item: Any, path: str, errors: _Errors) -> dict | None:
     return identity
 
 
-def _check_not_in_future(timestamp: Any, latest_us: int, errors: _Errors) -> None:
-    if type(timestamp) is not str:
+def _check_record_time(entity: dict, time_series: bool, latest_us: int, errors: _Errors) -> None:
+    """An event's ``timestamp`` from 1970 to ``latest_us``; a profile record's ``lastUpdatedDate`` from 1970."""
+    if time_series:
+        path, stated = "/timestamp", entity.get("timestamp")
+    else:
+        audit = entity.get("extSourceSystemAudit")
+        path, stated = (
+            "/extSourceSystemAudit/lastUpdatedDate",
+            audit.get("lastUpdatedDate") if type(audit) is dict else None,
+        )
+    parsed = parse_rfc3339(stated) if type(stated) is str else None
+    if parsed is None:  # absent, or a format error already reported
         return
-    parsed = parse_rfc3339(timestamp)
-    if parsed is not None and micros(parsed) > latest_us:
-        latest = datetime.fromtimestamp(latest_us / 1e6, tz=UTC).isoformat()
-        errors.add(FUTURE_TIMESTAMP, "/timestamp", f"{timestamp} is later than the ingestion time plus skew ({latest})")
+    if micros(parsed) < 0:
+        errors.add(TIME_BEFORE_EPOCH, path, f"{stated} is before 1970-01-01T00:00:00Z")
+    elif time_series and micros(parsed) > latest_us:
+        latest = rfc3339_or_micros(latest_us)
+        errors.add(FUTURE_TIMESTAMP, path, f"{stated} is later than the ingestion time plus skew ({latest})")
 
 
 def validate_decoded(

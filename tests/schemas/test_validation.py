@@ -148,12 +148,25 @@ SCHEMA_CASES = {
         [("SCHEMA.TOO_MANY_IDENTITIES", "/identityMap")],
     ),
     "future_timestamp": (_event(timestamp="2023-11-14T23:00:00Z"), [("SCHEMA.FUTURE_TIMESTAMP", "/timestamp")]),
+    "timestamp_before_1970": (
+        _event(timestamp="1969-12-31T23:59:59.999999Z"),
+        [("SCHEMA.TIME_BEFORE_EPOCH", "/timestamp")],
+    ),
+    "timestamp_in_year_1": (_event(timestamp="0001-01-01T00:00:00Z"), [("SCHEMA.TIME_BEFORE_EPOCH", "/timestamp")]),
+    "timestamp_before_1970_by_its_offset": (
+        _event(timestamp="1970-01-01T00:59:59+01:00"),
+        [("SCHEMA.TIME_BEFORE_EPOCH", "/timestamp")],
+    ),
 }
 PROFILE_CASES = {
     "format_date": ({"person": {"birthDate": "2020-02-30"}}, [("SCHEMA.FORMAT", "/person/birthDate")]),
     "format_email": ({"personalEmail": {"address": "jane"}}, [("SCHEMA.FORMAT", "/personalEmail/address")]),
     "length": ({"homeAddress": {"postOfficeBox": "P" * 21}}, [("SCHEMA.LENGTH", "/homeAddress/postOfficeBox")]),
     "enum": ({"person": {"gender": "f"}}, [("SCHEMA.ENUM", "/person/gender")]),
+    "last_updated_before_1970": (
+        {"extSourceSystemAudit": {"lastUpdatedDate": "0001-01-01T00:00:00Z"}},
+        [("SCHEMA.TIME_BEFORE_EPOCH", "/extSourceSystemAudit/lastUpdatedDate")],
+    ),
     "required_in_a_data_type": (
         {"consents": {"collect": {}}},
         [("SCHEMA.EMPTY_VALUE", "/consents/collect"), ("SCHEMA.REQUIRED", "/consents/collect/val")],
@@ -278,6 +291,16 @@ def test_skew_is_the_policy_s(registry):
 
 def test_days_old_timestamp_is_valid(registry):
     assert _codes(registry, _event(timestamp=_at(INGEST_US - 30 * 86_400_000_000))) == []
+
+
+@pytest.mark.parametrize("timestamp", ["1970-01-01T00:00:00Z", "1970-01-01T01:00:00+01:00"])
+def test_an_event_timestamp_at_the_epoch_is_valid(registry, timestamp):
+    assert _codes(registry, _event(timestamp=timestamp)) == []
+
+
+def test_a_profile_record_updated_at_the_epoch_is_valid(registry):
+    entity = {**SAMPLE_PROFILE, "extSourceSystemAudit": {"lastUpdatedDate": "1970-01-01T00:00:00Z"}}
+    assert _codes(registry, entity, PROFILE) == []
 
 
 def test_profile_is_not_time_series_so_no_future_check(registry):
