@@ -171,7 +171,9 @@ def run(
         messages = pipeline | "ReadPubSub" >> read
     else:
         messages = pipeline | "ReadReplay" >> ReadReplay(
-            request.replay_path, max_message_bytes=config.max_message_bytes
+            request.replay_path,
+            max_message_bytes=config.max_message_bytes,
+            publish_time_skew_us=config.validation_policy().timestamp_skew_us,
         )
     _ = messages | "Ingest" >> Ingest(
         registry,

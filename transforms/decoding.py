@@ -48,7 +48,8 @@ SHA-256 (:func:`cut_payload_attributes`).
 The publish time is the message's ingestion time, which decides its lake partition. Before 1970 it cannot be a
 Pub/Sub publish time; later than the read time plus the skew it has not happened yet: only a forged or corrupt
 archive holds either. A replay reads later than the first ingestion did, so a genuine archive passes in every replay
-and a replay of the same archive still writes the same files; the read time serves only to reject the absurd.
+and a replay of the same archive still writes the same files; the read time serves only to reject the absurd. (A
+replay stamps such a message with its read time, so that its failed record lands in the read time's partition.)
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def decode_message(
     attributes = message.attributes
     if len(message.data) > max_message_bytes or ORIGINAL_BYTES_ATTRIBUTE in attributes:
         return [_too_large(message, max_message_bytes)]
-    out_of_range = _publish_time_out_of_range(message, publish_time_skew_us)
+    out_of_range = publish_time_out_of_range(message, publish_time_skew_us)
     if out_of_range is not None:
         return [_failed(message, PUBLISH_TIME_OUT_OF_RANGE, out_of_range)]
     if attributes.get(REPLAY_ERROR_ATTRIBUTE) == BASE64:
@@ -258,7 +259,8 @@ def _too_large(message: Message, max_message_bytes: int) -> FailedRecord:
     return dataclasses.replace(record, data=message.data[:FAILED_PREFIX_BYTES], attributes=attributes)
 
 
-def _publish_time_out_of_range(message: Message, skew_us: int) -> str | None:
+def publish_time_out_of_range(message: Message, skew_us: int) -> str | None:
+    """Why the message's publish time is outside 1970-01-01 to its read time plus ``skew_us``; ``None`` when inside."""
     published = rfc3339_or_micros(message.publish_time_us)
     if message.publish_time_us < 0:
         return f"published {published}, before 1970-01-01"

@@ -2,7 +2,10 @@
 
 In: a PATH (a file, a directory read recursively, or a glob) of archived messages. Out: one
 :class:`~transforms.records.Message` per archived message, its event timestamp set to the message's publish time so
-that windows, lake partitions and ``_ingest_time`` come out exactly as on the first ingestion.
+that windows, lake partitions and ``_ingest_time`` come out exactly as on the first ingestion. A publish time the
+decode stage rejects (before 1970, or later than the read time plus the skew: ``DECODE.PUBLISH_TIME_OUT_OF_RANGE``)
+stamps nothing: such a message takes its read time, so that its failed record never makes a partition of year 1 or
+9999.
 
 Formats
 -------
@@ -73,7 +76,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.clock import micros, parse_rfc3339_us, wall_clock_us
-from transforms.decoding import FAILED_PREFIX_BYTES, MAX_MESSAGE_BYTES, cut_payload_attributes
+from transforms.decoding import (
+    DEFAULT_PUBLISH_TIME_SKEW_US,
+    FAILED_PREFIX_BYTES,
+    MAX_MESSAGE_BYTES,
+    cut_payload_attributes,
+    publish_time_out_of_range,
+)
 from transforms.records import REPLAY_ERROR_ATTRIBUTE, Message
 
 _AVRO_MAGIC = b"Obj\x01"
@@ -333,16 +342,19 @@ def read_replay_file(
 class _ReadReplayFileFn(beam.DoFn):
     """Reads one replay file into messages stamped with their publish time."""
 
-    def __init__(self, clock: Callable[[], int], max_message_bytes: int):
+    def __init__(self, clock: Callable[[], int], max_message_bytes: int, publish_time_skew_us: int):
         self._clock = clock
         self._max_message_bytes = max_message_bytes
+        self._publish_time_skew_us = publish_time_skew_us
         self._messages = Metrics.counter("profilestream", "replay_messages")
 
     def process(self, path: str) -> Iterator[beam.window.TimestampedValue]:
         count = 0
         for message in read_replay_file(path, clock=self._clock, max_message_bytes=self._max_message_bytes):
             count += 1
-            yield beam.window.TimestampedValue(message, Timestamp(micros=message.publish_time_us))
+            in_range = publish_time_out_of_range(message, self._publish_time_skew_us) is None
+            stamp_us = message.publish_time_us if in_range else message.read_time_us
+            yield beam.window.TimestampedValue(message, Timestamp(micros=stamp_us))
         self._messages.inc(count)
 
 
@@ -351,17 +363,24 @@ class ReadReplay(beam.PTransform):
 
     Each element's event timestamp is its message's publish time. The messages read are counted in the
     ``profilestream/replay_messages`` counter. ``clock`` gives read times in microseconds since the epoch;
-    ``max_message_bytes`` sets how long a JSONL line may be before it is cut (:func:`max_line_bytes`).
+    ``max_message_bytes`` sets how long a JSONL line may be before it is cut (:func:`max_line_bytes`), and
+    ``publish_time_skew_us`` how far past its read time a publish time may lie and still stamp its message.
     Raises :class:`ReplayPathError` at construction when PATH names no file.
     """
 
     def __init__(
-        self, path: str, *, clock: Callable[[], int] = wall_clock_us, max_message_bytes: int = MAX_MESSAGE_BYTES
+        self,
+        path: str,
+        *,
+        clock: Callable[[], int] = wall_clock_us,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        publish_time_skew_us: int = DEFAULT_PUBLISH_TIME_SKEW_US,
     ):
         super().__init__()
         self._files = expand_replay_path(path)
         self._clock = clock
         self._max_message_bytes = max_message_bytes
+        self._publish_time_skew_us = publish_time_skew_us
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Message]:
         return (
@@ -369,5 +388,7 @@ class ReadReplay(beam.PTransform):
             # No reshuffle: the files are read in the stage that lists them, and each message flows on unbuffered.
             | "ListFiles" >> beam.Create(self._files, reshuffle=False)
             | "ReadFiles"
-            >> beam.ParDo(_ReadReplayFileFn(self._clock, self._max_message_bytes)).with_output_types(Message)
+            >> beam.ParDo(
+                _ReadReplayFileFn(self._clock, self._max_message_bytes, self._publish_time_skew_us)
+            ).with_output_types(Message)
         )

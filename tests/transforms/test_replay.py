@@ -360,6 +360,23 @@ def test_read_replay_stamps_elements_with_publish_time_in_batch_on_the_fn_api_ru
     run_and_check_timestamps(tmp_path, FnApiRunner(), PipelineOptions())
 
 
+def test_read_replay_stamps_a_message_with_its_read_time_when_its_publish_time_is_out_of_range(tmp_path):
+    # Decoding fails such a message (DECODE.PUBLISH_TIME_OUT_OF_RANGE); its failed record must not land in year 1.
+    path = write_lines(
+        tmp_path / "dates.jsonl",
+        rest_line(b"1", messageId="year-1", publishTime="0001-01-01T00:00:00Z"),
+        rest_line(b"2", messageId="year-9999", publishTime="9999-12-31T23:59:59Z"),
+        rest_line(b"3", messageId="in-range", publishTime="2026-11-01T09:00:00Z"),
+    )
+    with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        stamped = (
+            pipeline
+            | ReadReplay(path, clock=fixed_clock)
+            | beam.Map(lambda message, ts=beam.DoFn.TimestampParam: (message.message_id, ts.micros))
+        )
+        assert_that(stamped, equal_to([("year-1", READ_TIME_US), ("year-9999", READ_TIME_US), ("in-range", T0_US)]))
+
+
 # Long lines: memory bounded whatever a line holds
 
 
