@@ -75,6 +75,9 @@ from transforms.stitch import StitchSettings
 
 API_TOKEN_ENV = "PROFILESTREAM_API_TOKEN"
 DEFAULT_EVENTS = 50
+# uvicorn's own backlog: a flood of connections (a slowloris opening thousands) does not make others' wait for a SYN
+# retry, as Python's default of 128 would.
+LISTEN_BACKLOG = 2048
 MAX_EVENTS = 1000
 
 # RFC 6750's b64token: the characters a client can put after "Bearer " as they are.
@@ -187,7 +190,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
-        listener.listen()
+        listener.listen(LISTEN_BACKLOG)
         return listener
     except (OSError, OverflowError) as error:
         listener.close()

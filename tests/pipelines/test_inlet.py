@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -53,6 +55,7 @@ from schemas.registry import SchemaRegistry
 from schemas.validation import REQUIRED, UNKNOWN_FIELD
 from tests.pipelines.conftest import EVENT_SCHEMA, PROFILE_SCHEMA, envelope, event
 from tests.pipelines.test_profile_lookup import sample_store
+from tests.pipelines.test_serve import SHORT_DEADLINES, running_server, seconds_until_closed
 from transforms.decoding import (
     BATCH_TOO_LARGE,
     EMPTY_BATCH,
@@ -729,6 +732,36 @@ def test_failed_authentications_lead_to_429_for_every_token_from_that_address(ju
         assert client.get("/health").status_code == 200
         clock.now += 20
         assert client.post("/collection/web", content=EVENT_BYTES, headers=AUTH).status_code == 200
+
+
+def test_a_client_trickling_its_body_is_closed_at_the_body_timeout(inlet):
+    with running_server(app_with(inlet), SHORT_DEADLINES) as url:
+        held_s = seconds_until_closed(
+            url, b"POST /collection/open HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n", b" "
+        )
+    assert 0.4 < held_s < 2.0
+
+
+def test_an_upload_the_client_abandons_is_one_log_line(inlet, caplog):
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.addHandler(caplog.handler)
+    try:
+        with running_server(app_with(inlet)) as url, caplog.at_level(logging.INFO):
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port))) as connection:
+                connection.sendall(b"POST /collection/open HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{")
+                time.sleep(0.2)  # the route is reading the body
+            deadline = time.monotonic() + 5.0
+            while 'status="499"' not in inlet.metrics.prometheus_text() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.2)  # room for any traceback to be logged after the answer
+    finally:
+        server_log.removeHandler(caplog.handler)
+    records = caplog.records
+    assert [(record.name, record.exc_info) for record in records if "went away" in record.getMessage()] == [
+        ("pipelines.inlet", None)
+    ]
+    assert [record.getMessage() for record in records if record.levelno >= logging.WARNING] == []
 
 
 @pytest.mark.parametrize("outcome", ["fail", "hang"])

@@ -12,6 +12,8 @@ import json
 import os
 import queue
 import re
+import resource
+import selectors
 import signal
 import socket
 import subprocess
@@ -55,6 +57,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SERVER_TIMEOUT_S = 10.0
 # A new interpreter imports Beam before it serves: seconds alone, far more beside a loaded test run's other workers.
 SUBPROCESS_START_TIMEOUT_S = 60.0
+DEFAULT_LIMITS = ServerLimits()
 PROFILE_ROUTES = ["/profiles?identity=CRMID:ann", f"/profiles/{ANN}", f"/profiles/{ANN}/events"]
 
 
@@ -357,11 +360,11 @@ def test_the_listener_says_tcp_so_responses_are_not_held_by_nagle():
 
 
 @contextlib.contextmanager
-def running_server(app) -> Iterator[str]:
+def running_server(app, limits: ServerLimits = DEFAULT_LIMITS) -> Iterator[str]:
     """The real uvicorn server on a free loopback port, in a thread; yields its base URL and stops it after."""
     listener = listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
-    server = api_server(app)
+    server = api_server(app, limits)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
@@ -382,6 +385,179 @@ def test_the_real_server_answers_on_a_loopback_port(settings):
         assert http.get(f"{url}/profiles", params={"identity": "CRMID:ann"}).status_code == 401
         response = http.get(f"{url}/profiles", params={"identity": "CRMID:ann"}, headers=AUTH)
         assert (response.status_code, response.json()["person_id"]) == (200, ANN)
+
+
+SHORT_DEADLINES = ServerLimits(header_timeout_s=0.5, body_timeout_s=0.5, keep_alive_timeout_s=0.5)
+
+
+def seconds_until_closed(url: str, start: bytes, trickle: bytes, limit_s: float = 5.0) -> float:
+    """Sends ``start`` to the server at ``url``, then ``trickle`` every 50 ms until the server closes the
+    connection; the seconds that took (at most ``limit_s``)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=limit_s) as connection:
+        started = time.monotonic()
+        connection.sendall(start)
+        connection.settimeout(0.05)
+        while time.monotonic() - started < limit_s:
+            try:
+                if connection.recv(4096) == b"":
+                    break
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                break
+            try:
+                connection.sendall(trickle)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        return time.monotonic() - started
+
+
+def test_a_client_trickling_its_headers_is_closed_at_the_header_timeout(settings):
+    with running_server(create_app(sample_store(), settings, TOKEN), SHORT_DEADLINES) as url:
+        held_s = seconds_until_closed(url, b"GET /health HTTP/1.1\r\nHost: x\r\n", b"X")
+        # After a response, the next request's headers have the same deadline, however early its first byte.
+        kept_s = seconds_until_closed(url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\n", b"X")
+    assert 0.4 < held_s < 2.0
+    assert 0.4 < kept_s < 2.0
+
+
+def test_a_server_takes_no_more_connections_than_its_limit(settings):
+    limits = ServerLimits(max_connections=3)
+    with running_server(create_app(sample_store(), settings, TOKEN), limits) as url, contextlib.ExitStack() as stack:
+        host, port = url.removeprefix("http://").split(":")
+        for _ in range(3):
+            stack.enter_context(socket.create_connection((host, int(port)))).sendall(b"GET")
+        time.sleep(0.2)
+        assert httpx2.get(f"{url}/health", timeout=5.0).status_code == 503
+
+
+SLOW_CLIENTS = 2000
+SLOW_TIMEOUT_S = 3.0
+ATTACK_S = 12.0
+NORMAL_RATE = 50
+# The server in a process of its own, so that the attack's clients do not share its interpreter.
+SERVER_SCRIPT = """
+import sys
+from pipelines.config import load_config
+from pipelines.ingest import stitch_settings
+from pipelines.serve import ServerLimits, create_app, listen, serve
+from tests.pipelines.test_profile_lookup import sample_store
+
+timeout_s = float(sys.argv[2])
+app = create_app(sample_store(), stitch_settings(load_config(None)), sys.argv[1])
+serve(app, listen("127.0.0.1", 0), ServerLimits(header_timeout_s=timeout_s, body_timeout_s=timeout_s))
+"""
+
+
+class Slowloris:
+    """``count`` connections each sending a request's headers a byte a second, each replaced when the server
+    closes it, until :meth:`stop`; ``closed_after_s`` holds how long each closed one had been open."""
+
+    def __init__(self, address: tuple[str, int], count: int) -> None:
+        self._address = address
+        self._count = count
+        self._selector = selectors.DefaultSelector()
+        self._stopped = threading.Event()
+        self.closed_after_s: list[float] = []
+        self.opened = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(SERVER_TIMEOUT_S)
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()
+        self._selector.close()
+
+    def _open(self) -> None:
+        connection = socket.create_connection(self._address, timeout=SERVER_TIMEOUT_S)
+        connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        connection.setblocking(False)
+        self._selector.register(connection, selectors.EVENT_READ, time.monotonic())
+        self.opened += 1
+
+    def _run(self) -> None:
+        next_trickle = time.monotonic()
+        while not self._stopped.is_set():
+            while len(self._selector.get_map()) < self._count and not self._stopped.is_set():
+                self._open()
+            for key, _ in self._selector.select(timeout=0.05):
+                with contextlib.suppress(OSError):
+                    if key.fileobj.recv(4096):
+                        continue  # an answer before the headers are done would be a failure of the test's own
+                self.closed_after_s.append(time.monotonic() - key.data)
+                self._selector.unregister(key.fileobj)
+                key.fileobj.close()
+            if time.monotonic() >= next_trickle:
+                next_trickle += 1.0
+                for key in list(self._selector.get_map().values()):
+                    with contextlib.suppress(OSError):
+                        key.fileobj.send(b"X")
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1))
+
+
+@pytest.mark.slow
+def test_a_slowloris_of_2000_connections_neither_holds_them_nor_slows_other_clients():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = SLOW_CLIENTS + 512
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    command = [sys.executable, "-c", SERVER_SCRIPT, TOKEN, str(SLOW_TIMEOUT_S)]
+    cwd = Path(__file__).parents[2]
+    with subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE, text=True) as process:
+        attack = None
+        try:
+            base = _announced_url(process)
+            host, port = base.removeprefix("http://").split(":")
+            with httpx2.Client(base_url=base, timeout=5.0) as warm:
+                assert warm.get("/health").status_code == 200
+            rss_before = rss_kib(process.pid)
+            attack = Slowloris((host, int(port)), SLOW_CLIENTS)
+            attack.start()
+            deadline = time.monotonic() + SERVER_TIMEOUT_S
+            while attack.opened < SLOW_CLIENTS and time.monotonic() < deadline:
+                time.sleep(0.1)
+            latencies_s, failures = [], 0
+            started = time.monotonic()
+            # A new connection a request, as clients arriving during the attack make them.
+            with httpx2.Client(base_url=base, timeout=5.0, limits=httpx2.Limits(max_keepalive_connections=0)) as http:
+                for index in range(int(ATTACK_S * NORMAL_RATE)):
+                    time.sleep(max(0.0, started + index / NORMAL_RATE - time.monotonic()))
+                    sent = time.monotonic()
+                    try:
+                        ok = http.get("/health").status_code == 200
+                    except httpx2.HTTPError:
+                        ok = False
+                    latencies_s.append(time.monotonic() - sent)
+                    failures += not ok
+            rss_after, rss_peak = rss_kib(process.pid), rss_kib(process.pid, "VmHWM")
+        finally:
+            if attack is not None:
+                attack.stop()
+            process.send_signal(signal.SIGINT)
+            process.wait(SERVER_TIMEOUT_S)
+    latencies_s.sort()
+    p99_ms = latencies_s[int(len(latencies_s) * 0.99) - 1] * 1000
+    closed = sorted(attack.closed_after_s)
+    success = 1 - failures / len(latencies_s)
+    print(
+        f"slowloris: {attack.opened} slow connections opened, {len(closed)} closed by the server after "
+        f"{closed[0]:.2f} to {closed[-1]:.2f} s (median {closed[len(closed) // 2]:.2f}, timeout {SLOW_TIMEOUT_S} s); "
+        f"normal traffic {len(latencies_s)} requests, {success:.2%} success, p99 {p99_ms:.0f} ms; "
+        f"server RSS {rss_before // 1024} -> {rss_after // 1024} MiB (peak {rss_peak // 1024} MiB)"
+    )
+    assert success >= 0.99
+    assert p99_ms < 250
+    assert len(closed) >= SLOW_CLIENTS
+    assert closed[0] > SLOW_TIMEOUT_S - 0.1 and closed[-1] < SLOW_TIMEOUT_S + 2.0
 
 
 @pytest.mark.slow
