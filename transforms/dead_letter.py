@@ -2,8 +2,9 @@
 
 Every failed record still goes to the lake's ``failed_records``; this is the same record on a topic, for systems that
 watch failures as they happen (alerting, a repair service that fixes and republishes). A published message's data is
-the record's original bytes (the message, or one entry of a batch envelope), and its attributes are the original
-message's attributes plus:
+the record's original bytes (the message, or one entry of a batch envelope; of a message too large, its first 64 KiB,
+with ``profilestream.originalBytes`` and ``profilestream.originalSha256`` among its attributes), and its attributes
+are the original message's attributes plus:
 
 ==================================  ==================================================================================
 ``profilestream.errorCode``         the first error's stable code (``DECODE.NOT_JSON``, ``SCHEMA.REQUIRED``, ...)

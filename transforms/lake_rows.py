@@ -4,7 +4,8 @@
 ``_message_id`` and ``_ingest_time``); :func:`failed_row` turns a :class:`FailedRecord` into a row of
 ``failed_records``, whose columns (:data:`FAILED_RECORDS_SCHEMA`) keep everything needed to replay it: the original
 ``data`` bytes, ``attributes``, ``message_id`` and ``publish_time``, with the ``errors`` and the ``stage`` that
-failed; the read time is left out, since a replay must write the same files.
+failed; the read time is left out, since a replay must write the same files. Of a message too large, ``data`` is the
+first 64 KiB and ``attributes`` say the whole payload's length and SHA-256 (:mod:`transforms.decoding`).
 :func:`lake_schemas` gives every dataset's Arrow schema, derived from the registry.
 """
 
