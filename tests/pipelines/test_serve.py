@@ -422,6 +422,17 @@ def test_a_client_trickling_its_headers_is_closed_at_the_header_timeout(settings
     assert 0.4 < kept_s < 2.0
 
 
+def test_serve_raises_the_open_file_limit_to_hold_its_connections():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        pipelines.serve._allow_open_files(wanted)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (wanted, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_a_server_takes_no_more_connections_than_its_limit(settings):
     limits = ServerLimits(max_connections=3)
     with running_server(create_app(sample_store(), settings, TOKEN), limits) as url, contextlib.ExitStack() as stack:
