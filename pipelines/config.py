@@ -29,7 +29,7 @@ Every key, with its default (also shipped as ``pipelines/profilestream.example.y
     inlet:                            # the HTTP inlet of ``profilestream serve --pubsub-topic``
       max_request_bytes: 1048576      # 1 MiB, the "1 MB" of the reference API read as max_message_bytes reads it
       publish_timeout_seconds: 10     # a request whose messages Pub/Sub has not confirmed by then answers 503
-      connections: {}                 # connection id -> settings; an id not listed here answers 404
+      connections: {}                 # connection id -> settings; an id not listed answers as a wrong token does
         # web: {token_env: WEB_INLET_TOKEN, rate_per_second: 100, burst: 200,
         #       schema: https://ns.adobe.com/xdm/context/experienceevent, dataset: experience_events}
     profiles:                         # how profiles are merged and kept, and what lookups show
