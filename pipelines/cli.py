@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -359,18 +360,20 @@ def _writable_directory(path: str) -> str:
     return str(directory)
 
 
-def _open_store(url: str):
-    """The identity store a URL names, opened; a bad URL or an unreachable store is a usage error."""
+def _open_store(url: str, *, read_only: bool = False):
+    """The identity store a URL names, opened; a bad URL or an unreachable store is a usage error, and so is, for a
+    lookup (``read_only``), one that does not exist or is of another kind."""
     from transforms.identity_store import open_identity_store
 
-    return _opened(open_identity_store, url, "identity store")
+    return _opened(functools.partial(open_identity_store, read_only=read_only), url, "identity store")
 
 
-def _open_profile_store(url: str):
-    """The profile store a URL names, opened; a bad URL or an unreachable store is a usage error."""
+def _open_profile_store(url: str, *, read_only: bool = False):
+    """The profile store a URL names, opened; a bad URL or an unreachable store is a usage error, and so is, for a
+    lookup (``read_only``), one that does not exist or is of another kind."""
     from transforms.profile_store import open_profile_store
 
-    return _opened(open_profile_store, url, "profile store")
+    return _opened(functools.partial(open_profile_store, read_only=read_only), url, "profile store")
 
 
 def _opened(open_store: Callable[[str], Any], url: str, kind: str) -> Any:
@@ -390,7 +393,7 @@ def _identity_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
         namespace, separator, _ = asked.partition(":")
         if not separator or not namespace:
             raise UsageError(f"--identity {asked!r}: expected NAMESPACE:ID")
-    store = _open_store(args.store)
+    store = _open_store(args.store, read_only=True)
     all_known = True
     try:
         for asked in args.identity:
@@ -416,7 +419,7 @@ def _profile_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
         except MalformedLookupError as error:
             raise UsageError(f"--{by} {error}") from None
     all_known = True
-    with _open_profile_store(args.store) as store:
+    with _open_profile_store(args.store, read_only=True) as store:
         for by, asked in args.lookups:
             answer = lookup_profile(asked, store, settings, by=by, event_ttl_us=config.event_ttl_us())
             all_known &= answer["person_id"] is not None

@@ -175,15 +175,16 @@ _SQLITE_PREFIX = "sqlite:///"
 _EXPECTED = "expected sqlite:///PATH or redis://HOST:PORT/DB"
 
 
-def open_identity_store(url: str) -> IdentityStore:
-    """The store a URL names; see the module docstring for the forms."""
+def open_identity_store(url: str, *, read_only: bool = False) -> IdentityStore:
+    """The store a URL names; see the module docstring for the forms. ``read_only`` (the lookups) opens a SQLite file
+    only if it exists and is an identity store, and changes nothing in it."""
     # The backends import this module for IdentityStore, so they are imported here, when asked for: that also keeps
     # the redis package optional for SQLite users.
     scheme = url.partition("://")[0]
     if scheme == "sqlite":
         from transforms.identity_store_sqlite import SqliteIdentityStore
 
-        return SqliteIdentityStore(_sqlite_path(url))
+        return SqliteIdentityStore(_sqlite_path(url), read_only=read_only)
     if scheme == "redis":
         check_redis_url(url, "identity store")
         try:

@@ -73,12 +73,16 @@ CREATE TABLE IF NOT EXISTS identity_change_log (
     logged_at_us INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS identity_change_log_by_cause ON identity_change_log (cause_message_id);
--- The identities a call asks about. A table rather than JSON or a long IN list: any number of them fits, and ids
--- holding a NUL character (which SQLite's JSON and text functions cut short) compare whole.
-CREATE TEMP TABLE IF NOT EXISTS wanted (namespace TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (namespace, id))
-    WITHOUT ROWID;
 COMMIT;
 """
+# The identities a call asks about. A table rather than JSON or a long IN list: any number of them fits, and ids
+# holding a NUL character (which SQLite's JSON and text functions cut short) compare whole. A connection's own, so a
+# read-only one has it too.
+_WANTED = """
+CREATE TEMP TABLE IF NOT EXISTS wanted (namespace TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (namespace, id))
+    WITHOUT ROWID
+"""
+_TABLES = ("identity_sightings", "identity_components", "identity_links")
 
 # CROSS JOIN makes SQLite loop over the few wanted identities: it knows nothing of the temporary table's size and
 # would otherwise scan every identity instead.
@@ -131,9 +135,12 @@ ON CONFLICT (a_namespace, a_id, b_namespace, b_id) DO UPDATE SET
 class SqliteIdentityStore(IdentityStore):
     """The identity graph's facts in a SQLite file (or ``:memory:``, private to this store)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         super().__init__()
-        self._connection = open_store_file(path, _SCHEMA, "identity store")
+        self._connection = open_store_file(path, _SCHEMA, "identity store", read_only=read_only, tables=_TABLES)
+        self._connection.execute(_WANTED)
+        if read_only:
+            return
         with transaction(self._connection):
             self._connection.execute(
                 "DELETE FROM identity_change_log WHERE logged_at_us < ?",

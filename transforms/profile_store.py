@@ -98,8 +98,9 @@ class ProfileStore(abc.ABC):
 _EXPECTED = "expected sqlite:///PATH, redis://HOST:PORT/DB or bigtable://PROJECT/INSTANCE/TABLE"
 
 
-def open_profile_store(url: str) -> ProfileStore:
-    """The store a URL names (see the module docstring for the forms).
+def open_profile_store(url: str, *, read_only: bool = False) -> ProfileStore:
+    """The store a URL names (see the module docstring for the forms). ``read_only`` (the lookups) opens a SQLite
+    file only if it exists and is a profile store, and creates no Bigtable table.
 
     A malformed URL raises :class:`ValueError`, and a store that cannot be reached or opened
     :class:`~transforms.identity_store.StoreUnavailableError` (a ValueError too), each with a one-line message.
@@ -114,7 +115,7 @@ def open_profile_store(url: str) -> ProfileStore:
             raise ValueError(f"malformed profile store URL {url!r}: {_EXPECTED}")
         from transforms.profile_store_sqlite import SqliteProfileStore
 
-        return SqliteProfileStore(path)
+        return SqliteProfileStore(path, read_only=read_only)
     if scheme == "redis":
         check_redis_url(url, "profile store")
         try:
@@ -130,7 +131,7 @@ def open_profile_store(url: str) -> ProfileStore:
             from transforms.profile_store_bigtable import BigtableProfileStore
         except ModuleNotFoundError as error:
             raise _missing_package(error, "bigtable", url) from None
-        return BigtableProfileStore(*names)
+        return BigtableProfileStore(*names, create=not read_only)
     raise ValueError(f"unknown profile store URL {url!r}: {_EXPECTED}")
 
 

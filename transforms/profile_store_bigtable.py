@@ -98,12 +98,13 @@ _LOOKUP_FAMILIES = FamilyNameRegexFilter(f"{_DATA}|{_COPY}")
 class BigtableProfileStore(ProfileStore):
     """Fragments, views, the identity index and redirects in one Bigtable table."""
 
-    def __init__(self, project: str, instance: str, table: str) -> None:
+    def __init__(self, project: str, instance: str, table: str, *, create: bool = True) -> None:
         with warnings.catch_warnings():
             # Google's clients warn on every connection to the emulator; the URL and environment already say it.
             warnings.filterwarnings("ignore", "Connecting to Bigtable emulator", RuntimeWarning)
             try:
-                _create_if_missing(project, instance, table)
+                if create:
+                    _create_if_missing(project, instance, table)
                 self._client = BigtableDataClient(project=project)
             except (exceptions.GoogleAPIError, GoogleAuthError) as error:
                 message = " ".join(str(error).split())

@@ -64,8 +64,10 @@ UPDATE redirects SET target = (SELECT target FROM redirects WHERE person = :reti
 class SqliteProfileStore(ProfileStore):
     """Fragments, views, the identity index and redirects in a SQLite file (or ``:memory:``)."""
 
-    def __init__(self, path: str) -> None:
-        self._connection = open_store_file(path, _SCHEMA, "profile store")
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        self._connection = open_store_file(
+            path, _SCHEMA, "profile store", read_only=read_only, tables=("fragments", "views", "identity_index")
+        )
 
     def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
         with transaction(self._connection, "BEGIN"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 
 from transforms.identity_store import StoreUnavailableError
@@ -19,10 +20,27 @@ from transforms.identity_store import StoreUnavailableError
 BUSY_TIMEOUT_S = 5.0
 
 
-def open_store_file(path: str, schema: str, what: str) -> sqlite3.Connection:
+def open_store_file(
+    path: str, schema: str, what: str, *, read_only: bool = False, tables: tuple[str, ...] = ()
+) -> sqlite3.Connection:
     """A connection to the store file at ``path`` (or ``:memory:``) with ``schema`` applied; ``what`` names the store
-    in the one-line :class:`StoreUnavailableError` raised when it cannot be opened."""
+    in the one-line :class:`StoreUnavailableError` raised when it cannot be opened.
+
+    ``read_only`` opens an existing file without changing it (the lookups: a missing file is an error, not an empty
+    store made on the spot), and checks that it holds ``tables``, so that a store of another kind is refused.
+    """
+    if read_only and path != ":memory:" and not os.path.isfile(path):
+        raise StoreUnavailableError(f"{what} {path} does not exist")
     try:
+        if read_only:
+            uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+            connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            found = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = [table for table in tables if table not in found]
+            if missing:
+                connection.close()
+                raise StoreUnavailableError(f"{what} {path} is of another kind: it has no {missing[0]} table")
+            return connection
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         # Transactions are begun explicitly (IMMEDIATE for writes). Beam may run a DoFn's setup and its bundles on

@@ -20,6 +20,7 @@ from pipelines.config import load_config
 from pipelines.ingest import stitch_settings
 from pipelines.profile_lookup import MalformedLookupError, events_between, lookup_key, lookup_profile
 from transforms.clock import parse_rfc3339_us, wall_clock_us
+from transforms.identity_store import open_identity_store
 from transforms.profile_store import ProfileStore, ProfileWrite
 
 ANN = "p-20a6567a1e102cf3df15f3af"
@@ -253,10 +254,12 @@ class OpenedStores:
 
     def __init__(self) -> None:
         self.urls: list[str] = []
+        self.read_only: list[bool] = []
         self.stores: list[MemoryProfileStore] = []
 
-    def __call__(self, url: str) -> MemoryProfileStore:
+    def __call__(self, url: str, *, read_only: bool = False) -> MemoryProfileStore:
         self.urls.append(url)
+        self.read_only.append(read_only)
         self.stores.append(sample_store())
         return self.stores[-1]
 
@@ -295,7 +298,32 @@ def test_profile_get_hides_recent_events_older_than_the_configured_ttl(opened, c
 def test_profile_get_reads_the_default_store_and_closes_it(opened, capsys):
     profile_get(capsys, "--person", ANN)
     assert opened.urls == [DEFAULT_PROFILE_STORE]
+    assert opened.read_only == [True]
     assert opened.stores[0].closed
+
+
+@pytest.mark.parametrize("command", [["profile", "get", "--person", ANN], ["identity", "get", "--identity", "CRMID:a"]])
+def test_a_lookup_in_a_store_that_does_not_exist_is_one_line_and_makes_no_file(command, tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "store.sqlite"
+
+    assert main([*command[:2], "--store", f"sqlite:///{missing}", *command[2:]]) == 2
+
+    assert capsys.readouterr().err.strip().endswith(f"{missing} does not exist")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_lookup_in_a_store_of_the_other_kind_is_refused_and_changes_nothing(tmp_path, capsys):
+    identity_file, profile_file = tmp_path / "identity.sqlite", tmp_path / "profiles.sqlite"
+    open_identity_store(f"sqlite:///{identity_file}").close()
+    profile_store.open_profile_store(f"sqlite:///{profile_file}").close()
+    before = {path: path.read_bytes() for path in (identity_file, profile_file)}
+
+    assert main(["profile", "get", "--store", f"sqlite:///{identity_file}", "--person", ANN]) == 2
+    assert "is of another kind: it has no fragments table" in capsys.readouterr().err
+    assert main(["identity", "get", "--store", f"sqlite:///{profile_file}", "--identity", "CRMID:a"]) == 2
+    assert "is of another kind: it has no identity_sightings table" in capsys.readouterr().err
+
+    assert {path: path.read_bytes() for path in (identity_file, profile_file)} == before
 
 
 @pytest.mark.parametrize(
@@ -317,7 +345,7 @@ def test_a_malformed_lookup_exits_2_with_one_line_before_opening_the_store(opene
 
 
 def test_an_unreachable_store_exits_2_with_one_line(monkeypatch, capsys):
-    def unreachable(url: str) -> ProfileStore:
+    def unreachable(url: str, *, read_only: bool = False) -> ProfileStore:
         raise ValueError(f"cannot reach {url}")
 
     monkeypatch.setattr(profile_store, "open_profile_store", unreachable, raising=False)
