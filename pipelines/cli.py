@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import json
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -504,26 +506,48 @@ def _validate(args: argparse.Namespace, _beam_args: list[str]) -> int:
     if args.conformance and args.schema not in library():
         raise UsageError(f"--schema {args.schema}: not an XDM component id")
     for path in args.files:
-        if not Path(path).is_file():
-            raise UsageError(f"{path}: no such file")
+        _check_readable_file(path)
     policy = config.validation_policy()
     all_valid = True
     for path in args.files:
+        verdicts = 0
         try:
-            verdicts = validate_file(
+            for verdict in validate_file(
                 path,
                 registry,
                 schema_id=args.schema,
                 conformance=args.conformance,
                 policy=policy,
                 max_message_bytes=config.max_message_bytes,
-            )
-            for verdict in verdicts:
+            ):
+                verdicts += 1
                 all_valid &= verdict.valid
                 print(json.dumps(verdict.as_json(), ensure_ascii=False), flush=True)
         except (OSError, UnknownComponentError) as error:
-            raise UsageError(f"{path}: {error}") from None
+            raise UsageError(f"{_shown(path)}: {error}") from None
+        if not verdicts:
+            # Nothing was checked, so nothing is valid: an empty file is most often the wrong file.
+            print(f"profilestream: {_shown(path)}: holds no message to validate", file=sys.stderr)
+            all_valid = False
     return 0 if all_valid else 1
+
+
+def _check_readable_file(path: str) -> None:
+    """A usage error in one line unless ``path`` names a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        reason = "no such file" if error.errno == errno.ENOENT else (error.strerror or "cannot be read").lower()
+        raise UsageError(f"{_shown(path)}: {reason}") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{_shown(path)}: is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{_shown(path)}: not a regular file")
+
+
+def _shown(path: str, limit: int = 120) -> str:
+    """A path as an error line shows it: whole, or its start and length when it is longer than ``limit``."""
+    return path if len(path) <= limit else f"{path[:limit]}… ({len(path):,} characters)"
 
 
 if __name__ == "__main__":

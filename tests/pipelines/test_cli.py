@@ -38,6 +38,29 @@ def test_bad_arguments_exit_2_with_one_line(args, fragment, capsys):
     assert fragment in one_line_error(capsys)
 
 
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [("x" * 100_000, "… (100,000 characters): file name too long"), (".", "is a directory, not a file")],
+)
+def test_validate_on_a_path_that_is_no_file_is_one_line(name, fragment, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", name]) == 2
+    line = one_line_error(capsys)
+    assert fragment in line
+    assert len(line) < 300
+
+
+def test_validate_on_an_empty_file_says_so_and_exits_1(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+
+    assert main(["validate", str(empty)]) == 1
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == f"profilestream: {empty}: holds no message to validate"
+
+
 def test_unwritable_lake_is_a_usage_error(tmp_path, capsys):
     stream = tmp_path / "s.jsonl"
     stream.write_text("{}\n")
