@@ -29,7 +29,7 @@ lint: venv ## Check lint and formatting with ruff
 	$(VENV)/bin/ruff format --check .
 
 test: lint ## Lint, then run the tests on 2 workers (extra pytest flags with PYTEST_ARGS='...')
-	FAKE_GCS_SERVER=$(FAKE_GCS) $(VENV)/bin/pytest -n 2 -q $(PYTEST_ARGS)
+	FAKE_GCS_SERVER=$(FAKE_GCS) $(VENV)/bin/pytest -n 2 -q -rs $(PYTEST_ARGS)
 
 bench: venv ## Run the throughput benchmark
 	$(VENV)/bin/python -m pipelines.bench

@@ -38,6 +38,7 @@ setup(
         "orjson>=3.10",  # canonical JSON of profiles, rewritten at every flush
         "phonenumbers>=9.0",  # identity normalisation: phones to E.164
         "fastapi>=0.165",  # `profilestream serve`: the HTTP Profile Access API
+        "fastapi-offline>=1.7",  # Swagger UI's assets for /docs, served from the package rather than a CDN
         "uvicorn>=0.54",
         "httpx2>=2.16",  # `profilestream loadgen` posting to the inlet; FastAPI's TestClient in the tests
     ],

@@ -223,6 +223,20 @@ def test_routers_added_to_the_app_sit_behind_the_same_token(settings):
         assert client.get("/collection", headers=AUTH).json() == {"accepted": "yes"}
 
 
+def test_the_docs_page_and_every_asset_it_loads_are_served_here_without_a_token(client):
+    """/docs works on a host without internet: the page loads Swagger UI from this server, not from a CDN."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css))["']""", page.text)
+
+    assert assets
+    assert not [asset for asset in assets if "://" in asset]
+    for asset in assets:
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.content) > 10_000, asset
+
+
 def test_the_openapi_document_describes_the_routes_their_models_and_the_bearer_scheme(client):
     document = client.get("/openapi.json").json()
     paths = document["paths"]
