@@ -25,7 +25,7 @@ from pathlib import Path
 from jsonschema import Draft7Validator
 
 from pipelines.config import Config
-from pipelines.ingest import RunRequest, run, stitch_settings
+from pipelines.ingest import RunRequest, run
 from pipelines.local_runner import prism_binary
 from schemas.arrow import table_from_rows
 from schemas.json_schema import runtime_json_schema
@@ -37,8 +37,8 @@ from transforms.lake_rows import change_row, failed_row, lake_schemas, valid_row
 from transforms.merge_profiles import ProfileWriter
 from transforms.profile_store import open_profile_store
 from transforms.records import FailedRecord, LakeRow, ValidRecord
-from transforms.replay import read_replay_file
-from transforms.stitch import link_batch, record_identities
+from transforms.replay_files import read_replay_file
+from transforms.stitching import link_batch, record_identities
 
 SAMPLE = Path(__file__).parent / "samples" / "stream.jsonl"
 ROWS_PER_TABLE = 1000
@@ -89,7 +89,7 @@ def plain_loop(path: Path, registry: SchemaRegistry, work_dir: Path) -> tuple[fl
     rows to Arrow tables of :data:`ROWS_PER_TABLE`, with SQLite stores in ``work_dir`` as the pipeline runs use.
     """
     config = Config()
-    stitching = stitch_settings(config)
+    stitching = config.stitch_settings()
     profile_datasets = {name for name, dataset in registry.datasets.items() if dataset.profile}
     identity_url = f"sqlite:///{work_dir}/identity.sqlite"
     identity_store = open_identity_store(identity_url)

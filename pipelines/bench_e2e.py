@@ -64,7 +64,6 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipelines.config import load_config
-from pipelines.ingest import stitch_settings
 from pipelines.loadgen import VALID, HttpTarget, Pacer, PubSubTarget, Traffic, TrafficShape, send_load
 from pipelines.local_servers import local_server
 from pipelines.profile_lookup import lookup_key
@@ -80,7 +79,7 @@ from pipelines.sample_stream import EXPERIENCE_EVENT_SCHEMA
 from transforms.clock import wall_clock_us
 from transforms.profile_model import view_from_bytes
 from transforms.profile_store import open_profile_store
-from transforms.stitch import StitchSettings
+from transforms.stitching import StitchSettings
 
 PROFILE_TARGET_P99_S = 5.0
 LAKE_SLACK_S = 60.0
@@ -143,7 +142,7 @@ class ProfileWatcher(threading.Thread):
     def __init__(self, store_url: str, config_path: Path, log: SendLog) -> None:
         super().__init__(daemon=True)
         self._store_url = store_url
-        self._settings = stitch_settings(load_config(config_path))
+        self._settings = load_config(config_path).stitch_settings()
         self._log = log
         self.latencies_s: dict[str, float] = {}
         self.stopping = threading.Event()
@@ -369,7 +368,7 @@ def measure_kill_loss(
     # Twice as long a stream as the killed run lives, so the restarted run reads the second half as it comes.
     count = math.ceil(rate * 2 * KILL_AFTER_S)
     log = SendLog(sample=1)
-    settings = stitch_settings(load_config(config))
+    settings = load_config(config).stitch_settings()
     # Google's publisher reads the emulator's address from the environment when it is made.
     with emulator_environment(env[EMULATOR_HOST_ENV]):
         target = PubSubTarget(topology.topic)

@@ -58,7 +58,6 @@ import apache_beam as beam
 import redis
 
 from pipelines.config import Config
-from pipelines.ingest import stitch_settings
 from pipelines.local_servers import free_port, local_server
 from schemas.registry import SchemaRegistry
 from transforms.clock import EPOCH
@@ -248,7 +247,7 @@ def build_in_turns(stores: Mapping[str, str | None], identities: int) -> dict[st
 
 def _build(connection: multiprocessing.connection.Connection, url: str | None, identities: int) -> None:
     """A builder process: each number received is how many more batches to stitch; answers with their throughput."""
-    rules = stitch_settings(Config()).graph
+    rules = Config().stitch_settings().graph
     graph = InMemoryGraph() if url is None else open_identity_store(url)
     pending = batches(traffic(identities))
     connection.send(None)
@@ -312,7 +311,7 @@ def _max_rss() -> int:
 def stage_memory(records: int, identities: int, store_url: str) -> tuple[int, int]:
     """Peak RSS before and after running the stage over the sample records (run it in a process of its own)."""
     registry = SchemaRegistry.load()
-    settings = stitch_settings(Config())
+    settings = Config().stitch_settings()
     before = _max_rss()
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
         _ = (
@@ -326,7 +325,7 @@ def stage_memory(records: int, identities: int, store_url: str) -> tuple[int, in
 
 def reference_memory(records: int, identities: int) -> tuple[int, int]:
     """Peak RSS before and after the in-memory reference stitches the sample records (in a process of its own)."""
-    settings = stitch_settings(Config())
+    settings = Config().stitch_settings()
     before = _max_rss()
     graph = InMemoryGraph()
     for batch in batches(sample_records(records, identities)):

@@ -79,7 +79,6 @@ from pipelines.bench_identity import (
     private_redis,
 )
 from pipelines.config import Config
-from pipelines.ingest import stitch_settings
 from pipelines.local_servers import free_port, local_server
 from pipelines.profile_lookup import LookupBy
 from pipelines.serve import API_TOKEN_ENV
@@ -142,7 +141,7 @@ class Traffic:
 def generate(people: int, seed: int = SEED) -> Traffic:
     """The people and their flushes, with the bytes each flush writes; see the module docstring."""
     registry = SchemaRegistry.load()
-    rules = stitch_settings(Config()).graph
+    rules = Config().stitch_settings().graph
     policy = profile_model.TimestampOrdered()
     event_schema, profile_schema = registry.get(EXPERIENCE_EVENT_CLASS), registry.get(PROFILE_SCHEMA)
     datasets = [name for name, dataset in registry.datasets.items() if dataset.profile]

@@ -41,7 +41,7 @@ from pipelines.loadgen import add_arguments as add_loadgen_arguments
 from pipelines.one_line_parser import USAGE_ERROR
 from schemas.components import UnknownComponentError, library
 from schemas.registry import SchemaFileError, SchemaRegistry
-from transforms.replay import ReplayPathError, expand_replay_path
+from transforms.replay_files import ReplayPathError, expand_replay_path
 
 DEFAULT_LAKE = "data/lake"
 DEFAULT_IDENTITY_STORE = "sqlite:///data/identity.sqlite"
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command != "run" and beam_args:
             raise UsageError(f"unrecognized arguments: {' '.join(beam_args)}")
         return args.handler(args, beam_args)
-    except (UsageError, ConfigError, SchemaFileError, ReplayPathError) as error:
+    except (UsageError, ConfigError, SchemaFileError) as error:
         print(f"profilestream: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
@@ -281,7 +281,10 @@ def _check_flink(beam_args: list[str]) -> None:
 def _replay_path(source: str) -> str:
     if source.startswith(REPLAY_SCHEME):
         path = source.removeprefix(REPLAY_SCHEME)
-        expand_replay_path(path)
+        try:
+            expand_replay_path(path)
+        except ReplayPathError as error:
+            raise UsageError(str(error)) from None
         return path
     scheme = source.partition(":")[0] if ":" in source else source
     raise UsageError(f"unknown source {scheme!r}: expected replay:PATH or pubsub:projects/P/subscriptions/S")
@@ -388,9 +391,8 @@ def _opened(open_store: Callable[[str], Any], url: str, kind: str) -> Any:
 
 def _identity_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
     from pipelines.identity_lookup import lookup_identity
-    from pipelines.ingest import stitch_settings
 
-    settings = stitch_settings(load_config(args.config))
+    settings = load_config(args.config).stitch_settings()
     for asked in args.identity:
         namespace, separator, _ = asked.partition(":")
         if not separator or not namespace:
@@ -408,13 +410,12 @@ def _identity_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
 
 
 def _profile_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
-    from pipelines.ingest import stitch_settings
     from pipelines.profile_lookup import MalformedLookupError, lookup_key, lookup_profile
 
     if not args.lookups:
         raise UsageError("nothing to look up: give --identity NAMESPACE:ID or --person ID")
     config = load_config(args.config)
-    settings = stitch_settings(config)
+    settings = config.stitch_settings()
     for by, asked in args.lookups:
         try:
             lookup_key(asked, settings, by=by)
@@ -430,12 +431,11 @@ def _profile_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace, _beam_args: list[str]) -> int:
-    from pipelines.ingest import stitch_settings
     from pipelines.inlet import AuthFailureLimit
     from pipelines.serve import ServerLimits, api_token, create_app, listen, serve
 
     config = load_config(args.config)
-    settings = stitch_settings(config)
+    settings = config.stitch_settings()
     with contextlib.ExitStack() as stack:
         inlet = stack.enter_context(contextlib.closing(_inlet(args))) if args.pubsub_topic is not None else None
         try:

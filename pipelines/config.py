@@ -71,6 +71,7 @@ import yaml
 
 from schemas.validation import ValidationPolicy
 from transforms.decoding import MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES
+from transforms.identity_graph import GraphRules
 from transforms.identity_namespaces import (
     DEFAULT_IDENTITY_FIELDS,
     STANDARD_NAMESPACES,
@@ -79,6 +80,7 @@ from transforms.identity_namespaces import (
     NamespaceRegistry,
 )
 from transforms.profile_model import DEFAULT_LIMITS, DatasetPrecedence, MergePolicy, ProfileLimits, TimestampOrdered
+from transforms.stitching import StitchSettings
 
 if TYPE_CHECKING:
     from transforms.merge_profiles import ProfileSettings
@@ -273,6 +275,18 @@ class Config:
             blocked_patterns=identity.blocked_patterns,
             phone_region=identity.phone_region,
         )
+
+    def stitch_settings(self) -> StitchSettings:
+        """The namespaces, normalisation rules and linking rules the configuration sets."""
+        identity = self.identity
+        graph = GraphRules(
+            unique_namespaces=frozenset(namespace.code for namespace in self.namespaces if namespace.unique),
+            priority={namespace.code: namespace.priority for namespace in self.namespaces},
+            max_identities=identity.max_identities_per_graph,
+            quarantine_links=identity.quarantine_links,
+            quarantine_window_us=identity.quarantine_window_seconds * 1_000_000,
+        )
+        return StitchSettings(self.namespace_registry(), self.identity_rules(), graph)
 
     def profile_settings(self) -> ProfileSettings:
         """What MergeProfiles takes: the policy, the guardrails and the buffering the ``profiles`` key sets."""

@@ -33,6 +33,7 @@ did not start (the line names the log to read), 2 bad input or no Java.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import shlex
@@ -48,7 +49,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from apache_beam.version import __version__ as beam_version
 
 from pipelines.local_servers import Listener, PortTakenError, free_port, refuse_taken_port, stop, who_listens
 from pipelines.one_line_parser import USAGE_ERROR, OneLineParser
@@ -64,7 +64,9 @@ PARALLELISM = 2
 CHECKPOINT_INTERVAL_MS = 10_000
 FLINK_HOME_ENV = "PROFILESTREAM_FLINK_HOME"
 JOB_SERVER_JAR_ENV = "PROFILESTREAM_FLINK_JOB_SERVER_JAR"
-JOB_SERVER_ARTIFACT = f"org.apache.beam:beam-runners-flink-{FLINK_MINOR}-job-server:{beam_version}"
+# Read from the installed distribution, so that the CLI need not import Beam to know its version.
+BEAM_VERSION = importlib.metadata.version("apache-beam")
+JOB_SERVER_ARTIFACT = f"org.apache.beam:beam-runners-flink-{FLINK_MINOR}-job-server:{BEAM_VERSION}"
 
 
 def cache_dir() -> Path:
@@ -76,7 +78,7 @@ def cache_dir() -> Path:
 
 def job_server_jar() -> Path:
     """Beam's Flink job-server jar for the installed Beam and :data:`FLINK_VERSION`; it may be missing."""
-    default = cache_dir() / f"beam-runners-flink-{FLINK_MINOR}-job-server-{beam_version}.jar"
+    default = cache_dir() / f"beam-runners-flink-{FLINK_MINOR}-job-server-{BEAM_VERSION}.jar"
     return Path(os.environ.get(JOB_SERVER_JAR_ENV, default))
 
 

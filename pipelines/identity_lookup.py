@@ -22,7 +22,7 @@ from transforms.identity_graph import resolve
 from transforms.identity_model import Stamp
 from transforms.identity_namespaces import extract_identities
 from transforms.identity_store import IdentityStore
-from transforms.stitch import StitchSettings
+from transforms.stitching import StitchSettings
 
 
 def lookup_identity(asked: str, store: IdentityStore, settings: StitchSettings) -> dict:

@@ -31,14 +31,13 @@ from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
 from transforms.dead_letter import PublishFailedRecords
 from transforms.decode import Decode
-from transforms.identity_graph import GraphRules
 from transforms.lake import WriteToLake
 from transforms.lake_rows import change_row, failed_row, lake_schemas, valid_row
 from transforms.merge_profiles import MergeProfiles
 from transforms.pubsub import ReadPubSub
 from transforms.pubsub_source import ReadPubSubAcknowledged
 from transforms.replay import ReadReplay
-from transforms.stitch import StitchIdentities, StitchSettings
+from transforms.stitch import StitchIdentities
 from transforms.validate import Validate
 
 LOCAL_STREAMING_RUNNER = "BundleBasedDirectRunner"
@@ -93,7 +92,7 @@ class Ingest(beam.PTransform):
             publish_time_skew_us=policy.timestamp_skew_us,
         )
         validated = decoded.entities | "Validate" >> Validate(self._registry, policy=policy)
-        stitching = stitch_settings(self._config)
+        stitching = self._config.stitch_settings()
         stitched = validated.valid | "StitchIdentities" >> StitchIdentities(
             self._registry, self._identity_store, stitching
         )
@@ -123,19 +122,6 @@ class Ingest(beam.PTransform):
                 table_builder=table_from_rows,
             )
         )
-
-
-def stitch_settings(config: Config) -> StitchSettings:
-    """The namespaces, normalisation rules and linking rules the configuration sets."""
-    identity = config.identity
-    graph = GraphRules(
-        unique_namespaces=frozenset(namespace.code for namespace in config.namespaces if namespace.unique),
-        priority={namespace.code: namespace.priority for namespace in config.namespaces},
-        max_identities=identity.max_identities_per_graph,
-        quarantine_links=identity.quarantine_links,
-        quarantine_window_us=identity.quarantine_window_seconds * 1_000_000,
-    )
-    return StitchSettings(config.namespace_registry(), config.identity_rules(), graph)
 
 
 def pipeline_options(request: RunRequest) -> PipelineOptions:

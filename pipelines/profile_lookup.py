@@ -32,7 +32,7 @@ from typing import Any, Literal
 from transforms.clock import micros, parse_rfc3339, wall_clock_us
 from transforms.identity_namespaces import extract_identities
 from transforms.profile_store import ProfileStore
-from transforms.stitch import StitchSettings
+from transforms.stitching import StitchSettings
 
 LookupBy = Literal["identity", "person"]
 

@@ -72,7 +72,7 @@ from pipelines.inlet import AuthFailureLimit, Inlet, InletMetrics, client_addres
 from pipelines.profile_lookup import PERSON_ID_PATTERN, LookupBy, MalformedLookupError, events_between, lookup_profile
 from transforms.clock import micros, parse_rfc3339, wall_clock_us
 from transforms.profile_store import ProfileStore
-from transforms.stitch import StitchSettings
+from transforms.stitching import StitchSettings
 
 API_TOKEN_ENV = "PROFILESTREAM_API_TOKEN"
 DEFAULT_EVENTS = 50

@@ -18,7 +18,7 @@ from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decode
 from transforms.clock import wall_clock_us
 from transforms.decoding import decode_message, parse_json
 from transforms.records import DecodedEntity, FailedRecord, Message, RecordError
-from transforms.replay import read_replay_file
+from transforms.replay_files import read_replay_file
 
 SCHEMA_REF = "schemaRef"
 

@@ -60,7 +60,7 @@ from transforms.identity_store import IdentityStore, open_identity_store
 from transforms.metrics import NAMESPACE, counter
 from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, open_profile_store
 from transforms.records import ValidRecord
-from transforms.stitch import StitchSettings
+from transforms.stitching import StitchSettings
 from transforms.store_outages import patient
 
 FRESHNESS_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)

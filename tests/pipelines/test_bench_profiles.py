@@ -19,7 +19,6 @@ from pipelines.bench_profiles import (
     write_in_turns,
 )
 from pipelines.config import Config
-from pipelines.ingest import stitch_settings
 from pipelines.serve import create_app
 from tests.pipelines.test_serve import running_server
 from transforms.profile_store import open_profile_store
@@ -76,7 +75,7 @@ def test_the_lookup_load_times_every_lookup_on_each_side(traffic, tmp_path: Path
     assert {lookup.by for lookup in chosen} == {"identity", "person"}
     with open_profile_store(store_url) as store, contextlib.closing(open_raw_cells(cells_url)) as cells:
         write_in_turns(store, cells, traffic.flushes)
-        with running_server(create_app(store, stitch_settings(Config()), TOKEN)) as base_url:
+        with running_server(create_app(store, Config().stitch_settings(), TOKEN)) as base_url:
             measured = lookup_latency(base_url, TOKEN, store, cells, chosen, clients=2, turn=8)
     assert set(measured) == {"http", "store", "raw"}
     for latency in measured.values():

@@ -29,7 +29,6 @@ import redis
 
 from pipelines.cli import main
 from pipelines.config import Config
-from pipelines.ingest import stitch_settings
 from tests.pipelines.conftest import START, envelope, event, lake_rows, rest_line
 from transforms.identity_graph import resolve
 from transforms.identity_model import Identity
@@ -62,7 +61,7 @@ STEADY_MESSAGES = {"m02", "m04", "m07", "m09"}  # Carol's and Dave's
 # The summary's counts of records; the profile counters are left out, as the local streaming runner drops what
 # timers count.
 RECORD_COUNTS = ("messages", "records", "valid", "failed", "duplicates", "failed_by_code")
-GRAPH_RULES = stitch_settings(Config()).graph
+GRAPH_RULES = Config().stitch_settings().graph
 EXIT_USAGE = 2
 
 

@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from pipelines.cli import main
 from pipelines.config import ConfigError, InletConnection, InletSettings, load_config
-from pipelines.ingest import stitch_settings
 from pipelines.inlet import (
     CONNECTION_ID_ATTRIBUTE,
     DATASET_ID_ATTRIBUTE,
@@ -129,7 +128,7 @@ class Clock:
 
 
 def app_with(inlet: Inlet):
-    return create_app(sample_store(), stitch_settings(load_config(None)), API_TOKEN, inlet=inlet)
+    return create_app(sample_store(), load_config(None).stitch_settings(), API_TOKEN, inlet=inlet)
 
 
 @pytest.fixture
@@ -714,7 +713,7 @@ def test_the_answer_to_a_batch_is_bounded_per_entry(client):
 def test_failed_authentications_lead_to_429_for_every_token_from_that_address(judge, clock):
     limit = AuthFailureLimit(3, 60.0, clock=clock)
     inlet = Inlet(SETTINGS, judge, FakePublisher(), environ={}, clock=clock)
-    app = create_app(sample_store(), stitch_settings(load_config(None)), API_TOKEN, inlet=inlet, auth_failures=limit)
+    app = create_app(sample_store(), load_config(None).stitch_settings(), API_TOKEN, inlet=inlet, auth_failures=limit)
     wrong = {"Authorization": "Bearer nope"}
     with TestClient(app) as client:
         failures = [
@@ -825,7 +824,7 @@ def test_the_inlet_routes_are_in_the_openapi_document_without_the_api_token(clie
 
 
 def test_without_the_inlet_there_are_no_inlet_routes_nor_metrics():
-    with TestClient(create_app(sample_store(), stitch_settings(load_config(None)), API_TOKEN)) as client:
+    with TestClient(create_app(sample_store(), load_config(None).stitch_settings(), API_TOKEN)) as client:
         assert client.post("/collection/web", content=EVENT_BYTES).status_code == 404
         assert client.get("/metrics").status_code == 404
 

@@ -50,7 +50,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipelines.config import InletConnection, InletSettings, load_config
-from pipelines.ingest import stitch_settings
 from pipelines.inlet import Inlet, Judge
 from pipelines.serve import create_app
 from schemas.registry import SchemaRegistry
@@ -115,7 +114,7 @@ def client(registry) -> Iterator[TestClient]:
     connections = {INLET_ID: InletConnection(), "secured": InletConnection(token=TOKEN)}
     connections |= {name: InletConnection(schema=schema) for schema, name in CONNECTION_BY_SCHEMA.items()}
     inlet = Inlet(InletSettings(connections=connections), Judge(registry), FakePublisher(), environ={})
-    app = create_app(sample_store(), stitch_settings(load_config(None)), "api-token", inlet=inlet)
+    app = create_app(sample_store(), load_config(None).stitch_settings(), "api-token", inlet=inlet)
     with TestClient(app) as test_client:
         yield test_client
 

@@ -17,7 +17,6 @@ import pytest
 import transforms.profile_store as profile_store
 from pipelines.cli import DEFAULT_PROFILE_STORE, main
 from pipelines.config import load_config
-from pipelines.ingest import stitch_settings
 from pipelines.profile_lookup import MalformedLookupError, events_between, lookup_key, lookup_profile
 from transforms.clock import parse_rfc3339_us, wall_clock_us
 from transforms.identity_store import open_identity_store
@@ -121,7 +120,7 @@ needs_sqlite_store = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def settings():
-    return stitch_settings(load_config(None))
+    return load_config(None).stitch_settings()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from tests.pipelines.conftest import START, dataset_files, envelope, event, lake
 from tests.pipelines.test_run import run_cli
 from transforms.decoding import BATCH_TOO_LARGE, FAILED_PREFIX_BYTES, PUBLISH_TIME_OUT_OF_RANGE, TOO_LARGE
 from transforms.records import ORIGINAL_BYTES_ATTRIBUTE, ORIGINAL_SHA256_ATTRIBUTE
-from transforms.replay import max_line_bytes
+from transforms.replay_files import max_line_bytes
 
 HALF_A_MILLION_ONES = b'{"messages":[' + b",".join([b"1"] * 524_278) + b"]}"
 LONGER_THAN_A_REPLAY_READS = b'{"_id":"' + b"x" * max_line_bytes() + b'"}'

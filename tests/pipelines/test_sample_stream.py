@@ -8,7 +8,9 @@ import pathlib
 import pytest
 
 from pipelines.sample_stream import EXPERIENCE_EVENT_SCHEMA, PROFILE_SCHEMA, generate_sample_stream, main
-from transforms.replay import REPLAY_ERROR_ATTRIBUTE, parse_rfc3339_us, read_replay_file
+from transforms.clock import parse_rfc3339_us
+from transforms.records import REPLAY_ERROR_ATTRIBUTE
+from transforms.replay_files import read_replay_file
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[2] / "pipelines" / "samples" / "stream.jsonl"
 BASE_US = parse_rfc3339_us("2026-11-01T09:00:00Z")

@@ -32,7 +32,6 @@ import pipelines.serve
 import transforms.profile_store as profile_store
 from pipelines.cli import main
 from pipelines.config import load_config
-from pipelines.ingest import stitch_settings
 from pipelines.inlet import AuthFailureLimit
 from pipelines.profile_lookup import lookup_profile
 from pipelines.serve import API_TOKEN_ENV, MAX_EVENTS, ServerLimits, api_server, api_token, create_app, listen
@@ -63,7 +62,7 @@ PROFILE_ROUTES = ["/profiles?identity=CRMID:ann", f"/profiles/{ANN}", f"/profile
 
 @pytest.fixture(scope="module")
 def settings():
-    return stitch_settings(load_config(None))
+    return load_config(None).stitch_settings()
 
 
 @pytest.fixture
@@ -465,12 +464,11 @@ NORMAL_RATE = 50
 SERVER_SCRIPT = """
 import sys
 from pipelines.config import load_config
-from pipelines.ingest import stitch_settings
 from pipelines.serve import ServerLimits, create_app, listen, serve
 from tests.pipelines.test_profile_lookup import sample_store
 
 timeout_s = float(sys.argv[2])
-app = create_app(sample_store(), stitch_settings(load_config(None)), sys.argv[1])
+app = create_app(sample_store(), load_config(None).stitch_settings(), sys.argv[1])
 serve(app, listen("127.0.0.1", 0), ServerLimits(header_timeout_s=timeout_s, body_timeout_s=timeout_s))
 """
 

@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.config import Config
-from pipelines.ingest import stitch_settings
 from transforms.identity_graph import (
     ANCHOR,
     GRAPH_LIMIT,
@@ -219,7 +218,7 @@ def adversarial_observations(seed: int) -> list[Observation]:
     """Records as the identity stage sees them, from entities with shared devices, second CRM ids, blocked values, a
     hub and people with many devices; identities are extracted and normalised the way ingestion does it."""
     rng = random.Random(seed)
-    settings = stitch_settings(Config())
+    settings = Config().stitch_settings()
     observed = []
     for n in range(600):
         person = rng.randrange(60)

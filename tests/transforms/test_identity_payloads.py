@@ -44,7 +44,6 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.config import Config
-from pipelines.ingest import stitch_settings
 from schemas.registry import SchemaRegistry
 from schemas.validation import UNKNOWN_FIELD, validate_decoded
 from transforms.decode import Decode
@@ -77,7 +76,7 @@ PLACEHOLDERS = {
     "{{RUNDESIGNATION}}": RUN_DESIGNATION,
 }
 CONFIG = Config(tenant_id=DEMO_TENANT, datasets={DEMO_DATASET: {"aliases": [DEMO_DATASET_ID]}})
-SETTINGS = stitch_settings(CONFIG)
+SETTINGS = CONFIG.stitch_settings()
 BASE_US = 1_793_523_600_000_000  # 2026-11-01T09:00:00Z
 MINUTE_US = 60_000_000
 

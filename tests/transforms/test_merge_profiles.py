@@ -26,7 +26,6 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.config import Config
-from pipelines.ingest import stitch_settings
 from pipelines.local_runner import metrics_of_every_bundle
 from pipelines.summary import freshness_percentiles
 from schemas.registry import SchemaRegistry
@@ -45,7 +44,8 @@ from transforms.merge_profiles import (
 from transforms.profile_model import fragment_to_bytes, view_from_bytes
 from transforms.profile_store import open_profile_store
 from transforms.records import ValidRecord
-from transforms.stitch import StitchIdentities, link_batch, record_identities
+from transforms.stitch import StitchIdentities
+from transforms.stitching import link_batch, record_identities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
 PROFILE_SCHEMA = "https://ns.adobe.com/xdm/context/profile"
@@ -55,7 +55,7 @@ BASE_US = 1_793_523_600_000_000  # 2026-11-01T09:00:00Z
 DEVICE = "1" * 38
 ANN_EMAIL = "ann@example.com"
 BOB_EMAIL = "bob@example.com"
-STITCH = stitch_settings(Config())
+STITCH = Config().stitch_settings()
 FLUSH_INTERVAL_S = ProfileSettings().flush_interval_s
 
 

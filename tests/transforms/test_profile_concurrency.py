@@ -16,14 +16,13 @@ import pytest
 import redis
 
 from pipelines.config import Config
-from pipelines.ingest import stitch_settings
 from schemas.registry import SchemaRegistry
 from transforms.identity_store import open_identity_store
 from transforms.merge_profiles import ProfileSettings, ProfileWriter
 from transforms.profile_model import fragment_from_bytes, view_from_bytes
 from transforms.profile_store import open_profile_store
 from transforms.records import ValidRecord
-from transforms.stitch import link_batch, record_identities
+from transforms.stitching import link_batch, record_identities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
 BASE_US = 1_793_523_600_000_000  # 2026-11-01T09:00:00Z
@@ -31,7 +30,7 @@ ANN_EMAIL = "ann@example.com"
 DEVICE = "1" * 38
 ROUNDS = 40
 FRAGMENT = f"Email:{ANN_EMAIL}|experience_events"
-STITCH = stitch_settings(Config())
+STITCH = Config().stitch_settings()
 
 
 def event(event_id: str, second: int, **identities: str) -> ValidRecord:

@@ -19,17 +19,16 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
+from transforms.clock import parse_rfc3339_us
 from transforms.decoding import FAILED_PREFIX_BYTES, TOO_LARGE
-from transforms.records import ORIGINAL_BYTES_ATTRIBUTE, ORIGINAL_SHA256_ATTRIBUTE, Message
-from transforms.replay import (
+from transforms.records import ORIGINAL_BYTES_ATTRIBUTE, ORIGINAL_SHA256_ATTRIBUTE, REPLAY_ERROR_ATTRIBUTE, Message
+from transforms.replay import ReadReplay
+from transforms.replay_files import (
     CHUNK_BYTES,
-    REPLAY_ERROR_ATTRIBUTE,
-    ReadReplay,
     ReplayFormatError,
     ReplayPathError,
     expand_replay_path,
     max_line_bytes,
-    parse_rfc3339_us,
     read_replay_file,
 )
 
@@ -474,7 +473,7 @@ def test_a_300_mb_line_is_read_and_decoded_in_bounded_memory(tmp_path):
 MEASURE_REPLAY = """
 import json, pathlib, re, sys
 from transforms.decoding import decode_message
-from transforms.replay import read_replay_file
+from transforms.replay_files import read_replay_file
 
 def kib(name):
     return int(re.search(name + r":\\s+(\\d+) kB", pathlib.Path("/proc/self/status").read_text())[1])

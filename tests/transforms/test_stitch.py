@@ -11,19 +11,19 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.config import Config
-from pipelines.ingest import stitch_settings
 from schemas.registry import SchemaRegistry
 from transforms.identity_graph import person_id
 from transforms.identity_model import Identity
 from transforms.identity_store import open_identity_store
 from transforms.records import ValidRecord
-from transforms.stitch import StitchIdentities, link_batch, record_identities
+from transforms.stitch import StitchIdentities
+from transforms.stitching import link_batch, record_identities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
 DEVICE = "1" * 38
 MINUTE_US = 60_000_000
 BASE_US = 1_793_523_600_000_000  # 2026-11-01T09:00:00Z
-SETTINGS = stitch_settings(Config())
+SETTINGS = Config().stitch_settings()
 
 
 @pytest.fixture(scope="module")
