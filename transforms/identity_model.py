@@ -103,6 +103,19 @@ class GraphFacts:
             )
         return GraphFacts(sightings, links)
 
+    def adds_to(self, other: GraphFacts) -> bool:
+        """Whether these facts hold anything ``other`` lacks: an identity, an earlier sighting, a link, or a link's
+        earlier first or later last stamp. Looks at these facts only, not at all of ``other``."""
+        for identity, stamp in self.sightings.items():
+            seen = other.sightings.get(identity)
+            if seen is None or stamp < seen:
+                return True
+        for pair, link in self.links.items():
+            known = other.links.get(pair)
+            if known is None or link.first < known.first or link.last > known.last:
+                return True
+        return False
+
     def to_bytes(self) -> bytes:
         """Compact JSON: ``{"s": [[namespace, id, time_us, message_id], ...], "l": [[a, b, first, last], ...]}``
         with each identity of a link as its position in ``s`` and each stamp as ``[time_us, message_id]``."""

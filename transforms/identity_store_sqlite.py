@@ -166,7 +166,7 @@ class SqliteIdentityStore(IdentityStore):
                 "DELETE FROM identity_change_log WHERE entry = ?", [(int(entry),) for entry in discarded]
             )
             entry = None
-            if cause is not None and before.union(batch) != before:
+            if cause is not None and batch.adds_to(before):
                 logged = self._connection.execute(
                     "INSERT INTO identity_change_log (cause_message_id, cause_time_us, before, batch, logged_at_us)"
                     " VALUES (?, ?, ?, ?, ?)",

@@ -343,7 +343,7 @@ class _WritePaneFn(beam.DoFn):
         while True:
             committed = _committed_files(prefix)
             held = frozenset().union(*(found.identities for found in committed))
-            kept = [row for row, identity in zip(firsts, identities, strict=True) if identity not in held]
+            kept = [(row, identity) for row, identity in zip(firsts, identities, strict=True) if identity not in held]
             own = [found for found in committed if (found.run_id, found.pane_digest) == (self._run_id, pane_digest)]
             files = [LakeFile(dataset, found.path, found.rows, window_start_us, found.pane_index) for found in own]
             if not kept:
@@ -372,11 +372,12 @@ class _WritePaneFn(beam.DoFn):
         window_start_us: int,
         prefix: str,
         pane_index: int,
-        rows: list[LakeRow],
+        rows: list[tuple[LakeRow, bytes]],
         schema: pa.Schema,
         pane_digest: str,
     ) -> list[LakeFile] | None:
-        """Commits the rows as pane ``pane_index``, in shards; None if another writer took that index first."""
+        """Commits the rows (each with its identity) as pane ``pane_index``, in shards; None if another writer took
+        that index first."""
         size = self._max_rows_per_file
         chunks = [rows[at : at + size] for at in range(0, len(rows), size)]
         shards = len(chunks)
@@ -385,9 +386,9 @@ class _WritePaneFn(beam.DoFn):
             footer = {
                 _RUN: self._run_id,
                 _PANE: pane_digest,
-                _KEYS: base64.b64encode(b"".join(row_identity(row) for row in chunk)).decode(),
+                _KEYS: base64.b64encode(b"".join(identity for _, identity in chunk)).decode(),
             }
-            table = self._table_builder([row.row for row in chunk], schema)
+            table = self._table_builder([row.row for row, _ in chunk], schema)
             path = f"{prefix}-{pane_index}-{shard}-of-{shards}.parquet"
             if not self._commit(table, footer, path):
                 if shard:

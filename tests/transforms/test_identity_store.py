@@ -358,3 +358,9 @@ def test_the_log_outlives_the_store_object(empty_store_url: Callable[[], str]) -
 def test_facts_survive_their_byte_form(facts: list[Observation]) -> None:
     written = reference(facts)
     assert GraphFacts.from_bytes(written.to_bytes()) == written
+
+
+@given(known=st.lists(OBSERVATIONS, max_size=5), new=st.lists(OBSERVATIONS, max_size=3))
+def test_facts_add_to_others_exactly_when_their_union_differs(known: list[Observation], new: list[Observation]) -> None:
+    before, batch = reference(known), reference(new)
+    assert batch.adds_to(before) == (before.union(batch) != before)
