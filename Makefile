@@ -16,9 +16,9 @@ help: ## List the targets
 
 venv: $(VENV)/.installed ## Create the virtualenv with the package and test tools (reinstalls only when setup.py changes)
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py tools/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -e '.[test]'
+	$(VENV)/bin/pip install -e '.[test]' -e tools
 	touch $@
 
 run: venv ## Replay the sample stream into ./data/ (append flags with ARGS='...')
@@ -32,31 +32,31 @@ test: lint ## Lint, then run the tests on 2 workers (extra pytest flags with PYT
 	FAKE_GCS_SERVER=$(FAKE_GCS) $(VENV)/bin/pytest -n 2 -q -rs $(PYTEST_ARGS)
 
 bench: venv ## Run the throughput benchmark
-	$(VENV)/bin/python -m pipelines.bench
-	$(VENV)/bin/python -m pipelines.bench_identity
-	$(VENV)/bin/python -m pipelines.bench_profiles
+	$(VENV)/bin/python -m tools.bench
+	$(VENV)/bin/python -m tools.bench_identity
+	$(VENV)/bin/python -m tools.bench_profiles
 
 RATE ?= 500
 RUNNER_ARGS ?=
 bench-e2e: venv ## Measure POST -> profile and lake latency at RATE events/s (default 500); RUNNER_ARGS='--runner ...'
-	RATE=$(RATE) RUNNER_ARGS='$(RUNNER_ARGS)' $(VENV)/bin/python -m pipelines.bench_e2e
+	RATE=$(RATE) RUNNER_ARGS='$(RUNNER_ARGS)' $(VENV)/bin/python -m tools.bench_e2e
 
 format: venv ## Format the code and apply ruff's safe fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 sample: venv ## Regenerate pipelines/samples/stream.jsonl
-	$(VENV)/bin/python -m pipelines.sample_stream --out pipelines/samples/stream.jsonl
+	$(VENV)/bin/python -m tools.sample_stream --out pipelines/samples/stream.jsonl
 
 .PHONY: flex-template
 flex-template: venv ## Build the Dataflow Flex Template metadata (deploy/dataflow/metadata.json)
 	$(VENV)/bin/python -m pipelines.flex_template --out deploy/dataflow/metadata.json
 
 pubsub-up: venv ## Start Google's Pub/Sub emulator on 127.0.0.1:8085 with the topics (then export what it prints)
-	$(VENV)/bin/python -m pipelines.pubsub_emulator up
+	$(VENV)/bin/python -m tools.pubsub_emulator up
 
 pubsub-down: ## Stop the Pub/Sub emulator that pubsub-up started
-	test ! -x $(VENV)/bin/python || $(VENV)/bin/python -m pipelines.pubsub_emulator down
+	test ! -x $(VENV)/bin/python || $(VENV)/bin/python -m tools.pubsub_emulator down
 
 # Prism, Beam's Go local runner, built from the Go module proxy for the pinned Beam version, because Beam would
 # otherwise download it from GitHub at run time. Pass it to a run with --prism_location $(PRISM).
@@ -75,10 +75,10 @@ $(PRISM):
 # localhost:50000 (--environment_type=EXTERNAL). flink-up also fetches Beam's Flink job-server jar with Maven.
 # Pid files, logs and checkpoints: ~/.cache/profilestream/flink/<version>/run.
 flink-up: venv ## Start the local Flink session cluster and Beam worker pool (other ports with ARGS='--rest-port N ...')
-	$(VENV)/bin/python -m pipelines.flink_cluster up $(ARGS)
+	$(VENV)/bin/python -m tools.flink_cluster up $(ARGS)
 
 flink-down: ## Stop the Flink cluster and worker pool that flink-up started
-	test ! -x $(VENV)/bin/python || $(VENV)/bin/python -m pipelines.flink_cluster down
+	test ! -x $(VENV)/bin/python || $(VENV)/bin/python -m tools.flink_cluster down
 
 # fake-gcs-server, an open-source Cloud Storage emulator, built from the Go module proxy: the tests write a gs:// lake
 # to it (the Google Cloud CLI ships no Cloud Storage emulator).

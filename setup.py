@@ -11,6 +11,18 @@ from setuptools import find_packages, setup
 # Every contract and data file the pipeline reads at run time: the vendored XDM schemas (schemas/xdm/**, with their
 # LICENSES/ and NOTICE.md), the ingestion-schema contract files, the sample stream and the example configuration.
 # Listed here rather than in a MANIFEST.in so that sdist, wheel and Dataflow's --setup_file all agree.
+SHIPPED_PACKAGES = (
+    "core",
+    "schemas",
+    "identity",
+    "profiles",
+    "stores",
+    "messages",
+    "lake",
+    "transforms",
+    "pipelines",
+    "service",
+)
 DATA_FILES = [f"**/*.{ext}" for ext in ("json", "jsonl", "md", "txt", "yaml", "toml")]
 
 setup(
@@ -21,7 +33,8 @@ setup(
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["pipelines*", "transforms*", "schemas*"]),
+    # Every package the pipeline runs; not tools/, a distribution of its own (tools/pyproject.toml).
+    packages=find_packages(include=[f"{package}*" for package in SHIPPED_PACKAGES]),
     package_data={"schemas": DATA_FILES, "pipelines": DATA_FILES},
     install_requires=[
         # Beam 2.77.0 is the newest on PyPI. Beam's Flink job-server jar
@@ -48,6 +61,7 @@ setup(
             "pytest-xdist>=3.8",
             "hypothesis>=6.170",
             "duckdb>=2.0",
+            "setuptools>=70.1",  # builds the wheel (bdist_wheel) the Dataflow package test checks, with no download
             "redis>=5.0",  # the identity store's contract tests run against a real redis-server
             "google-cloud-bigtable>=2.50",  # the profile store's contract tests run against the Bigtable emulator
             # Capped at the minor: `ruff format --check` runs in CI, and ruff changes its formatting style only in

@@ -14,8 +14,8 @@ Every usage or input error prints one line on stderr and exits 2; no traceback r
 summary as the last line on stdout; ``validate`` prints a JSON line per entity and exits 0 when all are valid, 1 when
 any is not; a ``pubsub:`` run reads until SIGINT or SIGTERM, then flushes what it holds and prints its summary
 (a second signal abandons the flush); ``profile get`` prints a JSON line per lookup and exits 1 when any is unknown.
-``serve`` runs the HTTP Profile Access API (:mod:`pipelines.serve`), and with ``--pubsub-topic`` the HTTP inlet
-(:mod:`pipelines.inlet`), until interrupted.
+``serve`` runs the HTTP Profile Access API (:mod:`service.api`), and with ``--pubsub-topic`` the HTTP inlet
+(:mod:`service.inlet`), until interrupted.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import errno
 import functools
+import importlib.metadata
 import json
 import os
 import re
@@ -35,13 +36,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from messages.replay_files import ReplayPathError, expand_replay_path
 from pipelines.config import ConfigError, load_config
-from pipelines.flink_cluster import FLINK_RUNNER
-from pipelines.loadgen import add_arguments as add_loadgen_arguments
+from pipelines.flink import FLINK_RUNNER
 from pipelines.one_line_parser import USAGE_ERROR
 from schemas.components import UnknownComponentError, library
 from schemas.registry import SchemaFileError, SchemaRegistry
-from transforms.replay_files import ReplayPathError, expand_replay_path
 
 DEFAULT_LAKE = "data/lake"
 DEFAULT_IDENTITY_STORE = "sqlite:///data/identity.sqlite"
@@ -51,6 +51,8 @@ DEFAULT_API_PORT = 8080
 REPLAY_SCHEME = "replay:"
 PUBSUB_SCHEME = "pubsub:"
 FLINK_CHECK_TIMEOUT_S = 5.0
+# Commands that development tools add to the CLI (tools/pyproject.toml), so the pipeline layer does not depend on them.
+TOOL_COMMANDS = "profilestream.commands"
 # Pub/Sub resource names: projects/PROJECT/(topics|subscriptions)/NAME, NAME 3-255 characters from Google's set.
 _PUBSUB_NAME = re.compile(r"projects/[a-z][a-z0-9.:-]{1,61}[a-z0-9]/(topics|subscriptions)/[A-Za-z][\w.~+%-]{2,254}")
 
@@ -161,9 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     profile_get.add_argument("--config", help="configuration file (namespaces, identity rules, profiles)")
     profile_get.set_defaults(handler=_profile_get)
 
-    loadgen = commands.add_parser("loadgen", help="send seeded XDM traffic to Pub/Sub or the HTTP inlet at a rate")
-    add_loadgen_arguments(loadgen)
-    loadgen.set_defaults(handler=_loadgen)
+    for tool in importlib.metadata.entry_points(group=TOOL_COMMANDS):
+        tool.load()(commands)
 
     serve = commands.add_parser("serve", help="serve the HTTP Profile Access API (and the HTTP inlet)")
     serve.add_argument("--host", default=DEFAULT_API_HOST, help=f"address to listen on (default {DEFAULT_API_HOST})")
@@ -265,7 +266,7 @@ def _check_flink(beam_args: list[str]) -> None:
 
     from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions
 
-    from pipelines.flink_cluster import JOB_SERVER_ARTIFACT, flink_runner_args
+    from pipelines.flink import JOB_SERVER_ARTIFACT, flink_runner_args
 
     flink = PipelineOptions(flink_runner_args(beam_args)).view_as(FlinkRunnerOptions)
     if flink.flink_master not in ("[local]", "[auto]"):
@@ -336,8 +337,8 @@ def _writable_lake(path: str) -> str:
     Beam reaches (``gs://bucket/path``); anything else is a usage error."""
     from apache_beam.io.filesystems import FileSystems
 
+    from lake.folders import LakeFolderError, refuse_linked_folders
     from transforms.lake import is_local
-    from transforms.lake_folders import LakeFolderError, refuse_linked_folders
 
     if is_local(path):
         directory = _writable_directory(path)
@@ -368,7 +369,7 @@ def _writable_directory(path: str) -> str:
 def _open_store(url: str, *, read_only: bool = False):
     """The identity store a URL names, opened; a bad URL or an unreachable store is a usage error, and so is, for a
     lookup (``read_only``), one that does not exist or is of another kind."""
-    from transforms.identity_store import open_identity_store
+    from stores.identity import open_identity_store
 
     return _opened(functools.partial(open_identity_store, read_only=read_only), url, "identity store")
 
@@ -376,7 +377,7 @@ def _open_store(url: str, *, read_only: bool = False):
 def _open_profile_store(url: str, *, read_only: bool = False):
     """The profile store a URL names, opened; a bad URL or an unreachable store is a usage error, and so is, for a
     lookup (``read_only``), one that does not exist or is of another kind."""
-    from transforms.profile_store import open_profile_store
+    from stores.profiles import open_profile_store
 
     return _opened(functools.partial(open_profile_store, read_only=read_only), url, "profile store")
 
@@ -390,7 +391,7 @@ def _opened(open_store: Callable[[str], Any], url: str, kind: str) -> Any:
 
 
 def _identity_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
-    from pipelines.identity_lookup import lookup_identity
+    from service.identity_lookup import lookup_identity
 
     settings = load_config(args.config).stitch_settings()
     for asked in args.identity:
@@ -410,7 +411,7 @@ def _identity_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
 
 
 def _profile_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
-    from pipelines.profile_lookup import MalformedLookupError, lookup_key, lookup_profile
+    from service.profile_lookup import MalformedLookupError, lookup_key, lookup_profile
 
     if not args.lookups:
         raise UsageError("nothing to look up: give --identity NAMESPACE:ID or --person ID")
@@ -431,8 +432,8 @@ def _profile_get(args: argparse.Namespace, _beam_args: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace, _beam_args: list[str]) -> int:
-    from pipelines.inlet import AuthFailureLimit
-    from pipelines.serve import ServerLimits, api_token, create_app, listen, serve
+    from service.api import ServerLimits, api_token, create_app, listen, serve
+    from service.inlet import AuthFailureLimit
 
     config = load_config(args.config)
     settings = config.stitch_settings()
@@ -463,7 +464,7 @@ def _inlet(args: argparse.Namespace):
     exist or cannot be reached are usage errors."""
     from google.auth.exceptions import DefaultCredentialsError
 
-    from pipelines.inlet import Inlet, Judge, PubSubPublisher
+    from service.inlet import Inlet, Judge, PubSubPublisher
 
     config, registry = _registry(args)
     if not config.inlet.connections:
@@ -489,12 +490,6 @@ def _inlet(args: argparse.Namespace):
         inlet.close()
         raise UsageError(f"--pubsub-topic {error}") from None
     return inlet
-
-
-def _loadgen(args: argparse.Namespace, _beam_args: list[str]) -> int:
-    from pipelines.loadgen import run
-
-    return run(args)
 
 
 def _validate(args: argparse.Namespace, _beam_args: list[str]) -> int:

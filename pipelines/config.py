@@ -14,7 +14,7 @@ Every key, with its default (also shipped as ``pipelines/profilestream.example.y
     namespaces:                       # identity namespaces; a list replaces the standard set, which is:
       - {code: CRMID, numeric_id: null, type: person, unique: true, priority: 100}
       - {code: Email, numeric_id: 6, type: person, unique: false, priority: 80}
-      - ...                           # the rest of transforms.identity_namespaces.STANDARD_NAMESPACES
+      - ...                           # the rest of identity.namespaces.STANDARD_NAMESPACES
     identity:                         # any subset of these keys
       max_identities_per_graph: 50    # beyond it the oldest, lowest-priority identities go first
       quarantine_links: 50            # an identity gaining this many links ...
@@ -53,7 +53,7 @@ against the lookup's clock: it hides old bodies from ``recent`` only; ``count``,
 ``last_seen`` still count every event kept.
 
 A namespace is ``{code, type}`` plus optional ``numeric_id``, ``unique``, ``priority`` and ``hash_of``
-(:class:`transforms.identity_namespaces.Namespace`; type is cookie, device, cross-device, person or hashed).
+(:class:`identity.namespaces.Namespace`; type is cookie, device, cross-device, person or hashed).
 Unknown keys and wrong types are errors, reported in one line naming the file and the key.
 """
 
@@ -69,18 +69,18 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from schemas.validation import ValidationPolicy
-from transforms.decoding import MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES
-from transforms.identity_graph import GraphRules
-from transforms.identity_namespaces import (
+from identity.graph import GraphRules
+from identity.namespaces import (
     DEFAULT_IDENTITY_FIELDS,
     STANDARD_NAMESPACES,
     IdentityRules,
     Namespace,
     NamespaceRegistry,
 )
-from transforms.profile_model import DEFAULT_LIMITS, DatasetPrecedence, MergePolicy, ProfileLimits, TimestampOrdered
-from transforms.stitching import StitchSettings
+from identity.stitching import StitchSettings
+from messages.decoding import MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES
+from profiles.model import DEFAULT_LIMITS, DatasetPrecedence, MergePolicy, ProfileLimits, TimestampOrdered
+from schemas.validation import ValidationPolicy
 
 if TYPE_CHECKING:
     from transforms.merge_profiles import ProfileSettings

@@ -17,8 +17,9 @@ import threading
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
 
+from lake.rows import change_row, failed_row, lake_schemas, valid_row
 from pipelines.config import Config
-from pipelines.flink_cluster import FLINK_RUNNER, flink_runner_args
+from pipelines.flink import FLINK_RUNNER, flink_runner_args
 from pipelines.local_runner import (
     disable_prism_splits,
     metrics_of_every_bundle,
@@ -32,7 +33,6 @@ from schemas.registry import SchemaRegistry
 from transforms.dead_letter import PublishFailedRecords
 from transforms.decode import Decode
 from transforms.lake import WriteToLake
-from transforms.lake_rows import change_row, failed_row, lake_schemas, valid_row
 from transforms.merge_profiles import MergeProfiles
 from transforms.pubsub import ReadPubSub
 from transforms.pubsub_source import ReadPubSubAcknowledged

@@ -12,13 +12,13 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.clock import wall_clock_us
+from core.records import DecodedEntity, FailedRecord, Message, RecordError
+from messages.decoding import decode_message, parse_json
+from messages.replay_files import read_replay_file
 from schemas.conformance import conformance_errors
 from schemas.registry import SchemaRegistry
 from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
-from transforms.clock import wall_clock_us
-from transforms.decoding import decode_message, parse_json
-from transforms.records import DecodedEntity, FailedRecord, Message, RecordError
-from transforms.replay_files import read_replay_file
 
 SCHEMA_REF = "schemaRef"
 

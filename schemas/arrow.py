@@ -138,7 +138,7 @@ def _timestamp_array(values: list, arrow: pa.DataType) -> pa.Array:
         try:
             return pa.array(values, pa.string()).cast(arrow)
         except pa.ArrowInvalid:
-            from transforms.clock import parse_rfc3339
+            from core.clock import parse_rfc3339
 
             return pa.array([parse_rfc3339(value) if value is not None else None for value in values], arrow)
     return pa.array(values, arrow)

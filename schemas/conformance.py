@@ -14,9 +14,9 @@ from jsonschema import Draft6Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT6
 
+from core.records import RecordError
 from schemas.components import component, library
 from schemas.names import pointer_token
-from transforms.records import RecordError
 
 
 @functools.cache

@@ -2,7 +2,7 @@
 
 :func:`validate_entity` takes one decoded XDM entity (compatibility, runtime or Avro storage names, in any mix) and
 its :class:`~schemas.registry.IngestionSchema`, and returns the entity in runtime names together with every
-violation found (up to ``max_errors``), each a :class:`~transforms.records.RecordError` with a stable code and a JSON
+violation found (up to ``max_errors``), each a :class:`~core.records.RecordError` with a stable code and a JSON
 pointer in runtime names. The walk visits only the fields an entity carries, so a wide, sparse schema costs no more
 than a narrow one.
 
@@ -44,12 +44,12 @@ import re
 from datetime import datetime
 from typing import Any
 
+from core.clock import micros, parse_rfc3339, rfc3339_or_micros
+from core.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 from schemas.avro import entity_from_avro
 from schemas.components import Field
 from schemas.names import pointer_token, runtime_name
 from schemas.registry import IngestionSchema, SchemaRegistry
-from transforms.clock import micros, parse_rfc3339, rfc3339_or_micros
-from transforms.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 
 UNKNOWN_SCHEMA = "SCHEMA.UNKNOWN_SCHEMA"
 UNKNOWN_DATASET = "SCHEMA.UNKNOWN_DATASET"

@@ -9,10 +9,10 @@ component) on a free loopback port and yields its ``HOST:PORT``. It sets nothing
 to Google's client as ``BIGTABLE_EMULATOR_HOST`` itself (``monkeypatch.setenv``). Its tables are in memory, so tests
 share it by each using tables of its own. Missing, it is skipped as ``redis-server`` is (and fails under CI).
 
-``pubsub_emulator`` starts Google's Pub/Sub emulator (:mod:`pipelines.pubsub_emulator`) on a free loopback port and
+``pubsub_emulator`` starts Google's Pub/Sub emulator (:mod:`tools.pubsub_emulator`) on a free loopback port and
 yields its ``HOST:PORT``; like the Bigtable emulator it sets nothing in the environment (tests set
 ``PUBSUB_EMULATOR_HOST`` themselves), and tests share it by each making topics of their own
-(:func:`pipelines.pubsub_emulator.create_topology`). Missing (no gcloud, no emulator component, no Java), it is
+(:func:`tools.pubsub_emulator.create_topology`). Missing (no gcloud, no emulator component, no Java), it is
 skipped, and fails under CI.
 
 ``gcs_emulator`` starts fake-gcs-server, an open-source Cloud Storage emulator (``make gcs-emulator`` builds it), in
@@ -21,7 +21,7 @@ are.
 
 ``prism`` is the path of the Prism binary ``make prism`` builds; missing, it is skipped as the servers are.
 
-Every server here starts through :mod:`pipelines.local_servers`: only on a port no other program holds, and counted
+Every server here starts through :mod:`tools.local_servers`: only on a port no other program holds, and counted
 up only once its own process group is alone listening there; otherwise it is stopped (its whole group) and the test
 fails with that one line and the end of the server's log.
 """
@@ -37,11 +37,11 @@ from typing import NoReturn
 import pytest
 import redis
 
-from pipelines import pubsub_emulator as pubsub
-from pipelines.bench_identity import redis_answers
-from pipelines.bench_profiles import bigtable_emulator_binary
 from pipelines.local_runner import prism_binary
-from pipelines.local_servers import PortTakenError, ServerStartError, free_port, local_server, start_server
+from tests.helpers import small_stream, topology  # noqa: F401  (fixtures offered to every test)
+from tools import pubsub_emulator as pubsub
+from tools.local_servers import PortTakenError, ServerStartError, free_port, local_server, start_server
+from tools.store_servers import bigtable_emulator_binary, redis_answers
 
 SERVER_START_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 4000
@@ -145,7 +145,7 @@ def fake_gcs_server_binary() -> Path | None:
 @contextlib.contextmanager
 def _listening(name: str, command: list[str], port: int, log: Path) -> Iterator[None]:
     """Runs ``command`` (output in ``log``) while the block runs, entered once it, and no other program, listens on
-    ``port`` (:func:`pipelines.local_servers.local_server`)."""
+    ``port`` (:func:`tools.local_servers.local_server`)."""
     with contextlib.ExitStack() as server:
         try:
             server.enter_context(local_server(name, command, log, port=port, start_timeout_s=SERVER_START_TIMEOUT_S))

@@ -26,8 +26,8 @@ import json
 
 import apache_beam as beam
 
+from core.records import FailedRecord
 from transforms.metrics import counter
-from transforms.records import FailedRecord
 
 ATTRIBUTE_PREFIX = "profilestream."
 # Pub/Sub limits an attribute value to 1,024 bytes.

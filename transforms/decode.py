@@ -2,9 +2,9 @@
 
 Input: ``PCollection[Message]``. Outputs (:class:`DecodeResult`): ``entities``, ``PCollection[DecodedEntity]``, one
 per entity (a batch envelope gives several), not yet validated; ``failed``, ``PCollection[FailedRecord]`` for every
-message or batch entry that cannot be decoded (codes in :mod:`transforms.decoding`). Nothing raises out of the DoFn:
+message or batch entry that cannot be decoded (codes in :mod:`messages.decoding`). Nothing raises out of the DoFn:
 an unexpected error becomes a failed record with code ``DECODE.INTERNAL``. The limits of
-:func:`~transforms.decoding.decode_message` (message size, batch entries, publish-time skew) are keyword options.
+:func:`~messages.decoding.decode_message` (message size, batch entries, publish-time skew) are keyword options.
 
 Metrics (namespace ``profilestream``): ``messages``, ``decoded_entities``, ``decode_failed`` and ``failed.<CODE>``.
 """
@@ -16,14 +16,14 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 
-from transforms.decoding import (
+from core.records import FailedRecord, Message, RecordError
+from messages.decoding import (
     DEFAULT_PUBLISH_TIME_SKEW_US,
     MAX_BATCH_ENTRIES,
     MAX_MESSAGE_BYTES,
     decode_message,
 )
 from transforms.metrics import count_failure, counter
-from transforms.records import FailedRecord, Message, RecordError
 
 INTERNAL = "DECODE.INTERNAL"
 _FAILED = "failed"

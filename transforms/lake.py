@@ -1,11 +1,11 @@
 """Write lake rows as Parquet files in hourly partitions, one commit window at a time (DESIGN.md §2 "Lake layout").
 
 ``WriteToLake`` is the lake's only writer; ``LakeFile`` describes what it committed. Its local folders, temporary
-files and their clean-up are :mod:`transforms.lake_folders`'.
+files and their clean-up are :mod:`lake.folders`'.
 
 What goes in
 ============
-A ``PCollection`` of :class:`~transforms.records.LakeRow` whose element timestamps are ingestion (publish) times.
+A ``PCollection`` of :class:`~core.records.LakeRow` whose element timestamps are ingestion (publish) times.
 Only the element timestamp places a row: a row whose payload ``timestamp`` is days old lands in the window of its
 publish time. ``schemas`` maps each dataset name to the Arrow schema of its rows; a row for a dataset without a schema
 fails the bundle (a configuration error, not a record error).
@@ -84,7 +84,7 @@ wrote: each file's footer also holds the run (``profilestream.run``, made once p
 pane's rows (``profilestream.pane``), and a pane of this run whose rows are the same reports those files again
 instead of writing new ones. Applying the transform refuses a lake whose folders below its root are symbolic links
 and removes the temporary files of writers that are gone, never those of a live one
-(:func:`~transforms.lake_folders.clean_stale_temp_files`).
+(:func:`~lake.folders.clean_stale_temp_files`).
 
 Example::
 
@@ -121,10 +121,10 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from core.clock import EPOCH, wall_clock_us
+from core.records import LakeRow
+from lake.folders import clean_stale_temp_files, make_folders, refuse_linked_folders, writer_temp_dir
 from transforms import metrics
-from transforms.clock import EPOCH, wall_clock_us
-from transforms.lake_folders import clean_stale_temp_files, make_folders, refuse_linked_folders, writer_temp_dir
-from transforms.records import LakeRow
 
 TableBuilder = Callable[[list[Mapping[str, Any]], pa.Schema], pa.Table]
 

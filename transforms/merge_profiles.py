@@ -19,7 +19,7 @@ time on flushes of one record and fell behind at a few hundred events a second. 
 in one store write, and a person's updates still all meet in one buffer.
 
 A flush reads the identities of its records from the identity store, every fragment of the persons they now belong
-to from the profile store, applies the buffered records to their fragments (:mod:`transforms.profile_model`:
+to from the profile store, applies the buffered records to their fragments (:mod:`profiles.model`:
 order-independent and idempotent, so a replay or a retried bundle changes nothing), and writes the fragments, each
 person's merged view, the index of their identities and, after a merge or a rename, redirects from the retired person
 ids, in one store write. A merge, a rename or a split reported by StitchIdentities flushes every person it names, so
@@ -50,18 +50,18 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
+from core.clock import wall_clock_us
+from core.records import ValidRecord
+from identity.graph import resolve
+from identity.model import Identity, IdentityChange
+from identity.namespaces import extract_identities, record_time_us
+from identity.stitching import StitchSettings
+from profiles import model as profile_model
 from schemas.registry import SchemaRegistry
-from transforms import profile_model
-from transforms.clock import wall_clock_us
-from transforms.identity_graph import resolve
-from transforms.identity_model import Identity, IdentityChange
-from transforms.identity_namespaces import extract_identities, record_time_us
-from transforms.identity_store import IdentityStore, open_identity_store
+from stores.identity import IdentityStore, open_identity_store
+from stores.outages import patient
+from stores.profiles import ProfileStore, ProfileWrite, ProfileWriteConflict, open_profile_store
 from transforms.metrics import NAMESPACE, counter
-from transforms.profile_store import ProfileStore, ProfileWrite, ProfileWriteConflict, open_profile_store
-from transforms.records import ValidRecord
-from transforms.stitching import StitchSettings
-from transforms.store_outages import patient
 
 FRESHNESS_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
 FRESHNESS = "profile_freshness_ms"

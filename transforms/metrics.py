@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apache_beam.metrics import Metrics
 
-from transforms.records import FailedRecord
+from core.records import FailedRecord
 
 NAMESPACE = "profilestream"
 

@@ -1,4 +1,4 @@
-"""ReadPubSub: a Pub/Sub subscription in, :class:`~transforms.records.Message` records out.
+"""ReadPubSub: a Pub/Sub subscription in, :class:`~core.records.Message` records out.
 
 Output: one ``Message`` per Pub/Sub message, with its data, attributes, message id and publish time, and the time the
 pipeline received it as its read time; its element timestamp is the publish time (the ingestion time every stage
@@ -19,8 +19,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
-from transforms.clock import wall_clock_us
-from transforms.records import Message
+from core.clock import wall_clock_us
+from core.records import Message
 
 CHECK_TIMEOUT_S = 10.0
 

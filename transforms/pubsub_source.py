@@ -1,4 +1,4 @@
-"""ReadPubSubAcknowledged: a Pub/Sub subscription in, :class:`~transforms.records.Message` records out, on the
+"""ReadPubSubAcknowledged: a Pub/Sub subscription in, :class:`~core.records.Message` records out, on the
 portable runners (Prism, Flink), acknowledging a message only once the runner has the data.
 
 Output: what :class:`transforms.pubsub.ReadPubSub` gives, one ``Message`` per Pub/Sub message (data, attributes,
@@ -87,9 +87,9 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms.clock import wall_clock_us
+from core.clock import wall_clock_us
+from core.records import Message
 from transforms.pubsub import message_from_pubsub, pull_gathered
-from transforms.records import Message
 
 DEFAULT_PULL_MESSAGES = 1000
 PULL_WAIT_S = 0.5

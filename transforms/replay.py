@@ -1,7 +1,7 @@
 """Replay archived Pub/Sub messages as if they were being read from a subscription.
 
 In: a PATH (a file, a directory read recursively, or a glob) of archived messages, in the formats
-:mod:`transforms.replay_files` reads. Out: one :class:`~transforms.records.Message` per archived message, its event
+:mod:`messages.replay_files` reads. Out: one :class:`~core.records.Message` per archived message, its event
 timestamp set to the message's publish time so that windows, lake partitions and ``_ingest_time`` come out exactly
 as on the first ingestion. A publish time the decode stage rejects (before 1970, or later than the read time plus the
 skew: ``DECODE.PUBLISH_TIME_OUT_OF_RANGE``) stamps nothing: such a message takes its read time, so that its failed
@@ -25,10 +25,10 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 
-from transforms.clock import wall_clock_us
-from transforms.decoding import DEFAULT_PUBLISH_TIME_SKEW_US, MAX_MESSAGE_BYTES, publish_time_out_of_range
-from transforms.records import Message
-from transforms.replay_files import expand_replay_path, read_replay_file
+from core.clock import wall_clock_us
+from core.records import Message
+from messages.decoding import DEFAULT_PUBLISH_TIME_SKEW_US, MAX_MESSAGE_BYTES, publish_time_out_of_range
+from messages.replay_files import expand_replay_path, read_replay_file
 
 
 class _ReadReplayFileFn(beam.DoFn):

@@ -6,16 +6,16 @@ identity-enabled datasets with ``person_id`` set (``None`` when a record carries
 code) and the merges, splits, removed links and quarantines the batch caused.
 
 Records are stitched a batch at a time (up to ``batch_size``, and whatever a bundle holds when it ends): their
-identities are extracted and normalised (:mod:`transforms.identity_namespaces`), the batch's observations go to the
-store in one round trip (:mod:`transforms.identity_store`), which returns the facts of the touched components before
-and after; both are resolved by the linking rules (:mod:`transforms.identity_graph`), each record takes the person of
+identities are extracted and normalised (:mod:`identity.namespaces`), the batch's observations go to the
+store in one round trip (:mod:`stores.identity`), which returns the facts of the touched components before
+and after; both are resolved by the linking rules (:mod:`identity.graph`), each record takes the person of
 its highest-priority identity, and the difference between the two resolutions is reported as changes, stamped with
 the ingestion time of their cause (the batch's latest record with identities). The store logs a batch that changes the
 graph with its facts; the changes of logged batches whose cause is in a batch are told again (a run that died before
 the lake had them left them there), and the lake keeps each change once. A record's
 time is its own (event ``timestamp``, a profile's ``extSourceSystemAudit.lastUpdatedDate``), else its ingestion time.
 
-The logic, without Beam, is :mod:`transforms.stitching`'s.
+The logic, without Beam, is :mod:`identity.stitching`'s.
 
 Metrics (namespace ``profilestream``): ``stitched``, ``identities_rejected`` and ``identity_changes.<kind>``.
 """
@@ -29,12 +29,12 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from core.records import ValidRecord
+from identity.stitching import RecordIdentities, StitchSettings, link_batch, record_identities
 from schemas.registry import SchemaRegistry
-from transforms.identity_store import open_identity_store
+from stores.identity import open_identity_store
+from stores.outages import patient
 from transforms.metrics import counter
-from transforms.records import ValidRecord
-from transforms.stitching import RecordIdentities, StitchSettings, link_batch, record_identities
-from transforms.store_outages import patient
 
 _CHANGES = "changes"
 

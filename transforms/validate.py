@@ -15,10 +15,10 @@ from typing import NamedTuple
 
 import apache_beam as beam
 
+from core.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 from schemas.registry import SchemaRegistry
 from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
 from transforms.metrics import count_failure, counter
-from transforms.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 
 INTERNAL = "VALIDATE.INTERNAL"
 _FAILED = "failed"

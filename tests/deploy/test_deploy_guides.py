@@ -2,7 +2,7 @@
 
 The guides' command blocks are fenced ``sh`` blocks, read here as a shell would split them (``shlex``). The Flink
 guide's submission must be what the ``profilestream-run`` Job runs, and must carry every option ``profilestream run
---runner FlinkRunner`` adds for ``make flink-up``'s cluster (:func:`pipelines.flink_cluster.flink_runner_args`), with
+--runner FlinkRunner`` adds for ``make flink-up``'s cluster (:func:`pipelines.flink.flink_runner_args`), with
 the in-cluster addresses, except the two that pick and start a local job-server jar: when those defaults change, this
 fails until the guide follows. The Dataflow guide's template parameters must be exactly those of
 ``deploy/dataflow/metadata.json``, and its direct run may use only ``profilestream run``'s flags and Beam's options.
@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.version import __version__ as beam_version
 
 from pipelines.flex_template import metadata, run_parser
-from pipelines.flink_cluster import flink_runner_args
+from pipelines.flink import flink_runner_args
 from tests.deploy.test_flink_kubernetes import (
     FLINK_DIR,
     container,

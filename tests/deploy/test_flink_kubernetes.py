@@ -2,7 +2,7 @@
 
 There is no Kubernetes, Docker or Flink cluster here, so what can be checked without one is checked: every YAML
 document parses and is the kind the guide says; the images are pinned to the installed Beam and to the Flink version
-of :mod:`pipelines.flink_cluster` (the local cluster ``make flink-up`` starts), so that a version bump there fails
+of :mod:`tools.flink_cluster` (the local cluster ``make flink-up`` starts), so that a version bump there fails
 here until the manifests follow; the worker-pool port, slots, parallelism and checkpoint interval are the local
 cluster's; the ``FlinkDeployment`` spec validates against a JSON Schema written from the operator's documented CRD
 fields; and the core Kubernetes objects have the fields and cross-references (selectors, ports, volumes, claims,
@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 from apache_beam.version import __version__ as beam_version
 
-from pipelines.flink_cluster import (
+from pipelines.flink import (
     CHECKPOINT_INTERVAL_MS,
     FLINK_MINOR,
     FLINK_VERSION,

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from transforms.identity_store import open_identity_store
-from transforms.profile_store import open_profile_store
+from stores.identity import open_identity_store
+from stores.profiles import open_profile_store
 
 # Runs the CLI in-process, then prints whether any apache_beam module was imported.
 PROBE = """

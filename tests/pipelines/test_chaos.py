@@ -36,9 +36,9 @@ from subprocess import DEVNULL
 
 import pytest
 
-from tests.pipelines.conftest import finished, lake_rows
-from transforms.profile_model import view_from_bytes
-from transforms.profile_store import open_profile_store
+from profiles.model import view_from_bytes
+from stores.profiles import open_profile_store
+from tests.helpers import finished, lake_rows
 
 SAMPLE = Path(__file__).parents[2] / "pipelines" / "samples" / "stream.jsonl"
 KILLS = 6

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from tests.pipelines.conftest import PROFILE_SCHEMA, envelope, event
+from tests.helpers import PROFILE_SCHEMA, envelope, event
 
 DATA = Path(__file__).parents[1] / "data" / "xdm"
 NOW = datetime.now(UTC)

@@ -15,9 +15,9 @@ import pytest
 import pipelines
 from pipelines.cli import main
 from pipelines.config import Config, ConfigError, ProfilesSettings, load_config
-from tests.pipelines.conftest import PROFILE_SCHEMA, START, envelope, rest_line
+from profiles.model import DatasetPrecedence, ProfileLimits
+from tests.helpers import PROFILE_SCHEMA, START, envelope, rest_line
 from transforms.merge_profiles import ProfileSettings
-from transforms.profile_model import DatasetPrecedence, ProfileLimits
 
 CRM_SCHEMA = "https://example.com/schemas/crm-profile"
 # A second profile-class dataset beside the built-in profile_records, its records carrying a name and an audit date.

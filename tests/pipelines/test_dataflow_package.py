@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import apache_beam as beam
@@ -28,9 +29,13 @@ from schemas.registry import SchemaRegistry
 from transforms.pubsub import ReadPubSub
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED_PACKAGES = ("pipelines", "transforms", "schemas")
+# Every package of the checkout but the development tools (a distribution of their own) and the tests.
+NOT_SHIPPED = ("tools", "tests")
+SHIPPED_PACKAGES = tuple(
+    sorted(path.parent.name for path in REPO.glob("*/__init__.py") if path.parent.name not in NOT_SHIPPED)
+)
 # Data files the code reads beside the XDM schema library (schemas/xdm/**/*.json): the ingestion contract, the
-# example configuration and the sample stream (pipelines.bench).
+# example configuration and the sample stream (tools.bench).
 RUNTIME_DATA_FILES = (
     "schemas/ingestion.json",
     "pipelines/profilestream.example.yaml",
@@ -55,17 +60,21 @@ def tracked_files(*paths: str) -> list[str]:
     return listed.stdout.split()
 
 
-def build_sdist(out: Path) -> set[str]:
-    """Builds the sdist from a copy of the tracked files, as Beam's stager does for ``--setup_file``.
-
-    A copy, so that no build artefact of the working tree (an old ``*.egg-info/SOURCES.txt``) can add a file a fresh
-    clone would not ship. Returns the sdist's member paths without their ``profilestream-VERSION/`` prefix.
-    """
+def copy_checkout(out: Path) -> Path:
+    """A copy of the tracked files, so that no build artefact of the working tree (an old
+    ``*.egg-info/SOURCES.txt``) can add a file a fresh clone would not ship."""
     checkout = out / "checkout"
     for name in tracked_files():
         if (REPO / name).is_file():
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, checkout / name)
+    return checkout
+
+
+def build_sdist(out: Path) -> set[str]:
+    """Builds the sdist from a copy of the tracked files, as Beam's stager does for ``--setup_file``; returns its
+    member paths without their ``profilestream-VERSION/`` prefix."""
+    checkout = copy_checkout(out)
     subprocess.run(
         [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(out / "dist")],
         cwd=checkout,
@@ -86,6 +95,24 @@ def test_sdist_ships_every_module_and_data_file(tmp_path: Path) -> None:
     assert set(modules) - shipped == set()
     assert set(xdm_schemas) - shipped == set()
     assert set(RUNTIME_DATA_FILES) - shipped == set()
+
+
+def test_the_workers_package_holds_no_development_tool(tmp_path: Path) -> None:
+    checkout = copy_checkout(tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=checkout,
+        capture_output=True,
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("profilestream-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        in_wheel = set(archive.namelist())
+    in_sdist = build_sdist(tmp_path / "sdist")
+
+    assert {name.split("/")[0] for name in in_wheel if name.endswith(".py")} == set(SHIPPED_PACKAGES)
+    for members in (in_wheel, in_sdist):
+        assert [name for name in members if name.startswith("tools/")] == []
 
 
 def test_flex_template_has_one_parameter_per_run_flag() -> None:

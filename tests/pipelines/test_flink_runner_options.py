@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions, StandardOptions
 
-from pipelines import flink_cluster
+from pipelines import flink as local_flink
 from pipelines.cli import main
 from pipelines.ingest import RunRequest, pipeline_options
-from pipelines.pubsub_emulator import free_port
 from tests.pipelines.test_cli import one_line_error
+from tools.pubsub_emulator import free_port
 
 
 def flink_options(*beam_args: str) -> tuple[FlinkRunnerOptions, PortableOptions, StandardOptions, dict]:
@@ -29,14 +29,14 @@ def flink_options(*beam_args: str) -> tuple[FlinkRunnerOptions, PortableOptions,
 def test_flink_runner_with_no_other_flag_submits_to_the_local_cluster():
     flink, portable, standard, passed_on = flink_options()
 
-    assert flink.flink_master == f"localhost:{flink_cluster.REST_PORT}"
-    assert flink.flink_version == flink_cluster.FLINK_MINOR
-    assert flink.flink_job_server_jar == str(flink_cluster.job_server_jar())
-    assert flink.parallelism == flink_cluster.PARALLELISM
+    assert flink.flink_master == f"localhost:{local_flink.REST_PORT}"
+    assert flink.flink_version == local_flink.FLINK_MINOR
+    assert flink.flink_job_server_jar == str(local_flink.job_server_jar())
+    assert flink.parallelism == local_flink.PARALLELISM
     # The Java job server's option, which Beam passes on as it was given.
-    assert int(passed_on["checkpointing_interval"]) == flink_cluster.CHECKPOINT_INTERVAL_MS
+    assert int(passed_on["checkpointing_interval"]) == local_flink.CHECKPOINT_INTERVAL_MS
     assert portable.environment_type == "EXTERNAL"
-    assert portable.environment_config == f"localhost:{flink_cluster.WORKER_POOL_PORT}"
+    assert portable.environment_config == f"localhost:{local_flink.WORKER_POOL_PORT}"
     assert standard.runner == "FlinkRunner"
     assert standard.streaming
 
@@ -101,4 +101,4 @@ def test_a_missing_job_server_jar_is_one_line_naming_the_artifact(answering_clus
     assert run_on_flink(tmp_path, f"--flink_master={answering_cluster}", f"--flink_job_server_jar={jar}") == 2
     error = one_line_error(capsys)
     assert f"no Flink job server jar at {jar}" in error
-    assert flink_cluster.JOB_SERVER_ARTIFACT in error
+    assert local_flink.JOB_SERVER_ARTIFACT in error

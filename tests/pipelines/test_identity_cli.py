@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from tests.pipelines.conftest import START, envelope, event, rest_line
+from tests.helpers import START, envelope, event, rest_line
 
 DEVICE = "7" * 38
 ANN_EMAIL_AS_SENT = "Ann@Example.com"

@@ -27,12 +27,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from identity.graph import resolve
+from identity.model import Identity
 from pipelines.cli import main
 from pipelines.config import Config
-from tests.pipelines.conftest import START, envelope, event, lake_rows, rest_line
-from transforms.identity_graph import resolve
-from transforms.identity_model import Identity
-from transforms.identity_store import open_identity_store
+from stores.identity import open_identity_store
+from tests.helpers import START, envelope, event, lake_rows, rest_line
 
 LAPTOP, PHONE, TABLET, CAROL_DEVICE, DAVE_DEVICE = (digit * 38 for digit in "12345")
 CAROL_EMAIL = "carol@example.com"

@@ -15,13 +15,13 @@ from apache_beam.testing.test_stream import TestStream
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from core.records import Message
 from pipelines.config import Config
 from pipelines.ingest import Ingest, RunRequest, pipeline_options
 from pipelines.local_runner import PRISM_NO_SPLIT_EXPERIMENT
 from pipelines.summary import counters, summary_of
 from schemas.registry import SchemaRegistry
-from tests.pipelines.conftest import START, envelope, event, lake_rows
-from transforms.records import Message
+from tests.helpers import START, envelope, event, lake_rows
 
 REGISTRY = SchemaRegistry.load()
 PUBLISHED_US = int(START.timestamp() * 1_000_000)

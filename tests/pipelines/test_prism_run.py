@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines.conftest import dataset_files, finished, lake_rows, stream_lines
-from tests.pipelines.test_inlet import pull_all
+from tests.helpers import dataset_files, finished, lake_rows, stream_lines
 from tests.pipelines.test_pubsub_run import EVENT_IDS, FAILED, MESSAGES, MINUTES, VALID, publish_stream, start_run
 from tests.pipelines.test_run import profile_store_contents, stores_beside
+from tests.service.test_inlet import pull_all
 
 RUN_TIMEOUT_S = 120
 

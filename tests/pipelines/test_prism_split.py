@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.local_runner import PRISM_NO_SPLIT_EXPERIMENT
-from tests.pipelines.conftest import finished
+from tests.helpers import finished
 from tests.prism_split import repro
 
 # A run takes some 10 s here, mostly the reproduction's own stalls.

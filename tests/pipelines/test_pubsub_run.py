@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.pubsub_emulator import Topology
-from tests.pipelines.conftest import envelope, event, lake_rows, rest_line, stream_lines
-from tests.pipelines.test_inlet import pull_all
-from transforms.profile_store import open_profile_store
+from stores.profiles import open_profile_store
+from tests.helpers import envelope, event, lake_rows, rest_line, stream_lines
+from tests.service.test_inlet import pull_all
+from tools.pubsub_emulator import Topology
 
 MINUTES = 4
 MESSAGES = MINUTES * 11  # stream_lines: 10 a minute and a redelivery

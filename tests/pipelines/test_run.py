@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from pipelines.cli import main
-from tests.pipelines.conftest import dataset_files, lake_rows, stream_lines
+from tests.helpers import dataset_files, lake_rows, stream_lines
 
 # stream_lines: per minute of 10 messages, one is not JSON, one lacks its timestamp, one is a batch of 3 events,
 # seven are single events, and the last of those is delivered twice.

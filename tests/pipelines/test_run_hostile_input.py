@@ -13,11 +13,11 @@ import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.pipelines.conftest import START, dataset_files, envelope, event, lake_rows, rest_line
+from core.records import ORIGINAL_BYTES_ATTRIBUTE, ORIGINAL_SHA256_ATTRIBUTE
+from messages.decoding import BATCH_TOO_LARGE, FAILED_PREFIX_BYTES, PUBLISH_TIME_OUT_OF_RANGE, TOO_LARGE
+from messages.replay_files import max_line_bytes
+from tests.helpers import START, dataset_files, envelope, event, lake_rows, rest_line
 from tests.pipelines.test_run import run_cli
-from transforms.decoding import BATCH_TOO_LARGE, FAILED_PREFIX_BYTES, PUBLISH_TIME_OUT_OF_RANGE, TOO_LARGE
-from transforms.records import ORIGINAL_BYTES_ATTRIBUTE, ORIGINAL_SHA256_ATTRIBUTE
-from transforms.replay_files import max_line_bytes
 
 HALF_A_MILLION_ONES = b'{"messages":[' + b",".join([b"1"] * 524_278) + b"]}"
 LONGER_THAN_A_REPLAY_READS = b'{"_id":"' + b"x" * max_line_bytes() + b'"}'

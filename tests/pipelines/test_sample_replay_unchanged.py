@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines.conftest import finished, lake_rows
+from tests.helpers import finished, lake_rows
 
 ROOT = Path(__file__).parents[2]
 SAMPLE = ROOT / "pipelines" / "samples" / "stream.jsonl"

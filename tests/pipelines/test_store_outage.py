@@ -27,12 +27,12 @@ from pathlib import Path
 import pytest
 from google.cloud import pubsub_v1
 
-from pipelines.pubsub_emulator import free_port
+from profiles.model import view_from_bytes
+from stores.profiles import open_profile_store
 from tests.conftest import start_redis
-from tests.pipelines.conftest import envelope, event, lake_rows
+from tests.helpers import envelope, event, lake_rows
 from tests.pipelines.test_pubsub_run import start_run
-from transforms.profile_model import view_from_bytes
-from transforms.profile_store import open_profile_store
+from tools.pubsub_emulator import free_port
 
 RATE = 200
 PUBLISH_S = 50

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.records import DecodedEntity, FailedRecord, Message, RecordError, ValidRecord
 from schemas import validation
 from schemas.avro import to_avro_datum
 from schemas.names import runtime_name
 from schemas.registry import SchemaRegistry
 from schemas.validation import ValidationPolicy, validate_decoded, validate_entity
-from transforms.records import DecodedEntity, FailedRecord, Message, RecordError, ValidRecord
 
 EXPERIENCE_EVENT = "https://ns.adobe.com/xdm/context/experienceevent"
 PROFILE = "https://ns.adobe.com/xdm/context/profile"

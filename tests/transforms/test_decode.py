@@ -16,8 +16,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
+from messages.decoding import (
+    BATCH_TOO_LARGE,
+    NO_SCHEMA_REF,
+    NOT_JSON,
+    PUBLISH_TIME_OUT_OF_RANGE,
+    TOO_DEEP,
+    UNKNOWN_ENVELOPE,
+)
 from schemas.registry import SchemaRegistry
-from tests.transforms.test_decoding import (
+from tests.messages.test_decoding import (
     AVRO_ATTRIBUTES,
     EVENT_ID,
     PROFILE_ID,
@@ -29,14 +37,6 @@ from tests.transforms.test_decoding import (
     message,
 )
 from transforms.decode import INTERNAL, Decode
-from transforms.decoding import (
-    BATCH_TOO_LARGE,
-    NO_SCHEMA_REF,
-    NOT_JSON,
-    PUBLISH_TIME_OUT_OF_RANGE,
-    TOO_DEEP,
-    UNKNOWN_ENVELOPE,
-)
 from transforms.metrics import NAMESPACE
 
 SAMPLE_BATCH = {"messages": [envelope(), 42, envelope(SAMPLE_PROFILE, header_id=PROFILE_ID, body_id=None)]}

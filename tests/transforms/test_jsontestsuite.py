@@ -3,7 +3,7 @@
 Each ``test_parsing`` file is the body of one message sent as a bare entity (``schemaRef`` attribute set):
 
 - every ``n_*`` file (invalid JSON) becomes one failed record with a ``DECODE.*`` code;
-- every ``y_*`` file (valid JSON) parses with :func:`~transforms.decoding.parse_json`, and decodes to an entity when it
+- every ``y_*`` file (valid JSON) parses with :func:`~messages.decoding.parse_json`, and decodes to an entity when it
   is an object, else fails with ``DECODE.UNKNOWN_ENVELOPE``. Two exceptions, on purpose: ``y_object_duplicated_key``
   and ``y_object_duplicated_key_and_value`` are valid JSON (RFC 8259 says keys SHOULD be unique), but parsers
   disagree on which copy wins, so the decode stage rejects them with ``DECODE.DUPLICATE_KEY`` rather than pick one;
@@ -64,8 +64,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.transforms.test_decoding import EVENT_ID, codes, decode_one
-from transforms.decoding import (
+from core.records import DecodedEntity, FailedRecord
+from messages.decoding import (
     DUPLICATE_KEY,
     INTEGER_OUT_OF_RANGE,
     INVALID_STRING,
@@ -77,7 +77,7 @@ from transforms.decoding import (
     JsonRejected,
     parse_json,
 )
-from transforms.records import DecodedEntity, FailedRecord
+from tests.messages.test_decoding import EVENT_ID, codes, decode_one
 
 SUITE = Path(__file__).parents[1] / "data" / "jsontestsuite"
 PARSING_FILES = sorted(path.name for path in (SUITE / "test_parsing").iterdir())

@@ -31,6 +31,8 @@ from apache_beam.utils.timestamp import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.records import LakeRow
+from lake.folders import LakeFolderError, clean_stale_temp_files, writer_temp_dir
 from transforms import lake as lake_module
 from transforms.lake import (
     LakeFile,
@@ -40,8 +42,6 @@ from transforms.lake import (
     _in_deterministic_order,
     _WritePaneFn,
 )
-from transforms.lake_folders import LakeFolderError, clean_stale_temp_files, writer_temp_dir
-from transforms.records import LakeRow
 
 INTERVAL_S = 300
 DATASET = "experience_events"

@@ -25,14 +25,18 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from core.records import ValidRecord
+from identity.graph import person_id
+from identity.model import Identity
+from identity.stitching import link_batch, record_identities
 from pipelines.config import Config
 from pipelines.local_runner import metrics_of_every_bundle
 from pipelines.summary import freshness_percentiles
+from profiles import model as profile_model
+from profiles.model import fragment_to_bytes, view_from_bytes
 from schemas.registry import SchemaRegistry
-from transforms import profile_model
-from transforms.identity_graph import person_id
-from transforms.identity_model import Identity
-from transforms.identity_store import open_identity_store
+from stores.identity import open_identity_store
+from stores.profiles import open_profile_store
 from transforms.merge_profiles import (
     FRESHNESS,
     MergeProfiles,
@@ -41,11 +45,7 @@ from transforms.merge_profiles import (
     ProfileWriter,
     _DecodedFragments,
 )
-from transforms.profile_model import fragment_to_bytes, view_from_bytes
-from transforms.profile_store import open_profile_store
-from transforms.records import ValidRecord
 from transforms.stitch import StitchIdentities
-from transforms.stitching import link_batch, record_identities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
 PROFILE_SCHEMA = "https://ns.adobe.com/xdm/context/profile"

@@ -27,11 +27,11 @@ from typing import NamedTuple
 
 import pytest
 
+from core.records import DecodedEntity, FailedRecord, ValidRecord
+from messages.decoding import NO_ENTITY, NO_SCHEMA_REF, NOT_JSON, UNKNOWN_ENVELOPE, decode_message
 from schemas.registry import SchemaRegistry
 from schemas.validation import FORMAT, REQUIRED, UNKNOWN_FIELD, validate_decoded
-from tests.transforms.test_decoding import EVENT_ID, PROFILE_ID, message, no_avro_schema
-from transforms.decoding import NO_ENTITY, NO_SCHEMA_REF, NOT_JSON, UNKNOWN_ENVELOPE, decode_message
-from transforms.records import DecodedEntity, FailedRecord, ValidRecord
+from tests.messages.test_decoding import EVENT_ID, PROFILE_ID, message, no_avro_schema
 
 PAYLOADS = Path(__file__).parents[1] / "data" / "xdm" / "payloads"
 TENANT_SCHEMA = "https://ns.adobe.com/{TENANT_ID}/schemas/{SCHEMA_ID}"

@@ -29,10 +29,10 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 
+from core.clock import wall_clock_us
 from pipelines.ingest import RunRequest, pipeline_options, pubsub_source, workers_in_this_process
 from pipelines.local_runner import disable_prism_splits
-from pipelines.pubsub_emulator import EMULATOR_HOST_ENV
-from transforms.clock import wall_clock_us
+from tools.pubsub_emulator import EMULATOR_HOST_ENV
 from transforms.pubsub import ReadPubSub, message_from_pubsub
 from transforms.pubsub_source import (
     AckLeases,

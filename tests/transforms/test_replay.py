@@ -19,11 +19,10 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.clock import parse_rfc3339_us
-from transforms.decoding import FAILED_PREFIX_BYTES, TOO_LARGE
-from transforms.records import ORIGINAL_BYTES_ATTRIBUTE, ORIGINAL_SHA256_ATTRIBUTE, REPLAY_ERROR_ATTRIBUTE, Message
-from transforms.replay import ReadReplay
-from transforms.replay_files import (
+from core.clock import parse_rfc3339_us
+from core.records import ORIGINAL_BYTES_ATTRIBUTE, ORIGINAL_SHA256_ATTRIBUTE, REPLAY_ERROR_ATTRIBUTE, Message
+from messages.decoding import FAILED_PREFIX_BYTES, TOO_LARGE
+from messages.replay_files import (
     CHUNK_BYTES,
     ReplayFormatError,
     ReplayPathError,
@@ -31,6 +30,7 @@ from transforms.replay_files import (
     max_line_bytes,
     read_replay_file,
 )
+from transforms.replay import ReadReplay
 
 READ_TIME_US = 1_800_000_000_000_000
 T0_US = 1_793_523_600_000_000  # 2026-11-01T09:00:00Z
@@ -472,8 +472,8 @@ def test_a_300_mb_line_is_read_and_decoded_in_bounded_memory(tmp_path):
 # clear_refs resets the peak (Linux 4.0 on), which the imports would otherwise set.
 MEASURE_REPLAY = """
 import json, pathlib, re, sys
-from transforms.decoding import decode_message
-from transforms.replay_files import read_replay_file
+from messages.decoding import decode_message
+from messages.replay_files import read_replay_file
 
 def kib(name):
     return int(re.search(name + r":\\s+(\\d+) kB", pathlib.Path("/proc/self/status").read_text())[1])

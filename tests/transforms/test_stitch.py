@@ -10,14 +10,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
+from core.records import ValidRecord
+from identity.graph import person_id
+from identity.model import Identity
+from identity.stitching import link_batch, record_identities
 from pipelines.config import Config
 from schemas.registry import SchemaRegistry
-from transforms.identity_graph import person_id
-from transforms.identity_model import Identity
-from transforms.identity_store import open_identity_store
-from transforms.records import ValidRecord
+from stores.identity import open_identity_store
 from transforms.stitch import StitchIdentities
-from transforms.stitching import link_batch, record_identities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
 DEVICE = "1" * 38

@@ -9,8 +9,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
+from core.records import DecodedEntity, Message
 from schemas.registry import SchemaRegistry
-from transforms.records import DecodedEntity, Message
 from transforms.validate import Validate
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"

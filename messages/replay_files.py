@@ -1,0 +1,319 @@
+"""Archived Pub/Sub messages read from files, without Beam: what a replay reads and ``validate`` checks.
+
+In: a replay PATH (a file, a directory read recursively, or a glob): :func:`expand_replay_path` lists its files,
+:func:`read_replay_file` reads one lazily. Out: one :class:`~core.records.Message` per archived message.
+:mod:`transforms.replay` is the Beam source built on them.
+
+Formats
+-------
+Each file is recognised by its content, not its name:
+
+- **Avro** (starts with ``Obj\\x01``): the record format of Pub/Sub's Cloud Storage subscriptions (``message_id``,
+  ``publish_time``, ``attributes``, ``data``; ``subscription_name`` is ignored). Fields left out by a subscription
+  that does not write metadata are treated as in a bare JSONL line below, with the record's 1-based position as id.
+- **Parquet** (starts with ``PAR1``): the lake's ``failed_records`` dataset (columns ``data``, ``attributes``,
+  ``message_id``, ``publish_time``; the others are ignored), so failed messages can be re-ingested after a fix.
+- **JSONL**, anything else: one message per non-blank line. A line is a Pub/Sub message in REST form when it is a
+  JSON object whose keys are only among ``data``, ``attributes``, ``messageId``, ``publishTime`` and
+  ``orderingKey``, that has ``data`` or ``attributes``, and whose values have the REST types: strings, a flat map of
+  strings, and an RFC 3339 ``publishTime``. Any other line (another JSON value, or not JSON at all, or not even
+  UTF-8) is the payload itself: its bytes become ``data``, its 1-based line number the message id, the read time its
+  publish time. ``orderingKey`` is accepted and dropped: a :class:`Message` has no place for it and no stage uses it.
+  Lines are split on ``\\n`` as bytes; a ``\\r`` before it and a UTF-8 byte-order mark opening the file are not part
+  of the line, and blank lines are skipped (they still count in the line numbers).
+
+Long lines
+----------
+No line is read whole past :func:`max_line_bytes` (twice ``max_message_bytes`` plus 1 MiB, room for a REST line's
+base64 and attributes: 3 MiB by default), so a replay's memory is bounded whatever the file holds. A longer line is
+read on in chunks of :data:`CHUNK_BYTES` to take its length and SHA-256, and becomes a message whose ``data`` is its
+first 64 KiB and whose attributes are ``profilestream.originalBytes`` and ``profilestream.originalSha256`` (its
+line number is its id, the read time its publish time); the decode stage fails it with ``SIZE.MESSAGE_TOO_LARGE``, as
+it fails any message too large, keeping that prefix, length and digest and never the line.
+
+Bad base64
+----------
+A REST line whose ``data`` is not base64 is neither dropped nor turned into a bare payload (that would lose its
+message id and publish time, and so the replay's determinism). It becomes a message whose ``data`` is the UTF-8 of
+the undecodable string and whose attributes carry :data:`REPLAY_ERROR_ATTRIBUTE` ``= "DECODE.BASE64"``; the decode
+stage fails such a message with that code. The attribute only ever comes from this reader: it is removed from
+messages replayed out of Avro or Parquet, whose bytes are already decoded, so a fixed failed record replays clean.
+Both the standard and the URL-safe alphabet are accepted, padded or not, as in protobuf's JSON mapping.
+
+Paths are local files. Below a directory, names starting with ``.`` or ``_`` are skipped, as Hive, Spark and pyarrow
+skip them (the lake's temporary files live under such names).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import datetime
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, NamedTuple
+
+import fastavro
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.clock import micros, parse_rfc3339_us
+from core.records import REPLAY_ERROR_ATTRIBUTE, Message
+from messages.decoding import FAILED_PREFIX_BYTES, MAX_MESSAGE_BYTES, cut_payload_attributes
+
+_AVRO_MAGIC = b"Obj\x01"
+_PARQUET_MAGIC = b"PAR1"
+_REST_KEYS = frozenset({"data", "attributes", "messageId", "publishTime", "orderingKey"})
+_FAILED_RECORD_COLUMNS = ("data", "attributes", "message_id", "publish_time")
+# Failed records hold whole messages (up to 1 MiB each): small batches keep a file's memory bounded.
+_PARQUET_BATCH_ROWS = 1024
+CHUNK_BYTES = 1024 * 1024
+# RFC 3339 date-time; the fraction may be longer than Python's microseconds (Pub/Sub writes nanoseconds).
+
+
+class ReplayPathError(ValueError):
+    """A replay PATH that names no file."""
+
+
+class ReplayFormatError(ValueError):
+    """A replay file that is Avro or Parquet but not in a replayable layout."""
+
+
+def _is_hidden(name: str) -> bool:
+    # Hive, Spark and pyarrow skip these too; the lake keeps its temporary files under such names.
+    return name.startswith((".", "_"))
+
+
+def _files_below(directory: str) -> list[str]:
+    files = []
+    for folder, subfolders, names in os.walk(directory):
+        subfolders[:] = [name for name in subfolders if not _is_hidden(name)]
+        files.extend(os.path.join(folder, name) for name in names if not _is_hidden(name))
+    return files
+
+
+def expand_replay_path(path: str) -> list[str]:
+    """The files a replay PATH names, sorted: the file itself, every file below a directory, or a glob's matches.
+
+    Hidden names (starting with ``.`` or ``_``) below a directory are skipped. Raises :class:`ReplayPathError` when
+    nothing matches.
+    """
+    if os.path.isdir(path):
+        candidates = _files_below(path)
+    elif os.path.exists(path):
+        candidates = [path]
+    else:
+        candidates = []
+        for match in glob.glob(path, recursive=True):
+            candidates.extend(_files_below(match) if os.path.isdir(match) else [match])
+    files = sorted({candidate for candidate in candidates if os.path.isfile(candidate)})
+    if not files:
+        raise ReplayPathError(f"replay path matches no file: {path}")
+    return files
+
+
+def _decode_base64(text: str) -> bytes | None:
+    padded = text + "=" * (-len(text) % 4)
+    altchars = b"-_" if ("-" in text or "_" in text) else None
+    try:
+        return base64.b64decode(padded, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _is_text(value: Any) -> bool:
+    # JSON escapes can spell lone surrogates, which no UTF-8 consumer downstream (Arrow, Pub/Sub) could carry.
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class _RestMessage(NamedTuple):
+    data: bytes
+    attributes: dict[str, str]
+    message_id: str | None
+    publish_time_us: int | None
+
+
+def _rest_message(line: bytes) -> _RestMessage | None:
+    """The message a line holds when the line is a Pub/Sub message in REST form, else ``None``."""
+    try:
+        parsed = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict) or not parsed.keys() <= _REST_KEYS or not parsed.keys() & {"data", "attributes"}:
+        return None
+    attributes = parsed.get("attributes", {})
+    if not isinstance(attributes, dict) or not all(_is_text(k) and _is_text(v) for k, v in attributes.items()):
+        return None
+    if not all(_is_text(parsed[key]) for key in ("data", "messageId", "publishTime", "orderingKey") if key in parsed):
+        return None
+    publish_time_us = None
+    if "publishTime" in parsed:
+        try:
+            publish_time_us = parse_rfc3339_us(parsed["publishTime"])
+        except ValueError:
+            return None
+    text = parsed.get("data", "")
+    data = _decode_base64(text)
+    if data is None:
+        data = text.encode("utf-8")
+        attributes = {**attributes, REPLAY_ERROR_ATTRIBUTE: "DECODE.BASE64"}
+    return _RestMessage(data, attributes, parsed.get("messageId"), publish_time_us)
+
+
+def max_line_bytes(max_message_bytes: int = MAX_MESSAGE_BYTES) -> int:
+    """The longest JSONL line a replay reads whole: a REST line carries its data in base64 (4/3 of it) beside
+    attributes (Pub/Sub's cap them at 100 of 1,280 bytes, more once JSON escapes them), and 1 MiB covers those."""
+    return 2 * max_message_bytes + 1024 * 1024
+
+
+class _CutLine(NamedTuple):
+    """A line too long to read whole: its first bytes, its length and its SHA-256."""
+
+    prefix: bytes
+    length: int
+    sha256: str
+
+
+def _jsonl_lines(stream: BinaryIO, longest: int) -> Iterator[bytes | _CutLine]:
+    """Every line of ``stream`` without its line end (blank lines too, so that line numbers hold), a line longer than
+    ``longest`` bytes as a :class:`_CutLine`, read in chunks and never held whole."""
+    first = True
+    while True:
+        # Two bytes of room for the line end, so that a line of exactly ``longest`` bytes comes whole in one read.
+        head = stream.readline(longest + 2)
+        if not head:
+            return
+        whole = head.endswith(b"\n") or len(head) < longest + 2
+        if first:
+            head = head.removeprefix(codecs.BOM_UTF8)
+            first = False
+        line = head.removesuffix(b"\n").removesuffix(b"\r")
+        if whole and len(line) <= longest:
+            yield line
+        else:
+            yield _cut_line(head, stream)
+
+
+def _cut_line(head: bytes, stream: BinaryIO) -> _CutLine:
+    """The line that ``head`` begins, read on from ``stream`` up to its end in chunks of :data:`CHUNK_BYTES`."""
+    digest = hashlib.sha256()
+    length = 0
+    prefix = bytearray()
+    chunk, held = head, b""
+    while True:
+        ended = not chunk or chunk.endswith(b"\n")
+        body = held + chunk
+        if ended:
+            body, held = body.removesuffix(b"\n").removesuffix(b"\r"), b""
+        else:
+            # A "\r" that ends a chunk may be the line end's; it is counted once the next chunk shows it is not.
+            held = b"\r" if body.endswith(b"\r") else b""
+            body = body[: len(body) - len(held)]
+        digest.update(body)
+        length += len(body)
+        prefix += body[: FAILED_PREFIX_BYTES - len(prefix)]
+        if ended:
+            return _CutLine(bytes(prefix), length, digest.hexdigest())
+        chunk = stream.readline(CHUNK_BYTES)
+
+
+def _read_jsonl(path: str, clock: Callable[[], int], longest: int) -> Iterator[Message]:
+    with open(path, "rb") as stream:
+        for line_number, line in enumerate(_jsonl_lines(stream, longest), start=1):
+            if isinstance(line, _CutLine):
+                read_time_us = clock()
+                attributes = cut_payload_attributes(line.length, line.sha256)
+                yield Message(line.prefix, attributes, str(line_number), read_time_us, read_time_us)
+                continue
+            if not line.strip():
+                continue
+            read_time_us = clock()
+            rest = _rest_message(line)
+            if rest is None:
+                yield Message(line, {}, str(line_number), read_time_us, read_time_us)
+                continue
+            yield Message(
+                data=rest.data,
+                attributes=rest.attributes,
+                message_id=str(line_number) if rest.message_id is None else rest.message_id,
+                publish_time_us=read_time_us if rest.publish_time_us is None else rest.publish_time_us,
+                read_time_us=read_time_us,
+            )
+
+
+def _archived_attributes(attributes: Iterable[tuple[str, str]] | Mapping[str, str] | None) -> dict[str, str]:
+    pairs = attributes.items() if isinstance(attributes, Mapping) else attributes or ()
+    return {key: value for key, value in pairs if key != REPLAY_ERROR_ATTRIBUTE}
+
+
+def _read_avro(path: str, clock: Callable[[], int]) -> Iterator[Message]:
+    with open(path, "rb") as container:
+        for position, record in enumerate(fastavro.reader(container), start=1):
+            read_time_us = clock()
+            publish_time = record.get("publish_time")
+            if isinstance(publish_time, datetime.datetime):
+                publish_time = micros(publish_time)
+            yield Message(
+                data=record.get("data") or b"",
+                attributes=_archived_attributes(record.get("attributes")),
+                message_id=record.get("message_id") or str(position),
+                publish_time_us=read_time_us if publish_time is None else publish_time,
+                read_time_us=read_time_us,
+            )
+
+
+def _read_failed_records(path: str, clock: Callable[[], int]) -> Iterator[Message]:
+    parquet = pq.ParquetFile(path)
+    present = [name for name in _FAILED_RECORD_COLUMNS if name in parquet.schema_arrow.names]
+    if "data" not in present:
+        raise ReplayFormatError(f"not a failed_records file (no data column): {path}")
+    position = 0
+    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=present):
+        columns = {name: batch.column(name) for name in present}
+        if "publish_time" in columns:
+            # Integers, not datetimes: exact, and far cheaper than one Python datetime per row.
+            as_timestamp = columns["publish_time"].cast(pa.timestamp("us", tz="UTC"), safe=False)
+            columns["publish_time"] = as_timestamp.cast(pa.int64())
+        rows = {name: column.to_pylist() for name, column in columns.items()}
+        empty = [None] * batch.num_rows
+        for data, attributes, message_id, publish_time in zip(
+            rows["data"],
+            rows.get("attributes", empty),
+            rows.get("message_id", empty),
+            rows.get("publish_time", empty),
+            strict=True,
+        ):
+            position += 1
+            read_time_us = clock()
+            yield Message(
+                data=data or b"",
+                attributes=_archived_attributes(attributes),
+                message_id=message_id or str(position),
+                publish_time_us=read_time_us if publish_time is None else publish_time,
+                read_time_us=read_time_us,
+            )
+
+
+def read_replay_file(
+    path: str, *, clock: Callable[[], int], max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> Iterator[Message]:
+    """The messages archived in one file, in file order, read lazily; ``clock()`` gives each one's read time (µs).
+
+    A JSONL line longer than :func:`max_line_bytes` of ``max_message_bytes`` is cut (see the module docstring)."""
+    with open(path, "rb") as head:
+        magic = head.read(4)
+    if magic == _AVRO_MAGIC:
+        return _read_avro(path, clock)
+    if magic == _PARQUET_MAGIC:
+        return _read_failed_records(path, clock)
+    return _read_jsonl(path, clock, max_line_bytes(max_message_bytes))

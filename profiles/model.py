@@ -1,0 +1,518 @@
+"""Profiles as pure logic: fragments built from records, merge policies, the merged view, and regrouping.
+
+In: valid records of profile-enabled datasets (an entity in runtime names, its record time, ingestion time and message
+id), applied one at a time to a :class:`Fragment` (:func:`apply`) or folded in bulk (:func:`merge_fragments`); a
+person's identities and fragments with a :class:`MergePolicy` (:func:`build_view`); a new grouping of identities into
+persons (:func:`regroup`). Out: fragments and views, and their JSON bytes for the profile store
+(:mod:`stores.profiles`). The Beam stage builds the store's ``ProfileWrite`` from these; nothing here reads a
+clock or a store.
+
+Fragments
+---------
+A fragment is what one dataset's records said about one identity: the record's *fragment identity*, its
+highest-priority identity (:func:`fragment_identity`; :func:`identity.graph.record_person` takes the
+record's person from the same identity). Its store key is ``"<NAMESPACE>:<id>|<dataset>"`` (:attr:`Fragment.key`).
+
+Every part of a fragment merges by a rule that is commutative, associative and idempotent, so applying records in any
+order, applying a record twice, or merging fragments built from overlapping records gives the same fragment (and the
+same bytes). :func:`apply` is :func:`merge_fragments` with a fragment made of one record, so the batch path (fold a
+bundle's records into a small fragment, then merge it into the stored one once) gives what one-by-one applying gives.
+
+- **attributes**, from profile records (not events): every leaf of the entity as a dot path of runtime names
+  (``person.name.firstName``; arrays are leaves; a ``.`` or ``~`` inside a name is written ``~1`` or ``~0``, as JSON
+  Pointer does with ``/``, so that map keys such as e-mail addresses survive), each with the value and the
+  :class:`RecordStamp` of the record that set it. A value replaces the kept one only when its stamp is greater: the
+  record's own time (``extSourceSystemAudit.lastUpdatedDate``, else ingestion time: DESIGN.md §3), then ingestion
+  time, then message id; a late update never overwrites a newer value. Equal stamps (two entities of one batch
+  message) fall back to the values' canonical JSON, so that the outcome still does not depend on order.
+  Not attributes: ``identityMap`` (the view lists identities), ``_id`` (each record's own id) and the platform's
+  lineage fields ``repositoryCreatedBy``, ``repositoryLastModifiedBy``, ``createdByBatchID``, ``modifiedByBatchID``
+  and every top-level ``repo:*`` field (``repo:createDate``, ...). ``extSourceSystemAudit`` stays: the source wrote it.
+- **events**, from ExperienceEvents, deduplicated on ``_id`` exactly: ``events`` maps event id to its
+  :class:`EventEntry` (timestamp, ``eventType``); ``recent`` holds the bodies of the ``recent_events`` (50) most
+  recent, by timestamp then id (the top N of a union is the top N of the tops, so this is order-free too);
+  ``first_seen_us`` is the earliest timestamp ever applied. Copies of one ``_id`` that differ (a client bug, not a
+  replay) keep the latest: by timestamp, then ``eventType``, then the body's canonical JSON.
+
+Guardrails (:class:`ProfileLimits`) count what they cut instead of failing, in :class:`DistinctCount` sets, so a
+replay counts nothing twice:
+
+- more than ``max_events`` (5,000) events: the most recent are kept and the ids cut go to ``events_dropped``. Then
+  two things are approximate: an id once cut cannot be told from a new one, so a copy of it with a *later* timestamp
+  is kept again while its id stays counted as dropped; and ``events_dropped`` is exact up to 256 ids, an estimate
+  beyond (within about 6%);
+- an event body over ``max_event_bytes`` (10 KB, as compact UTF-8 JSON): its summary is kept, ``recent`` holds a stub
+  (``_id``, ``timestamp``, ``eventType``) instead of the body, and its id goes to ``oversize_events``;
+- a profile record over ``max_record_bytes`` (100 KB): its attributes are skipped and it goes to
+  ``oversize_records``.
+
+Fragment JSON (:func:`fragment_to_bytes`: sorted keys, compact, UTF-8)::
+
+    {"identity": {"namespace": "Email", "id": "ann@example.com"}, "dataset": "profile_records",
+     "attributes": {"person.name.firstName": ["Ann", record_time_us, ingest_time_us, "message id"], ...},
+     "events": {"<_id>": ["<eventType or empty>", timestamp_us], ...},
+     "recent": {"<_id>": {event body or stub}, ...},
+     "first_seen_us": int | null,
+     "events_dropped": [hash, ...], "oversize_events": [hash, ...], "oversize_records": [hash, ...]}
+
+Merge policies and the view
+---------------------------
+A :class:`MergePolicy` picks, for every attribute path, one value among a person's fragments:
+:class:`TimestampOrdered` (the default) the one with the greatest stamp, :class:`DatasetPrecedence` the one from the
+first dataset of its order that has the path (datasets not listed come after, by stamp). Paths nest back into
+objects; when one fragment holds a value where another holds an object (a field whose type changed), the preferred
+one wins and the other is left out. :func:`build_view` gives the ``profile get`` document minus ``lookup``::
+
+    {"person_id": "p-...", "identities": [{"namespace": "Email", "id": "ann@example.com"}, ...],
+     "attributes": {nested runtime names},
+     "events": {"count": int, "first_seen": "RFC 3339 Z" | null, "last_seen": "..." | null,
+                "by_type": {"<eventType>": int, ...}, "recent": [event bodies, newest first]}}
+
+Events merge across fragments by ``_id`` as inside one. ``count`` is the distinct events kept plus
+``events_dropped``; ``by_type`` counts the kept ones (an event without ``eventType`` under ``""``, a key validation
+never lets through otherwise), so beyond the guardrail ``count`` exceeds their sum. Given ``now_us`` and
+``event_ttl_us``, ``recent`` leaves out events older than the TTL.
+
+Following identity changes
+--------------------------
+Fragments belong to identities, never to persons, so a change of the graph only regroups them: :func:`regroup`
+assigns each fragment to the person of its identity under the new grouping (as from
+:func:`identity.graph.resolve`). Merged persons get all their fragments and so one view; a split gives
+each side the fragments of its own identities, and so back what it had before the merge.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+import orjson
+
+from core.clock import EPOCH
+from identity.graph import GraphRules
+from identity.model import Identity
+
+_NOT_ATTRIBUTES = frozenset(
+    {"_id", "identityMap", "repositoryCreatedBy", "repositoryLastModifiedBy", "createdByBatchID", "modifiedByBatchID"}
+)
+_LINEAGE_PREFIX = "repo:"
+_EXACT_UP_TO = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileLimits:
+    """The guardrails (DESIGN.md §3): events kept per fragment, recent bodies kept, event and record sizes in bytes."""
+
+    max_events: int = 5000
+    recent_events: int = 50
+    max_event_bytes: int = 10 * 1024
+    max_record_bytes: int = 100 * 1024
+
+    def __post_init__(self) -> None:
+        # Recent bodies must be among the kept events, or a cut could strand a body without its summary.
+        if not 0 <= self.recent_events <= self.max_events or self.max_events < 1:
+            raise ValueError(f"need 0 <= recent_events <= max_events and max_events >= 1: {self}")
+
+
+DEFAULT_LIMITS = ProfileLimits()
+
+
+# Stamps, attributes and entries are NamedTuples rather than dataclasses because tuples compare in C, and merging a
+# full fragment compares thousands of them.
+class RecordStamp(NamedTuple):
+    """How attribute values are ordered: the record's own time, then its ingestion time, then its message id."""
+
+    record_time_us: int
+    ingest_time_us: int
+    message_id: str
+
+
+class Attribute(NamedTuple):
+    """One leaf value and the stamp of the record that set it."""
+
+    value: Any
+    stamp: RecordStamp
+
+
+class EventEntry(NamedTuple):
+    """What the summary keeps of an event: its timestamp and ``eventType`` (``""`` when it has none)."""
+
+    timestamp_us: int
+    event_type: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DistinctCount:
+    """How many distinct keys were added, as a set that merges by union (K minimum values).
+
+    It holds the 256 smallest 64-bit hashes of the keys: exact while fewer than 256 keys were added (barring a hash
+    collision), beyond that an estimate with a standard error of about 6%, in a bounded size.
+    """
+
+    hashes: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, keys: Iterable[str]) -> DistinctCount:
+        return cls(_smallest({_hash64(key) for key in keys}))
+
+    def union(self, other: DistinctCount) -> DistinctCount:
+        if not other.hashes or other.hashes == self.hashes:
+            return self
+        if not self.hashes:
+            return other
+        return DistinctCount(_smallest({*self.hashes, *other.hashes}))
+
+    def estimate(self) -> int:
+        if len(self.hashes) < _EXACT_UP_TO:
+            return len(self.hashes)
+        return round((_EXACT_UP_TO - 1) * 2**64 / (self.hashes[-1] + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Fragment:
+    """What one dataset's records said about one identity; see the module docstring.
+
+    ``recent`` maps event ids to bodies and is always a subset of ``events``. The last event seen is always among
+    the kept ones, so only the first needs keeping apart (``first_seen_us``).
+    """
+
+    identity: Identity
+    dataset: str
+    attributes: Mapping[str, Attribute] = dataclasses.field(default_factory=dict)
+    events: Mapping[str, EventEntry] = dataclasses.field(default_factory=dict)
+    recent: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    first_seen_us: int | None = None
+    events_dropped: DistinctCount = DistinctCount()
+    oversize_events: DistinctCount = DistinctCount()
+    oversize_records: DistinctCount = DistinctCount()
+
+    @property
+    def key(self) -> str:
+        """The profile store's fragment key, ``"<NAMESPACE>:<id>|<dataset>"``."""
+        return f"{self.identity}|{self.dataset}"
+
+
+def fragment_identity(identities: Iterable[Identity], rules: GraphRules) -> Identity | None:
+    """The identity a record's fragment belongs to: its highest-priority identity (then namespace and id)."""
+    return min(identities, key=lambda identity: (-rules.priority.get(identity.namespace, 0), identity), default=None)
+
+
+def apply(
+    fragment: Fragment,
+    record_entity: Mapping[str, Any],
+    *,
+    is_event: bool,
+    record_time_us: int,
+    ingest_time_us: int,
+    message_id: str,
+    policy_limits: ProfileLimits = DEFAULT_LIMITS,
+) -> Fragment:
+    """``fragment`` with one valid record applied; for an event, ``record_time_us`` is its ``timestamp``."""
+    stamp = RecordStamp(record_time_us, ingest_time_us, message_id)
+    if is_event:
+        single = _event_fragment(fragment.identity, fragment.dataset, record_entity, stamp, policy_limits)
+    else:
+        single = _record_fragment(fragment.identity, fragment.dataset, record_entity, stamp, policy_limits)
+    return merge_fragments(fragment, single, policy_limits=policy_limits)
+
+
+def merge_fragments(a: Fragment, b: Fragment, *, policy_limits: ProfileLimits = DEFAULT_LIMITS) -> Fragment:
+    """The fragment holding what ``a`` and ``b`` (of the same key) hold; commutative, associative, idempotent."""
+    if a.key != b.key:
+        raise ValueError(f"fragments of different keys: {a.key!r} and {b.key!r}")
+    attributes = dict(a.attributes)
+    for path, attribute in b.attributes.items():
+        held = attributes.get(path)
+        if held is None or _outranks((attribute.stamp,), attribute.value, (held.stamp,), held.value):
+            attributes[path] = attribute
+    entries, bodies = _union_events((a, b))
+    dropped = a.events_dropped.union(b.events_dropped)
+    # A batch adds a few events to many: removing the few oldest is cheaper than ranking all that stay.
+    if len(entries) > policy_limits.max_events:
+        cut = heapq.nsmallest(len(entries) - policy_limits.max_events, entries, key=_recency(entries))
+        dropped = dropped.union(DistinctCount.of(cut))
+        for event_id in cut:
+            del entries[event_id]
+            bodies.pop(event_id, None)
+    if len(bodies) > policy_limits.recent_events:
+        for event_id in heapq.nsmallest(len(bodies) - policy_limits.recent_events, bodies, key=_recency(entries)):
+            del bodies[event_id]
+    first_seen = [seen for seen in (a.first_seen_us, b.first_seen_us) if seen is not None]
+    return Fragment(
+        identity=a.identity,
+        dataset=a.dataset,
+        attributes=attributes,
+        events=entries,
+        recent=bodies,
+        first_seen_us=min(first_seen, default=None),
+        events_dropped=dropped,
+        oversize_events=a.oversize_events.union(b.oversize_events),
+        oversize_records=a.oversize_records.union(b.oversize_records),
+    )
+
+
+class MergePolicy(abc.ABC):
+    """Picks each attribute path's value among a person's fragments: the candidate of the highest rank wins."""
+
+    def merge(self, fragments: Iterable[Fragment]) -> dict[str, Any]:
+        """The merged attributes, nested back from dot paths."""
+        best: dict[str, tuple[tuple, Attribute]] = {}
+        for fragment in fragments:
+            for path, attribute in fragment.attributes.items():
+                rank = self._rank(fragment.dataset, attribute.stamp)
+                held = best.get(path)
+                if held is None or _outranks(rank, attribute.value, held[0], held[1].value):
+                    best[path] = (rank, attribute)
+        return _nest(best)
+
+    @abc.abstractmethod
+    def _rank(self, dataset: str, stamp: RecordStamp) -> tuple:
+        """How much a value from ``dataset`` set at ``stamp`` is preferred (greater wins)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TimestampOrdered(MergePolicy):
+    """Each path takes the value with the greatest stamp across the person's fragments (the default)."""
+
+    def _rank(self, dataset: str, stamp: RecordStamp) -> tuple:
+        return (stamp,)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetPrecedence(MergePolicy):
+    """Each path takes the value of the first dataset in ``order`` that has it; unlisted datasets follow, by stamp."""
+
+    order: tuple[str, ...]
+
+    def _rank(self, dataset: str, stamp: RecordStamp) -> tuple:
+        position = self.order.index(dataset) if dataset in self.order else len(self.order)
+        return (-position, stamp)
+
+
+def build_view(
+    person_id: str,
+    identities: Iterable[Identity],
+    fragments: Iterable[Fragment],
+    policy: MergePolicy,
+    *,
+    recent_limit: int = 50,
+    now_us: int | None = None,
+    event_ttl_us: int | None = None,
+) -> dict[str, Any]:
+    """The person's merged profile as ``profile get`` shows it, without ``lookup``; see the module docstring.
+
+    ``recent_limit`` can be at most the fragments' ``recent_events``: they keep no more. ``now_us`` and
+    ``event_ttl_us`` go together.
+    """
+    if (now_us is None) != (event_ttl_us is None):
+        raise ValueError("now_us and event_ttl_us go together")
+    held = list(fragments)
+    entries, bodies = _union_events(held)
+    recent = sorted(bodies, key=_recency(entries), reverse=True)
+    if now_us is not None and event_ttl_us is not None:
+        recent = [event_id for event_id in recent if now_us - entries[event_id].timestamp_us <= event_ttl_us]
+    dropped = DistinctCount()
+    for fragment in held:
+        dropped = dropped.union(fragment.events_dropped)
+    first_seen = min((f.first_seen_us for f in held if f.first_seen_us is not None), default=None)
+    last_seen = max((entry.timestamp_us for entry in entries.values()), default=None)
+    return {
+        "person_id": person_id,
+        "identities": [{"namespace": identity.namespace, "id": identity.id} for identity in sorted(set(identities))],
+        "attributes": policy.merge(held),
+        "events": {
+            "count": len(entries) + dropped.estimate(),
+            "first_seen": _rfc3339(first_seen),
+            "last_seen": _rfc3339(last_seen),
+            "by_type": dict(sorted(Counter(entry.event_type for entry in entries.values()).items())),
+            "recent": [bodies[event_id] for event_id in recent[:recent_limit]],
+        },
+    }
+
+
+def regroup(fragments_by_key: Mapping[str, Fragment], person_of: Mapping[Identity, str]) -> dict[str, list[Fragment]]:
+    """Each person's fragments (in key order) under the grouping ``person_of``, which must cover their identities."""
+    persons: dict[str, list[Fragment]] = defaultdict(list)
+    for key in sorted(fragments_by_key):
+        fragment = fragments_by_key[key]
+        persons[person_of[fragment.identity]].append(fragment)
+    return dict(persons)
+
+
+def fragment_to_bytes(fragment: Fragment) -> bytes:
+    """The fragment as deterministic JSON (the shape in the module docstring)."""
+    document = {
+        "identity": {"namespace": fragment.identity.namespace, "id": fragment.identity.id},
+        "dataset": fragment.dataset,
+        "attributes": {
+            path: [
+                attribute.value,
+                attribute.stamp.record_time_us,
+                attribute.stamp.ingest_time_us,
+                attribute.stamp.message_id,
+            ]
+            for path, attribute in fragment.attributes.items()
+        },
+        "events": {event_id: [entry.event_type, entry.timestamp_us] for event_id, entry in fragment.events.items()},
+        "recent": fragment.recent,
+        "first_seen_us": fragment.first_seen_us,
+        "events_dropped": fragment.events_dropped.hashes,
+        "oversize_events": fragment.oversize_events.hashes,
+        "oversize_records": fragment.oversize_records.hashes,
+    }
+    return _canonical(document)
+
+
+def fragment_from_bytes(data: bytes) -> Fragment:
+    document = orjson.loads(data)
+    return Fragment(
+        identity=Identity(document["identity"]["namespace"], document["identity"]["id"]),
+        dataset=document["dataset"],
+        attributes={
+            path: Attribute(value, RecordStamp(record_time_us, ingest_time_us, message_id))
+            for path, (value, record_time_us, ingest_time_us, message_id) in document["attributes"].items()
+        },
+        events={
+            event_id: EventEntry(timestamp_us, event_type)
+            for event_id, (event_type, timestamp_us) in document["events"].items()
+        },
+        recent=document["recent"],
+        first_seen_us=document["first_seen_us"],
+        events_dropped=DistinctCount(tuple(document["events_dropped"])),
+        oversize_events=DistinctCount(tuple(document["oversize_events"])),
+        oversize_records=DistinctCount(tuple(document["oversize_records"])),
+    )
+
+
+def view_to_bytes(view: Mapping[str, Any]) -> bytes:
+    """The view as deterministic JSON, so that writing an unchanged view writes the same bytes."""
+    return _canonical(view)
+
+
+def view_from_bytes(data: bytes) -> dict[str, Any]:
+    return orjson.loads(data)
+
+
+def _record_fragment(
+    identity: Identity, dataset: str, entity: Mapping[str, Any], stamp: RecordStamp, limits: ProfileLimits
+) -> Fragment:
+    encoded = _canonical(entity)
+    if len(encoded) > limits.max_record_bytes:
+        # Two entities of one batch message share a message id; their content tells them apart.
+        key = f"{stamp.message_id}:{hashlib.sha256(encoded).hexdigest()}"
+        return Fragment(identity, dataset, oversize_records=DistinctCount.of([key]))
+    attributes: dict[str, Attribute] = {}
+    for name, value in entity.items():
+        if name not in _NOT_ATTRIBUTES and not name.startswith(_LINEAGE_PREFIX):
+            _add_leaves(_escaped(name), value, stamp, attributes)
+    return Fragment(identity, dataset, attributes=attributes)
+
+
+def _event_fragment(
+    identity: Identity, dataset: str, entity: Mapping[str, Any], stamp: RecordStamp, limits: ProfileLimits
+) -> Fragment:
+    event_id = entity["_id"]  # validation requires the _id of every ExperienceEvent
+    oversize = len(_canonical(entity)) > limits.max_event_bytes
+    body = {name: entity[name] for name in ("_id", "timestamp", "eventType") if name in entity} if oversize else entity
+    return Fragment(
+        identity,
+        dataset,
+        events={event_id: EventEntry(stamp.record_time_us, entity.get("eventType", ""))},
+        recent={event_id: body},
+        first_seen_us=stamp.record_time_us,
+        oversize_events=DistinctCount.of([event_id] if oversize else []),
+    )
+
+
+def _union_events(fragments: Sequence[Fragment]) -> tuple[dict[str, EventEntry], dict[str, Mapping[str, Any]]]:
+    """Every event id with its winning entry, and the bodies that belong to a winning entry (fresh dicts)."""
+    if not fragments:
+        return {}, {}
+    # The first fragment is copied whole (the stored one, when a batch merges in): only the ids another fragment
+    # holds a later copy of need looking at, and their bodies from the first are stale.
+    entries = dict(fragments[0].events)
+    bodies = dict(fragments[0].recent)
+    for fragment in fragments[1:]:
+        for event_id, entry in fragment.events.items():
+            held = entries.get(event_id)
+            if held is None or entry > held:
+                entries[event_id] = entry
+                bodies.pop(event_id, None)
+    for fragment in fragments[1:]:
+        for event_id, body in fragment.recent.items():
+            # A fragment that kept the winning entry without its body had `recent_events` newer events, so that id
+            # cannot make the merged top N either.
+            if fragment.events[event_id] != entries[event_id]:
+                continue
+            held = bodies.get(event_id)
+            if held is None or (body != held and _canonical(body) > _canonical(held)):
+                bodies[event_id] = body
+    return entries, bodies
+
+
+def _recency(entries: Mapping[str, EventEntry]) -> Callable[[str], tuple[int, str]]:
+    """The sort key of event ids by recency: timestamp, then id."""
+    return lambda event_id: (entries[event_id].timestamp_us, event_id)
+
+
+def _outranks(rank: tuple, value: Any, held_rank: tuple, held_value: Any) -> bool:
+    # Equal ranks come from one record or one batch message; the values decide so that order never does.
+    return rank > held_rank or (
+        rank == held_rank and value != held_value and _canonical(value) > _canonical(held_value)
+    )
+
+
+def _add_leaves(path: str, value: Any, stamp: RecordStamp, into: dict[str, Attribute]) -> None:
+    # Entities are decoded JSON (or Avro) whose objects are dicts; an ABC isinstance check here costs a third of apply.
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            _add_leaves(f"{path}.{_escaped(name)}", inner, stamp, into)
+    else:
+        into[path] = Attribute(value, stamp)
+
+
+def _escaped(name: str) -> str:
+    return name.replace("~", "~0").replace(".", "~1")
+
+
+def _nest(best: Mapping[str, tuple[tuple, Attribute]]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    # Most preferred first: a path that collides with one already placed (a value where an object is, or the
+    # reverse) is the less preferred one and is left out.
+    for path, (_, attribute) in sorted(best.items(), key=lambda item: (item[1][0], item[0]), reverse=True):
+        *parents, last = [part.replace("~1", ".").replace("~0", "~") for part in path.split(".")]
+        node: Any = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node.setdefault(last, attribute.value)
+    return tree
+
+
+def _canonical(value: Any) -> bytes:
+    """Compact UTF-8 JSON with sorted keys: the same value always gives the same bytes, and bytes order as the
+    strings they encode. orjson rather than the json module: views and fragments are rewritten at every flush, and
+    encoding them was the largest single cost of the profile stage."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _hash64(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+def _smallest(hashes: set[int]) -> tuple[int, ...]:
+    return tuple(heapq.nsmallest(_EXACT_UP_TO, hashes))
+
+
+def _rfc3339(time_us: int | None) -> str | None:
+    if time_us is None:
+        return None
+    return (EPOCH + timedelta(microseconds=time_us)).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,216 @@
+"""Identity stores: where the identity graph's facts live, behind one small interface.
+
+In: batches of :class:`~identity.model.Observation` (identities seen together in one record, with the
+record's :class:`~identity.model.Stamp`). Out: the facts of the *raw components* each batch touched, as
+they were before the batch and as they are after it, which is what the linking rules
+(:func:`identity.graph.resolve`) need to name the persons and what changed.
+
+A raw component is an identity of the batch and every identity transitively linked to it by any stored link, whatever
+the linking rules later make of those links. Facts are never removed, so components only ever grow and merge: a store
+keeps a component id per identity and answers from the touched components alone, never from the whole graph.
+
+Contract
+--------
+- :meth:`IdentityStore.observe` adds the observations' facts atomically and in one round trip to the store, and
+  returns ``(before, after)``: ``after`` is ``before.merged_with(observations)``, the in-memory reference
+  (:meth:`GraphFacts.merged_with <identity.model.GraphFacts.merged_with>`), over the union of the touched
+  components. Adding facts is commutative, so concurrent writers end with the facts a single writer would have.
+- :meth:`IdentityStore.facts_of` reads the raw components of some identities, changing nothing.
+- :meth:`IdentityStore.observe_and_log` does what ``observe`` does and, when the batch adds facts, logs it in the
+  same atomic write: its cause (the latest of its records), the facts it found and the facts it added
+  (:class:`~identity.model.LoggedBatch`). The changes a batch made to the graph follow from that entry
+  alone, so a process that dies after the store's write and before the lake's loses no history: whoever sees the
+  cause's message again (a rerun, a redelivery) finds the entry with :meth:`IdentityStore.logged` and tells its
+  changes again, and the lake drops the ones it holds already. A batch that changed nothing worth telling is
+  dropped (:meth:`~IdentityStore.discard`) with the next write. Entries are kept ``CHANGE_LOG_RETENTION_S`` (30 days).
+- A store object is used by one thread at a time; open one per worker (a ``DoFn``'s ``setup``).
+
+URLs
+----
+:func:`open_identity_store` opens a store from its URL (DESIGN.md §2, "Store URLs"):
+
+- ``sqlite:///path.db`` (relative), ``sqlite:////abs/path.db``, ``sqlite:///:memory:``:
+  :mod:`stores.identity_sqlite`, the embedded default;
+- ``redis://host:port/db``: :mod:`stores.identity_redis`, needs the ``redis`` extra.
+
+An unknown scheme or a malformed URL raises :class:`ValueError` with a one-line message.
+
+Backends
+--------
+A backend subclasses :class:`IdentityStore` with ``_add`` (add a batch's facts atomically in one round trip, log it
+when asked, drop the discarded entries, and return the touched components' facts from before and the log entry),
+``facts_of``, ``logged`` and ``close``; :class:`FactsBuilder` makes the
+:class:`~identity.model.GraphFacts` of what it reads.
+
+Example
+-------
+::
+
+    with open_identity_store("sqlite:///data/identity.sqlite") as store:
+        before, after = store.observe(observations)
+"""
+
+from __future__ import annotations
+
+import abc
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+
+from identity.model import GraphFacts, Identity, LinkFact, LoggedBatch, Observation, Stamp
+
+CHANGE_LOG_RETENTION_S = 30 * 24 * 3600
+
+
+class StoreUnavailableError(ValueError):
+    """The store a URL names cannot be reached or opened; the message is one line."""
+
+
+class IdentityStore(abc.ABC):
+    """The facts of the identity graph, read and added by raw component; one module implements it per backend."""
+
+    def __init__(self) -> None:
+        self._discarded: list[str] = []
+
+    def observe(self, observations: Sequence[Observation]) -> tuple[GraphFacts, GraphFacts]:
+        """Atomically add the observations' facts; return the facts of the raw components touched, before and after.
+
+        The components touched are those of every identity of the observations. One round trip per call (none for a
+        batch without identities).
+        """
+        before, after, _ = self.observe_and_log(observations, None)
+        return before, after
+
+    def observe_and_log(
+        self, observations: Sequence[Observation], cause: Stamp | None
+    ) -> tuple[GraphFacts, GraphFacts, str | None]:
+        """``observe``, and with a ``cause``, log the batch in the same write when it adds facts; returns the log
+        entry too (``None``: not logged)."""
+        batch = GraphFacts.empty().merged_with(observations)
+        if not batch.sightings:
+            return GraphFacts.empty(), GraphFacts.empty(), None
+        discarded, self._discarded = self._discarded, []
+        before, entry = self._add(batch, cause, discarded)
+        return before, before.merged_with(observations), entry
+
+    def discard(self, entry: str) -> None:
+        """Drop a log entry whose batch changed nothing worth telling, with the next write (should the process die
+        first, the entry stays, and telling it again tells nothing)."""
+        self._discarded.append(entry)
+
+    @abc.abstractmethod
+    def _add(self, batch: GraphFacts, cause: Stamp | None, discarded: Sequence[str]) -> tuple[GraphFacts, str | None]:
+        """Atomically, in one round trip: add these facts, log the batch under ``cause`` when there is one and the
+        batch adds facts, and drop the ``discarded`` entries; return the touched components' facts as they were and
+        the new entry."""
+
+    @abc.abstractmethod
+    def logged(self, message_ids: Iterable[str]) -> list[LoggedBatch]:
+        """The logged batches whose cause is one of these messages, in one round trip."""
+
+    @abc.abstractmethod
+    def facts_of(self, identities: Iterable[Identity]) -> GraphFacts:
+        """The raw components of these identities (unknown identities have none); read only."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether ``error`` says the store cannot be reached for now (calling again later may work)."""
+        return False
+
+    def __enter__(self) -> IdentityStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class FactsBuilder:
+    """Collects the facts a backend reads: the sightings first, then the links among those identities.
+
+    Each identity and stamp is made once: an identity recurs in every link it has, a stamp in all the facts one
+    record made, and making these frozen dataclasses is most of the time a store takes to read.
+    """
+
+    def __init__(self) -> None:
+        self._sightings: dict[Identity, Stamp] = {}
+        self._links: dict[tuple[Identity, Identity], LinkFact] = {}
+        self._identities: dict[tuple[str, str], Identity] = {}
+        self._stamps: dict[tuple[int, str], Stamp] = {}
+
+    def add_sighting(self, namespace: str, id_: str, time_us: int, message_id: str) -> Identity:
+        identity = self._identities[(namespace, id_)] = Identity(namespace, id_)
+        self._sightings[identity] = self._stamp(time_us, message_id)
+        return identity
+
+    def add_link(
+        self,
+        a_namespace: str,
+        a_id: str,
+        b_namespace: str,
+        b_id: str,
+        first_us: int,
+        first_id: str,
+        last_us: int,
+        last_id: str,
+    ) -> None:
+        a, b = self._identities[(a_namespace, a_id)], self._identities[(b_namespace, b_id)]
+        self._links[(a, b)] = LinkFact(a, b, self._stamp(first_us, first_id), self._stamp(last_us, last_id))
+
+    def facts(self) -> GraphFacts:
+        return GraphFacts(self._sightings, self._links)
+
+    def _stamp(self, time_us: int, message_id: str) -> Stamp:
+        made = self._stamps.get((time_us, message_id))
+        if made is None:
+            made = self._stamps[(time_us, message_id)] = Stamp(time_us, message_id)
+        return made
+
+
+_SQLITE_PREFIX = "sqlite:///"
+_EXPECTED = "expected sqlite:///PATH or redis://HOST:PORT/DB"
+
+
+def open_identity_store(url: str, *, read_only: bool = False) -> IdentityStore:
+    """The store a URL names; see the module docstring for the forms. ``read_only`` (the lookups) opens a SQLite file
+    only if it exists and is an identity store, and changes nothing in it."""
+    # The backends import this module for IdentityStore, so they are imported here, when asked for: that also keeps
+    # the redis package optional for SQLite users.
+    scheme = url.partition("://")[0]
+    if scheme == "sqlite":
+        from stores.identity_sqlite import SqliteIdentityStore
+
+        return SqliteIdentityStore(_sqlite_path(url), read_only=read_only)
+    if scheme == "redis":
+        check_redis_url(url, "identity store")
+        try:
+            from stores.identity_redis import RedisIdentityStore
+        except ModuleNotFoundError as error:
+            if error.name != "redis":
+                raise
+            raise ValueError(f"{url!r} needs the redis package: pip install 'profilestream[redis]'") from error
+        return RedisIdentityStore(url)
+    raise ValueError(f"unknown identity store URL {url!r}: {_EXPECTED}")
+
+
+def _sqlite_path(url: str) -> str:
+    path = url[len(_SQLITE_PREFIX) :] if url.startswith(_SQLITE_PREFIX) else ""
+    if not path:
+        raise ValueError(f"malformed identity store URL {url!r}: {_EXPECTED}")
+    return path
+
+
+def check_redis_url(url: str, what: str) -> None:
+    """A one-line ValueError naming ``what`` when ``url`` has a bad port, or a database that is not a number."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (urlsplit checks the port only when it is read)
+    except ValueError as error:
+        raise ValueError(f"malformed {what} URL {url!r}: {error}") from None
+    db = parts.path.strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ValueError(f"malformed {what} URL {url!r}: the database must be a number, not {db!r}")

@@ -1,0 +1,353 @@
+"""The identity store on Redis: one server that every worker of a cluster shares.
+
+In: the facts of a batch of observations (from :meth:`IdentityStore.observe
+<stores.identity.IdentityStore.observe>`) or identities to read. Out: the facts of their raw components.
+Opened by :func:`~stores.identity.open_identity_store` from ``redis://host:port/db``.
+
+Every call runs one Lua script (``EVALSHA``, or ``EVAL`` when the server has lost its script cache), so it is atomic
+and one round trip. The scripts find the keys of the components they touch as they go, which a standalone server
+allows (a cluster would need every key in one slot).
+
+Keys (``prefix`` defaults to ``ps:id:``)
+----------------------------------------
+- ``ps:id:component``: hash, identity → its component id;
+- ``ps:id:next``: the last component id given out;
+- ``ps:id:facts:<component>``: hash of the component's facts: identity → the stamp it was first seen at, and
+  ``a \\t b`` (a link, ``a < b``) → its first and last stamps;
+- ``ps:id:log:<message id>``: hash of the batches logged with that cause (entry number → the cause's time as 16 hex
+  digits, the byte length of the facts before, ``:``, the facts before as the scripts read them and the batch's
+  facts as :meth:`~identity.model.GraphFacts.to_bytes` writes them), expiring after the retention;
+  ``ps:id:logseq``, the last entry number given out.
+
+A batch finds the components of all its identities with one ``HMGET``, and each component's facts with one
+``HGETALL``. Components that the batch's links join merge into the largest (then the lowest id): the others' facts
+move into its hash, their members' entries in ``ps:id:component`` change, and their hashes are deleted.
+
+Encodings
+---------
+- An identity is the compact JSON array ``["namespace","id"]``: ASCII, with control characters escaped, so no
+  identity holds a tab, and a field holding one is a link.
+- A stamp is 16 hex digits of ``time_us + 2**63`` followed by the message id in UTF-8: byte order is then
+  :class:`~identity.model.Stamp` order. The scripts compare bytes, not with Lua's ``<``, which follows the
+  server's locale.
+- A link's stamps are the byte length of the first, ``:``, the first and the last.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from identity.model import GraphFacts, Identity, LoggedBatch, Stamp
+from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore, StoreUnavailableError
+
+_TIME_OFFSET = 1 << 63
+# A server that stops answering (stopped, swapping, overloaded) is an outage after this long rather than a hang.
+CLIENT_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether a Redis error says the server cannot be reached for now: refused, timed out, loading its data."""
+    return isinstance(error, (redis.ConnectionError, redis.TimeoutError))
+
+
+# Shared by both scripts. KEYS: the component hash, the component counter; ARGV[1]: the prefix.
+_READ_COMPONENTS = r"""
+local component_of, last_component = KEYS[1], KEYS[2]
+local prefix = ARGV[1]
+
+local function facts_key(component) return prefix .. 'facts:' .. component end
+
+-- unpack() is bounded by Lua's C stack, so a command with many arguments goes in chunks of whole entries.
+local function call_in_chunks(command, key, items, width)
+  local replies, step = {}, 1000 * width
+  for first = 1, #items, step do
+    local reply = redis.call(command, key, unpack(items, first, math.min(first + step - 1, #items)))
+    if type(reply) == 'table' then
+      for _, item in ipairs(reply) do replies[#replies + 1] = item end
+    end
+  end
+  return replies
+end
+
+local function link_stamps(value)
+  local colon = string.find(value, ':', 1, true)
+  local length = tonumber(string.sub(value, 1, colon - 1))
+  return string.sub(value, colon + 1, colon + length), string.sub(value, colon + length + 1)
+end
+
+-- The component of each identity (false when unknown); each component's fields (flat) and members; the stored
+-- value of every field; and the components' facts: the JSON list of all their fields and values, one after the
+-- other. One string, because a reply of one value is read far faster than one of thousands.
+local function read(identities)
+  local component = call_in_chunks('HMGET', component_of, identities, 1)
+  local fields, members, stored, facts = {}, {}, {}, {}
+  for _, c in ipairs(component) do
+    if c and not fields[c] then
+      fields[c] = redis.call('HGETALL', facts_key(c))
+      members[c] = {}
+      for j = 1, #fields[c], 2 do
+        local field, value = fields[c][j], fields[c][j + 1]
+        stored[field] = value
+        if not string.find(field, '\t', 1, true) then members[c][#members[c] + 1] = field end
+        facts[#facts + 1] = field
+        facts[#facts + 1] = value
+      end
+    end
+  end
+  -- cjson writes an empty table as an object.
+  return component, fields, members, stored, #facts > 0 and cjson.encode(facts) or '[]'
+end
+"""
+
+# ARGV[2..]: the identities to read.
+_FACTS_OF = (
+    _READ_COMPONENTS
+    + r"""
+local identities = {}
+for i = 2, #ARGV do identities[#identities + 1] = ARGV[i] end
+local _, _, _, _, facts = read(identities)
+return facts
+"""
+)
+
+# ARGV[2..6]: the cause's message id ('' to log nothing), its time (16 hex digits), the batch's facts as logged, the
+# log's retention in seconds, and d, the entries to drop; then d pairs (message id, entry number). Then n, the
+# batch's identities; n pairs (identity, its earliest stamp in the batch); then for each link the positions (1..n) of
+# its a and b, and its first and last stamps in the batch. Returns the facts from before and the entry number
+# logged (0: none).
+_OBSERVE = (
+    _READ_COMPONENTS
+    + r"""
+local function stamp_less(x, y)
+  for i = 1, math.min(#x, #y) do
+    local p, q = string.byte(x, i), string.byte(y, i)
+    if p ~= q then return p < q end
+  end
+  return #x < #y
+end
+
+local cause, cause_time, logged_batch, retention = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local dropped = tonumber(ARGV[6])
+for i = 7, 6 + 2 * dropped, 2 do redis.call('HDEL', prefix .. 'log:' .. ARGV[i], ARGV[i + 1]) end
+local base = 7 + 2 * dropped
+local n = tonumber(ARGV[base])
+local identities, stamps = {}, {}
+for i = 1, n do
+  identities[i], stamps[i] = ARGV[base - 1 + 2 * i], ARGV[base + 2 * i]
+end
+local first_link = base + 1 + 2 * n
+local component, fields, members, stored, before = read(identities)
+
+-- Union-find over the batch's links. A node is a stored component, or an identity new to the store.
+local parent = {}
+local function node(i)
+  if component[i] then return 'c' .. component[i] end
+  return 'i' .. i
+end
+local function root(x)
+  local top = x
+  while parent[top] do top = parent[top] end
+  while parent[x] do
+    local up = parent[x]
+    parent[x] = top
+    x = up
+  end
+  return top
+end
+for position = first_link, #ARGV, 4 do
+  local a, b = root(node(tonumber(ARGV[position]))), root(node(tonumber(ARGV[position + 1])))
+  if a ~= b then parent[a] = b end
+end
+
+local groups, group_list = {}, {}
+for i = 1, n do
+  local r = root(node(i))
+  local group = groups[r]
+  if not group then
+    group = {components = {}, listed = {}, new = {}}
+    groups[r] = group
+    group_list[#group_list + 1] = group
+  end
+  local c = component[i]
+  if not c then
+    group.new[#group.new + 1] = identities[i]
+  elseif not group.listed[c] then
+    group.listed[c] = true
+    group.components[#group.components + 1] = c
+  end
+end
+
+-- Each group ends in one component: its largest stored one (ties: the lowest id), so a fact moves at most log2(n)
+-- times; or a new one.
+for _, group in ipairs(group_list) do
+  local target = group.components[1]
+  for _, c in ipairs(group.components) do
+    if #fields[c] > #fields[target] or (#fields[c] == #fields[target] and tonumber(c) < tonumber(target)) then
+      target = c
+    end
+  end
+  target = target or tostring(redis.call('INCR', last_component))
+  local placed = {}
+  for _, c in ipairs(group.components) do
+    if c ~= target then
+      for _, member in ipairs(members[c]) do
+        placed[#placed + 1] = member
+        placed[#placed + 1] = target
+      end
+      call_in_chunks('HSET', facts_key(target), fields[c], 2)
+      redis.call('DEL', facts_key(c))
+    end
+  end
+  for _, identity in ipairs(group.new) do
+    placed[#placed + 1] = identity
+    placed[#placed + 1] = target
+  end
+  call_in_chunks('HSET', component_of, placed, 2)
+  group.target = target
+end
+
+-- The batch's facts that are new or move a stamp, by the key of the component they end in.
+local writes = {}
+local function write(i, field, value)
+  local key = facts_key(groups[root(node(i))].target)
+  writes[key] = writes[key] or {}
+  table.insert(writes[key], field)
+  table.insert(writes[key], value)
+end
+for i = 1, n do
+  local known = stored[identities[i]]
+  if not known or stamp_less(stamps[i], known) then write(i, identities[i], stamps[i]) end
+end
+for position = first_link, #ARGV, 4 do
+  local a, b = tonumber(ARGV[position]), tonumber(ARGV[position + 1])
+  local first, last = ARGV[position + 2], ARGV[position + 3]
+  local field = identities[a] .. '\t' .. identities[b]
+  local known = stored[field]
+  if known then
+    local known_first, known_last = link_stamps(known)
+    if stamp_less(known_first, first) then first = known_first end
+    if stamp_less(last, known_last) then last = known_last end
+  end
+  local value = #first .. ':' .. first .. last
+  if value ~= known then write(a, field, value) end
+end
+local entry = 0
+if cause ~= '' and next(writes) then
+  entry = redis.call('INCR', prefix .. 'logseq')
+  local log = prefix .. 'log:' .. cause
+  redis.call('HSET', log, entry, cause_time .. #before .. ':' .. before .. logged_batch)
+  redis.call('EXPIRE', log, retention)
+end
+for key, items in pairs(writes) do call_in_chunks('HSET', key, items, 2) end
+
+return {before, entry}
+"""
+)
+
+
+class RedisIdentityStore(IdentityStore):
+    """The identity graph's facts on a Redis server, under keys that start with ``prefix``."""
+
+    def __init__(self, url: str, *, prefix: str = "ps:id:") -> None:
+        super().__init__()
+        self._client = redis.Redis.from_url(url, **CLIENT_TIMEOUTS)
+        self._prefix = prefix
+        self._keys = (prefix + "component", prefix + "next")
+        # Loaded now so that every call is one EVALSHA, and so that an unreachable server is found at once.
+        try:
+            self._scripts = {source: self._client.script_load(source) for source in (_OBSERVE, _FACTS_OF)}
+        except redis.RedisError as error:
+            raise StoreUnavailableError(f"identity store {url} cannot be reached: {error}") from None
+
+    def _add(self, batch: GraphFacts, cause: Stamp | None, discarded: Sequence[str]) -> tuple[GraphFacts, str | None]:
+        args: list[Any] = [b"", b"", b""] if cause is None else [cause.message_id, _time_hex(cause), batch.to_bytes()]
+        args += [CHANGE_LOG_RETENTION_S, len(discarded)]
+        for entry in discarded:
+            number, _, message_id = entry.partition(":")
+            args += [message_id, number]
+        position = {identity: place for place, identity in enumerate(batch.sightings, start=1)}
+        args.append(len(position))
+        for identity, stamp in batch.sightings.items():
+            args += [_identity_bytes(identity), _stamp_bytes(stamp)]
+        for (a, b), link in batch.links.items():
+            args += [position[a], position[b], _stamp_bytes(link.first), _stamp_bytes(link.last)]
+        before, entry = self._run(_OBSERVE, args)
+        return _facts(before), f"{entry}:{cause.message_id}" if entry else None
+
+    def logged(self, message_ids: Iterable[str]) -> list[LoggedBatch]:
+        wanted = list(dict.fromkeys(message_ids))
+        pipeline = self._client.pipeline(transaction=False)
+        for message_id in wanted:
+            pipeline.hgetall(f"{self._prefix}log:{message_id}".encode())
+        found = []
+        for message_id, entries in zip(wanted, pipeline.execute(), strict=True):
+            for number, value in sorted(entries.items(), key=lambda item: int(item[0])):
+                length, _, rest = value[16:].partition(b":")
+                before, batch = rest[: int(length)], rest[int(length) :]
+                cause = Stamp(int(value[:16], 16) - _TIME_OFFSET, message_id)
+                entry = f"{int(number)}:{message_id}"
+                found.append(LoggedBatch(entry, cause, _facts(before), GraphFacts.from_bytes(batch)))
+        return found
+
+    def facts_of(self, identities: Iterable[Identity]) -> GraphFacts:
+        args = [_identity_bytes(identity) for identity in set(identities)]
+        return _facts(self._run(_FACTS_OF, args)) if args else GraphFacts.empty()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        return is_unreachable(error)
+
+    def _run(self, source: str, args: Sequence[Any]) -> Any:
+        try:
+            return self._client.evalsha(self._scripts[source], len(self._keys), *self._keys, self._prefix, *args)
+        except redis.exceptions.NoScriptError:
+            # The server has lost its script cache (a restart, a failover, SCRIPT FLUSH); EVAL caches it again.
+            return self._client.eval(source, len(self._keys), *self._keys, self._prefix, *args)
+
+
+def _identity_bytes(identity: Identity) -> bytes:
+    return json.dumps([identity.namespace, identity.id], separators=(",", ":")).encode()
+
+
+def _stamp_bytes(stamp: Stamp) -> bytes:
+    return _time_hex(stamp) + stamp.message_id.encode()
+
+
+def _time_hex(stamp: Stamp) -> bytes:
+    shifted = stamp.time_us + _TIME_OFFSET
+    if not 0 <= shifted < 1 << 64:
+        raise ValueError(f"time_us {stamp.time_us} is outside the 64-bit range a store keeps")
+    return b"%016x" % shifted
+
+
+def _facts(reply: bytes) -> GraphFacts:
+    """Facts from a script's reply: the JSON list of the components' hash fields and values, one after the other."""
+    flat = json.loads(reply)
+    sightings: list[tuple[str, str]] = []
+    links: list[tuple[str, str]] = []
+    for field, value in zip(flat[0::2], flat[1::2], strict=True):
+        (links if "\t" in field else sightings).append((field, value))
+    # Identities are JSON arrays already: one parse reads them all.
+    names = json.loads("[" + ",".join(field for field, _ in sightings) + "]")
+    name_of = {field: name for (field, _), name in zip(sightings, names, strict=True)}
+    builder = FactsBuilder()
+    for (_, stamp), (namespace, id_) in zip(sightings, names, strict=True):
+        builder.add_sighting(namespace, id_, *_stamp(stamp))
+    for field, value in links:
+        a, b = field.split("\t")
+        length, stamps = value.split(":", 1)
+        # The length is in bytes, as the script counts.
+        encoded = stamps.encode()
+        first, last = encoded[: int(length)].decode(), encoded[int(length) :].decode()
+        builder.add_link(*name_of[a], *name_of[b], *_stamp(first), *_stamp(last))
+    return builder.facts()
+
+
+def _stamp(text: str) -> tuple[int, str]:
+    return int(text[:16], 16) - _TIME_OFFSET, text[16:]

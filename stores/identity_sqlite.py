@@ -1,0 +1,271 @@
+"""The identity store on SQLite: the embedded default, one file that the processes of one machine share.
+
+In: the facts of a batch of observations (from :meth:`IdentityStore.observe
+<stores.identity.IdentityStore.observe>`) or identities to read. Out: the facts of their raw components.
+Opened by :func:`~stores.identity.open_identity_store` from ``sqlite:///path.db``; the folder is created.
+
+Tables
+------
+- ``identity_sightings (namespace, id, time_us, message_id)``: when each identity was first seen;
+- ``identity_components (namespace, id, component)``: the raw component each identity is in;
+- ``identity_links (a_namespace, a_id, b_namespace, b_id, component, first_*, last_*)``: each link (``a < b``), its
+  earliest and latest stamps as ``time_us`` and ``message_id`` columns, and the component it lies in;
+- ``identity_change_log (entry, cause_message_id, cause_time_us, before, batch, logged_at_us)``: the logged batches
+  (:meth:`~stores.identity.IdentityStore.observe_and_log`), their facts as
+  :meth:`GraphFacts.to_bytes <identity.model.GraphFacts.to_bytes>`; entries older than the retention go
+  when a store is opened.
+
+A batch is added in one ``BEGIN IMMEDIATE`` transaction, so writers in several processes take turns (each waits up
+to a minute for the lock), and in WAL mode readers never wait for them. Components that the batch's
+links join merge into the largest one (then the lowest id), two ``UPDATE``\\ s moving members and links. The upserts
+keep the earliest stamps (and a link's latest) themselves: SQLite orders ``(time_us, message_id)`` as Python orders
+:class:`~identity.model.Stamp`, integers and then text by code point (UTF-8 bytes compare that way).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+
+from core.clock import wall_clock_us
+from identity.model import GraphFacts, Identity, LoggedBatch, Stamp
+from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore
+from stores.sqlite_files import is_busy, open_store_file, transaction
+
+# Bound parameters per IN list, well under SQLite's limit of 32,766.
+_IDS_PER_QUERY = 500
+
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS identity_sightings (
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    time_us INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (namespace, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS identity_components (
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    component INTEGER NOT NULL,
+    PRIMARY KEY (namespace, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identity_components_by_component ON identity_components (component);
+CREATE TABLE IF NOT EXISTS identity_links (
+    a_namespace TEXT NOT NULL,
+    a_id TEXT NOT NULL,
+    b_namespace TEXT NOT NULL,
+    b_id TEXT NOT NULL,
+    component INTEGER NOT NULL,
+    first_time_us INTEGER NOT NULL,
+    first_message_id TEXT NOT NULL,
+    last_time_us INTEGER NOT NULL,
+    last_message_id TEXT NOT NULL,
+    PRIMARY KEY (a_namespace, a_id, b_namespace, b_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identity_links_by_component ON identity_links (component);
+CREATE TABLE IF NOT EXISTS identity_change_log (
+    entry INTEGER PRIMARY KEY,
+    cause_message_id TEXT NOT NULL,
+    cause_time_us INTEGER NOT NULL,
+    before BLOB NOT NULL,
+    batch BLOB NOT NULL,
+    logged_at_us INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS identity_change_log_by_cause ON identity_change_log (cause_message_id);
+COMMIT;
+"""
+# The identities a call asks about. A table rather than JSON or a long IN list: any number of them fits, and ids
+# holding a NUL character (which SQLite's JSON and text functions cut short) compare whole. A connection's own, so a
+# read-only one has it too.
+_WANTED = """
+CREATE TEMP TABLE IF NOT EXISTS wanted (namespace TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (namespace, id))
+    WITHOUT ROWID
+"""
+_TABLES = ("identity_sightings", "identity_components", "identity_links")
+
+# CROSS JOIN makes SQLite loop over the few wanted identities: it knows nothing of the temporary table's size and
+# would otherwise scan every identity instead.
+_TOUCHED = """
+WITH touched AS (
+    SELECT DISTINCT c.component FROM temp.wanted AS w CROSS JOIN identity_components AS c USING (namespace, id)
+)
+"""
+_MEMBERS = (
+    _TOUCHED
+    + """
+SELECT m.namespace, m.id, m.component, s.time_us, s.message_id
+FROM touched JOIN identity_components AS m USING (component) JOIN identity_sightings AS s USING (namespace, id)
+"""
+)
+_LINKS = (
+    _TOUCHED
+    + """
+SELECT l.a_namespace, l.a_id, l.b_namespace, l.b_id,
+    l.first_time_us, l.first_message_id, l.last_time_us, l.last_message_id
+FROM touched JOIN identity_links AS l USING (component)
+"""
+)
+_ADD_SIGHTING = """
+INSERT INTO identity_sightings (namespace, id, time_us, message_id) VALUES (?, ?, ?, ?)
+ON CONFLICT (namespace, id) DO UPDATE SET time_us = excluded.time_us, message_id = excluded.message_id
+WHERE (excluded.time_us, excluded.message_id) < (time_us, message_id)
+"""
+# SET expressions all read the row as it was, so each pair of columns tests the same condition.
+_ADD_LINK = """
+INSERT INTO identity_links (
+    a_namespace, a_id, b_namespace, b_id, component, first_time_us, first_message_id, last_time_us, last_message_id
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (a_namespace, a_id, b_namespace, b_id) DO UPDATE SET
+    first_time_us = iif(
+        (excluded.first_time_us, excluded.first_message_id) < (first_time_us, first_message_id),
+        excluded.first_time_us, first_time_us),
+    first_message_id = iif(
+        (excluded.first_time_us, excluded.first_message_id) < (first_time_us, first_message_id),
+        excluded.first_message_id, first_message_id),
+    last_time_us = iif(
+        (excluded.last_time_us, excluded.last_message_id) > (last_time_us, last_message_id),
+        excluded.last_time_us, last_time_us),
+    last_message_id = iif(
+        (excluded.last_time_us, excluded.last_message_id) > (last_time_us, last_message_id),
+        excluded.last_message_id, last_message_id)
+"""
+
+
+class SqliteIdentityStore(IdentityStore):
+    """The identity graph's facts in a SQLite file (or ``:memory:``, private to this store)."""
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        super().__init__()
+        self._connection = open_store_file(path, _SCHEMA, "identity store", read_only=read_only, tables=_TABLES)
+        self._connection.execute(_WANTED)
+        if read_only:
+            return
+        with transaction(self._connection):
+            self._connection.execute(
+                "DELETE FROM identity_change_log WHERE logged_at_us < ?",
+                (wall_clock_us() - CHANGE_LOG_RETENTION_S * 1_000_000,),
+            )
+
+    def _add(self, batch: GraphFacts, cause: Stamp | None, discarded: Sequence[str]) -> tuple[GraphFacts, str | None]:
+        with transaction(self._connection):
+            before, component_of = self._read(batch.sightings)
+            target_of = self._join_components(batch, component_of)
+            self._connection.executemany(
+                _ADD_SIGHTING,
+                [(i.namespace, i.id, *_columns(stamp)) for i, stamp in batch.sightings.items()],
+            )
+            self._connection.executemany(
+                _ADD_LINK,
+                [
+                    (a.namespace, a.id, b.namespace, b.id, target_of[a], *_columns(link.first), *_columns(link.last))
+                    for (a, b), link in batch.links.items()
+                ],
+            )
+            self._connection.executemany(
+                "DELETE FROM identity_change_log WHERE entry = ?", [(int(entry),) for entry in discarded]
+            )
+            entry = None
+            if cause is not None and batch.adds_to(before):
+                logged = self._connection.execute(
+                    "INSERT INTO identity_change_log (cause_message_id, cause_time_us, before, batch, logged_at_us)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (cause.message_id, cause.time_us, before.to_bytes(), batch.to_bytes(), wall_clock_us()),
+                )
+                entry = str(logged.lastrowid)
+        return before, entry
+
+    def logged(self, message_ids: Iterable[str]) -> list[LoggedBatch]:
+        wanted = list(dict.fromkeys(message_ids))
+        found = []
+        with transaction(self._connection, "BEGIN"):
+            for start in range(0, len(wanted), _IDS_PER_QUERY):
+                chunk = wanted[start : start + _IDS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                found += self._connection.execute(
+                    "SELECT entry, cause_time_us, cause_message_id, before, batch FROM identity_change_log"
+                    f" WHERE cause_message_id IN ({marks}) ORDER BY entry",
+                    chunk,
+                ).fetchall()
+        return [
+            LoggedBatch(
+                str(entry), Stamp(time_us, message_id), GraphFacts.from_bytes(before), GraphFacts.from_bytes(batch)
+            )
+            for entry, time_us, message_id, before, batch in found
+        ]
+
+    def facts_of(self, identities: Iterable[Identity]) -> GraphFacts:
+        # A read transaction, so the members and the links come from one snapshot.
+        with transaction(self._connection, "BEGIN"):
+            facts, _ = self._read(identities)
+        return facts
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        return is_busy(error)
+
+    def _read(self, identities: Iterable[Identity]) -> tuple[GraphFacts, dict[Identity, int]]:
+        """The facts of the identities' components, and the component of each of their members."""
+        self._connection.execute("DELETE FROM temp.wanted")
+        self._connection.executemany(
+            "INSERT OR IGNORE INTO temp.wanted VALUES (?, ?)", [(i.namespace, i.id) for i in identities]
+        )
+        builder = FactsBuilder()
+        component_of: dict[Identity, int] = {}
+        for namespace, id_, component, time_us, message_id in self._connection.execute(_MEMBERS):
+            component_of[builder.add_sighting(namespace, id_, time_us, message_id)] = component
+        for link in self._connection.execute(_LINKS):
+            builder.add_link(*link)
+        return builder.facts(), component_of
+
+    def _join_components(self, batch: GraphFacts, component_of: dict[Identity, int]) -> dict[Identity, int]:
+        """Merge the components the batch's links join, place its new identities; the component of each identity."""
+        # Union-find over the batch's links. A node is a stored component, or an identity new to the store.
+        parent: dict[int | Identity, int | Identity] = {}
+
+        def root(node: int | Identity) -> int | Identity:
+            path = []
+            while node in parent:
+                path.append(node)
+                node = parent[node]
+            for step in path:
+                parent[step] = node
+            return node
+
+        for a, b in batch.links:
+            root_a, root_b = root(component_of.get(a, a)), root(component_of.get(b, b))
+            if root_a != root_b:
+                parent[root_a] = root_b
+        groups: dict[int | Identity, list[Identity]] = defaultdict(list)
+        for identity in batch.sightings:
+            groups[root(component_of.get(identity, identity))].append(identity)
+
+        sizes = Counter(component_of.values())
+        next_component = None
+        moves: list[tuple[int, int]] = []
+        placements: list[tuple[str, str, int]] = []
+        target_of: dict[Identity, int] = {}
+        for members in groups.values():
+            components = {component_of[i] for i in members if i in component_of}
+            if components:
+                # Into the largest (ties: the lowest id), so an identity moves at most log2(n) times.
+                target = max(components, key=lambda component: (sizes[component], -component))
+            else:
+                if next_component is None:
+                    (next_component,) = self._connection.execute(
+                        "SELECT COALESCE(MAX(component), 0) + 1 FROM identity_components"
+                    ).fetchone()
+                target, next_component = next_component, next_component + 1
+            moves += [(target, component) for component in components if component != target]
+            placements += [(i.namespace, i.id, target) for i in members if i not in component_of]
+            target_of.update(dict.fromkeys(members, target))
+        self._connection.executemany("UPDATE identity_components SET component = ? WHERE component = ?", moves)
+        self._connection.executemany("UPDATE identity_links SET component = ? WHERE component = ?", moves)
+        self._connection.executemany("INSERT INTO identity_components VALUES (?, ?, ?)", placements)
+        return target_of
+
+
+def _columns(stamp: Stamp) -> tuple[int, str]:
+    return stamp.time_us, stamp.message_id

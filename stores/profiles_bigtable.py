@@ -1,0 +1,432 @@
+"""The profile store on Bigtable: a table that every worker shares, for profiles past what one Redis server holds.
+
+Opened by :func:`~stores.profiles.open_profile_store` from ``bigtable://PROJECT/INSTANCE/TABLE``; Google's
+emulator through ``BIGTABLE_EMULATOR_HOST``, as Google's client does it. The table and its column families are created
+when missing (the admin API works on the emulator too).
+
+Rows
+----
+One table; a row key starts with its kind, and names are in UTF-8.
+
+- ``f#<fragment key>``: ``d:doc``, the fragment.
+- ``v#<person>``: ``d:doc``, the person's view; ``m:<identity key>`` for each identity indexed to the person;
+  ``c:<row key>`` for each row holding a copy of the view, the person's *copies*.
+- ``i#<identity key>``: ``d:person``, the person the identity is indexed to; ``d:holder``, the person whose view it
+  shows: the same, or the survivor that person was merged into; ``v:<holder>``, a copy of that view.
+- ``r#<person>``: ``d:holder``, the survivor a retired person was merged into; ``v:<holder>``, a copy of its view.
+
+Reads
+-----
+Bigtable has no joins, so an identity row cannot lead to the view within one read: it holds a copy of the view instead.
+A lookup by identity is then one ``read_row`` (``i#``), and a lookup by person one ``read_rows`` of ``v#`` and ``r#``
+together; a redirect hides the retired person's own view, should one be left.
+
+Writes
+------
+A write does what the other backends do (:mod:`stores.profiles_sqlite` says it in words) with one
+``read_rows``, of the ``v#`` and ``r#`` rows of every person and the ``i#`` row of every identity it names, and then
+one ``mutate_rows`` batch of every row that changes (nothing is read for fragments alone). Each copy names its holder,
+which redirects nowhere (redirects are kept one step long), and the holder's ``c:`` list names the copy, so a write
+finds every copy of a view it changes. Merging a person away moves its copies to the survivor; a person given a view
+again takes back the copies of the identities indexed to it.
+
+Write amplification: a view is written once in its own row and once in each copy: the ``i#`` rows of the identities
+indexed to the person or to the persons merged into it, and the ``r#`` rows of those persons. A profile of n identities
+that absorbed k persons costs 1 + n + k cells of the view's size per write, where SQLite and Redis write one; a merge
+rewrites every copy of the person merged away.
+
+Bigtable has no multi-row transactions: a write is atomic per row, and a reader may see some of its rows before the
+others. Every mutation is idempotent (a cell replaces its column, at the client's timestamp), so the client retries the
+rows that failed, and a batch sent again converges. A write that still fails part-way raises; run again (a retried
+bundle), it reads back what was left and finishes it when it names every identity whose row it moves, as merges and
+splits do (they index all the identities of the persons they change): the rows it reads are the truth about
+themselves, and it mends the copy and member lists that disagree with them. A row reached only through a list (an
+identity of a person merged away, which the write does not index) may keep a stale copy until a write names it.
+
+A write checks the fragments it expects in that same read, and puts each of them with a conditional mutation (one
+``check_and_mutate_row`` each, only while the fragment holds the bytes that were read), before the batch; a fragment
+changed in between raises :class:`~stores.profiles.ProfileWriteConflict`, and the writer reads again. So no
+fragment update is lost: a conflict after some fragments were put leaves fragments that already hold this write's
+records, which applying them again does not change. Views are not guarded: two writers that name the same person at
+once may interleave their reads and batches, and leave a view or a copy stale until the next write of that person.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from google.api_core import exceptions
+from google.auth.exceptions import GoogleAuthError
+from google.cloud import bigtable
+from google.cloud.bigtable.data import (
+    BigtableDataClient,
+    DeleteAllFromFamily,
+    DeleteAllFromRow,
+    DeleteRangeFromColumn,
+    Mutation,
+    ReadRowsQuery,
+    Row,
+    RowMutationEntry,
+    SetCell,
+)
+from google.cloud.bigtable.data.row_filters import (
+    CellsColumnLimitFilter,
+    ColumnQualifierRegexFilter,
+    FamilyNameRegexFilter,
+    RowFilterChain,
+    ValueRangeFilter,
+)
+from google.cloud.bigtable_admin_v2.types import GcRule, Table
+
+from stores.identity import StoreUnavailableError
+from stores.profiles import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
+
+ADMIN_TIMEOUT_S = 10.0
+
+_FRAGMENT, _VIEW, _IDENTITY, _REDIRECT = b"f#", b"v#", b"i#", b"r#"
+_DATA, _COPY, _COPIES, _MEMBERS = "d", "v", "c", "m"
+_DOC, _PERSON, _HOLDER = b"doc", b"person", b"holder"
+_FAMILIES = (_DATA, _COPY, _COPIES, _MEMBERS)
+# A view row's copies and members are bookkeeping for writes: a lookup by person reads its document only.
+_LOOKUP_FAMILIES = FamilyNameRegexFilter(f"{_DATA}|{_COPY}")
+
+
+class BigtableProfileStore(ProfileStore):
+    """Fragments, views, the identity index and redirects in one Bigtable table."""
+
+    def __init__(self, project: str, instance: str, table: str, *, create: bool = True) -> None:
+        with warnings.catch_warnings():
+            # Google's clients warn on every connection to the emulator; the URL and environment already say it.
+            warnings.filterwarnings("ignore", "Connecting to Bigtable emulator", RuntimeWarning)
+            try:
+                if create:
+                    _create_if_missing(project, instance, table)
+                self._client = BigtableDataClient(project=project)
+            except (exceptions.GoogleAPIError, GoogleAuthError) as error:
+                message = " ".join(str(error).split())
+                url = f"bigtable://{project}/{instance}/{table}"
+                raise StoreUnavailableError(f"profile store {url} cannot be reached: {message}") from None
+        self._table = self._client.get_table(instance, table)
+
+    def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+        wanted = {_key(_FRAGMENT, key): key for key in keys}
+        if not wanted:
+            return {}
+        rows = self._table.read_rows(ReadRowsQuery(row_keys=list(wanted)))
+        return {wanted[row.row_key]: _latest(row)[_DATA, _DOC] for row in rows}
+
+    def write(self, change: ProfileWrite) -> None:
+        if changes_nothing(change):
+            return
+        persons, identities, fragments = self._stored(change)
+        if any(fragments.get(key) != doc for key, doc in change.expected.items()):
+            raise ProfileWriteConflict(f"{len(change.expected)} fragments changed since they were read")
+        # A fragment the change expects is put only while it still holds what was read, in a mutation of its own.
+        guarded = {key: doc for key, doc in change.fragments.items() if key in change.expected}
+        for key, doc in guarded.items():
+            if not self._put_if_unchanged(key, doc, change.expected[key]):
+                raise ProfileWriteConflict(f"fragment {key} changed since it was read")
+        plan = _Plan(persons, identities)
+        unguarded = {key: doc for key, doc in change.fragments.items() if key not in guarded}
+        plan.apply(dataclasses.replace(change, fragments=unguarded))
+        entries = plan.entries()
+        if entries:
+            self._table.bulk_mutate_rows(entries)
+
+    def view_by_identity(self, identity_key: str) -> bytes | None:
+        row = self._table.read_row(_key(_IDENTITY, identity_key))
+        return None if row is None else _copy(_latest(row))
+
+    def view_by_person(self, person_id: str) -> bytes | None:
+        view_key, redirect_key = _key(_VIEW, person_id), _key(_REDIRECT, person_id)
+        query = ReadRowsQuery(row_keys=[view_key, redirect_key], row_filter=_LOOKUP_FAMILIES)
+        rows = {row.row_key: _latest(row) for row in self._table.read_rows(query)}
+        if redirect_key in rows:
+            return _copy(rows[redirect_key])
+        return rows.get(view_key, {}).get((_DATA, _DOC))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        return isinstance(error, (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded))
+
+    def _put_if_unchanged(self, key: str, doc: bytes, expected: bytes | None) -> bool:
+        """Puts a fragment if it holds ``expected`` (``None``: if it is absent); whether it did."""
+        stored_doc = RowFilterChain([FamilyNameRegexFilter(_DATA), ColumnQualifierRegexFilter(_DOC)])
+        mutations = _replace(_DATA, _DOC, doc)
+        if expected is None:
+            return not self._table.check_and_mutate_row(
+                _key(_FRAGMENT, key), stored_doc, false_case_mutations=mutations
+            )
+        same = RowFilterChain(
+            [*stored_doc.filters, CellsColumnLimitFilter(1), ValueRangeFilter(expected, expected, True, True)]
+        )
+        return self._table.check_and_mutate_row(_key(_FRAGMENT, key), same, true_case_mutations=mutations)
+
+    def _stored(
+        self, change: ProfileWrite
+    ) -> tuple[dict[str, _StoredPerson], dict[str, _StoredIdentity], dict[str, bytes]]:
+        """What is stored of the persons, identities and expected fragments the change names, read in one request."""
+        named = (
+            *change.views,
+            *change.drop_views,
+            *change.index.values(),
+            *change.redirects,
+            *change.redirects.values(),
+        )
+        persons = {person: _StoredPerson() for person in named}
+        identities = {identity: _StoredIdentity() for identity in (*change.index, *change.unindex)}
+        keys = [_key(kind, person) for person in persons for kind in (_VIEW, _REDIRECT)]
+        keys += [_key(_IDENTITY, identity) for identity in identities]
+        keys += [_key(_FRAGMENT, key) for key in change.expected]
+        fragments: dict[str, bytes] = {}
+        if not keys:
+            return persons, identities, fragments
+        for row in self._table.read_rows(ReadRowsQuery(row_keys=keys)):
+            kind, name, cells = row.row_key[:2], row.row_key[2:].decode(), _latest(row)
+            if kind == _FRAGMENT:
+                if (_DATA, _DOC) in cells:
+                    fragments[name] = cells[_DATA, _DOC]
+            elif kind == _VIEW:
+                persons[name].doc = cells.get((_DATA, _DOC))
+                persons[name].copies = {qualifier for family, qualifier in cells if family == _COPIES}
+                persons[name].members = {qualifier.decode() for family, qualifier in cells if family == _MEMBERS}
+            elif kind == _REDIRECT:
+                persons[name].redirect = _text(cells.get((_DATA, _HOLDER)))
+                persons[name].redirect_copy = _copy(cells)
+            else:
+                identities[name] = _StoredIdentity(
+                    _text(cells.get((_DATA, _PERSON))), _text(cells.get((_DATA, _HOLDER)))
+                )
+        return persons, identities, fragments
+
+
+@dataclasses.dataclass
+class _StoredPerson:
+    doc: bytes | None = None
+    copies: set[bytes] = dataclasses.field(default_factory=set)
+    members: set[str] = dataclasses.field(default_factory=set)
+    redirect: str | None = None
+    redirect_copy: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredIdentity:
+    person: str | None = None
+    holder: str | None = None
+
+
+class _Plan:
+    """The rows one write changes, worked out from what is stored of the persons and identities it names.
+
+    It follows where each row's copy comes from (its holder) as the change is applied in the order the other backends
+    apply it, and then writes every row that moved or whose holder's view changed.
+    """
+
+    def __init__(self, persons: Mapping[str, _StoredPerson], identities: Mapping[str, _StoredIdentity]) -> None:
+        self._docs: dict[str, bytes | None] = {}
+        self._holder: dict[bytes, str | None] = {}
+        self._first_holder: dict[bytes, str | None] = {}
+        self._held: defaultdict[str, set[bytes]] = defaultdict(set)
+        self._members: defaultdict[str, set[str]] = defaultdict(set)
+        self._person_of = {identity: stored.person for identity, stored in identities.items()}
+        self._mutations: defaultdict[bytes, list[Mutation]] = defaultdict(list)
+        self._moved: set[bytes] = set()
+        self._changed_views: set[str] = set()
+        self._indexed: set[str] = set()
+        # The rows read are the truth about themselves; a copy list or a member list that disagrees with them is
+        # left over from a write that failed part-way, and is mended here.
+        for identity, stored in identities.items():
+            self._track(_key(_IDENTITY, identity), stored.holder)
+        for person, stored in persons.items():
+            self._track(_key(_REDIRECT, person), stored.redirect)
+            if stored.redirect is not None:
+                self._docs[stored.redirect] = stored.redirect_copy
+        for person, stored in persons.items():
+            self._docs[person] = stored.doc
+            view_key = _key(_VIEW, person)
+            for row in stored.copies:
+                if row not in self._holder:
+                    self._track(row, person)
+                if self._holder[row] != person:
+                    self._mutations[view_key].append(DeleteRangeFromColumn(_COPIES, row))
+            for identity in stored.members:
+                if self._person_of.get(identity, person) == person:
+                    self._members[person].add(identity)
+                else:
+                    self._mutations[view_key].append(DeleteRangeFromColumn(_MEMBERS, identity.encode()))
+
+    def apply(self, change: ProfileWrite) -> None:
+        for person in change.drop_views:
+            self._set_view(person, None)
+        for identity in change.unindex:
+            self._index(identity, None)
+        for person, doc in change.views.items():
+            self._set_view(person, doc)
+        for identity, person in change.index.items():
+            self._index(identity, person)
+        for person in change.views:
+            self._revive(person)
+        for retired, survivor in change.redirects.items():
+            if retired != survivor:
+                self._redirect(retired, survivor)
+        for key, doc in change.fragments.items():
+            self._mutations[_key(_FRAGMENT, key)] += _replace(_DATA, _DOC, doc)
+
+    def entries(self) -> list[RowMutationEntry]:
+        for row in self._moved:
+            first, holder = self._first_holder[row], self._holder[row]
+            if first is not None and first != holder:
+                self._mutations[_key(_VIEW, first)].append(DeleteRangeFromColumn(_COPIES, row))
+            if holder is not None:
+                # Set even when the holder stays, so that a list a failed write left short is mended.
+                self._mutations[_key(_VIEW, holder)].append(SetCell(_COPIES, row, b""))
+        for row in self._moved.union(*(self._held[person] for person in self._changed_views)):
+            holder = self._holder[row]
+            if holder is None:
+                self._mutations[row].append(DeleteAllFromRow())
+                continue
+            self._mutations[row] += [DeleteAllFromFamily(_COPY), *_replace(_DATA, _HOLDER, holder.encode())]
+            doc = self._docs.get(holder)
+            if doc is not None:
+                self._mutations[row].append(SetCell(_COPY, holder.encode(), doc))
+        for identity in self._indexed:
+            person = self._person_of[identity]
+            if person is not None:
+                self._mutations[_key(_IDENTITY, identity)] += _replace(_DATA, _PERSON, person.encode())
+        for person in self._changed_views:
+            doc = self._docs[person]
+            replace = [DeleteRangeFromColumn(_DATA, _DOC)] if doc is None else _replace(_DATA, _DOC, doc)
+            self._mutations[_key(_VIEW, person)] += replace
+        return [RowMutationEntry(row, mutations) for row, mutations in self._mutations.items()]
+
+    def _set_view(self, person: str, doc: bytes | None) -> None:
+        self._docs[person] = doc
+        self._changed_views.add(person)
+
+    def _index(self, identity: str, person: str | None) -> None:
+        previous = self._person_of.get(identity)
+        if previous is not None:
+            self._members[previous].discard(identity)
+            self._mutations[_key(_VIEW, previous)].append(DeleteRangeFromColumn(_MEMBERS, identity.encode()))
+        self._person_of[identity] = person
+        self._indexed.add(identity)
+        if person is not None:
+            self._members[person].add(identity)
+            self._mutations[_key(_VIEW, person)].append(SetCell(_MEMBERS, identity.encode(), b""))
+        self._move(_key(_IDENTITY, identity), None if person is None else self._holder_of(person))
+
+    def _revive(self, person: str) -> None:
+        """A person given a view is live: its identities show its view again, and its redirect goes."""
+        if self._holder[_key(_REDIRECT, person)] is None:
+            return
+        for row in self._member_rows(person):
+            self._move(row, person)
+        self._move(_key(_REDIRECT, person), None)
+
+    def _redirect(self, retired: str, survivor: str) -> None:
+        target = self._holder_of(survivor)
+        if target == retired:
+            # The retired person had absorbed the survivor earlier (merged one way, split, merged the other way now):
+            # the newer redirect wins.
+            self._move(_key(_REDIRECT, survivor), None)
+            target = survivor
+        # What the retired person held (its identities' rows when it was live, and those of the persons merged into
+        # it); or, when it was merged away before, the rows of its identities that its old survivor held.
+        for row in self._held[retired] | set(self._member_rows(retired)):
+            self._move(row, target)
+        self._move(_key(_REDIRECT, retired), target)
+
+    def _holder_of(self, person: str) -> str:
+        return self._holder.get(_key(_REDIRECT, person)) or person
+
+    def _member_rows(self, person: str) -> list[bytes]:
+        """The rows of the identities indexed to this person, which the person's holder holds now."""
+        rows = [_key(_IDENTITY, identity) for identity in self._members[person]]
+        for row in rows:
+            if row not in self._holder:
+                self._track(row, self._holder_of(person))
+        return rows
+
+    def _track(self, row: bytes, holder: str | None) -> None:
+        self._holder[row] = self._first_holder[row] = holder
+        if holder is not None:
+            self._held[holder].add(row)
+
+    def _move(self, row: bytes, holder: str | None) -> None:
+        previous = self._holder[row]
+        if previous is not None:
+            self._held[previous].discard(row)
+        if holder is not None:
+            self._held[holder].add(row)
+        self._holder[row] = holder
+        self._moved.add(row)
+
+
+def _create_if_missing(project: str, instance: str, table: str) -> None:
+    """Creates the table, or the column families it lacks; fails fast (no retries) on a store that is not there."""
+    admin = bigtable.Client(project=project, admin=True).table_admin_client
+    name = admin.table_path(project, instance, table)
+    one_version = GcRule(max_num_versions=1)
+    try:
+        try:
+            stored = admin.get_table(
+                request={"name": name, "view": Table.View.SCHEMA_VIEW}, retry=None, timeout=ADMIN_TIMEOUT_S
+            )
+        except exceptions.NotFound:
+            families = {family: {"gc_rule": one_version} for family in _FAMILIES}
+            # Another worker may have created it a moment ago.
+            with contextlib.suppress(exceptions.AlreadyExists):
+                admin.create_table(
+                    request={
+                        "parent": admin.instance_path(project, instance),
+                        "table_id": table,
+                        "table": {"column_families": families},
+                    },
+                    retry=None,
+                    timeout=ADMIN_TIMEOUT_S,
+                )
+            return
+        missing = [family for family in _FAMILIES if family not in stored.column_families]
+        if missing:
+            admin.modify_column_families(
+                request={
+                    "name": name,
+                    "modifications": [{"id": id_, "create": {"gc_rule": one_version}} for id_ in missing],
+                },
+                retry=None,
+                timeout=ADMIN_TIMEOUT_S,
+            )
+    finally:
+        admin.transport.close()
+
+
+def _key(kind: bytes, name: str) -> bytes:
+    return kind + name.encode()
+
+
+def _latest(row: Row) -> dict[tuple[str, bytes], bytes]:
+    """The newest value of each column of a row (the client lists a column's cells newest first)."""
+    cells: dict[tuple[str, bytes], bytes] = {}
+    for cell in row.cells:
+        cells.setdefault((cell.family, cell.qualifier), cell.value)
+    return cells
+
+
+def _copy(cells: Mapping[tuple[str, bytes], bytes]) -> bytes | None:
+    """The copy of the view an identity or redirect row holds: the one named after its holder."""
+    holder = cells.get((_DATA, _HOLDER))
+    return None if holder is None else cells.get((_COPY, holder))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _replace(family: str, qualifier: bytes, value: bytes) -> list[Mutation]:
+    return [DeleteRangeFromColumn(family, qualifier), SetCell(family, qualifier, value)]

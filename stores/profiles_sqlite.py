@@ -1,0 +1,122 @@
+"""The profile store on SQLite: the embedded default, one file that the processes of one machine share.
+
+Opened by :func:`~stores.profiles.open_profile_store` from ``sqlite:///path.db`` (the folder is created) or
+``sqlite:///:memory:`` (private to the store object).
+
+Tables
+------
+- ``fragments (key, doc)``: one per (identity, dataset);
+- ``views (person, doc)``: the merged profile of each live person;
+- ``identity_index (identity, person)``: every identity of a profile;
+- ``redirects (person, target)``: a person id merged away → the person that absorbed it.
+
+A write runs in one ``BEGIN IMMEDIATE`` transaction, so writers in several processes take turns (each waits up to
+a minute for the lock), and in WAL mode readers never wait for them. It first reads the fragments it expects and
+raises :class:`~stores.profiles.ProfileWriteConflict` if any differs. It drops views and index entries
+first and then puts, so a write that does both to one key leaves it put. A person given a view is live: its redirect
+goes. Redirects are kept one step long, pointing at a person that has no redirect of its own: a new redirect to a
+person that is itself redirected goes straight to the end of the chain, and the redirects to a person that is merged
+away move to its survivor. So each lookup is one query that follows at most one redirect; a redirect hides the
+retired person's own view, should one be left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from stores.profiles import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
+from stores.sqlite_files import is_busy, open_store_file, transaction
+
+# Bound parameters per IN list, well under SQLite's limit of 32,766.
+KEYS_PER_QUERY = 500
+
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS fragments (key TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS views (person TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS identity_index (identity TEXT PRIMARY KEY, person TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS redirects (person TEXT PRIMARY KEY, target TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS redirects_by_target ON redirects (target);
+COMMIT;
+"""
+
+_VIEW_BY_IDENTITY = """
+SELECT v.doc FROM identity_index AS i
+LEFT JOIN redirects AS r ON r.person = i.person
+JOIN views AS v ON v.person = COALESCE(r.target, i.person)
+WHERE i.identity = ?
+"""
+_VIEW_BY_PERSON = """
+SELECT doc FROM views WHERE person = COALESCE((SELECT target FROM redirects WHERE person = :person), :person)
+"""
+# One redirect, in three steps. A survivor that the retired person had absorbed earlier (the persons merged one way,
+# split, and merge the other way now) is live again: the newer redirect wins.
+_REVIVE_SURVIVOR = "DELETE FROM redirects WHERE person = :survivor AND target = :retired"
+_REDIRECT = """
+INSERT OR REPLACE INTO redirects (person, target)
+VALUES (:retired, COALESCE((SELECT target FROM redirects WHERE person = :survivor), :survivor))
+"""
+_REPOINT = """
+UPDATE redirects SET target = (SELECT target FROM redirects WHERE person = :retired) WHERE target = :retired
+"""
+
+
+class SqliteProfileStore(ProfileStore):
+    """Fragments, views, the identity index and redirects in a SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        self._connection = open_store_file(
+            path, _SCHEMA, "profile store", read_only=read_only, tables=("fragments", "views", "identity_index")
+        )
+
+    def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+        with transaction(self._connection, "BEGIN"):
+            return self._fragments(keys)
+
+    def write(self, change: ProfileWrite) -> None:
+        if changes_nothing(change):
+            return
+        execute_each = self._connection.executemany
+        with transaction(self._connection):
+            held = self._fragments(change.expected)
+            if any(held.get(key) != doc for key, doc in change.expected.items()):
+                raise ProfileWriteConflict(f"{len(change.expected)} fragments changed since they were read")
+            execute_each("DELETE FROM views WHERE person = ?", [(person,) for person in change.drop_views])
+            execute_each("DELETE FROM identity_index WHERE identity = ?", [(key,) for key in change.unindex])
+            execute_each("INSERT OR REPLACE INTO fragments VALUES (?, ?)", change.fragments.items())
+            execute_each("INSERT OR REPLACE INTO views VALUES (?, ?)", change.views.items())
+            execute_each("INSERT OR REPLACE INTO identity_index VALUES (?, ?)", change.index.items())
+            execute_each("DELETE FROM redirects WHERE person = ?", [(person,) for person in change.views])
+            # In order: each redirect resolves against the ones before it.
+            for retired, survivor in change.redirects.items():
+                if retired == survivor:
+                    continue
+                names = {"retired": retired, "survivor": survivor}
+                for statement in (_REVIVE_SURVIVOR, _REDIRECT, _REPOINT):
+                    self._connection.execute(statement, names)
+
+    def view_by_identity(self, identity_key: str) -> bytes | None:
+        return _first(self._connection.execute(_VIEW_BY_IDENTITY, (identity_key,)).fetchone())
+
+    def view_by_person(self, person_id: str) -> bytes | None:
+        return _first(self._connection.execute(_VIEW_BY_PERSON, {"person": person_id}).fetchone())
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def is_transient(self, error: BaseException) -> bool:
+        return is_busy(error)
+
+    def _fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, bytes] = {}
+        # A plain IN list per chunk: filling a temporary table with the keys first cost twice the read itself.
+        for start in range(0, len(wanted), KEYS_PER_QUERY):
+            chunk = wanted[start : start + KEYS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._connection.execute(f"SELECT key, doc FROM fragments WHERE key IN ({marks})", chunk))
+        return found
+
+
+def _first(row: tuple[bytes] | None) -> bytes | None:
+    return None if row is None else row[0]

@@ -1,0 +1,284 @@
+"""``make bench``: throughput of the whole replay pipeline, each figure beside a reference from the same run.
+
+The machines are shared and noisy, so no figure stands alone. The reference is the project's own pure functions
+(replay reader, decode, validate, stitch, merge, lake-row and Arrow conversion) called in a plain loop over the same
+input; each pipeline figure is printed with its share of that loop. The wide/sparse figure compares the cost of
+validating and converting the same entities against the built-in ExperienceEvent schema (hundreds of leaf fields) and
+against a narrow schema holding just the fields they use.
+
+    python -m tools.bench [--copies N] [--input FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import gc
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from jsonschema import Draft7Validator
+
+from core.records import FailedRecord, LakeRow, ValidRecord
+from identity.stitching import link_batch, record_identities
+from lake.rows import change_row, failed_row, lake_schemas, valid_row
+from messages.decoding import decode_message
+from messages.replay_files import read_replay_file
+from pipelines.config import Config
+from pipelines.ingest import RunRequest, run
+from pipelines.local_runner import prism_binary
+from schemas.arrow import table_from_rows
+from schemas.json_schema import runtime_json_schema
+from schemas.registry import SchemaRegistry
+from schemas.validation import validate_decoded, validate_entity
+from stores.identity import open_identity_store
+from stores.profiles import open_profile_store
+from transforms.merge_profiles import ProfileWriter
+
+SAMPLE = Path(__file__).parents[1] / "pipelines" / "samples" / "stream.jsonl"
+ROWS_PER_TABLE = 1000
+# The stitch step's batch and MergeProfiles' buffer (max_buffered) by default.
+BATCH = 500
+EVENT_CLASS = "https://ns.adobe.com/xdm/context/experienceevent"
+DOCS_PIPELINE_TARGET = 1.8
+WIDTH_ROUNDS = 5
+NARROW_SCHEMA = {
+    "$id": "https://example.com/bench/narrow-event",
+    "class": "https://ns.adobe.com/xdm/context/experienceevent",
+    "fieldGroups": [
+        "https://ns.adobe.com/xdm/context/identitymap",
+        "https://ns.adobe.com/xdm/context/experienceevent-web",
+    ],
+    "dataset": {"name": "narrow_events"},
+}
+
+
+def make_input(source: Path, copies: int, target: Path) -> int:
+    """``copies`` copies of the sample stream with fresh message ids and entity ids, so nothing is a duplicate."""
+    lines = source.read_bytes().splitlines()
+    count = 0
+    with target.open("wb") as out:
+        for copy in range(copies):
+            for line in lines:
+                out.write(_renumbered(line, copy) + b"\n")
+                count += 1
+    return count
+
+
+def _renumbered(line: bytes, copy: int) -> bytes:
+    try:
+        message = json.loads(line)
+        message["messageId"] = f"{message['messageId']}-{copy}"
+        payload = base64.b64decode(message["data"]).replace(b'"_id": "', f'"_id": "c{copy}-'.encode())
+        message["data"] = base64.b64encode(payload).decode()
+    except (ValueError, KeyError, TypeError):
+        return line
+    return json.dumps(message).encode()
+
+
+def plain_loop(path: Path, registry: SchemaRegistry, work_dir: Path) -> tuple[float, int]:
+    """Seconds for the pure functions over the file, and the number of messages.
+
+    The functions are the pipeline's own, called on batches of :data:`BATCH` messages as its steps make them: decode,
+    validate, stitch (one identity-store round trip per batch), merge (one profile-store write per batch) and lake
+    rows to Arrow tables of :data:`ROWS_PER_TABLE`, with SQLite stores in ``work_dir`` as the pipeline runs use.
+    """
+    config = Config()
+    stitching = config.stitch_settings()
+    profile_datasets = {name for name, dataset in registry.datasets.items() if dataset.profile}
+    identity_url = f"sqlite:///{work_dir}/identity.sqlite"
+    identity_store = open_identity_store(identity_url)
+    profiles = ProfileWriter(
+        registry,
+        open_identity_store(identity_url),
+        open_profile_store(f"sqlite:///{work_dir}/profiles.sqlite"),
+        stitching,
+        config.profile_settings(),
+    )
+    schemas = lake_schemas(registry)
+    pending: dict[str, list] = defaultdict(list)
+
+    def to_lake(row: LakeRow) -> None:
+        rows = pending[row.dataset]
+        rows.append(row.row)
+        if len(rows) == ROWS_PER_TABLE:
+            table_from_rows(rows, schemas[row.dataset])
+            rows.clear()
+
+    def stitch_and_merge(valid: list[ValidRecord]) -> None:
+        found = [(record, record_identities(record, registry, stitching)) for record in valid]
+        linking = [(record, identities) for record, identities in found if identities is not None]
+        changes = [change for _, identities in linking for change in identities.rejected]
+        stitched = [record for record, identities in found if identities is None]
+        if linking:
+            batch_changes, persons = link_batch(identity_store, stitching.graph, [entry for _, entry in linking])
+            changes += batch_changes
+            for (record, _), person in zip(linking, persons, strict=True):
+                stitched.append(dataclasses.replace(record, person_id=person))
+        profiles.write(
+            [record for record in stitched if record.person_id is not None and record.dataset in profile_datasets],
+            [change for change in changes if change.kind in ("merge", "split")],
+        )
+        for record in stitched:
+            to_lake(valid_row(record))
+        for change in changes:
+            to_lake(change_row(change, change.time_us))
+
+    start = time.perf_counter()
+    messages = 0
+    valid: list[ValidRecord] = []
+    for message in read_replay_file(str(path), clock=time.time_ns):
+        messages += 1
+        for decoded in decode_message(message, registry.avro_schema_for):
+            outcome = decoded if isinstance(decoded, FailedRecord) else validate_decoded(decoded, registry)
+            if isinstance(outcome, FailedRecord):
+                to_lake(failed_row(outcome))
+            else:
+                valid.append(outcome)
+        if messages % BATCH == 0:
+            stitch_and_merge(valid)
+            valid = []
+    stitch_and_merge(valid)
+    for dataset, rows in pending.items():
+        if rows:
+            table_from_rows(rows, schemas[dataset])
+    seconds = time.perf_counter() - start
+    identity_store.close()
+    profiles.close()
+    return seconds, messages
+
+
+def pipeline_seconds(
+    path: Path, registry: SchemaRegistry, *, batch: bool, runner: str | None = None, beam_args: tuple[str, ...] = ()
+) -> float:
+    with tempfile.TemporaryDirectory() as lake:
+        stores = f"sqlite:///{lake}/identity.sqlite", f"sqlite:///{lake}/profiles.sqlite"
+        request = RunRequest(str(path), lake, *stores, batch=batch, runner=runner, beam_args=beam_args)
+        start = time.perf_counter()
+        run(request, registry, Config())
+        return time.perf_counter() - start
+
+
+def beam_docs_pipeline_seconds(path: Path, registry: SchemaRegistry) -> float:
+    """The pipeline a Beam user would write from Beam's documentation for the same job, in batch on FnApiRunner:
+    read → ``json.loads`` → ``jsonschema`` (the ExperienceEvent schema's JSON Schema form) → ``WriteToParquet``, with
+    no stitching and no profiles."""
+    import apache_beam as beam
+    import pyarrow as pa
+
+    validator = Draft7Validator(runtime_json_schema(registry.get(EVENT_CLASS).root))
+    parquet_schema = pa.schema([(name, pa.string()) for name in ("_id", "timestamp", "eventType", "entity")])
+
+    def entity(line: str) -> dict | None:
+        try:
+            payload = json.loads(base64.b64decode(json.loads(line)["data"]))
+            return payload["body"]["xdmEntity"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def row(event: dict) -> dict:
+        fields = {name: str(event.get(name)) for name in ("_id", "timestamp", "eventType")}
+        return {**fields, "entity": json.dumps(event)}
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        with beam.Pipeline(runner="FnApiRunner") as pipeline:
+            _ = (
+                pipeline
+                | beam.io.ReadFromText(str(path))
+                | beam.Map(entity)
+                | beam.Filter(lambda event: isinstance(event, dict) and validator.is_valid(event))
+                | beam.Map(row)
+                | beam.io.WriteToParquet(f"{out}/events", parquet_schema)
+            )
+        return time.perf_counter() - start
+
+
+def schema_width_costs(path: Path, registry: SchemaRegistry, narrow: SchemaRegistry) -> tuple[float, float, int]:
+    """µs per entity to validate and convert narrow-shaped events against the wide and the narrow schema."""
+    wide_schema = registry.get("https://ns.adobe.com/xdm/context/experienceevent")
+    narrow_schema = narrow.get(NARROW_SCHEMA["$id"])
+    entities = []
+    for message in read_replay_file(str(path), clock=time.time_ns):
+        for decoded in decode_message(message, registry.avro_schema_for):
+            if isinstance(decoded, FailedRecord) or decoded.schema_id != wide_schema.schema_id:
+                continue
+            entity = {key: value for key, value in decoded.entity.items() if key in narrow_schema.root.accepts}
+            _, errors = validate_entity(entity, narrow_schema, message.publish_time_us)
+            if not errors:
+                entities.append((entity, message.publish_time_us))
+    # Alternate the two and keep each one's best of several rounds, without the collector's pauses: the machine is
+    # shared and noisy.
+    best = {wide_schema.schema_id: float("inf"), narrow_schema.schema_id: float("inf")}
+    for _ in range(WIDTH_ROUNDS):
+        for schema in (wide_schema, narrow_schema):
+            gc.collect()
+            gc.disable()
+            start = time.perf_counter()
+            rows = []
+            for entity, ingest_time in entities:
+                normalised, _ = validate_entity(entity, schema, ingest_time)
+                rows.append(dict(normalised, _message_id="m", _ingest_time=ingest_time))
+            for offset in range(0, len(rows), ROWS_PER_TABLE):
+                table_from_rows(rows[offset : offset + ROWS_PER_TABLE], schema.arrow_schema)
+            seconds = (time.perf_counter() - start) / max(len(entities), 1) * 1e6
+            gc.enable()
+            best[schema.schema_id] = min(best[schema.schema_id], seconds)
+    costs = [best[wide_schema.schema_id], best[narrow_schema.schema_id]]
+    return costs[0], costs[1], len(entities)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=5, help="copies of the sample stream to replay")
+    parser.add_argument("--input", type=Path, default=SAMPLE)
+    args = parser.parse_args(argv)
+    registry = SchemaRegistry.load()
+    with tempfile.TemporaryDirectory() as work:
+        narrow_dir = Path(work, "schemas")
+        narrow_dir.mkdir()
+        (narrow_dir / "narrow.json").write_text(json.dumps(NARROW_SCHEMA))
+        narrow = SchemaRegistry.load(narrow_dir)
+        path = Path(work, "input.jsonl")
+        messages = make_input(args.input, args.copies, path)
+        loop_seconds, counted = plain_loop(path, registry, Path(work))
+        assert counted == messages
+        loop_rate = messages / loop_seconds
+        print(f"input: {messages} messages ({args.copies} copies of {args.input.name})")
+        print(f"reference, plain loop of decode+validate+stitch+merge+arrow: {loop_rate:10,.0f} msg/s")
+        rates = {}
+        for label, batch in (("--batch (FnApiRunner)", True), ("streaming (BundleBasedDirectRunner)", False)):
+            rates[batch] = messages / pipeline_seconds(path, registry, batch=batch)
+            print(
+                f"pipeline {label:<36} {rates[batch]:10,.0f} msg/s  ratio to reference {rates[batch] / loop_rate:5.2f}"
+            )
+        prism = prism_binary()
+        if os.access(prism, os.X_OK):
+            prism_rate = messages / pipeline_seconds(
+                path, registry, batch=False, runner="PrismRunner", beam_args=(f"--prism_location={prism}",)
+            )
+            label = "streaming (PrismRunner)"
+            print(f"pipeline {label:<36} {prism_rate:10,.0f} msg/s  ratio to reference {prism_rate / loop_rate:5.2f}")
+        else:
+            print(f"pipeline streaming (PrismRunner): skipped, no binary at {prism} (make prism)")
+        docs_rate = messages / beam_docs_pipeline_seconds(path, registry)
+        print(
+            f"Beam-docs pipeline (read, json.loads, jsonschema, WriteToParquet) {docs_rate:10,.0f} msg/s: "
+            f"--batch is {rates[True] / docs_rate:4.2f}x it (target {DOCS_PIPELINE_TARGET}x)"
+        )
+        wide, narrow_cost, entities = schema_width_costs(path, registry, narrow)
+        wide_leaves = registry.get("https://ns.adobe.com/xdm/context/experienceevent").root.leaf_count()
+        narrow_leaves = narrow.get(NARROW_SCHEMA["$id"]).root.leaf_count()
+        print(
+            f"wide schema ({wide_leaves} leaves) {wide:7.1f} µs/entity vs narrow ({narrow_leaves} leaves) "
+            f"{narrow_cost:7.1f} µs/entity over {entities} events: ratio {wide / narrow_cost:4.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
