@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -69,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from core.errors import ConfigError
 from identity.graph import GraphRules
 from identity.namespaces import (
     DEFAULT_IDENTITY_FIELDS,
@@ -78,84 +78,32 @@ from identity.namespaces import (
     NamespaceRegistry,
 )
 from identity.stitching import StitchSettings
+from lake.windows import COMMIT_INTERVAL_S, divides_an_hour
 from messages.decoding import MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES
 from profiles.model import DEFAULT_LIMITS, DatasetPrecedence, MergePolicy, ProfileLimits, TimestampOrdered
-from schemas.validation import ValidationPolicy
+from schemas.validation import DEFAULT_POLICY, ValidationPolicy
+from service.settings import InletConnection, InletSettings
 
 if TYPE_CHECKING:
     from transforms.merge_profiles import ProfileSettings
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IdentitySettings:
     """The ``identity`` key: the identity graph's limits and the rules identities are extracted by."""
 
-    max_identities_per_graph: int = 50
-    quarantine_links: int = 50
-    quarantine_window_seconds: int = 3600
-    blocked_values: tuple[str, ...] = ()
-    blocked_patterns: tuple[str, ...] = ()
-    phone_region: str = "US"
+    max_identities_per_graph: int = GraphRules.max_identities
+    quarantine_links: int = GraphRules.quarantine_links
+    quarantine_window_seconds: int = GraphRules.quarantine_window_us // 1_000_000
+    blocked_values: tuple[str, ...] = IdentityRules.blocked_values
+    blocked_patterns: tuple[str, ...] = IdentityRules.blocked_patterns
+    phone_region: str = IdentityRules.phone_region
     fields: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_IDENTITY_FIELDS))
 
     def __post_init__(self) -> None:
         for name in ("max_identities_per_graph", "quarantine_links", "quarantine_window_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"identity.{name} must be positive")
-
-
-# Safe in a URL path segment as it is; "batch" would shadow POST /collection/batch/{connection_id}.
-_CONNECTION_ID = re.compile(r"(?!batch$)[A-Za-z0-9._~-]{1,128}")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class InletConnection:
-    """One connection of the HTTP inlet: its token, its rate limit and the attributes of messages naming none."""
-
-    token: str | None = None
-    token_env: str | None = None
-    rate_per_second: float = 100.0
-    burst: int = 200
-    schema: str | None = None
-    dataset: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.token is not None and self.token_env is not None:
-            raise ConfigError("takes token or token_env, not both")
-        if self.rate_per_second <= 0 or self.burst <= 0:
-            raise ConfigError("rate_per_second and burst must be positive")
-
-    def resolved_token(self, environ: Mapping[str, str]) -> str | None:
-        """The token a request must carry (None: none asked), read from ``environ`` when ``token_env`` names it."""
-        if self.token_env is None:
-            return self.token
-        token = environ.get(self.token_env, "").strip()
-        if not token:
-            raise ConfigError(f"token_env names {self.token_env}, which is not set")
-        return token
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class InletSettings:
-    """The ``inlet`` key: the HTTP inlet's connections and limits."""
-
-    max_request_bytes: int = 1024 * 1024
-    publish_timeout_seconds: float = 10.0
-    connections: Mapping[str, InletConnection] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.max_request_bytes <= 0 or self.publish_timeout_seconds <= 0:
-            raise ConfigError("inlet.max_request_bytes and inlet.publish_timeout_seconds must be positive")
-        for connection_id in self.connections:
-            if not _CONNECTION_ID.fullmatch(connection_id):
-                raise ConfigError(
-                    f"inlet.connections: {connection_id!r} is not a connection id "
-                    "(1 to 128 of A-Z a-z 0-9 . _ ~ -, and not 'batch')"
-                )
 
 
 TIMESTAMP_ORDERED = "timestamp_ordered"
@@ -224,9 +172,9 @@ class ProfilesSettings:
 @dataclasses.dataclass(frozen=True)
 class Config:
     tenant_id: str = "tenant"
-    commit_interval_seconds: int = 300
-    timestamp_skew_seconds: int = 300
-    max_errors: int = 100
+    commit_interval_seconds: int = COMMIT_INTERVAL_S
+    timestamp_skew_seconds: int = DEFAULT_POLICY.timestamp_skew_us // 1_000_000
+    max_errors: int = DEFAULT_POLICY.max_errors
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_batch_entries: int = MAX_BATCH_ENTRIES
     datasets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -241,7 +189,7 @@ class Config:
                 raise ConfigError(f"{name} must be positive")
         if self.timestamp_skew_seconds < 0:
             raise ConfigError("timestamp_skew_seconds must not be negative")
-        if 3600 % self.commit_interval_seconds:
+        if not divides_an_hour(self.commit_interval_seconds):
             raise ConfigError(f"commit_interval_seconds must divide an hour (3600), not {self.commit_interval_seconds}")
         try:
             registry = self.namespace_registry()

@@ -81,9 +81,9 @@ from messages.decoding import (
     decode_message,
     parse_json,
 )
-from pipelines.config import InletConnection, InletSettings
 from schemas.registry import SchemaRegistry
 from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
+from service.settings import InletConnection, InletSettings
 
 CONNECTION_ID_ATTRIBUTE = "connectionId"
 DATASET_ID_ATTRIBUTE = "datasetId"
@@ -522,7 +522,7 @@ class Inlet:
     """The inlet's state behind its routes: connections with their tokens and buckets, the judge, the publisher.
 
     ``environ`` resolves connections' ``token_env`` (a missing variable raises
-    :class:`~pipelines.config.ConfigError`); ``clock`` (seconds since the epoch) stamps requests and drives the rate
+    :class:`~core.errors.ConfigError`); ``clock`` (seconds since the epoch) stamps requests and drives the rate
     limits. :meth:`close` closes the publisher.
     """
 

@@ -124,12 +124,12 @@ from apache_beam.utils.timestamp import Timestamp
 from core.clock import EPOCH, wall_clock_us
 from core.records import LakeRow
 from lake.folders import clean_stale_temp_files, make_folders, refuse_linked_folders, writer_temp_dir
+from lake.windows import COMMIT_INTERVAL_S, divides_an_hour
 from transforms import metrics
 
 TableBuilder = Callable[[list[Mapping[str, Any]], pa.Schema], pa.Table]
 
 _LOGGER = logging.getLogger(__name__)
-_SECONDS_PER_HOUR = 3600
 _MICROS = 1_000_000
 # The footer keys of a lake file (Parquet key-value metadata), and the bytes of one row identity's digest: 2^-64 per
 # pair of rows in a window is far below any other way a row could be lost.
@@ -177,13 +177,13 @@ class WriteToLake(beam.PTransform):
         lake_dir: str,
         schemas: Mapping[str, pa.Schema],
         *,
-        commit_interval_s: int = 300,
+        commit_interval_s: int = COMMIT_INTERVAL_S,
         max_rows_per_file: int = 1_000_000,
         table_builder: TableBuilder = _table_from_pylist,
         clock: Callable[[], int] = wall_clock_us,
     ) -> None:
         super().__init__()
-        if commit_interval_s <= 0 or _SECONDS_PER_HOUR % commit_interval_s:
+        if not divides_an_hour(commit_interval_s):
             raise ValueError(f"commit_interval_s must divide an hour (3600 s), got {commit_interval_s}")
         if max_rows_per_file <= 0:
             raise ValueError(f"max_rows_per_file must be positive, got {max_rows_per_file}")

@@ -33,7 +33,7 @@ from messages.decoding import (
     UNKNOWN_ENVELOPE,
 )
 from pipelines.cli import main
-from pipelines.config import ConfigError, InletConnection, InletSettings, load_config
+from pipelines.config import ConfigError, load_config
 from schemas.registry import SchemaRegistry
 from schemas.validation import REQUIRED, UNKNOWN_FIELD
 from service.api import create_app
@@ -61,6 +61,7 @@ from service.inlet import (
     single_response,
     token_status,
 )
+from service.settings import InletConnection, InletSettings
 from tests.helpers import EVENT_SCHEMA, PROFILE_SCHEMA, envelope, event
 from tests.service.test_api import SHORT_DEADLINES, running_server, seconds_until_closed
 from tests.service.test_profile_lookup import sample_store

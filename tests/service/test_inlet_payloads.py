@@ -31,7 +31,7 @@ Where the documents disagree, and what we follow:
 - Failed batch entries: the tutorials give ``{"statusCode", "message"}``, the Kafka connector's fixture
   ``{"xactionId", "status", "message"}``. We follow the tutorials (and the issue).
 - The connector's fixture refuses a message without a ``header``; our decoder takes the schema from
-  ``body.xdmMeta`` (DESIGN.md §2), so we accept it.
+  ``body.xdmMeta`` (README, "Payload forms"), so we accept it.
 - Error bodies have the problem shape of the documented 400s; the documented 401 has ``status`` as a string, ours is
   an integer like the 400s'.
 - Files that are not strict JSON as published (trailing commas, an extra brace) are what the documents show: they get
@@ -49,11 +49,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.config import InletConnection, InletSettings, load_config
+from pipelines.config import load_config
 from schemas.registry import SchemaRegistry
 from schemas.validation import UNKNOWN_SCHEMA
 from service.api import create_app
 from service.inlet import Inlet, Judge
+from service.settings import InletConnection, InletSettings
 from tests.messages.test_decoding import EVENT_ID, PROFILE_ID
 from tests.service.test_inlet import FakePublisher
 from tests.service.test_profile_lookup import sample_store
