@@ -297,7 +297,7 @@ def _normalised(namespace: Namespace, trimmed: str, source: str, rules: Identity
 
 
 def record_time_us(record_entity: Mapping[str, Any], schema_class_id: str, ingest_time_us: int) -> int:
-    """The time rules order a record by (DESIGN.md §3): an event's ``timestamp``, a record's
+    """The time rules order a record by (README, "Linking rules, in order"): an event's ``timestamp``, a record's
     ``extSourceSystemAudit.lastUpdatedDate``, else the ingestion time."""
     if schema_class_id == EXPERIENCE_EVENT_CLASS:
         stated = record_entity.get("timestamp")

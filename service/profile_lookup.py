@@ -2,7 +2,7 @@
 
 Each lookup is one read of the profile store (:mod:`stores.profiles`), which keeps every person's merged
 view and indexes it by every identity of the person and by the retired person ids a merge redirected to it. The
-answer is the view under the DESIGN.md §2 contract line::
+answer is the view in the shape README's "`profilestream profile get`" states::
 
     {"lookup": "NS:ID" or person id as asked, "person_id": str | null,
      "identities": [{"namespace", "id"}],            # as stored (normalised)

@@ -1,5 +1,6 @@
 """``profilestream run --runner FlinkRunner``: with no other flag it submits to the cluster ``make flink-up`` starts
-(DESIGN.md §2); a user's own Flink options win; a missing cluster or job-server jar is one line and exit 2."""
+(README, "`profilestream run`"); a user's own Flink options win; a missing cluster or job-server jar is one line and
+exit 2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``profilestream identity get`` on a store built by ``profilestream run``: the DESIGN.md §2 contract.
+"""``profilestream identity get`` on a store built by ``profilestream run``: the contract of README's
+"`profilestream identity get`".
 
 The replay is a shared-device story: Ann logs in on a device with her CRM id and her e-mail, then Bob logs in on the
 same device, twice. CRMID is a unique namespace, so the device follows its last user: Bob's person holds the device,

@@ -6,7 +6,7 @@ Carol's records carries a malformed ECID.
 
 The graph is a function of its facts, and adding facts commutes, so both runs end with the same persons, whatever
 batches the runs cut the replay into (a batch ends with its bundle, and the runners bundle as they please). A lake
-row's ``_person_id`` is the person *when the row was written* (DESIGN.md §2, "Lake layout"): a record stitched
+row's ``_person_id`` is the person *when the row was written* (README, "Lake layout"): a record stitched
 before a later split can carry its older person, and ``identity_changes`` then names that person. So the lakes agree
 on every record whose person no identity change of either run names (at least Carol's and Dave's: each of their
 records carries the same identities, so that no order of arrival renames them), and on every count: records, lake

@@ -1,4 +1,4 @@
-"""Profile lookups and ``profilestream profile get``: the DESIGN.md §2 contract line, normalisation, exit codes.
+"""Profile lookups and ``profilestream profile get``: README's contract line, normalisation, exit codes.
 
 Most tests read an in-memory :class:`ProfileStore` holding two people written through the store interface: Ann, with
 a CRM id, an e-mail, a device and three events, who absorbed a person merged away (:data:`RETIRED`); and Bob, with a
