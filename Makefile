@@ -32,6 +32,7 @@ test: lint ## Lint, then run the tests on 2 workers (extra pytest flags with PYT
 	FAKE_GCS_SERVER=$(FAKE_GCS) $(VENV)/bin/pytest -n 2 -q -rs $(PYTEST_ARGS)
 
 bench: venv ## Run the throughput benchmark
+	$(VENV)/bin/python -m tools.bench_commands
 	$(VENV)/bin/python -m tools.bench
 	$(VENV)/bin/python -m tools.bench_identity
 	$(VENV)/bin/python -m tools.bench_profiles
