@@ -78,7 +78,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = command_parser()
     try:
         args, beam_args = parser.parse_known_args(argv)
         if args.command != "run" and beam_args:
@@ -96,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def command_parser() -> argparse.ArgumentParser:
+    """The parser of every ``profilestream`` command."""
     parser = _Parser(prog="profilestream", description="Streaming customer-profile pipeline on Apache Beam.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -186,6 +187,12 @@ def _parser() -> argparse.ArgumentParser:
         limits.add_argument(flag, type=_positive(kind), default=default, metavar="N", help=f"{help_text} ({default:g})")
     serve.set_defaults(handler=_serve)
     return parser
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """The ``profilestream run`` command's parser (the Flex Template's parameters are its flags)."""
+    commands = next(action for action in command_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    return commands.choices["run"]
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:

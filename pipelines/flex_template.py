@@ -1,6 +1,6 @@
 """The Dataflow Flex Template of ``profilestream run``: its ``metadata.json``, built from the CLI itself.
 
-Every flag of ``profilestream run`` (:func:`pipelines.cli._parser`) becomes one template parameter, so the template
+Every flag of ``profilestream run`` (:func:`pipelines.cli.run_parser`) becomes one template parameter, so the template
 can never offer a flag the CLI lacks nor miss one it has::
 
     python -m pipelines.flex_template --out deploy/dataflow/metadata.json     # what `make flex-template` runs
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import _parser
+from pipelines.cli import run_parser
 
 TEMPLATE_NAME = "profilestream"
 TEMPLATE_DESCRIPTION = (
@@ -31,12 +31,6 @@ _REGEXES = {
     "source": [r"^(replay:.+|pubsub:projects/[^/]+/subscriptions/[^/]+)$"],
     "dead_letter_topic": [r"^projects/[^/]+/topics/[^/]+$"],
 }
-
-
-def run_parser() -> argparse.ArgumentParser:
-    """The ``profilestream run`` subcommand's parser."""
-    commands = next(action for action in _parser()._actions if isinstance(action, argparse._SubParsersAction))
-    return commands.choices["run"]
 
 
 def run_flags() -> list[argparse.Action]:
