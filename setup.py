@@ -1,7 +1,8 @@
 """Packaging for profilestream.
 
 setup.py (rather than a pyproject build backend) because Beam's DataflowRunner ships a job's code to its workers
-with `--setup_file`: pipelines/, transforms/ and schemas/ go with their data files (DESIGN.md §5).
+with `--setup_file`: every package the pipeline runs goes with its data files, and tools/ stays out (README,
+"Deploying to Dataflow" and "Code layout").
 """
 
 from pathlib import Path

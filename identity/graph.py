@@ -5,22 +5,16 @@
 It depends only on the facts, never on the order they arrived in, so every runner, every parallelism and every
 replay builds the same graph. :func:`changes` compares two resolutions and names what happened between them.
 
-The rules, applied in this order:
+The rules, applied in this order (README, "Linking rules, in order"): **quarantine** of an identity whose links reach
+``quarantine_links`` (50) distinct other identities first seen within one ``quarantine_window_us`` (an hour of record
+time): its links are ignored and it stands alone; **links, most recent first** by their latest observation (ties: the
+higher namespace priority, then the identities' order), each joining two groups unless that would put two identities
+of one *unique* namespace into one group or make a group larger than ``max_identities`` (50): such a link is removed;
+**persons**: each group is one, named ``p-`` and 24 hex digits of the SHA-256 of its *anchor*, the identity seen first
+(earliest sighting, then the highest namespace priority, then namespace and id).
 
-1. **Quarantine.** An identity whose links reach ``quarantine_links`` (50) distinct other identities first seen within
-   one ``quarantine_window_us`` (an hour of record time) is suspect (a shared kiosk, a test id, a bad default). Its
-   links are ignored and it stands alone.
-2. **Links, most recent first.** The remaining links are taken in order of their latest observation, newest first
-   (ties: the higher namespace priority, then the identities' order). A link joins two groups unless that would put
-   two identities of one *unique* namespace (a CRM id, a login) into one group, or make a group larger than
-   ``max_identities`` (50). Such a link is removed: because newer links were taken first, the most recent link wins
-   and the older one goes, so a shared device follows its last authenticated user; and a group at its limit keeps its
-   newest links, so the identities linked longest ago (then the lowest-priority ones) drop out first.
-3. **Persons.** Each group is a person. Its id is made from its *anchor*, the identity seen first (earliest sighting,
-   then the highest namespace priority, then namespace and id): ``p-`` and 24 hex digits of the anchor's SHA-256. When
-   persons merge, the one whose anchor was seen first keeps its id; when a person splits, the side holding the anchor
-   keeps it and each other side takes the id of its own anchor. A late record can move an anchor earlier and so
-   rename a person (a ``rename`` change): the graph is a function of the facts, and the facts say who was first.
+Why the most recent link wins and persons are named by their anchor:
+docs/decisions/0026-persons-are-named-by-their-anchor.md.
 """
 
 from __future__ import annotations

@@ -5,23 +5,17 @@ In: a valid entity in runtime names (``ValidRecord.entity``), a :class:`Namespac
 :class:`~identity.model.Identity` values (deduplicated, sorted) and a :class:`Rejection` for every identity
 left out of the graph. Nothing raises: bad data is a rejection, and the record itself goes on to the lake.
 
-Sources
--------
-- every item of ``identityMap``, keyed by a namespace code in any case or by the URL form the XDM examples use,
-  ``https://data.adobe.io/entities/namespace/<numeric id>``;
-- every *identity field* (:attr:`IdentityRules.fields`, as the reference platform's identity descriptors): a
-  dot-separated runtime path such as ``personalEmail.address`` mapped to a namespace code, read when present.
+Sources: every item of ``identityMap``, keyed by a namespace code in any case or by the URL form the XDM examples use,
+``https://data.adobe.io/entities/namespace/<numeric id>``; and every *identity field* (:attr:`IdentityRules.fields`, as
+the reference platform's identity descriptors), a dot-separated runtime path such as ``personalEmail.address`` mapped
+to a namespace code, read when present. An :class:`~identity.model.Identity` names its namespace by the configured
+code (``Email``), whatever case or form the message used.
 
-Normalisation
--------------
-Every id is trimmed. Then, by namespace: ``Email`` is lower-cased and holds one ``@`` between non-empty parts;
-``Phone`` is parsed with ``phonenumbers`` (numbers without a country code are read in the default region) and
-written in E.164; ``ECID`` is exactly 38 digits; a *hashed* namespace holds a SHA-256 as 64 hex digits, lower-cased.
-An :class:`~identity.model.Identity` names its namespace by the configured code (``Email``), whatever case
-or form the message used.
+Normalisation (README, "Namespaces and normalisation"): every id is trimmed; then ``Email`` is lower-cased and holds
+one ``@`` between non-empty parts; ``Phone`` is parsed with ``phonenumbers`` (numbers without a country code in the
+default region) and written in E.164; ``ECID`` is exactly 38 digits; a *hashed* namespace holds a SHA-256 as 64 hex
+digits, lower-cased. Rejection codes (also in README); an identity gets the first that applies, in this order:
 
-Rejection codes (also in README); an identity gets the first that applies, in this order
----------------------------------------------------------------------------------------
 ==============================  ====================================================================================
 ``IDENTITY.MALFORMED``          an item without a string ``id`` (validation stops these; extraction never trusts it)
 ``IDENTITY.UNKNOWN_NAMESPACE``  the ``identityMap`` key or identity field names no configured namespace
@@ -35,15 +29,8 @@ Rejection codes (also in README); an identity gets the first that applies, in th
 ``IDENTITY.QUARANTINED``        from the graph, not from here: an identity that gained too many links too fast
 ==============================  ====================================================================================
 
-Standard namespaces
--------------------
-The defaults when the configuration lists none. Numeric ids are the ones Adobe documents: ECID 4 and AAID 10 (the
-XDM examples' ``identityMap`` keys, and the Profile API's namespace report), Email 6, Phone 7, GAID 20914 and IDFA
-20915 (Privacy Service API appendix, "Standard identity namespaces"). Email_LC_SHA256 11 is the platform's id as we
-know it but appears in none of those pages: check it against a real organisation's ``GET /idnamespace/identities``.
-Phone_SHA256 and CRMID have none: the appendix gives 8 to Windows AID, and CRMID is a custom namespace whose id each
-organisation gets when it creates it. Priorities rank person over hashed over device over cookie namespaces,
-CRMID first.
+The standard namespaces (:data:`STANDARD_NAMESPACES`, when the configuration lists none), their numeric ids and
+priorities: docs/decisions/0025-standard-namespace-numeric-ids.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,13 @@
 """The lake's local folders: the writer touches its own files only, and follows no symbolic link.
 
-In: a local lake's root folder. Out: the folder where this process writes its temporary files, the clean-up of the
-temporary files of writers that are gone, and one-line refusals (:class:`LakeFolderError`) of folders the writer
-would have to follow a link to reach.
+In: a local lake's root folder. Out: the folder where this process writes its temporary files
+(``<lake>/.tmp/writer-<32 hex digits>/``, with its lock file ``writer-<same digits>.lock`` locked while the process
+lives; both removed when it exits, the folder if empty); :func:`clean_stale_temp_files`, which removes the temporary
+files of writers that are gone (only ``<32 hex digits>.parquet`` files in folders whose lock it can take); and
+one-line refusals (:class:`LakeFolderError`) of ``.tmp``, a dataset folder or a partition folder that is a symbolic
+link (the lake's root may be one).
 
-Temporary files
----------------
-Each writing process has a folder of its own, ``<lake>/.tmp/writer-<32 hex digits>/``, and holds an exclusive
-``flock`` on its lock file ``<lake>/.tmp/writer-<same digits>.lock`` for as long as it lives. The lock file is
-locked under another name and then renamed into place, so a lock file under its final name is always locked by a
-live writer or left by a dead one: a killed process's locks go with it. A process that exits removes its own folder
-and lock file (when the folder is empty). :func:`clean_stale_temp_files` removes the
-folders whose lock it can take, and in them only files named as the writer names them (``<32 hex digits>.parquet``),
-so two runs writing one lake never remove each other's files, and a file someone else keeps in ``.tmp`` stays.
-
-Links
------
-The lake's root may be a symbolic link (to put the lake on another disk). Below it, the writer refuses to follow
-one: ``.tmp``, a dataset folder or a partition folder that is a link is a :class:`LakeFolderError`, before anything
-is written or removed there. Folders are made with ``os.mkdir`` one level at a time and checked with ``lstat``.
+How the locks and links are handled, and why: docs/decisions/0004-each-lake-writer-owns-a-locked-temp-folder.md.
 """
 
 from __future__ import annotations

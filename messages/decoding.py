@@ -5,16 +5,14 @@
 for each part that cannot be decoded. A message that is not a batch envelope gives exactly one output; a batch
 envelope gives one per entry, and a bad entry never fails its siblings. Nothing raises.
 
-Payload forms, told apart by shape (DESIGN.md §2):
+Payload forms, told apart by shape (README, "Payload forms"): the streaming envelope, the batch envelope (a failed
+entry's record carries that entry re-serialised as compact JSON), any other JSON object as a bare entity whose schema
+id is the ``schemaRef`` attribute (dataset: ``datasetId``), and ``contentType: avro/binary`` entities.
 
-- the streaming envelope ``{"header": {"schemaRef": {"id"}, "datasetId", ...}, "body": {"xdmMeta", "xdmEntity"}}``;
-- the batch envelope ``{"messages": [envelope, ...]}``; a failed entry's record carries that entry re-serialised as
-  compact JSON, since the envelope's bytes hold its siblings too;
-- any other JSON object: a bare entity whose schema id is the ``schemaRef`` attribute (dataset: ``datasetId``);
-- ``contentType: avro/binary``: a schemaless Avro entity written with the schema's derived Avro form.
-
-JSON is parsed strictly (:func:`parse_json`): what parsers disagree on is rejected with its own code rather than
-silently altered. Codes:
+JSON is parsed strictly (:func:`parse_json`). Before any entry is looked at, a message is checked for its size, its
+publish time (before 1970-01-01, or later than its read time plus the skew, it fails whole) and a batch's count. A
+too large message's record keeps the first :data:`FAILED_PREFIX_BYTES` of its data, with the attributes
+``profilestream.originalBytes`` and ``profilestream.originalSha256`` (:func:`cut_payload_attributes`). Codes:
 
 =================================  ==================================================================================
 ``SIZE.MESSAGE_TOO_LARGE``         the message is larger than ``max_message_bytes`` (1 MiB), or its data is already
@@ -39,17 +37,8 @@ silently altered. Codes:
 ``SCHEMA.UNKNOWN_SCHEMA``          an Avro entity naming a schema that is not registered
 =================================  ==================================================================================
 
-The checks that bound the work a message can cost come first: its size, then its publish time, then (after parsing)
-a batch's count, before any entry is looked at, so a 1 MiB ``{"messages": [1, 1, ...]}`` is one failed record, not
-half a million. A too large message's record keeps only the first :data:`FAILED_PREFIX_BYTES` of its data; its
-attributes ``profilestream.originalBytes`` and ``profilestream.originalSha256`` give the whole payload's length and
-SHA-256 (:func:`cut_payload_attributes`).
-
-The publish time is the message's ingestion time, which decides its lake partition. Before 1970 it cannot be a
-Pub/Sub publish time; later than the read time plus the skew it has not happened yet: only a forged or corrupt
-archive holds either. A replay reads later than the first ingestion did, so a genuine archive passes in every replay
-and a replay of the same archive still writes the same files; the read time serves only to reject the absurd. (A
-replay stamps such a message with its read time, so that its failed record lands in the read time's partition.)
+Why strict, and cheap checks first: docs/decisions/0021-strict-json-and-cheap-checks-first.md; why the publish time
+is checked: docs/decisions/0022-publish-times-are-trusted-within-a-range.md.
 """
 
 from __future__ import annotations

@@ -1,47 +1,29 @@
 """Archived Pub/Sub messages read from files, without Beam: what a replay reads and ``validate`` checks.
 
-In: a replay PATH (a file, a directory read recursively, or a glob): :func:`expand_replay_path` lists its files,
-:func:`read_replay_file` reads one lazily. Out: one :class:`~core.records.Message` per archived message.
-:mod:`transforms.replay` is the Beam source built on them.
+In: a replay PATH (a local file, a directory read recursively, or a glob): :func:`expand_replay_path` lists its files
+(below a directory, names starting with ``.`` or ``_`` are skipped), :func:`read_replay_file` reads one lazily. Out:
+one :class:`~core.records.Message` per archived message. :mod:`transforms.replay` is the Beam source built on them.
 
-Formats
--------
-Each file is recognised by its content, not its name:
+Each file is recognised by its content, not its name (README, "Replay formats"):
 
 - **Avro** (starts with ``Obj\\x01``): the record format of Pub/Sub's Cloud Storage subscriptions (``message_id``,
   ``publish_time``, ``attributes``, ``data``; ``subscription_name`` is ignored). Fields left out by a subscription
   that does not write metadata are treated as in a bare JSONL line below, with the record's 1-based position as id.
 - **Parquet** (starts with ``PAR1``): the lake's ``failed_records`` dataset (columns ``data``, ``attributes``,
-  ``message_id``, ``publish_time``; the others are ignored), so failed messages can be re-ingested after a fix.
+  ``message_id``, ``publish_time``; the others are ignored).
 - **JSONL**, anything else: one message per non-blank line. A line is a Pub/Sub message in REST form when it is a
   JSON object whose keys are only among ``data``, ``attributes``, ``messageId``, ``publishTime`` and
-  ``orderingKey``, that has ``data`` or ``attributes``, and whose values have the REST types: strings, a flat map of
-  strings, and an RFC 3339 ``publishTime``. Any other line (another JSON value, or not JSON at all, or not even
-  UTF-8) is the payload itself: its bytes become ``data``, its 1-based line number the message id, the read time its
-  publish time. ``orderingKey`` is accepted and dropped: a :class:`Message` has no place for it and no stage uses it.
-  Lines are split on ``\\n`` as bytes; a ``\\r`` before it and a UTF-8 byte-order mark opening the file are not part
-  of the line, and blank lines are skipped (they still count in the line numbers).
+  ``orderingKey`` (dropped), that has ``data`` or ``attributes``, and whose values have the REST types: strings, a
+  flat map of strings, and an RFC 3339 ``publishTime``. Any other line (another JSON value, or not JSON at all, or
+  not even UTF-8) is the payload itself: its bytes become ``data``, its 1-based line number the message id, the read
+  time its publish time. Lines are split on ``\\n`` as bytes; a ``\\r`` before it and a UTF-8 byte-order mark opening
+  the file are not part of the line, and blank lines are skipped (they still count in the line numbers).
 
-Long lines
-----------
-No line is read whole past :func:`max_line_bytes` (twice ``max_message_bytes`` plus 1 MiB, room for a REST line's
-base64 and attributes: 3 MiB by default), so a replay's memory is bounded whatever the file holds. A longer line is
-read on in chunks of :data:`CHUNK_BYTES` to take its length and SHA-256, and becomes a message whose ``data`` is its
-first 64 KiB and whose attributes are ``profilestream.originalBytes`` and ``profilestream.originalSha256`` (its
-line number is its id, the read time its publish time); the decode stage fails it with ``SIZE.MESSAGE_TOO_LARGE``, as
-it fails any message too large, keeping that prefix, length and digest and never the line.
-
-Bad base64
-----------
-A REST line whose ``data`` is not base64 is neither dropped nor turned into a bare payload (that would lose its
-message id and publish time, and so the replay's determinism). It becomes a message whose ``data`` is the UTF-8 of
-the undecodable string and whose attributes carry :data:`REPLAY_ERROR_ATTRIBUTE` ``= "DECODE.BASE64"``; the decode
-stage fails such a message with that code. The attribute only ever comes from this reader: it is removed from
-messages replayed out of Avro or Parquet, whose bytes are already decoded, so a fixed failed record replays clean.
-Both the standard and the URL-safe alphabet are accepted, padded or not, as in protobuf's JSON mapping.
-
-Paths are local files. Below a directory, names starting with ``.`` or ``_`` are skipped, as Hive, Spark and pyarrow
-skip them (the lake's temporary files live under such names).
+Every line is a message: one longer than :func:`max_line_bytes` becomes its first 64 KiB with
+``profilestream.originalBytes`` and ``profilestream.originalSha256`` (read on in :data:`CHUNK_BYTES` chunks, never
+whole), and a REST line whose ``data`` is not base64 (standard or URL-safe alphabet, padded or not) keeps its id and
+publish time and carries :data:`REPLAY_ERROR_ATTRIBUTE` ``= "DECODE.BASE64"`` (removed from Avro and Parquet
+messages); the decode stage fails both. Why: docs/decisions/0023-a-replay-keeps-every-line-as-a-message.md.
 """
 
 from __future__ import annotations

@@ -4,47 +4,20 @@ In: valid records of profile-enabled datasets (an entity in runtime names, its r
 id), applied one at a time to a :class:`Fragment` (:func:`apply`) or folded in bulk (:func:`merge_fragments`); a
 person's identities and fragments with a :class:`MergePolicy` (:func:`build_view`); a new grouping of identities into
 persons (:func:`regroup`). Out: fragments and views, and their JSON bytes for the profile store
-(:mod:`stores.profiles`). The Beam stage builds the store's ``ProfileWrite`` from these; nothing here reads a
-clock or a store.
+(:mod:`stores.profiles`). Nothing here reads a clock or a store.
 
-Fragments
----------
-A fragment is what one dataset's records said about one identity: the record's *fragment identity*, its
-highest-priority identity (:func:`fragment_identity`; :func:`identity.graph.record_person` takes the
-record's person from the same identity). Its store key is ``"<NAMESPACE>:<id>|<dataset>"`` (:attr:`Fragment.key`).
-
-Every part of a fragment merges by a rule that is commutative, associative and idempotent, so applying records in any
-order, applying a record twice, or merging fragments built from overlapping records gives the same fragment (and the
-same bytes). :func:`apply` is :func:`merge_fragments` with a fragment made of one record, so the batch path (fold a
-bundle's records into a small fragment, then merge it into the stored one once) gives what one-by-one applying gives.
-
-- **attributes**, from profile records (not events): every leaf of the entity as a dot path of runtime names
-  (``person.name.firstName``; arrays are leaves; a ``.`` or ``~`` inside a name is written ``~1`` or ``~0``, as JSON
-  Pointer does with ``/``, so that map keys such as e-mail addresses survive), each with the value and the
-  :class:`RecordStamp` of the record that set it. A value replaces the kept one only when its stamp is greater: the
-  record's own time (``extSourceSystemAudit.lastUpdatedDate``, else ingestion time: DESIGN.md §3), then ingestion
-  time, then message id; a late update never overwrites a newer value. Equal stamps (two entities of one batch
-  message) fall back to the values' canonical JSON, so that the outcome still does not depend on order.
-  Not attributes: ``identityMap`` (the view lists identities), ``_id`` (each record's own id) and the platform's
-  lineage fields ``repositoryCreatedBy``, ``repositoryLastModifiedBy``, ``createdByBatchID``, ``modifiedByBatchID``
-  and every top-level ``repo:*`` field (``repo:createDate``, ...). ``extSourceSystemAudit`` stays: the source wrote it.
-- **events**, from ExperienceEvents, deduplicated on ``_id`` exactly: ``events`` maps event id to its
-  :class:`EventEntry` (timestamp, ``eventType``); ``recent`` holds the bodies of the ``recent_events`` (50) most
-  recent, by timestamp then id (the top N of a union is the top N of the tops, so this is order-free too);
-  ``first_seen_us`` is the earliest timestamp ever applied. Copies of one ``_id`` that differ (a client bug, not a
-  replay) keep the latest: by timestamp, then ``eventType``, then the body's canonical JSON.
-
-Guardrails (:class:`ProfileLimits`) count what they cut instead of failing, in :class:`DistinctCount` sets, so a
-replay counts nothing twice:
-
-- more than ``max_events`` (5,000) events: the most recent are kept and the ids cut go to ``events_dropped``. Then
-  two things are approximate: an id once cut cannot be told from a new one, so a copy of it with a *later* timestamp
-  is kept again while its id stays counted as dropped; and ``events_dropped`` is exact up to 256 ids, an estimate
-  beyond (within about 6%);
-- an event body over ``max_event_bytes`` (10 KB, as compact UTF-8 JSON): its summary is kept, ``recent`` holds a stub
-  (``_id``, ``timestamp``, ``eventType``) instead of the body, and its id goes to ``oversize_events``;
-- a profile record over ``max_record_bytes`` (100 KB): its attributes are skipped and it goes to
-  ``oversize_records``.
+Guarantees: a fragment is what one dataset's records said about one identity, the record's highest-priority identity
+(:func:`fragment_identity`, the identity :func:`identity.graph.record_person` takes the person from), keyed
+``"<NAMESPACE>:<id>|<dataset>"``; merging is commutative, associative and idempotent, so any order, any batching and
+any repetition give the same fragment and the same bytes. Attributes come from profile records: every leaf as a dot
+path of runtime names (arrays are leaves; ``.`` and ``~`` inside a name are written ``~1`` and ``~0``), each keeping
+the value of the greatest :class:`RecordStamp`; not attributes: ``identityMap``, ``_id``, ``repositoryCreatedBy``,
+``repositoryLastModifiedBy``, ``createdByBatchID``, ``modifiedByBatchID`` and every top-level ``repo:*`` field
+(``extSourceSystemAudit`` stays). Events come from ExperienceEvents, deduplicated on ``_id``. The guardrails
+(:class:`ProfileLimits`) count what they cut instead of failing. :class:`TimestampOrdered` (the default) picks each
+path's value by stamp, :class:`DatasetPrecedence` from the first dataset of its order that has it (unlisted datasets
+after, by stamp); paths nest back into objects, and where one fragment holds a value and another an object, the
+preferred one wins.
 
 Fragment JSON (:func:`fragment_to_bytes`: sorted keys, compact, UTF-8)::
 
@@ -55,30 +28,20 @@ Fragment JSON (:func:`fragment_to_bytes`: sorted keys, compact, UTF-8)::
      "first_seen_us": int | null,
      "events_dropped": [hash, ...], "oversize_events": [hash, ...], "oversize_records": [hash, ...]}
 
-Merge policies and the view
----------------------------
-A :class:`MergePolicy` picks, for every attribute path, one value among a person's fragments:
-:class:`TimestampOrdered` (the default) the one with the greatest stamp, :class:`DatasetPrecedence` the one from the
-first dataset of its order that has the path (datasets not listed come after, by stamp). Paths nest back into
-objects; when one fragment holds a value where another holds an object (a field whose type changed), the preferred
-one wins and the other is left out. :func:`build_view` gives the ``profile get`` document minus ``lookup``::
+:func:`build_view` gives the ``profile get`` document minus ``lookup`` (README, "`profilestream profile get`")::
 
     {"person_id": "p-...", "identities": [{"namespace": "Email", "id": "ann@example.com"}, ...],
      "attributes": {nested runtime names},
      "events": {"count": int, "first_seen": "RFC 3339 Z" | null, "last_seen": "..." | null,
                 "by_type": {"<eventType>": int, ...}, "recent": [event bodies, newest first]}}
 
-Events merge across fragments by ``_id`` as inside one. ``count`` is the distinct events kept plus
-``events_dropped``; ``by_type`` counts the kept ones (an event without ``eventType`` under ``""``, a key validation
-never lets through otherwise), so beyond the guardrail ``count`` exceeds their sum. Given ``now_us`` and
+``count`` is the distinct events kept plus ``events_dropped``; ``by_type`` counts the kept ones (an event without
+``eventType`` under ``""``), so beyond the guardrail ``count`` exceeds their sum; given ``now_us`` and
 ``event_ttl_us``, ``recent`` leaves out events older than the TTL.
 
-Following identity changes
---------------------------
-Fragments belong to identities, never to persons, so a change of the graph only regroups them: :func:`regroup`
-assigns each fragment to the person of its identity under the new grouping (as from
-:func:`identity.graph.resolve`). Merged persons get all their fragments and so one view; a split gives
-each side the fragments of its own identities, and so back what it had before the merge.
+Why fragments per identity: docs/decisions/0012-profile-fragments-belong-to-identities.md; the merge rules and
+guardrails: docs/decisions/0013-profile-fragments-merge-order-free.md; ordering by record time:
+docs/decisions/0014-profile-attributes-ordered-by-record-time.md.
 """
 
 from __future__ import annotations
@@ -107,7 +70,8 @@ _EXACT_UP_TO = 256
 
 @dataclasses.dataclass(frozen=True)
 class ProfileLimits:
-    """The guardrails (DESIGN.md §3): events kept per fragment, recent bodies kept, event and record sizes in bytes."""
+    """The guardrails (README, "Configuration"): events kept per fragment, recent bodies kept, event and record sizes
+    in bytes."""
 
     max_events: int = 5000
     recent_events: int = 50

@@ -32,9 +32,8 @@ Codes (also in README):
 ``SCHEMA.TOO_MANY_ERRORS``  the error list was cut at ``max_errors``
 ==========================  =================================================================================
 
-A record time orders records (the identity graph's links, the merge of profile attributes); one before the Unix
-epoch, where the pipeline's microsecond clock starts, is no real record's. A profile record's time has no upper
-bound: a source system may date a record ahead, and only its order among that person's records depends on it.
+Why a record time before the epoch is invalid and a profile record's has no upper bound:
+docs/decisions/0024-record-times-before-the-epoch-are-invalid.md.
 """
 
 from __future__ import annotations

@@ -1,44 +1,21 @@
 """``profilestream serve``: the HTTP Profile Access API, a FastAPI app served by uvicorn.
 
-Routes
-------
-==========================================  ===========================================================================
-``GET /profiles?identity=NS:ID``            the profile holding an identity (normalised as ingestion does)
-``GET /profiles/{person_id}``               the profile of a person id (a merged-away id answers with the survivor)
-``GET /profiles/{person_id}/events``        the profile's recent events, newest first: ``limit`` (1 to 1,000, default
-                                            50), ``start`` and ``end`` (RFC 3339, ``start <= timestamp < end``)
-``GET /health``                             ``{"status": "ok"}``, without authentication
-``GET /openapi.json``, ``/docs``            the OpenAPI document and its browser view
-``POST /collection/{connection_id}``        with the HTTP inlet (:mod:`service.inlet`): one message to Pub/Sub
-``POST /collection/batch/{connection_id}``  with the inlet: ``{"messages": [...]}``, a 207 status per message
-``GET /metrics``                            with the inlet: its counters in Prometheus' text format, without
-                                            authentication (counts only, no personal data)
-==========================================  ===========================================================================
+Routes, answers, authentication and limits are README's ("HTTP Profile Access API: `profilestream serve`"):
+``GET /profiles?identity=NS:ID``, ``GET /profiles/{person_id}``, ``GET /profiles/{person_id}/events`` (``limit``
+1 to 1,000, default 50; ``start <= timestamp < end``, RFC 3339), ``GET /health`` and ``GET /openapi.json``, ``/docs``;
+with the HTTP inlet (:mod:`service.inlet`), ``POST /collection/...`` and ``GET /metrics`` (Prometheus text, counts
+only, no token). A profile is the ``profile get`` line of :mod:`service.profile_lookup`, each lookup one read of the
+profile store from the server's worker threads; an unknown identity or person id is a 404 ``{"detail": "not found"}``,
+a malformed one a 422 shaped as FastAPI's validation errors without their ``input``, so no error body repeats the
+identity, person id or token asked with.
 
-A profile is the ``profile get`` line of :mod:`service.profile_lookup`; an unknown identity or person id is a 404
-``{"detail": "not found"}``, a malformed one (not ``NAMESPACE:ID``, an identity ingestion would reject, a person id not
-``p-`` and 24 hex digits, a time not RFC 3339) a 422 shaped as FastAPI's own validation errors without their ``input``:
-no error body repeats the identity, person id or token asked with. Each lookup is one read of the profile store,
-made from the server's worker threads.
-
-Authentication
---------------
-Profiles are personal data, so every profile route needs ``Authorization: Bearer TOKEN``: 401 without one, 403 for a
-token that is not the API's (compared in constant time); after :class:`~service.inlet.AuthFailureLimit`'s failures
-from one client address (10 a minute by default, counted with the inlet's), 429 with ``Retry-After`` whatever the token.
-The token comes from ``--token-file`` or the environment variable ``PROFILESTREAM_API_TOKEN``; the server refuses to
-start without one. Requests are not logged, because their query strings carry identities.
-
-Hostile clients
----------------
-:class:`ServerLimits` (``serve``'s flags) bound what one client holds: its request headers must arrive within
-``--header-timeout`` seconds of connecting (or of its previous response) and its body within ``--body-timeout`` of its
-headers, else the connection is closed (uvicorn alone times out only idle connections, so a client trickling a byte at
-a time held one for ever); an idle kept-alive connection is closed after ``--keep-alive-timeout``; beyond
-``--max-connections`` at once, requests are answered 503; headers over 16 KiB are a 400.
-
-The inlet's routes are not behind this token: each of its connections has a token of its own (or none), checked by
-the inlet. :func:`create_app` builds the app; other routers passed to it sit behind the API token.
+Every profile route needs ``Authorization: Bearer TOKEN`` (401 without, 403 another, compared in constant time; 429
+with ``Retry-After`` past :class:`~service.inlet.AuthFailureLimit`'s failures from one address, counted with the
+inlet's). The token comes from ``--token-file`` or ``PROFILESTREAM_API_TOKEN``; the server refuses to start without
+one, and logs no requests (query strings carry identities). :class:`ServerLimits` (``serve``'s flags) bound what one
+client holds: header and body timeouts, keep-alive timeout, ``--max-connections`` (503 beyond), 16 KiB of headers.
+:func:`create_app` builds the app; other routers passed to it sit behind the API token (the inlet's routes are not:
+each of its connections has its own).
 """
 
 from __future__ import annotations

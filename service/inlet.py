@@ -1,50 +1,35 @@
 """The HTTP inlet of ``profilestream serve``: streaming messages in over HTTP, out to Pub/Sub, one message each.
 
-Routes (:meth:`Inlet.router`; no API token, each connection has its own)
--------------------------------------------------------------------------
-``POST /collection/{connection_id}[?syncValidation=true]``
-    One message in any JSON payload form but the batch envelope (a streaming envelope, or a bare entity when the
-    connection names a ``schema``). Published as sent; 200 ``{"inletId", "xactionId", "receivedTimeMs"}``, plus
-    ``"syncValidation": {"status": "pass"}`` when asked for.
-``POST /collection/batch/{connection_id}[?syncValidation=true]``
-    ``{"messages": [message, ...]}``. Each message is judged and published on its own, re-serialised compactly
-    (``json.dumps(entry, separators=(",", ":"), ensure_ascii=False)``); 207
-    ``{"inletId", "batchId", "receivedTimeMs", "responses": [...]}`` with, in request order, ``{"xactionId"}`` for
-    a published message and ``{"statusCode": 400, "message"}`` for a rejected one, so a client resends only those.
+Routes (:meth:`Inlet.router`; no API token, each connection has its own), statuses and bodies are README's
+("`profilestream serve`: the HTTP inlet"):
 
-Statuses, in the order they are decided: 429 for a client address past its failed-authentication limit
-(:class:`AuthFailureLimit`, shared with the profile API; ``Retry-After`` in seconds); 401 no bearer token, 403 a wrong
-one (for a connection with a token; compared in constant time) or an unknown connection, which answers exactly as a
-wrong token does, so no answer tells which connection ids exist; 429 over the connection's rate (``Retry-After``),
-counted in messages: one token a request, one a message for a batch; 413 a body over ``inlet.max_request_bytes`` (read
-no further), or a batch of more than ``max_batch_entries`` messages (counted without judging any, in milliseconds;
-``DECODE.BATCH_TOO_LARGE``, as the pipeline would fail it); 400 for a body that is not strict JSON, a single message
-that fails decoding (or validation with ``syncValidation=true``, listing every violation), or a batch body that is not
-``{"messages": [...]}``; 503 when Pub/Sub has not confirmed every message of the request within
-``inlet.publish_timeout_seconds``. A rejected batch message's text is cut at :data:`MAX_ENTRY_MESSAGE_CHARS` characters,
-so the answer to a batch is bounded whatever it holds. A client that goes away before its body is read is one line in
-the log (counted as status 499).
+- ``POST /collection/{connection_id}[?syncValidation=true]``: one message in any JSON payload form but the batch
+  envelope (a streaming envelope, or a bare entity when the connection names a ``schema``), published as sent;
+  200 ``{"inletId", "xactionId", "receivedTimeMs"}`` (plus ``"syncValidation": {"status": "pass"}`` when asked).
+- ``POST /collection/batch/{connection_id}[?syncValidation=true]``: ``{"messages": [message, ...]}``, each judged and
+  published on its own, re-serialised compactly (``json.dumps(entry, separators=(",", ":"), ensure_ascii=False)``);
+  207 ``{"inletId", "batchId", "receivedTimeMs", "responses": [...]}``, in request order ``{"xactionId"}`` or
+  ``{"statusCode": 400, "message"}`` (cut at :data:`MAX_ENTRY_MESSAGE_CHARS` characters).
 
-Error bodies have the documented problem shape
+Statuses, in the order they are decided: 429 past the address's failed-authentication limit (:class:`AuthFailureLimit`,
+shared with the profile API); 401 / 403 a missing / wrong token (constant-time; an unknown connection answers as a
+wrong token); 429 over the connection's rate, counted in messages; 413 a body over ``inlet.max_request_bytes`` (read
+no further) or a batch over ``max_batch_entries`` (``DECODE.BATCH_TOO_LARGE``); 400 not strict JSON, a message that
+fails decoding (or validation with ``syncValidation=true``), or a batch body that is not ``{"messages": [...]}``; 503
+when Pub/Sub has not confirmed every message within ``inlet.publish_timeout_seconds``. A client that goes away before
+its body is read is one log line (status 499). Error bodies have the problem shape
 ``{"type", "status", "title", "report": {"message", "cause"?}}``; ``report.cause._streamingValidation`` lists each
-violation as ``{"schemaLocation", "pointerToViolation": "#" + JSON pointer, "causingExceptions": [], "keyword": code,
-"message"}``, where ``keyword`` is our stable error code and ``schemaLocation`` is ``"#"`` (our violations point into
-the entity, not into a JSON Schema document).
+violation as ``{"schemaLocation": "#", "pointerToViolation": "#" + JSON pointer, "causingExceptions": [], "keyword":
+code, "message"}`` (``"#"``: our violations point into the entity, not into a JSON Schema document).
 
-Each message is decoded from exactly the bytes and attributes that are published, by the pipeline's own
-:func:`~messages.decoding.decode_message` (and validated by :func:`~schemas.validation.validate_decoded`), so what
-the inlet rejects the pipeline would have failed. A schema need not be registered for a message to be accepted;
-only ``syncValidation=true`` checks it against the registry.
-
-Nothing answered 200 or 207 is lost: a response is sent only once every publish of its request has resolved, and a
-batch whose publishes did not all succeed answers 503 as a whole, which is what the reference API documents 503 for
-(retry the request, with back-off). A retried batch may publish some messages twice; they keep their ``_id``, on
-which the lake and the profiles deduplicate.
-
-Published messages (a contract the pipeline reads): ``data`` as above; attributes :data:`CONNECTION_ID_ATTRIBUTE`,
-:data:`RECEIVED_TIME_ATTRIBUTE` (milliseconds, as a string), :data:`XACTION_ID_ATTRIBUTE` (the message's own),
-and, when known, :data:`SCHEMA_REF_ATTRIBUTE` and :data:`DATASET_ID_ATTRIBUTE`: what the message names (header, else
+Guarantees: a response is sent only once every publish of its request has resolved, so nothing answered 200 or 207
+is lost; each message is judged by the pipeline's own :func:`~messages.decoding.decode_message` (and
+:func:`~schemas.validation.validate_decoded`) on exactly the bytes published. Published messages (a contract the
+pipeline reads) carry ``data`` as above and the attributes :data:`CONNECTION_ID_ATTRIBUTE`,
+:data:`RECEIVED_TIME_ATTRIBUTE` (milliseconds, as a string), :data:`XACTION_ID_ATTRIBUTE` (the message's own) and,
+when known, :data:`SCHEMA_REF_ATTRIBUTE` and :data:`DATASET_ID_ATTRIBUTE`: what the message names (header, else
 ``body.xdmMeta``), else the connection's ``schema`` and ``dataset``. Request bodies and query strings are never logged.
+Why it waits for Pub/Sub: docs/decisions/0029-the-inlet-answers-once-pubsub-confirms.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """The local Flink session cluster that ``make flink-up`` starts; :mod:`pipelines.flink` submits runs to it.
 
-The cluster is three processes, each in a process group of its own, with pid files and logs in a run folder
-(``cache_dir()/run`` unless ``--run-dir`` says otherwise):
-
-- a Flink **JobManager** (``StandaloneSessionClusterEntrypoint``) with its REST API on ``localhost:REST_PORT``;
-- a Flink **TaskManager** (``TaskManagerRunner``) with ``PARALLELISM`` slots;
-- Beam's Python **worker pool** on ``WORKER_POOL_PORT``, which starts an SDK worker for each Flink task that asks
-  (``--environment_type=EXTERNAL``): the sidecar a Kubernetes deployment runs beside each TaskManager.
-
-Both Flink processes run from the jars that PyPI's ``apache-flink-libraries`` wheel carries, unpacked once into
-``cache_dir()/dist``. The wheel has no start scripts, so this module does what Flink's ``jobmanager.sh`` and
-``taskmanager.sh`` do: ``BashJavaUtils`` (``bin/bash-java-utils.jar``) turns the configured process sizes into JVM
-memory flags and dynamic properties, and ``env.java.opts.all`` (from Flink's own default ``config.yaml``) opens the
-JDK modules Flink needs on Java 17.
+Three processes, each in a process group of its own, with pid files and logs in a run folder (``cache_dir()/run``
+unless ``--run-dir`` says otherwise): a Flink **JobManager** with its REST API on ``localhost:REST_PORT``, a Flink
+**TaskManager** with ``PARALLELISM`` slots, and Beam's Python **worker pool** on ``WORKER_POOL_PORT``
+(``--environment_type=EXTERNAL``). :func:`cluster_commands` builds their command lines (README, "What `make flink-up`
+runs").
 
     python -m tools.flink_cluster up [--rest-port 8081] [--worker-pool-port 50000] [--run-dir DIR]
     python -m tools.flink_cluster status [--run-dir DIR]
@@ -23,6 +15,9 @@ pool listens (the JobManager and the worker pool alone on their ports: :mod:`too
 Beam's Flink job-server jar (:data:`JOB_SERVER_ARTIFACT`) with Maven if it is not there yet; when Maven cannot
 provide it, ``up`` says so in one line and the cluster stays up. Exit codes: 0 up (or already up), 1 the cluster
 did not start (the line names the log to read), 2 bad input or no Java.
+
+Why Flink runs from PyPI's jars, started as Flink's own scripts would start it:
+docs/decisions/0028-a-local-flink-cluster-from-pypi-jars.md.
 """
 
 from __future__ import annotations

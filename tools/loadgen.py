@@ -4,42 +4,20 @@
                           [--devices-per-person 3] [--login-share 0.5] [--invalid-fraction 0] [--duplicate-fraction 0]
                           [--seed N] [--send-log FILE] [--batch-size 50] [--concurrency 32] [--token TOKEN]
 
-In: a target and the traffic's shape. Out: the messages, sent to the target; with ``--send-log``, one JSON line per
-message as it goes out, ``{"id": _id or null, "sent_us": int, "kind": "valid"|"invalid"|"duplicate", "identities":
-["NAMESPACE:ID", ...], "person": index or null, "schema": schema id or null}``, which joined on ``id`` (or an
-identity) with the profile store and the lake gives each message's latency; and, last, a report as one JSON line on
-stdout: ``{"target", "sent", "valid", "invalid", "duplicates", "seconds", "rate", "behind_max_s", "statuses",
-"failed", "seed"}``. Exit 0 when every
-message was delivered, 1 when any was not (``failed``: no answer, a failed publish, or a rejected valid message),
-2 on a usage error (one line on stderr).
+In: a target (``pubsub:projects/P/topics/T``, ``http://HOST:PORT/collection/CONNECTION_ID`` or
+``http://HOST:PORT/collection/batch/CONNECTION_ID``) and the traffic's shape. Out: the messages, sent to the target;
+with ``--send-log``, one JSON line per message as it goes out, which joined on ``id`` (or an identity) with the
+profile store and the lake gives each message's latency; and, last, a report as one JSON line on stdout. Exit 0 when
+every message was delivered, 1 when any was not, 2 on a usage error (one line on stderr). Flags, traffic, the send
+log and the report are README's ("`profilestream loadgen`").
 
-Traffic
--------
-:class:`Traffic` is pure and seeded: the same seed and send times give the same bytes. It draws ``people`` people
-with the sample stream's building blocks (:mod:`tools.sample_stream`): each has an Email and 1 to
-``devices_per_person`` browsers (ECIDs); a ``login_share`` of them also have a CRMID and sign in. An ExperienceEvent
-(``web.webpagedetails.pageViews``, ``commerce.productViews``, ...) of an anonymous visit carries only the device's
-ECID; a signed-in one carries ECID, Email and CRMID (primary), so a person's devices link through their logins. A
-small share of the valid messages are Profile records of signed-in people (``person.name``,
-``extSourceSystemAudit.lastUpdatedDate``). Every message is a streaming envelope naming a built-in schema and dataset,
-and every entity has its own ``_id``, timestamped at its send time.
-
-An ``invalid_fraction`` of the messages break in ways producers do (:data:`INVALID_KINDS`, each with the error code
-ingestion gives it); a ``duplicate_fraction`` are a recent valid message sent again unchanged, same ``_id``, as a
-device retries.
-
-Pacing and targets
-------------------
-:class:`Pacer` keeps an open-loop schedule: message ``k`` is due ``k / rate`` seconds after the start whatever
-happened to earlier ones, so a slow moment is caught up in small bursts rather than shifting the rest, and the report
-says how far behind it fell. ``--duration S`` means ``rate × S`` messages. A :class:`Target` takes what is due:
-
-- ``pubsub:projects/P/topics/T``: Google's ``PublisherClient`` with the attributes the inlet sets (``connectionId``,
-  ``datasetId``, ``schemaRef``, ``receivedTimeMs``, the send time standing in for the receive time); the emulator
-  when ``PUBSUB_EMULATOR_HOST`` is set, as the client does it;
-- ``http://HOST:PORT/collection/CONNECTION_ID``: one POST per message, ``--concurrency`` at a time;
-- ``http://HOST:PORT/collection/batch/CONNECTION_ID``: ``{"messages": [...]}`` of ``--batch-size`` messages (one that
-  is not JSON goes in as a JSON string, which the inlet rejects in its 207 answer).
+:class:`Traffic` is pure and seeded (the same seed and send times give the same bytes), drawn with the sample
+stream's building blocks (:mod:`tools.sample_stream`); its invalid messages are :data:`INVALID_KINDS`, each with the
+error code ingestion gives it. :class:`Pacer` keeps the open-loop schedule (message ``k`` is due ``k / rate`` seconds
+after the start). A :class:`Target` takes what is due: Google's ``PublisherClient`` with the attributes the inlet sets
+(the send time standing in for ``receivedTimeMs``; the emulator when ``PUBSUB_EMULATOR_HOST`` is set), or HTTP POSTs,
+``--concurrency`` at a time (a batch's message that is not JSON goes in as a JSON string, which the inlet rejects in
+its 207 answer).
 """
 
 from __future__ import annotations

@@ -1,90 +1,29 @@
-"""Write lake rows as Parquet files in hourly partitions, one commit window at a time (DESIGN.md §2 "Lake layout").
+"""Write lake rows as Parquet files in hourly partitions, one commit window at a time (README, "Lake layout").
 
-``WriteToLake`` is the lake's only writer; ``LakeFile`` describes what it committed. Its local folders, temporary
+``WriteToLake`` is the lake's only writer; ``LakeFile`` describes what it committed; its local folders, temporary
 files and their clean-up are :mod:`lake.folders`'.
 
-What goes in
-============
-A ``PCollection`` of :class:`~core.records.LakeRow` whose element timestamps are ingestion (publish) times.
-Only the element timestamp places a row: a row whose payload ``timestamp`` is days old lands in the window of its
-publish time. ``schemas`` maps each dataset name to the Arrow schema of its rows; a row for a dataset without a schema
-fails the bundle (a configuration error, not a record error).
+In: a ``PCollection`` of :class:`~core.records.LakeRow` whose element timestamps are ingestion (publish) times; only
+the element timestamp places a row. ``schemas`` maps each dataset to the Arrow schema of its rows; a row for a dataset
+without one fails the bundle (a configuration error, not a record error). Rows must not carry columns named ``date``
+or ``hour`` (the hive partitions). Out: one :class:`LakeFile` per Parquet file committed (dataset, final path, rows,
+window start, pane index), in the global window at its end timestamp.
 
-What comes out
-==============
-One :class:`LakeFile` per Parquet file committed (dataset, final path, rows, window start, pane index), in the global
-window at its end timestamp, so a caller can count files and rows for its run summary. Counters in the
-``profilestream`` namespace: ``lake_files.<dataset>``, ``lake_rows.<dataset>``, ``duplicates`` and
-``duplicates.<dataset>`` (rows not written because the pane or the lake holds them already); the distribution
-``lake_lag_ms.<dataset>`` is the age (from publish time, by ``clock``) of each pane's oldest row when its files land.
-On the BundleBasedDirectRunner count the ``LakeFile`` outputs instead: that runner (Beam 2.77) loses
-the user metrics of every bundle after the first that a worker thread runs for a step.
+Guarantees: a row's commit window is the ``commit_interval_s`` slice of the epoch holding its element timestamp (the
+interval divides an hour, so a window never straddles two partitions); each window's rows are written as a pane
+``commit_interval_s`` of processing time (by ``clock``) after its first row, and whatever is left at the end of input,
+so the final lake never depends on processing time and nothing is ever late; each row (dataset, window,
+``dedupe_key``) is in the lake once, whoever wrote it; a file is never replaced and a reader never sees a partial one.
+Applying the transform refuses a lake whose folders below its root are symbolic links and removes the temporary files
+of writers that are gone (:func:`~lake.folders.clean_stale_temp_files`).
 
-Layout
-------
-``<lake>/<dataset>/date=YYYY-MM-DD/hour=HH/part-<window start YYYYMMDDTHHMMSSZ>-<pane>-<shard>-of-<shards>.parquet``
-in UTC, date and hour of the window start. The commit interval divides an hour, so a window never straddles two
-partitions. Readers: ``pyarrow.dataset.dataset("<lake>/<dataset>", partitioning="hive")`` and DuckDB's
-``read_parquet("<lake>/<dataset>/**/*.parquet", hive_partitioning=true)``; rows therefore must not carry columns named
-``date`` or ``hour``. Files are zstd-compressed: on synthetic event rows, about 40% smaller than snappy for the same
-write time, and every reader above (and Spark, Trino, BigQuery) reads zstd.
+Metrics (namespace ``profilestream``): counters ``lake_files.<dataset>``, ``lake_rows.<dataset>``, ``duplicates`` and
+``duplicates.<dataset>``; distribution ``lake_lag_ms.<dataset>``, the age (from publish time, by ``clock``) of each
+pane's oldest row when its files land. On the BundleBasedDirectRunner count the ``LakeFile`` outputs instead
+(docs/decisions/0006-a-state-sampler-per-bundle-on-the-direct-runner.md).
 
-Commit windows and panes
-------------------------
-A row's commit window is the ``commit_interval_s`` slice of the epoch that holds its element timestamp. Rows are
-keyed by (dataset, window start). When the pipeline streams, each key's rows are buffered in state and written as a
-pane, numbered from 0 in the order written:
-
-- ``commit_interval_s`` of processing time (by ``clock``) after the first row the buffer took, so every row is on
-  disk within one commit interval (plus the write) of its arrival, however the watermark moves;
-- and when the watermark reaches the end of input, which writes whatever is left: the final lake never depends on
-  processing time, and runners without processing-time timers write the same lake;
-- nothing is ever late: a backlog older than the commit interval lands in its window's next pane.
-
-This is Beam's ``AfterWatermark(early=AfterProcessingTime(commit_interval_s))`` trigger over the global window,
-written as a stateful DoFn: on the Python DirectRunner the trigger's driver keeps a watermark hold per bundle that
-reached a key and walks all of them for every element, a cost that grew with the stream until it was an eighth of the
-pipeline's time. Beam's ``FixedWindows`` with late panes would not keep the promise of no late data on that runner
-either: late elements hold no watermark, so a late pane waiting for its processing-time delay is abandoned when the
-input ends. Batch pipelines group with a plain ``GroupByKey``: one pane per window.
-
-A key's state (its buffer and two timers) is released when its pane is written, so state holds open windows only.
-
-Duplicates: each row once, whoever writes
-----------------------------------------
-A row's identity is its dataset, its commit window and its ``dedupe_key`` (a keyless row: a digest of its content).
-Each identity is in the lake once, whatever reruns, restarts, retries, state losses or concurrent writers happen:
-
-- within a pane, rows that share an identity are written once: the copy with the earliest ``publish_time_us``, then
-  the lowest ``message_id`` (keyless rows all stay). Rows are written ordered by (``publish_time_us``,
-  ``message_id``, ``dedupe_key``), ties broken by content, so the same input writes byte-identical files;
-- across panes, the lake itself is the memory: every file carries the digests of its rows' identities in its Parquet
-  footer (key-value metadata ``profilestream.keys``, invisible to readers of rows), and a pane drops the rows whose
-  identity a committed file of its window already holds, read from those footers (cached by file). The copy already
-  on disk wins, even over one published earlier, whoever wrote it: this run, an earlier run of the same replay, a run
-  before a crash, or a runner restored from an older checkpoint. A later run's copies count under ``duplicates``.
-
-The writer keeps no state about what it wrote, so a key's state is empty once its pane is written: state holds the
-open windows' buffers only.
-
-Failure and restart
--------------------
-A pane's file is named by the next pane index no file of its window uses, and is never replaced: in a local lake
-each file is written in the writing process's own folder under ``<lake>/.tmp/`` and linked into its partition only if
-that name is free (``os.link`` fails on an existing name), so a reader never sees a partial file and two writers never
-overwrite each other. A writer that finds its pane index taken lists the window again, drops the rows the other
-writer committed, and takes the next index: concurrent writers of one window (two runs, or a runner that lost the
-writer's state) still write each row once. A lake on an object store (``gs://bucket/path``,
-through Beam's ``FileSystems``, as on Dataflow) is written object by object after checking that the name is free: an
-object is visible only once its upload is complete, and two writers racing for one name within that check are the
-one case not covered there.
-
-A retried bundle or timer (the runner did not commit the state change after the file was written) finds the files it
-wrote: each file's footer also holds the run (``profilestream.run``, made once per pipeline) and a digest of the
-pane's rows (``profilestream.pane``), and a pane of this run whose rows are the same reports those files again
-instead of writing new ones. Applying the transform refuses a lake whose folders below its root are symbolic links
-and removes the temporary files of writers that are gone, never those of a live one
-(:func:`~lake.folders.clean_stale_temp_files`).
+Why a stateful DoFn: docs/decisions/0002-the-lake-writer-is-a-stateful-dofn-not-a-trigger.md; how each row lands
+once: docs/decisions/0003-the-lake-is-its-own-duplicate-memory.md; why zstd: docs/decisions/0005-zstd-for-lake-files.md.
 
 Example::
 
