@@ -27,7 +27,7 @@ Contract
 
 URLs
 ----
-:func:`open_identity_store` opens a store from its URL (DESIGN.md §2, "Store URLs"):
+:func:`open_identity_store` opens a store from its URL (README, "Store URLs"):
 
 - ``sqlite:///path.db`` (relative), ``sqlite:////abs/path.db``, ``sqlite:///:memory:``:
   :mod:`stores.identity_sqlite`, the embedded default;

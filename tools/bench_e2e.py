@@ -1,4 +1,4 @@
-"""``make bench-e2e``: from a device's POST to a fresh profile and a lake file, measured against DESIGN.md §4's targets.
+"""``make bench-e2e``: from a device's POST to a fresh profile and a lake file, measured against README's "Targets".
 
 The whole path runs on this machine, each part a process of its own as in production:
 
@@ -22,7 +22,8 @@ Figures
   interval plus 60 s.
 - **inlet requests/s**: the inlet alone, on a topic nobody reads, taking single-message POSTs from 32 concurrent
   clients for a few seconds as fast as it answers them.
-- **kill -9 loss** (DESIGN.md §4: Beam's Pub/Sub read on the DirectRunner acknowledges on pull): a run reading a
+- **kill -9 loss** (README, "Limits of local development": Beam's
+  Pub/Sub read on the DirectRunner acknowledges on pull): a run reading a
   stream published straight to Pub/Sub at ``--rate`` is killed with SIGKILL (its whole process group)
   :data:`KILL_AFTER_S` seconds in, a second run reads the rest, and what Pub/Sub delivers again once the killed
   run's unacknowledged messages pass their ack deadline (:data:`KILL_ACK_DEADLINE_S`), and is then stopped cleanly;

@@ -1,8 +1,8 @@
 """MergeProfiles: stitched records and identity changes in, merged profiles in the profile store out.
 
 Input: ``records``, ``PCollection[ValidRecord]`` with ``person_id`` set by StitchIdentities, and ``changes``,
-``PCollection[IdentityChange]``. Only records of profile-enabled datasets (DESIGN.md §2 "Datasets") with a person are
-merged; the rest are ignored here (they still reach the lake). Output: one :class:`ProfileFlush` per flush (the
+``PCollection[IdentityChange]``. Only records of profile-enabled datasets (README, "Schemas and datasets") with a person
+are merged; the rest are ignored here (they still reach the lake). Output: one :class:`ProfileFlush` per flush (the
 persons it applied records for, how many each, and the views it wrote), for counting.
 
 Updates are keyed by a shard of their person id (``shards`` of them, 16 by default) and buffered in state. A shard's

@@ -17,8 +17,8 @@ it got none, so an idle read asks the runner to come back later rather than spin
 boundary, where the runner commits what the bundle produced. While messages keep coming, a call gathers pulls for up
 to :data:`GATHER_S` or ``max_messages``: Pub/Sub (the emulator at least) hands out at most 100 messages a pull, and
 every bundle costs the runner a round of requests and a finalisation. A runner's request to split the read is
-declined: one reader per subscription keeps up with the rates this pipeline targets (DESIGN.md §4), and splitting an
-endless read would multiply pullers without end.
+declined: one reader per subscription keeps up with the rates this pipeline targets (README, "Targets"), and splitting
+an endless read would multiply pullers without end.
 
 Acknowledgement
 ---------------
