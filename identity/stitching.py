@@ -10,16 +10,29 @@ again. :mod:`transforms.stitch` is the Beam stage around them; the lookups and b
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from core.records import ValidRecord
 from identity.graph import GraphRules, changes, record_person, resolve
-from identity.model import Identity, IdentityChange, LoggedBatch, Observation, Stamp
+from identity.model import GraphFacts, Identity, IdentityChange, LoggedBatch, Observation, Stamp
 from identity.namespaces import IdentityRules, NamespaceRegistry, extract_identities, record_time_us
 from schemas.registry import SchemaRegistry
-from stores.identity import IdentityStore
 
 REJECTED = "rejected"
+
+
+class IdentityLog(Protocol):
+    """What linking asks of an identity store (:class:`stores.identity.IdentityStore` is one): the batches logged
+    with some causes, and adding a batch's facts with its log entry."""
+
+    def logged(self, message_ids: Iterable[str]) -> list[LoggedBatch]: ...
+
+    def observe_and_log(
+        self, observations: Sequence[Observation], cause: Stamp | None
+    ) -> tuple[GraphFacts, GraphFacts, str | None]: ...
+
+    def discard(self, entry: str) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +68,7 @@ def record_identities(
 
 
 def link_batch(
-    store: IdentityStore, graph: GraphRules, batch: Sequence[RecordIdentities]
+    store: IdentityLog, graph: GraphRules, batch: Sequence[RecordIdentities]
 ) -> tuple[list[IdentityChange], list[str | None]]:
     """Observes a batch's identities in ``store``; returns the changes to tell and each record's person, in batch
     order.

@@ -376,7 +376,7 @@ def _writable_directory(path: str) -> str:
 def _open_store(url: str, *, read_only: bool = False):
     """The identity store a URL names, opened; a bad URL or an unreachable store is a usage error, and so is, for a
     lookup (``read_only``), one that does not exist or is of another kind."""
-    from stores.identity import open_identity_store
+    from stores.opening import open_identity_store
 
     return _opened(functools.partial(open_identity_store, read_only=read_only), url, "identity store")
 
@@ -384,7 +384,7 @@ def _open_store(url: str, *, read_only: bool = False):
 def _open_profile_store(url: str, *, read_only: bool = False):
     """The profile store a URL names, opened; a bad URL or an unreachable store is a usage error, and so is, for a
     lookup (``read_only``), one that does not exist or is of another kind."""
-    from stores.profiles import open_profile_store
+    from stores.opening import open_profile_store
 
     return _opened(functools.partial(open_profile_store, read_only=read_only), url, "profile store")
 

@@ -64,7 +64,7 @@ import json
 import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -81,11 +81,9 @@ from identity.stitching import StitchSettings
 from lake.windows import COMMIT_INTERVAL_S, divides_an_hour
 from messages.decoding import MAX_BATCH_ENTRIES, MAX_MESSAGE_BYTES
 from profiles.model import DEFAULT_LIMITS, DatasetPrecedence, MergePolicy, ProfileLimits, TimestampOrdered
+from profiles.writer import ProfileSettings
 from schemas.validation import DEFAULT_POLICY, ValidationPolicy
 from service.settings import InletConnection, InletSettings
-
-if TYPE_CHECKING:
-    from transforms.merge_profiles import ProfileSettings
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,8 +113,7 @@ _DAY_US = 86_400 * 1_000_000
 class ProfilesSettings:
     """The ``profiles`` key: the merge policy, the guardrails, the buffering of MergeProfiles and the event TTL.
 
-    The buffering defaults are those of :class:`transforms.merge_profiles.ProfileSettings`, written out here because
-    that module imports Beam, which a command that only reads the configuration should not have to load.
+    The defaults are those of :class:`profiles.writer.ProfileSettings` and :data:`profiles.model.DEFAULT_LIMITS`.
     """
 
     merge_policy: str = TIMESTAMP_ORDERED
@@ -126,9 +123,9 @@ class ProfilesSettings:
     max_event_bytes: int = DEFAULT_LIMITS.max_event_bytes
     max_record_bytes: int = DEFAULT_LIMITS.max_record_bytes
     event_ttl_days: float | None = None
-    flush_interval_seconds: float = 1.0
-    max_buffered: int = 500
-    shards: int = 16
+    flush_interval_seconds: float = ProfileSettings.flush_interval_s
+    max_buffered: int = ProfileSettings.max_buffered
+    shards: int = ProfileSettings.shards
 
     def __post_init__(self) -> None:
         if self.merge_policy not in (TIMESTAMP_ORDERED, DATASET_PRECEDENCE):
@@ -238,9 +235,6 @@ class Config:
 
     def profile_settings(self) -> ProfileSettings:
         """What MergeProfiles takes: the policy, the guardrails and the buffering the ``profiles`` key sets."""
-        # Imported here: transforms.merge_profiles imports Beam, which only the commands that run a pipeline need.
-        from transforms.merge_profiles import ProfileSettings
-
         profiles = self.profiles
         return ProfileSettings(
             policy=profiles.policy(),

@@ -30,13 +30,15 @@ from pipelines.local_runner import (
 from pipelines.summary import RunSummary, summarise
 from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
+from stores.opening import identity_store_handler, profile_store_handler
 from transforms.dead_letter import PublishFailedRecords
 from transforms.decode import Decode
 from transforms.lake import WriteToLake
-from transforms.merge_profiles import MergeProfiles
+from transforms.merge_profiles import MergeProfiles, ProfileWriterHandler
 from transforms.pubsub import ReadPubSub
 from transforms.pubsub_source import ReadPubSubAcknowledged
 from transforms.replay import ReadReplay
+from transforms.shared_registry import SharedRegistry
 from transforms.stitch import StitchIdentities
 from transforms.validate import Validate
 
@@ -85,24 +87,25 @@ class Ingest(beam.PTransform):
 
     def expand(self, messages: beam.PCollection) -> beam.PCollection:
         policy = self._config.validation_policy()
+        registry = SharedRegistry(self._registry)
+        identities = identity_store_handler(self._identity_store)
         decoded = messages | "Decode" >> Decode(
-            self._registry.avro_schema_for,
+            registry.avro_schema_for,
             max_message_bytes=self._config.max_message_bytes,
             max_batch_entries=self._config.max_batch_entries,
             publish_time_skew_us=policy.timestamp_skew_us,
         )
-        validated = decoded.entities | "Validate" >> Validate(self._registry, policy=policy)
+        validated = decoded.entities | "Validate" >> Validate(registry, policy=policy)
         stitching = self._config.stitch_settings()
-        stitched = validated.valid | "StitchIdentities" >> StitchIdentities(
-            self._registry, self._identity_store, stitching
-        )
-        _ = (stitched.records, stitched.changes) | "MergeProfiles" >> MergeProfiles(
-            self._registry,
-            self._identity_store,
-            self._profile_store,
+        stitched = validated.valid | "StitchIdentities" >> StitchIdentities(registry, identities, stitching)
+        writers = ProfileWriterHandler(
+            registry,
+            identities,
+            profile_store_handler(self._profile_store),
             stitching,
-            settings=self._config.profile_settings(),
+            self._config.profile_settings(),
         )
+        _ = (stitched.records, stitched.changes) | "MergeProfiles" >> MergeProfiles(writers)
         valid_rows = stitched.records | "RecordRows" >> beam.Map(valid_row)
         change_rows = stitched.changes | "ChangeRows" >> beam.Map(
             lambda change, at=beam.DoFn.TimestampParam: change_row(change, at.micros)

@@ -14,9 +14,9 @@ A message names its schema by id; a class id means that class's built-in ingesti
 tree (:mod:`schemas.components`) the registry derives the Avro schema (:mod:`schemas.avro`) and the Arrow schema of
 its lake dataset (:mod:`schemas.arrow`); nothing is written twice.
 
-A registry that :meth:`SchemaRegistry.load` built pickles as the definitions it was built from, and unpickles to the
-registry this process already built from the same definitions: Beam pickles every DoFn (and the registry inside it) for
-each bundle on the DirectRunner, and pickling the composed schemas cost some 25 ms a time.
+A registry that :meth:`SchemaRegistry.load` built keeps the definitions it was built from (:attr:`definition`, a
+short JSON text), from which :meth:`SchemaRegistry.from_definition` builds it again: the stages ship that to the
+workers instead of the composed schemas (:mod:`transforms.shared_registry`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import json
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -92,15 +91,10 @@ class SchemaRegistry:
         self._schemas: dict[str, IngestionSchema] = {}
         self.datasets: dict[str, Dataset] = {}
         # What load() built this from, as canonical JSON; None for a registry made from composed schemas.
-        self._source: str | None = None
+        self.definition: str | None = None
         for schema in schemas:
             self._schemas[schema.schema_id] = schema
             self.datasets[schema.dataset.name] = schema.dataset
-
-    def __reduce__(self) -> tuple:
-        if self._source is None:
-            return SchemaRegistry, (self.schemas, self.tenant_key)
-        return _registry_from_source, (self._source,)
 
     @classmethod
     def load(
@@ -118,8 +112,16 @@ class SchemaRegistry:
                 raise SchemaFileError(f"{directory}: schema directory not found")
             definitions += [(str(path), _read_json(path)) for path in sorted(directory.glob("*.json"))]
         aliases = {name: list(ids) for name, ids in (dataset_aliases or {}).items()}
-        source = json.dumps([definitions, tenant_id, aliases], sort_keys=True, ensure_ascii=False)
-        return _registry_from_source(source)
+        return cls.from_definition(json.dumps([definitions, tenant_id, aliases], sort_keys=True, ensure_ascii=False))
+
+    @classmethod
+    def from_definition(cls, definition: str) -> SchemaRegistry:
+        """The registry a :attr:`definition` describes (the schema files' contents, tenant id and dataset aliases, as
+        JSON), composed again."""
+        definitions, tenant_id, aliases = json.loads(definition)
+        registry = cls._compose([tuple(pair) for pair in definitions], tenant_id, aliases)
+        registry.definition = definition
+        return registry
 
     @classmethod
     def _compose(
@@ -149,22 +151,6 @@ class SchemaRegistry:
     def avro_schema_for(self, schema_id: str) -> dict | None:
         schema = self._schemas.get(schema_id)
         return schema.avro_schema if schema is not None else None
-
-
-_built: dict[str, SchemaRegistry] = {}
-_built_lock = threading.Lock()
-
-
-def _registry_from_source(source: str) -> SchemaRegistry:
-    """The registry ``source`` (definitions, tenant id, aliases as JSON) describes, built once per process."""
-    with _built_lock:
-        registry = _built.get(source)
-        if registry is None:
-            definitions, tenant_id, aliases = json.loads(source)
-            registry = SchemaRegistry._compose([tuple(pair) for pair in definitions], tenant_id, aliases)
-            registry._source = source
-            _built[source] = registry
-        return registry
 
 
 def _ingestion_schema(

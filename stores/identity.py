@@ -53,17 +53,12 @@ Example
 from __future__ import annotations
 
 import abc
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 
 from identity.model import GraphFacts, Identity, LinkFact, LoggedBatch, Observation, Stamp
 
 CHANGE_LOG_RETENTION_S = 30 * 24 * 3600
-
-
-class StoreUnavailableError(ValueError):
-    """The store a URL names cannot be reached or opened; the message is one line."""
 
 
 class IdentityStore(abc.ABC):
@@ -169,48 +164,3 @@ class FactsBuilder:
         if made is None:
             made = self._stamps[(time_us, message_id)] = Stamp(time_us, message_id)
         return made
-
-
-_SQLITE_PREFIX = "sqlite:///"
-_EXPECTED = "expected sqlite:///PATH or redis://HOST:PORT/DB"
-
-
-def open_identity_store(url: str, *, read_only: bool = False) -> IdentityStore:
-    """The store a URL names; see the module docstring for the forms. ``read_only`` (the lookups) opens a SQLite file
-    only if it exists and is an identity store, and changes nothing in it."""
-    # The backends import this module for IdentityStore, so they are imported here, when asked for: that also keeps
-    # the redis package optional for SQLite users.
-    scheme = url.partition("://")[0]
-    if scheme == "sqlite":
-        from stores.identity_sqlite import SqliteIdentityStore
-
-        return SqliteIdentityStore(_sqlite_path(url), read_only=read_only)
-    if scheme == "redis":
-        check_redis_url(url, "identity store")
-        try:
-            from stores.identity_redis import RedisIdentityStore
-        except ModuleNotFoundError as error:
-            if error.name != "redis":
-                raise
-            raise ValueError(f"{url!r} needs the redis package: pip install 'profilestream[redis]'") from error
-        return RedisIdentityStore(url)
-    raise ValueError(f"unknown identity store URL {url!r}: {_EXPECTED}")
-
-
-def _sqlite_path(url: str) -> str:
-    path = url[len(_SQLITE_PREFIX) :] if url.startswith(_SQLITE_PREFIX) else ""
-    if not path:
-        raise ValueError(f"malformed identity store URL {url!r}: {_EXPECTED}")
-    return path
-
-
-def check_redis_url(url: str, what: str) -> None:
-    """A one-line ValueError naming ``what`` when ``url`` has a bad port, or a database that is not a number."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        parts.port  # noqa: B018 (urlsplit checks the port only when it is read)
-    except ValueError as error:
-        raise ValueError(f"malformed {what} URL {url!r}: {error}") from None
-    db = parts.path.strip("/")
-    if db and not (db.isascii() and db.isdigit()):
-        raise ValueError(f"malformed {what} URL {url!r}: the database must be a number, not {db!r}")

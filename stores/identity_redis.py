@@ -42,7 +42,8 @@ from typing import Any
 import redis
 
 from identity.model import GraphFacts, Identity, LoggedBatch, Stamp
-from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore, StoreUnavailableError
+from stores.errors import StoreUnavailableError
+from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore
 
 _TIME_OFFSET = 1 << 63
 # A server that stops answering (stopped, swapping, overloaded) is an outage after this long rather than a hang.

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stores.identity import StoreUnavailableError
+from stores.errors import StoreUnavailableError
 
 PATIENCE_S = 15 * 60.0
 FIRST_PAUSE_S = 0.1

@@ -28,35 +28,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from types import TracebackType
 
-from stores.identity import check_redis_url
-
-
-@dataclasses.dataclass(frozen=True)
-class ProfileWrite:
-    """One batch of changes: fragments and views to put, identity index entries to set or drop, redirects to set.
-
-    ``expected`` maps fragment keys to the bytes the write was computed from (``None``: absent); the write applies
-    only while every one of them still holds exactly that. ``index`` maps identity keys to person ids; ``unindex``
-    lists identity keys that belong to no profile any more;
-    ``redirects`` maps retired person ids to the person that absorbed them; ``drop_views`` lists person ids whose
-    view is gone (merged away or split up).
-    """
-
-    fragments: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
-    views: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
-    index: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    unindex: tuple[str, ...] = ()
-    redirects: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    drop_views: tuple[str, ...] = ()
-    expected: Mapping[str, bytes | None] = dataclasses.field(default_factory=dict)
-
-
-class ProfileWriteConflict(Exception):
-    """A fragment a write was computed from is no longer as it was read; the write changed nothing."""
+from profiles.writer import ProfileWrite
 
 
 class ProfileStore(abc.ABC):
@@ -93,57 +68,6 @@ class ProfileStore(abc.ABC):
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
-
-
-_EXPECTED = "expected sqlite:///PATH, redis://HOST:PORT/DB or bigtable://PROJECT/INSTANCE/TABLE"
-
-
-def open_profile_store(url: str, *, read_only: bool = False) -> ProfileStore:
-    """The store a URL names (see the module docstring for the forms). ``read_only`` (the lookups) opens a SQLite
-    file only if it exists and is a profile store, and creates no Bigtable table.
-
-    A malformed URL raises :class:`ValueError`, and a store that cannot be reached or opened
-    :class:`~stores.identity.StoreUnavailableError` (a ValueError too), each with a one-line message.
-    """
-    # The backends import this module for ProfileStore, so they are imported here, when asked for: that also keeps
-    # the redis and bigtable packages optional for SQLite users.
-    scheme = url.partition("://")[0]
-    parts = urllib.parse.urlsplit(url)
-    if scheme == "sqlite":
-        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
-        if not path:
-            raise ValueError(f"malformed profile store URL {url!r}: {_EXPECTED}")
-        from stores.profiles_sqlite import SqliteProfileStore
-
-        return SqliteProfileStore(path, read_only=read_only)
-    if scheme == "redis":
-        check_redis_url(url, "profile store")
-        try:
-            from stores.profiles_redis import RedisProfileStore
-        except ModuleNotFoundError as error:
-            raise _missing_package(error, "redis", url) from None
-        return RedisProfileStore(url)
-    if scheme == "bigtable":
-        names = [parts.netloc, *parts.path.split("/")[1:]]
-        if len(names) != 3 or not all(names) or parts.query or parts.fragment:
-            raise ValueError(f"malformed profile store URL {url!r}: {_EXPECTED}")
-        try:
-            from stores.profiles_bigtable import BigtableProfileStore
-        except ModuleNotFoundError as error:
-            raise _missing_package(error, "bigtable", url) from None
-        return BigtableProfileStore(*names, create=not read_only)
-    raise ValueError(f"unknown profile store URL {url!r}: {_EXPECTED}")
-
-
-_EXTRA_PACKAGES = {"redis": "redis", "bigtable": "google.cloud.bigtable"}
-
-
-def _missing_package(error: ModuleNotFoundError, extra: str, url: str) -> Exception:
-    """A one-line ValueError when the extra's package is what is missing; the error itself when it is anything else."""
-    package = _EXTRA_PACKAGES[extra]
-    if error.name is None or not (package == error.name or package.startswith(error.name + ".")):
-        return error
-    return ValueError(f"{url!r} needs the {package} package: pip install 'profilestream[{extra}]'")
 
 
 def changes_nothing(change: ProfileWrite) -> bool:

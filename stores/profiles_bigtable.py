@@ -82,8 +82,9 @@ from google.cloud.bigtable.data.row_filters import (
 )
 from google.cloud.bigtable_admin_v2.types import GcRule, Table
 
-from stores.identity import StoreUnavailableError
-from stores.profiles import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
+from profiles.writer import ProfileWrite, ProfileWriteConflict
+from stores.errors import StoreUnavailableError
+from stores.profiles import ProfileStore, changes_nothing
 
 ADMIN_TIMEOUT_S = 10.0
 

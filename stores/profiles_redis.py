@@ -30,9 +30,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import redis
 
-from stores.identity import StoreUnavailableError
+from profiles.writer import ProfileWrite, ProfileWriteConflict
+from stores.errors import StoreUnavailableError
 from stores.identity_redis import CLIENT_TIMEOUTS, is_unreachable
-from stores.profiles import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
+from stores.profiles import ProfileStore, changes_nothing
 
 # ARGV[1]: the prefix. The lookups resolve a person through its redirect, if any, to the view.
 _RESOLVE = r"""

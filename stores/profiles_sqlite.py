@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from stores.profiles import ProfileStore, ProfileWrite, ProfileWriteConflict, changes_nothing
+from profiles.writer import ProfileWrite, ProfileWriteConflict
+from stores.profiles import ProfileStore, changes_nothing
 from stores.sqlite_files import is_busy, open_store_file, transaction
 
 # Bound parameters per IN list, well under SQLite's limit of 32,766.

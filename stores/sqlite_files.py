@@ -13,7 +13,7 @@ import sqlite3
 import urllib.parse
 from collections.abc import Iterator
 
-from stores.identity import StoreUnavailableError
+from stores.errors import StoreUnavailableError
 
 # Writers hold the lock for milliseconds; a lock held longer is an outage, which the pipeline waits out with
 # back-off and says so (stores.outages).

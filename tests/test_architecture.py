@@ -26,6 +26,7 @@ BEAM_STAGES = frozenset(
         "pubsub",
         "pubsub_source",
         "replay",
+        "shared_registry",
         "stitch",
         "validate",
     }

@@ -32,13 +32,12 @@ from messages.replay_files import read_replay_file
 from pipelines.config import Config
 from pipelines.ingest import RunRequest, run
 from pipelines.local_runner import prism_binary
+from profiles.writer import ProfileWriter
 from schemas.arrow import table_from_rows
 from schemas.json_schema import runtime_json_schema
 from schemas.registry import SchemaRegistry
 from schemas.validation import validate_decoded, validate_entity
-from stores.identity import open_identity_store
-from stores.profiles import open_profile_store
-from transforms.merge_profiles import ProfileWriter
+from stores.opening import open_identity_store, open_profile_store
 
 SAMPLE = Path(__file__).parents[1] / "pipelines" / "samples" / "stream.jsonl"
 ROWS_PER_TABLE = 1000

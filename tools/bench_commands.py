@@ -19,8 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from stores.identity import open_identity_store
-from stores.profiles import open_profile_store
+from stores.opening import open_identity_store, open_profile_store
 
 TARGET_S = 1.0
 CLI = [sys.executable, "-m", "pipelines.cli"]

@@ -69,7 +69,7 @@ from identity.stitching import StitchSettings
 from pipelines.config import load_config
 from profiles.model import view_from_bytes
 from service.profile_lookup import lookup_key
-from stores.profiles import open_profile_store
+from stores.opening import open_profile_store
 from tools.loadgen import VALID, HttpTarget, Pacer, PubSubTarget, Traffic, TrafficShape, send_load
 from tools.local_servers import local_server
 from tools.pubsub_emulator import (

@@ -64,7 +64,8 @@ from identity.model import GraphFacts, Identity, Observation, Stamp
 from identity.namespaces import EXPERIENCE_EVENT_CLASS, extract_identities, record_time_us
 from pipelines.config import Config
 from schemas.registry import SchemaRegistry
-from stores.identity import IdentityStore, open_identity_store
+from stores.identity import IdentityStore
+from stores.opening import identity_store_handler, open_identity_store
 from tools.store_servers import private_redis
 from transforms.stitch import StitchIdentities
 
@@ -297,7 +298,7 @@ def stage_memory(records: int, identities: int, store_url: str) -> tuple[int, in
             pipeline
             | beam.Impulse()
             | "SampleRecords" >> beam.FlatMap(lambda _: sample_records(records, identities))
-            | StitchIdentities(registry, store_url, settings)
+            | StitchIdentities(registry, identity_store_handler(store_url), settings)
         )
     return before, _max_rss()
 

@@ -77,10 +77,12 @@ from identity.model import Identity
 from identity.namespaces import EXPERIENCE_EVENT_CLASS
 from pipelines.config import Config
 from profiles import model as profile_model
+from profiles.writer import ProfileWrite
 from schemas.registry import SchemaRegistry
 from service.api import API_TOKEN_ENV
 from service.profile_lookup import LookupBy
-from stores.profiles import ProfileStore, ProfileWrite, open_profile_store
+from stores.opening import open_profile_store
+from stores.profiles import ProfileStore
 from stores.sqlite_files import open_store_file, transaction
 from tools.bench_identity import (
     SEED,

@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import random
-import threading
-import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -48,27 +45,29 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
 
 from core.clock import wall_clock_us
 from core.records import ValidRecord
-from identity.graph import resolve
-from identity.model import Identity, IdentityChange
-from identity.namespaces import extract_identities, record_time_us
+from identity.model import IdentityChange
 from identity.stitching import StitchSettings
-from profiles import model as profile_model
+from profiles.writer import (
+    FRAGMENT_CACHE_SIZE,
+    RETIRING_CHANGES,
+    DecodedFragments,
+    ProfileSettings,
+    ProfileWriter,
+)
 from schemas.registry import SchemaRegistry
-from stores.identity import IdentityStore, open_identity_store
-from stores.outages import patient
-from stores.profiles import ProfileStore, ProfileWrite, ProfileWriteConflict, open_profile_store
+from stores.identity import IdentityStore
+from stores.opening import StoreHandler
+from stores.profiles import ProfileStore
 from transforms.metrics import NAMESPACE, counter
+from transforms.shared_registry import SharedRegistry, shared_registry
 
 FRESHNESS_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
 FRESHNESS = "profile_freshness_ms"
-FRAGMENT_CACHE_SIZE = 20_000
-CONFLICT_ATTEMPTS = 50
-# The changes after which a person id answers with another's profile.
-RETIRING_CHANGES = ("merge", "rename")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +80,25 @@ class ProfileFlush:
 
 
 @dataclasses.dataclass(frozen=True)
-class ProfileSettings:
-    """How profiles are merged: the policy, the datasets that feed them, and the buffering."""
+class ProfileWriterHandler:
+    """What MergeProfiles writes with, as its DoFn holds it (the shape of RunInference's ``ModelHandler``): the
+    registry, the two stores' handlers, the stitching and profile settings; pickled to the workers, where
+    :meth:`open` opens a :class:`~profiles.writer.ProfileWriter` on its stores. The pipeline builds one."""
 
-    policy: profile_model.MergePolicy = dataclasses.field(default_factory=profile_model.TimestampOrdered)
-    limits: profile_model.ProfileLimits = profile_model.DEFAULT_LIMITS
-    flush_interval_s: float = 1.0
-    max_buffered: int = 500
-    shards: int = 16
+    registry: SchemaRegistry | SharedRegistry  # a SharedRegistry once made
+    identities: StoreHandler[IdentityStore]
+    profiles: StoreHandler[ProfileStore]
+    stitch: StitchSettings
+    settings: ProfileSettings = dataclasses.field(default_factory=ProfileSettings)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "registry", shared_registry(self.registry))
+
+    def open(self, **options: Any) -> ProfileWriter:
+        """A writer on newly opened stores; ``options`` are ProfileWriter's keywords."""
+        return ProfileWriter(
+            self.registry.load(), self.identities.open(), self.profiles.open(), self.stitch, self.settings, **options
+        )
 
 
 def freshness_bucket(freshness_ms: float) -> str:
@@ -105,36 +115,22 @@ class _MergeProfilesFn(beam.DoFn):
     FLUSH_SOON = TimerSpec("flush_soon", TimeDomain.REAL_TIME)
     FLUSH_AT_END = TimerSpec("flush_at_end", TimeDomain.WATERMARK)
 
-    def __init__(
-        self,
-        registry: SchemaRegistry,
-        identity_store: str,
-        profile_store: str,
-        stitch: StitchSettings,
-        settings: ProfileSettings,
-        streaming: bool,
-        clock: Callable[[], int],
-    ) -> None:
-        self._registry = registry
-        self._identity_store_url = identity_store
-        self._profile_store_url = profile_store
-        self._stitch = stitch
-        self._settings = settings
+    def __init__(self, writers: ProfileWriterHandler, streaming: bool, clock: Callable[[], int]) -> None:
+        self._writers = writers
+        self._settings = writers.settings
         self._streaming = streaming
         self._clock = clock
         self._writer: ProfileWriter | None = None
+        # The fragments this process decoded, shared by the stage's DoFn instances (the DirectRunner makes one per
+        # bundle) and their threads.
+        self._decoded = shared.Shared()
         self._written = counter("profiles_written")
+        self._conflicts = counter("profile_write_conflicts")
         self._freshness = Metrics.distribution(NAMESPACE, FRESHNESS)
 
     def setup(self) -> None:
-        self._writer = ProfileWriter(
-            self._registry,
-            patient(open_identity_store, self._identity_store_url, "identity store"),
-            patient(open_profile_store, self._profile_store_url, "profile store"),
-            self._stitch,
-            self._settings,
-            decoded=_decoded_fragments_of(self._profile_store_url),
-        )
+        decoded = self._decoded.acquire(lambda: DecodedFragments(FRAGMENT_CACHE_SIZE))
+        self._writer = self._writers.open(decoded=decoded, count_conflict=self._conflicts.inc)
 
     def teardown(self) -> None:
         if self._writer is not None:
@@ -197,195 +193,23 @@ class _MergeProfilesFn(beam.DoFn):
             counter(freshness_bucket(freshness_ms)).inc()
 
 
-class _DecodedFragments:
-    """The fragments this process last read or wrote, decoded, by key and bytes: a person's next flush reads back the
-    bytes its last one wrote, and decoding them again was a sixth of the pipeline's time. A fragment is reused only
-    when the store returns the very bytes it was decoded from, so a write from elsewhere is never missed. Shared by
-    the stage's DoFn instances (the DirectRunner makes one per bundle) and their threads."""
+class MergeProfiles(beam.PTransform):
+    """Keeps every person's merged profile in the profile store; see the module docstring.
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: collections.OrderedDict[str, tuple[bytes, profile_model.Fragment]] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def fragment(self, key: str, data: bytes) -> profile_model.Fragment:
-        with self._lock:
-            held = self._entries.get(key)
-            if held is not None and held[0] == data:
-                self._entries.move_to_end(key)
-                return held[1]
-        fragment = profile_model.fragment_from_bytes(data)
-        self.remember(key, data, fragment)
-        return fragment
-
-    def remember(self, key: str, data: bytes, fragment: profile_model.Fragment) -> None:
-        with self._lock:
-            self._entries[key] = (data, fragment)
-            self._entries.move_to_end(key)
-            if len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-
-_decoded_by_store: dict[str, _DecodedFragments] = {}
-_decoded_lock = threading.Lock()
-
-
-def _decoded_fragments_of(store_url: str) -> _DecodedFragments:
-    with _decoded_lock:
-        return _decoded_by_store.setdefault(store_url, _DecodedFragments(FRAGMENT_CACHE_SIZE))
-
-
-class ProfileWriter:
-    """Applies records and identity changes to the profile store: the work of one flush, without Beam.
-
-    It owns the two stores it is given (``close`` closes them). ``decoded`` is the cache of decoded fragments to use;
-    by default one of its own.
+    ``writers`` says what to write with and where (:class:`ProfileWriterHandler`).
     """
 
-    def __init__(
-        self,
-        registry: SchemaRegistry,
-        identities: IdentityStore,
-        profiles: ProfileStore,
-        stitch: StitchSettings,
-        settings: ProfileSettings,
-        *,
-        decoded: _DecodedFragments | None = None,
-    ) -> None:
-        self._registry = registry
-        self._identities = identities
-        self._profiles = profiles
-        self._stitch = stitch
-        self._settings = settings
-        self._decoded = decoded or _DecodedFragments(FRAGMENT_CACHE_SIZE)
-        self._datasets = [name for name, dataset in registry.datasets.items() if dataset.profile]
-        self._conflicts = counter("profile_write_conflicts")
-
-    def close(self) -> None:
-        self._identities.close()
-        self._profiles.close()
-
-    def write(self, records: Sequence[ValidRecord], changes: Sequence[IdentityChange]) -> int:
-        """Applies the records and rebuilds the view of every person they, or the merges and splits, now concern.
-
-        A record carries the person it had when stitched; if that person has since been merged away, its records go
-        to the survivor, the person its identities belong to now. Returns how many views it wrote.
-
-        Another worker may write a fragment this write read: the store then refuses it, and it is computed again
-        from what the store holds now (after a short random pause, up to ``CONFLICT_ATTEMPTS`` times).
-        """
-        attempt = 0
-        while True:
-            try:
-                return self._write_once(records, changes)
-            except ProfileWriteConflict:
-                attempt += 1
-                self._conflicts.inc()
-                if attempt == CONFLICT_ATTEMPTS:
-                    raise
-                time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
-
-    def _write_once(self, records: Sequence[ValidRecord], changes: Sequence[IdentityChange]) -> int:
-        rules = self._stitch.graph
-        extracted = [
-            (record, extract_identities(record.entity, self._stitch.namespaces, self._stitch.rules).identities)
-            for record in records
-        ]
-        known = {identity for _, identities in extracted for identity in identities}
-        # A split's identities too: the side that keeps the old person id gets no record, yet needs its view rebuilt.
-        known |= {_identity(text) for change in changes for text in change.identities}
-        resolution = resolve(self._identities.facts_of(known), rules)
-        current = sorted({resolution.person_of[identity] for identity in known if identity in resolution.person_of})
-        members = {owner: [] for owner in current}
-        for identity, owner in sorted(resolution.person_of.items()):
-            if owner in members:
-                members[owner].append(identity)
-        owned_identities = [identity for owned in members.values() for identity in owned]
-        keys = [f"{identity}|{dataset}" for identity in owned_identities for dataset in self._datasets]
-        read = self._profiles.fragments(keys)
-        fragments = {key: self._decoded.fragment(key, data) for key, data in read.items()}
-        touched = set()
-        for record, identities in extracted:
-            owner = profile_model.fragment_identity(identities, rules)
-            if owner is None:
-                continue
-            key = f"{owner}|{record.dataset}"
-            fragment = fragments.get(key) or profile_model.Fragment(identity=owner, dataset=record.dataset)
-            schema = self._registry.get(record.schema_id)
-            fragments[key] = profile_model.apply(
-                fragment,
-                record.entity,
-                is_event=schema.time_series,
-                record_time_us=record_time_us(record.entity, schema.class_id, record.publish_time_us),
-                ingest_time_us=record.publish_time_us,
-                message_id=record.message_id,
-                policy_limits=self._settings.limits,
-            )
-            touched.add(key)
-        keys_of = collections.defaultdict(list)
-        for key, fragment in fragments.items():
-            keys_of[fragment.identity].append(key)
-        views = {}
-        for owner, owned in members.items():
-            held = [fragments[key] for key in sorted(key for identity in owned for key in keys_of[identity])]
-            view = profile_model.build_view(owner, owned, held, self._settings.policy)
-            views[owner] = profile_model.view_to_bytes(view)
-        # Only a merge or a rename retires a person id; a record stitched to a person that is now another's goes to
-        # the person its identities belong to, and the merge's own flush leaves the redirect.
-        redirects = {
-            old: change.persons_after[0]
-            for change in changes
-            if change.kind in RETIRING_CHANGES
-            for old in change.persons_before
-            if old not in members and change.persons_after
-        }
-        written = {key: profile_model.fragment_to_bytes(fragments[key]) for key in sorted(touched)}
-        self._profiles.write(
-            ProfileWrite(
-                fragments=written,
-                views=views,
-                index={str(identity): owner for owner, owned in members.items() for identity in owned},
-                redirects=redirects,
-                drop_views=tuple(sorted(redirects)),
-                expected={key: read.get(key) for key in keys},
-            )
-        )
-        for key, data in written.items():
-            self._decoded.remember(key, data, fragments[key])
-        return len(views)
-
-
-def _identity(text: str) -> Identity:
-    namespace, _, identity_id = text.partition(":")
-    return Identity(namespace, identity_id)
-
-
-class MergeProfiles(beam.PTransform):
-    """Keeps every person's merged profile in the profile store; see the module docstring."""
-
-    def __init__(
-        self,
-        registry: SchemaRegistry,
-        identity_store: str,
-        profile_store: str,
-        stitch: StitchSettings,
-        settings: ProfileSettings | None = None,
-        *,
-        clock: Callable[[], int] = wall_clock_us,
-    ) -> None:
+    def __init__(self, writers: ProfileWriterHandler, *, clock: Callable[[], int] = wall_clock_us) -> None:
         super().__init__()
-        self._registry = registry
-        self._identity_store = identity_store
-        self._profile_store = profile_store
-        self._stitch = stitch
-        self._settings = settings or ProfileSettings()
+        self._writers = writers
         self._clock = clock
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
         records, changes = inputs
         streaming = records.pipeline.options.view_as(beam.options.pipeline_options.StandardOptions).streaming
-        profile_datasets = {name for name, dataset in self._registry.datasets.items() if dataset.profile}
-        shards = self._settings.shards
+        registry = self._writers.registry.load()
+        profile_datasets = {name for name, dataset in registry.datasets.items() if dataset.profile}
+        shards = self._writers.settings.shards
         keyed = typehints.KV[int, typehints.Any]  # an int key: a deterministic coder for the state's key
         keyed_records = records | "KeyRecordsByShard" >> beam.FlatMap(
             _keyed_record, profile_datasets, shards
@@ -395,18 +219,7 @@ class MergeProfiles(beam.PTransform):
             (keyed_records, keyed_changes)
             | "Updates" >> beam.Flatten()
             | "InGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
-            | "MergeAndFlush"
-            >> beam.ParDo(
-                _MergeProfilesFn(
-                    self._registry,
-                    self._identity_store,
-                    self._profile_store,
-                    self._stitch,
-                    self._settings,
-                    bool(streaming),
-                    self._clock,
-                )
-            )
+            | "MergeAndFlush" >> beam.ParDo(_MergeProfilesFn(self._writers, bool(streaming), self._clock))
         )
 
 

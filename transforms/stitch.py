@@ -32,9 +32,10 @@ from apache_beam.utils.windowed_value import WindowedValue
 from core.records import ValidRecord
 from identity.stitching import RecordIdentities, StitchSettings, link_batch, record_identities
 from schemas.registry import SchemaRegistry
-from stores.identity import open_identity_store
-from stores.outages import patient
+from stores.identity import IdentityStore
+from stores.opening import StoreHandler
 from transforms.metrics import counter
+from transforms.shared_registry import SharedRegistry, shared_registry
 
 _CHANGES = "changes"
 
@@ -45,9 +46,15 @@ class StitchResult(NamedTuple):
 
 
 class _StitchFn(beam.DoFn):
-    def __init__(self, registry: SchemaRegistry, store_url: str, settings: StitchSettings, batch_size: int):
+    def __init__(
+        self,
+        registry: SharedRegistry,
+        store: StoreHandler[IdentityStore],
+        settings: StitchSettings,
+        batch_size: int,
+    ):
         self._registry = registry
-        self._store_url = store_url
+        self._store_handler = store
         self._settings = settings
         self._batch_size = batch_size
         self._store = None
@@ -56,7 +63,7 @@ class _StitchFn(beam.DoFn):
         self._rejected = counter("identities_rejected")
 
     def setup(self) -> None:
-        self._store = patient(open_identity_store, self._store_url, "identity store")
+        self._store = self._store_handler.open()
 
     def teardown(self) -> None:
         if self._store is not None:
@@ -66,7 +73,7 @@ class _StitchFn(beam.DoFn):
         self._pending = []
 
     def process(self, record: ValidRecord, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        found = record_identities(record, self._registry, self._settings)
+        found = record_identities(record, self._registry.load(), self._settings)
         if found is None:
             yield record
             return
@@ -97,19 +104,27 @@ class _StitchFn(beam.DoFn):
 
 
 class StitchIdentities(beam.PTransform):
-    """Gives each record of an identity-enabled dataset its person; see the module docstring."""
+    """Gives each record of an identity-enabled dataset its person; see the module docstring.
+
+    ``store`` is the identity store's handler (:func:`stores.opening.identity_store_handler`), opened on the worker.
+    """
 
     def __init__(
-        self, registry: SchemaRegistry, store_url: str, settings: StitchSettings, *, batch_size: int = 500
+        self,
+        registry: SchemaRegistry | SharedRegistry,
+        store: StoreHandler[IdentityStore],
+        settings: StitchSettings,
+        *,
+        batch_size: int = 500,
     ) -> None:
         super().__init__()
-        self._registry = registry
-        self._store_url = store_url
+        self._registry = shared_registry(registry)
+        self._store = store
         self._settings = settings
         self._batch_size = batch_size
 
     def expand(self, records: beam.PCollection) -> StitchResult:
         outputs = records | "LinkIdentities" >> beam.ParDo(
-            _StitchFn(self._registry, self._store_url, self._settings, self._batch_size)
+            _StitchFn(self._registry, self._store, self._settings, self._batch_size)
         ).with_outputs(_CHANGES, main="records")
         return StitchResult(records=outputs.records, changes=outputs[_CHANGES])

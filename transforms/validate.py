@@ -19,6 +19,7 @@ from core.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 from schemas.registry import SchemaRegistry
 from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
 from transforms.metrics import count_failure, counter
+from transforms.shared_registry import SharedRegistry, shared_registry
 
 INTERNAL = "VALIDATE.INTERNAL"
 _FAILED = "failed"
@@ -30,7 +31,7 @@ class ValidateResult(NamedTuple):
 
 
 class _ValidateFn(beam.DoFn):
-    def __init__(self, registry: SchemaRegistry, policy: ValidationPolicy) -> None:
+    def __init__(self, registry: SharedRegistry, policy: ValidationPolicy) -> None:
         self._registry = registry
         self._policy = policy
         self._valid = counter("valid")
@@ -38,7 +39,7 @@ class _ValidateFn(beam.DoFn):
 
     def process(self, decoded: DecodedEntity):
         try:
-            outcome = validate_decoded(decoded, self._registry, self._policy)
+            outcome = validate_decoded(decoded, self._registry.load(), self._policy)
         except Exception as error:  # a bug must not lose the record: it leaves as a failed one
             outcome = FailedRecord.of_entity(decoded, "validate", (RecordError(INTERNAL, "", repr(error)),))
         if isinstance(outcome, ValidRecord):
@@ -53,9 +54,9 @@ class _ValidateFn(beam.DoFn):
 class Validate(beam.PTransform):
     """Checks each entity against its ingestion schema; see the module docstring."""
 
-    def __init__(self, registry: SchemaRegistry, *, policy: ValidationPolicy = DEFAULT_POLICY) -> None:
+    def __init__(self, registry: SchemaRegistry | SharedRegistry, *, policy: ValidationPolicy = DEFAULT_POLICY) -> None:
         super().__init__()
-        self._registry = registry
+        self._registry = shared_registry(registry)
         self._policy = policy
 
     def expand(self, entities: beam.PCollection) -> ValidateResult:

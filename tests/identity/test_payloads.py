@@ -51,6 +51,7 @@ from messages.decoding import JsonRejected, decode_message, parse_json
 from pipelines.config import Config
 from schemas.registry import SchemaRegistry
 from schemas.validation import UNKNOWN_FIELD, validate_decoded
+from stores.opening import identity_store_handler
 from transforms.decode import Decode
 from transforms.stitch import StitchIdentities
 from transforms.validate import Validate
@@ -449,6 +450,6 @@ def test_the_stitch_stage_on_sqlite_gives_the_identity_link_records_the_persons_
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
         decoded = pipeline | beam.Create(messages) | Decode(registry().avro_schema_for)
         validated = decoded.entities | Validate(registry())
-        result = validated.valid | StitchIdentities(registry(), store, SETTINGS)
+        result = validated.valid | StitchIdentities(registry(), identity_store_handler(store), SETTINGS)
         persons = result.records | beam.Map(lambda record: (record.message_id, record.person_id))
         assert_that(persons, equal_to(expected))

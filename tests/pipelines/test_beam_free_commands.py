@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from stores.identity import open_identity_store
-from stores.profiles import open_profile_store
+from stores.opening import open_identity_store, open_profile_store
 
 # Runs the CLI in-process, then prints whether any apache_beam module was imported.
 PROBE = """

@@ -37,7 +37,7 @@ from subprocess import DEVNULL
 import pytest
 
 from profiles.model import view_from_bytes
-from stores.profiles import open_profile_store
+from stores.opening import open_profile_store
 from tests.helpers import finished, lake_rows
 
 SAMPLE = Path(__file__).parents[2] / "pipelines" / "samples" / "stream.jsonl"

@@ -16,8 +16,8 @@ import pipelines
 from pipelines.cli import main
 from pipelines.config import Config, ConfigError, ProfilesSettings, load_config
 from profiles.model import DatasetPrecedence, ProfileLimits
+from profiles.writer import ProfileSettings
 from tests.helpers import PROFILE_SCHEMA, START, envelope, rest_line
-from transforms.merge_profiles import ProfileSettings
 
 CRM_SCHEMA = "https://example.com/schemas/crm-profile"
 # A second profile-class dataset beside the built-in profile_records, its records carrying a name and an audit date.

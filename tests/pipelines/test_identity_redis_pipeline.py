@@ -31,7 +31,7 @@ from identity.graph import resolve
 from identity.model import Identity
 from pipelines.cli import main
 from pipelines.config import Config
-from stores.identity import open_identity_store
+from stores.opening import open_identity_store
 from tests.helpers import START, envelope, event, lake_rows, rest_line
 
 LAPTOP, PHONE, TABLET, CAROL_DEVICE, DAVE_DEVICE = (digit * 38 for digit in "12345")

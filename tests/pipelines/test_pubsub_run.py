@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from stores.profiles import open_profile_store
+from stores.opening import open_profile_store
 from tests.helpers import envelope, event, lake_rows, rest_line, stream_lines
 from tests.service.test_inlet import pull_all
 from tools.pubsub_emulator import Topology

@@ -28,7 +28,7 @@ import pytest
 from google.cloud import pubsub_v1
 
 from profiles.model import view_from_bytes
-from stores.profiles import open_profile_store
+from stores.opening import open_profile_store
 from tests.conftest import start_redis
 from tests.helpers import envelope, event, lake_rows
 from tests.pipelines.test_pubsub_run import start_run

@@ -29,7 +29,7 @@ from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
 import service.api
-import stores.profiles as profile_store
+import stores.opening as store_opening
 from pipelines.cli import main
 from pipelines.config import load_config
 from service.api import API_TOKEN_ENV, MAX_EVENTS, ServerLimits, api_server, api_token, create_app, listen
@@ -308,7 +308,7 @@ class Served:
 
 def test_serve_listens_where_asked_and_serves_the_store_then_closes_it(monkeypatch, tmp_path):
     stores, served = OpenedStores(), Served()
-    monkeypatch.setattr(profile_store, "open_profile_store", stores, raising=False)
+    monkeypatch.setattr(store_opening, "open_profile_store", stores, raising=False)
     monkeypatch.setattr(service.api, "serve", served)
     (tmp_path / "token").write_text(TOKEN)
     args = ["serve", "--port", "0", "--profile-store", "sqlite:///x.sqlite", "--token-file", str(tmp_path / "token")]
@@ -332,7 +332,7 @@ def test_serve_listens_where_asked_and_serves_the_store_then_closes_it(monkeypat
 )
 def test_serve_takes_its_limits_from_its_flags(monkeypatch, flags, limits):
     served = Served()
-    monkeypatch.setattr(profile_store, "open_profile_store", OpenedStores(), raising=False)
+    monkeypatch.setattr(store_opening, "open_profile_store", OpenedStores(), raising=False)
     monkeypatch.setattr(service.api, "serve", served)
     monkeypatch.setenv(API_TOKEN_ENV, TOKEN)
     assert main(["serve", "--port", "0", *flags]) == 0
@@ -346,7 +346,7 @@ def test_serve_refuses_a_limit_that_is_not_positive(capsys):
 
 def test_serve_hides_recent_events_older_than_the_configured_ttl(monkeypatch, tmp_path):
     served = Served()
-    monkeypatch.setattr(profile_store, "open_profile_store", OpenedStores(), raising=False)
+    monkeypatch.setattr(store_opening, "open_profile_store", OpenedStores(), raising=False)
     monkeypatch.setattr(service.api, "serve", served)
     monkeypatch.setenv(API_TOKEN_ENV, TOKEN)
     assert main(["serve", "--port", "0", "--config", str(ttl_config(tmp_path, "2026-11-01T09:05:00Z"))]) == 0

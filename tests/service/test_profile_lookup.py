@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-import stores.profiles as profile_store
+import stores.opening as store_opening
 from core.clock import parse_rfc3339_us, wall_clock_us
 from pipelines.cli import DEFAULT_PROFILE_STORE, main
 from pipelines.config import load_config
+from profiles.writer import ProfileWrite
 from service.profile_lookup import MalformedLookupError, events_between, lookup_key, lookup_profile
-from stores.identity import open_identity_store
-from stores.profiles import ProfileStore, ProfileWrite
+from stores.opening import open_identity_store
+from stores.profiles import ProfileStore
 
 ANN = "p-20a6567a1e102cf3df15f3af"
 RETIRED = "p-0123456789abcdef01234567"
@@ -111,7 +112,7 @@ def sample_store() -> MemoryProfileStore:
     return store
 
 
-open_profile_store = getattr(profile_store, "open_profile_store", None)
+open_profile_store = getattr(store_opening, "open_profile_store", None)
 needs_sqlite_store = pytest.mark.skipif(
     open_profile_store is None or importlib.util.find_spec("stores.profiles_sqlite") is None,
     reason="the SQLite profile store has not landed yet (open_profile_store, stores/profiles_sqlite.py)",
@@ -265,9 +266,9 @@ class OpenedStores:
 
 @pytest.fixture
 def opened(monkeypatch) -> OpenedStores:
-    # raising=False: until the backends land, profile_store has no open_profile_store to replace.
+    # raising=False: until the backends land, store_opening has no open_profile_store to replace.
     stores = OpenedStores()
-    monkeypatch.setattr(profile_store, "open_profile_store", stores, raising=False)
+    monkeypatch.setattr(store_opening, "open_profile_store", stores, raising=False)
     return stores
 
 
@@ -314,7 +315,7 @@ def test_a_lookup_in_a_store_that_does_not_exist_is_one_line_and_makes_no_file(c
 def test_a_lookup_in_a_store_of_the_other_kind_is_refused_and_changes_nothing(tmp_path, capsys):
     identity_file, profile_file = tmp_path / "identity.sqlite", tmp_path / "profiles.sqlite"
     open_identity_store(f"sqlite:///{identity_file}").close()
-    profile_store.open_profile_store(f"sqlite:///{profile_file}").close()
+    store_opening.open_profile_store(f"sqlite:///{profile_file}").close()
     before = {path: path.read_bytes() for path in (identity_file, profile_file)}
 
     assert main(["profile", "get", "--store", f"sqlite:///{identity_file}", "--person", ANN]) == 2
@@ -347,7 +348,7 @@ def test_an_unreachable_store_exits_2_with_one_line(monkeypatch, capsys):
     def unreachable(url: str, *, read_only: bool = False) -> ProfileStore:
         raise ValueError(f"cannot reach {url}")
 
-    monkeypatch.setattr(profile_store, "open_profile_store", unreachable, raising=False)
+    monkeypatch.setattr(store_opening, "open_profile_store", unreachable, raising=False)
     code = main(["profile", "get", "--store", "redis://127.0.0.1:1/0", "--person", ANN])
     captured = capsys.readouterr()
     assert code == 2

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from identity.graph import GRAPH_LIMIT, UNIQUE_NAMESPACE, GraphRules, resolve
 from identity.model import GraphFacts, Identity, LinkFact, LoggedBatch, Observation, Stamp
-from stores.identity import open_identity_store
+from stores.opening import open_identity_store
 
 ECID = Identity("ECID", "12345678901234567890123456789012345678")
 EMAIL = Identity("Email", "ada@example.com")

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from stores.identity import StoreUnavailableError
+from stores.errors import StoreUnavailableError
 from stores.outages import LONGEST_PAUSE_S, Patient, patient
 
 

@@ -19,10 +19,9 @@ from core.records import ValidRecord
 from identity.stitching import link_batch, record_identities
 from pipelines.config import Config
 from profiles.model import fragment_from_bytes, view_from_bytes
+from profiles.writer import ProfileSettings, ProfileWriter
 from schemas.registry import SchemaRegistry
-from stores.identity import open_identity_store
-from stores.profiles import open_profile_store
-from transforms.merge_profiles import ProfileSettings, ProfileWriter
+from stores.opening import open_identity_store, open_profile_store
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
 BASE_US = 1_793_523_600_000_000  # 2026-11-01T09:00:00Z

@@ -20,8 +20,10 @@ from google.cloud import bigtable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stores.identity import StoreUnavailableError
-from stores.profiles import ProfileStore, ProfileWrite, ProfileWriteConflict, open_profile_store
+from profiles.writer import ProfileWrite, ProfileWriteConflict
+from stores.errors import StoreUnavailableError
+from stores.opening import open_profile_store
+from stores.profiles import ProfileStore
 
 ADA, BOB, CAT = "p-ada", "p-bob", "p-cat"
 ADA_EMAIL, ADA_ECID, BOB_EMAIL, BOB_PHONE, CAT_EMAIL = (
@@ -429,7 +431,7 @@ def test_an_unknown_or_malformed_url_is_a_one_line_value_error(url: str) -> None
 def test_a_backend_without_its_package_is_a_one_line_value_error(
     monkeypatch: pytest.MonkeyPatch, backend: str, package: str, url: str
 ) -> None:
-    monkeypatch.delitem(sys.modules, f"transforms.profile_store_{backend}", raising=False)
+    monkeypatch.delitem(sys.modules, f"stores.profiles_{backend}", raising=False)
     # None in sys.modules makes an import fail as a missing package does.
     monkeypatch.setitem(sys.modules, package, None)
     parent, _, name = package.rpartition(".")

@@ -12,7 +12,7 @@ import redis
 
 from pipelines.config import Config
 from service.api import create_app
-from stores.profiles import open_profile_store
+from stores.opening import open_profile_store
 from tests.service.test_api import running_server
 from tools.bench_profiles import (
     Traffic,

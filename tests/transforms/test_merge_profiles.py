@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
 import apache_beam as beam
 import pytest
+from apache_beam.internal import pickler
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
@@ -34,17 +36,10 @@ from pipelines.local_runner import metrics_of_every_bundle
 from pipelines.summary import freshness_percentiles
 from profiles import model as profile_model
 from profiles.model import fragment_to_bytes, view_from_bytes
+from profiles.writer import DecodedFragments, ProfileSettings, ProfileWriter
 from schemas.registry import SchemaRegistry
-from stores.identity import open_identity_store
-from stores.profiles import open_profile_store
-from transforms.merge_profiles import (
-    FRESHNESS,
-    MergeProfiles,
-    ProfileFlush,
-    ProfileSettings,
-    ProfileWriter,
-    _DecodedFragments,
-)
+from stores.opening import identity_store_handler, open_identity_store, open_profile_store, profile_store_handler
+from transforms.merge_profiles import FRESHNESS, MergeProfiles, ProfileFlush, ProfileWriterHandler, _MergeProfilesFn
 from transforms.stitch import StitchIdentities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
@@ -151,11 +146,19 @@ def stream_of(*bundles: Iterable[ValidRecord]) -> TestStream:
     return stream.advance_watermark_to_infinity()
 
 
-def merge_profiles(records, registry: SchemaRegistry, stores: Stores, settings: ProfileSettings | None = None):
-    stitched = records | StitchIdentities(registry, stores.identity, STITCH)
-    return (stitched.records, stitched.changes) | MergeProfiles(
-        registry, stores.identity, stores.profile, STITCH, settings, clock=stream_clock
+def writers(registry: SchemaRegistry, stores: Stores, settings: ProfileSettings | None = None) -> ProfileWriterHandler:
+    return ProfileWriterHandler(
+        registry,
+        identity_store_handler(stores.identity),
+        profile_store_handler(stores.profile),
+        STITCH,
+        settings or ProfileSettings(),
     )
+
+
+def merge_profiles(records, registry: SchemaRegistry, stores: Stores, settings: ProfileSettings | None = None):
+    stitched = records | StitchIdentities(registry, identity_store_handler(stores.identity), STITCH)
+    return (stitched.records, stitched.changes) | MergeProfiles(writers(registry, stores, settings), clock=stream_clock)
 
 
 def run_stream(
@@ -316,10 +319,10 @@ def test_each_write_counts_its_views_and_the_freshness_of_its_records(registry, 
         stitched = (
             pipeline
             | stream_of(SAMPLE_ANONYMOUS_VISITS, [SAMPLE_BOB_PROFILE])
-            | StitchIdentities(registry, stores.identity, STITCH)
+            | StitchIdentities(registry, identity_store_handler(stores.identity), STITCH)
         )
         _ = (stitched.records, stitched.changes) | MergeProfiles(
-            registry, stores.identity, stores.profile, STITCH, clock=clock_at_minute_2_plus_300_ms
+            writers(registry, stores), clock=clock_at_minute_2_plus_300_ms
         )
         result = pipeline.run()
         result.wait_until_finish()
@@ -491,7 +494,7 @@ def test_a_cached_fragment_is_reused_only_for_the_bytes_it_was_decoded_from():
         fragment_to_bytes(profile_model.Fragment(identity=Identity("Email", ANN_EMAIL), dataset=name))
         for name in ("profile_records", "experience_events")
     )
-    cache = _DecodedFragments(size=2)
+    cache = DecodedFragments(size=2)
 
     first = cache.fragment("k", ann)
     assert cache.fragment("k", ann) is first
@@ -500,3 +503,33 @@ def test_a_cached_fragment_is_reused_only_for_the_bytes_it_was_decoded_from():
     cache.fragment("other", ann)
     cache.fragment("third", ann)  # the cache holds two: "k" goes
     assert cache.fragment("k", anne) is not changed
+
+
+# The handler the stage is given.
+
+
+def test_the_writer_handler_pickles_and_opens_a_writer_on_the_other_side(registry, stores):
+    shipped = pickle.loads(pickle.dumps(writers(registry, stores)))
+    with open_identity_store(stores.identity) as identities:
+        found = record_identities(SAMPLE_ANN_PROFILE, registry, STITCH)
+        changes, [person] = link_batch(identities, STITCH.graph, [found])
+
+    writer = shipped.open()
+    try:
+        assert writer.write([dataclasses.replace(SAMPLE_ANN_PROFILE, person_id=person)], changes) == 1
+    finally:
+        writer.close()
+
+    assert view_of_person(stores, ANN)["person_id"] == ANN
+
+
+def test_the_stage_s_dofns_in_one_process_share_one_cache_of_decoded_fragments(registry, stores):
+    stage = _MergeProfilesFn(writers(registry, stores), streaming=False, clock=stream_clock)
+    first, second = (pickler.loads(pickler.dumps(stage)) for _ in range(2))  # as the runner makes them
+    for dofn in (first, second):
+        dofn.setup()
+    try:
+        assert first._writer._decoded is second._writer._decoded
+    finally:
+        for dofn in (first, second):
+            dofn.teardown()

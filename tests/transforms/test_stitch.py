@@ -16,7 +16,7 @@ from identity.model import Identity
 from identity.stitching import link_batch, record_identities
 from pipelines.config import Config
 from schemas.registry import SchemaRegistry
-from stores.identity import open_identity_store
+from stores.opening import identity_store_handler, open_identity_store
 from transforms.stitch import StitchIdentities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
@@ -51,7 +51,9 @@ def test_anonymous_events_then_a_login_join_the_person(tmp_path, registry):
 
     for records, label in ((anonymous, "Anonymous"), (login, "Login")):
         with beam.Pipeline(runner="FnApiRunner") as pipeline:
-            result = pipeline | beam.Create(records) | StitchIdentities(registry, store, SETTINGS)
+            result = (
+                pipeline | beam.Create(records) | StitchIdentities(registry, identity_store_handler(store), SETTINGS)
+            )
             assert_that(persons(result.records), equal_to([(r.message_id, expected) for r in records]), label=label)
 
 
@@ -60,9 +62,9 @@ def test_a_shared_device_follows_its_last_user_and_the_split_is_reported(tmp_pat
     first = [event("m1", 1, ECID=DEVICE, CRMID="ann")]
     second = [event("m2", 5, ECID=DEVICE, CRMID="bob")]
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
-        _ = pipeline | beam.Create(first) | StitchIdentities(registry, store, SETTINGS)
+        _ = pipeline | beam.Create(first) | StitchIdentities(registry, identity_store_handler(store), SETTINGS)
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
-        result = pipeline | beam.Create(second) | StitchIdentities(registry, store, SETTINGS)
+        result = pipeline | beam.Create(second) | StitchIdentities(registry, identity_store_handler(store), SETTINGS)
         # Ann keeps the person the device and she anchored (she outranks the device seen at the same time); the
         # device moves to Bob, and their new person is anchored by the device, seen before Bob.
         device_and_bob = person_id(Identity("ECID", DEVICE))
@@ -78,7 +80,7 @@ def test_rejected_identities_are_reported_and_the_record_goes_on(tmp_path, regis
     store = f"sqlite:///{tmp_path}/identity.sqlite"
     record = event("m1", 1, ECID="not-an-ecid", Email="Ann@Example.com")
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
-        result = pipeline | beam.Create([record]) | StitchIdentities(registry, store, SETTINGS)
+        result = pipeline | beam.Create([record]) | StitchIdentities(registry, identity_store_handler(store), SETTINGS)
         ann = person_id(Identity("Email", "ann@example.com"))
         assert_that(persons(result.records), equal_to([("m1", ann)]), label="Person")
         assert_that(
@@ -102,7 +104,9 @@ def test_records_of_datasets_without_identity_pass_unstitched(tmp_path):
     )
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
         result = (
-            pipeline | beam.Create([record]) | StitchIdentities(registry, f"sqlite:///{tmp_path}/i.sqlite", SETTINGS)
+            pipeline
+            | beam.Create([record])
+            | StitchIdentities(registry, identity_store_handler(f"sqlite:///{tmp_path}/i.sqlite"), SETTINGS)
         )
         assert_that(persons(result.records), equal_to([("m1", None)]))
 
@@ -117,7 +121,7 @@ def test_streaming_stitching_gives_every_record_its_person(tmp_path, registry):
         .advance_watermark_to_infinity()
     )
     with beam.Pipeline(options=PipelineOptions(streaming=True, runner="BundleBasedDirectRunner")) as pipeline:
-        result = pipeline | stream | StitchIdentities(registry, store, SETTINGS)
+        result = pipeline | stream | StitchIdentities(registry, identity_store_handler(store), SETTINGS)
         device = person_id(Identity("ECID", DEVICE))
         assert_that(persons(result.records), equal_to([("m1", device), ("m2", device)]))
 
@@ -152,7 +156,7 @@ def test_a_second_run_of_the_same_records_tells_the_same_changes(tmp_path, regis
             changes = (
                 pipeline
                 | f"{run}Records" >> beam.Create(records)
-                | f"{run}Stitch" >> StitchIdentities(registry, store, SETTINGS, batch_size=1)
+                | f"{run}Stitch" >> StitchIdentities(registry, identity_store_handler(store), SETTINGS, batch_size=1)
             ).changes
             _ = changes | f"{run}Log" >> beam.Map(lambda change, path: append_line(path, change), f"{tmp_path}/{run}")
         told.append(sorted(read_lines(f"{tmp_path}/{run}")))
