@@ -10,23 +10,20 @@ Pub/Sub subscription), runs it on the chosen runner and returns the run summary 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import threading
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from lake.rows import change_row, failed_row, lake_schemas, valid_row
 from pipelines.config import Config
+from pipelines.direct_runner_patches import patched_direct_runner
 from pipelines.flink import FLINK_RUNNER, flink_runner_args
-from pipelines.local_runner import (
-    disable_prism_splits,
-    metrics_of_every_bundle,
-    runner_name,
-    runs_on_prism,
-    stoppable_pubsub_reads,
-)
+from pipelines.local_runner import disable_prism_splits
+from pipelines.runners import RunnerCapabilities, run_capabilities
 from pipelines.summary import RunSummary, summarise
 from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
@@ -44,9 +41,6 @@ from transforms.validate import Validate
 
 LOCAL_STREAMING_RUNNER = "BundleBasedDirectRunner"
 LOCAL_BATCH_RUNNER = "FnApiRunner"
-# The runners Beam's own Pub/Sub read runs on, as runner_name spells them; Dataflow's acknowledges once a bundle is
-# durably committed.
-BEAM_PUBSUB_RUNNERS = frozenset({"direct", "bundlebaseddirect", "dataflow"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +146,12 @@ def run(
     """
     stop = stop or threading.Event()
     options = pipeline_options(request)
+    runner = run_capabilities(options)
     pipeline = beam.Pipeline(options=options)
     if request.subscription is not None:
-        read = pubsub_source(options.view_as(StandardOptions).runner, request.subscription, stop)
-        if isinstance(read, ReadPubSubAcknowledged) and not workers_in_this_process(options):
+        if not (runner.beam_pubsub_read or runner.workers_in_this_process):
             _say_when_stopped_in_vain(stop)
-        messages = pipeline | "ReadPubSub" >> read
+        messages = pipeline | "ReadPubSub" >> pubsub_source(runner, request.subscription, stop)
     else:
         messages = pipeline | "ReadReplay" >> ReadReplay(
             request.replay_path,
@@ -172,17 +166,10 @@ def run(
         request.profile_store,
         dead_letter_topic=request.dead_letter_topic,
     )
-    with metrics_of_every_bundle(), stoppable_pubsub_reads(stop):
+    with patched_direct_runner(stop) if runner.direct_runner else contextlib.nullcontext():
         result = pipeline.run()
         result.wait_until_finish()
     return summarise(result, datasets=list(lake_schemas(registry)))
-
-
-def workers_in_this_process(options: PipelineOptions) -> bool:
-    """Whether a portable runner's SDK workers run in this process (``LOOPBACK``, Prism's default), where the stop
-    event of :class:`ReadPubSubAcknowledged` reaches them."""
-    environment = options.view_as(PortableOptions).environment_type
-    return environment == "LOOPBACK" or (environment is None and runs_on_prism(options))
 
 
 def _say_when_stopped_in_vain(stop: threading.Event) -> None:
@@ -198,9 +185,11 @@ def _say_when_stopped_in_vain(stop: threading.Event) -> None:
     threading.Thread(target=say, name="stop-notice", daemon=True).start()
 
 
-def pubsub_source(runner: str, subscription: str, stop: threading.Event) -> beam.PTransform:
-    """Beam's own Pub/Sub read on the runners that run it; on every other runner (Prism, Flink, any portable runner)
-    :class:`ReadPubSubAcknowledged`, which acknowledges on bundle finalisation and ends when ``stop`` is set."""
-    if runner_name(runner) in BEAM_PUBSUB_RUNNERS:
+def pubsub_source(runner: RunnerCapabilities, subscription: str, stop: threading.Event) -> beam.PTransform:
+    """Beam's own Pub/Sub read on the runners that run it (on the DirectRunner ``stop`` ends it through
+    :func:`pipelines.direct_runner_patches.stoppable_pubsub_reads`); on every other runner (Prism, Flink, any portable
+    runner) :class:`ReadPubSubAcknowledged`, which acknowledges on bundle finalisation, given ``stop`` where the
+    workers run in this process, the only place an event set here reaches."""
+    if runner.beam_pubsub_read:
         return ReadPubSub(subscription)
-    return ReadPubSubAcknowledged(subscription, stop=stop)
+    return ReadPubSubAcknowledged(subscription, stop=stop if runner.workers_in_this_process else None)

@@ -20,9 +20,8 @@ from collections.abc import Iterable, Mapping
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from transforms.merge_profiles import FRESHNESS, FRESHNESS_BUCKETS_MS
+from transforms import metrics
 
-NAMESPACE = "profilestream"
 # Datasets the pipeline writes about records rather than records themselves: their repeats are not duplicates.
 FAILED_RECORDS = "failed_records"
 SERVICE_DATASETS = frozenset({FAILED_RECORDS, "identity_changes"})
@@ -48,7 +47,7 @@ class RunSummary:
 def counters(result: PipelineResult) -> dict[str, int]:
     """Every ``profilestream`` counter of a finished pipeline, by name (committed values where the runner has them)."""
     values: dict[str, int] = {}
-    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+    for counter in result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         name = counter.key.metric.name
         values[name] = values.get(name, 0) + (value or 0)
@@ -60,24 +59,29 @@ def summarise(result: PipelineResult, datasets: Iterable[str]) -> RunSummary:
 
 
 def summary_of(values: Mapping[str, int], datasets: Iterable[str]) -> RunSummary:
-    valid = values.get("valid", 0)
-    failed = values.get("decode_failed", 0) + values.get("validate_failed", 0)
+    valid = values.get(metrics.VALID, 0)
+    failed = values.get(metrics.DECODE_FAILED, 0) + values.get(metrics.VALIDATE_FAILED, 0)
     return RunSummary(
-        messages=values.get("messages", 0),
-        records=values.get("decoded_entities", 0) + values.get("decode_failed", 0),
+        messages=values.get(metrics.MESSAGES, 0),
+        records=values.get(metrics.DECODED_ENTITIES, 0) + values.get(metrics.DECODE_FAILED, 0),
         valid=valid,
         failed=failed,
         duplicates=sum(
-            values.get(f"duplicates.{dataset}", 0) for dataset in datasets if dataset not in SERVICE_DATASETS
+            values.get(metrics.duplicates_in(dataset), 0) for dataset in datasets if dataset not in SERVICE_DATASETS
         ),
-        failed_duplicates=values.get(f"duplicates.{FAILED_RECORDS}", 0),
-        profiles_written=values.get("profiles_written", 0),
+        failed_duplicates=values.get(metrics.duplicates_in(FAILED_RECORDS), 0),
+        profiles_written=values.get(metrics.PROFILES_WRITTEN, 0),
         lake={
-            dataset: {"files": values.get(f"lake_files.{dataset}", 0), "rows": values.get(f"lake_rows.{dataset}", 0)}
+            dataset: {
+                "files": values.get(metrics.lake_files_of(dataset), 0),
+                "rows": values.get(metrics.lake_rows_of(dataset), 0),
+            }
             for dataset in datasets
         },
         failed_by_code={
-            name.removeprefix("failed."): count for name, count in sorted(values.items()) if name.startswith("failed.")
+            code: count
+            for code, count in ((metrics.code_counted_by(name), count) for name, count in sorted(values.items()))
+            if code is not None
         },
         profile_freshness_ms=freshness_percentiles(values),
     )
@@ -85,8 +89,8 @@ def summary_of(values: Mapping[str, int], datasets: Iterable[str]) -> RunSummary
 
 def freshness_percentiles(values: Mapping[str, int]) -> dict[str, int | None]:
     """p50, p95 and p99 of profile freshness, each as the upper bound of the bucket it falls in (null: no writes)."""
-    bounds = [*FRESHNESS_BUCKETS_MS, None]
-    counts = [values.get(f"{FRESHNESS}.le_{bound if bound is not None else 'inf'}", 0) for bound in bounds]
+    bounds = [*metrics.FRESHNESS_BUCKETS_MS, None]
+    counts = [values.get(metrics.freshness_bucket_of(bound), 0) for bound in bounds]
     total = sum(counts)
     percentiles: dict[str, int | None] = {}
     for name, share in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):

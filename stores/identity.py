@@ -1,50 +1,27 @@
 """Identity stores: where the identity graph's facts live, behind one small interface.
 
 In: batches of :class:`~identity.model.Observation` (identities seen together in one record, with the
-record's :class:`~identity.model.Stamp`). Out: the facts of the *raw components* each batch touched, as
-they were before the batch and as they are after it, which is what the linking rules
-(:func:`identity.graph.resolve`) need to name the persons and what changed.
+record's :class:`~identity.model.Stamp`). Out: the facts of the *raw components* each batch touched (an identity of
+the batch and every identity transitively linked to it by any stored link), as they were before the batch and as
+they are after it, which is what the linking rules (:func:`identity.graph.resolve`) need to name the persons and what
+changed.
 
-A raw component is an identity of the batch and every identity transitively linked to it by any stored link, whatever
-the linking rules later make of those links. Facts are never removed, so components only ever grow and merge: a store
-keeps a component id per identity and answers from the touched components alone, never from the whole graph.
-
-Contract
---------
-- :meth:`IdentityStore.observe` adds the observations' facts atomically and in one round trip to the store, and
-  returns ``(before, after)``: ``after`` is ``before.merged_with(observations)``, the in-memory reference
-  (:meth:`GraphFacts.merged_with <identity.model.GraphFacts.merged_with>`), over the union of the touched
-  components. Adding facts is commutative, so concurrent writers end with the facts a single writer would have.
+- :meth:`IdentityStore.observe` adds the observations' facts atomically and in one round trip, and returns
+  ``(before, after)``, ``after`` being ``before.merged_with(observations)``
+  (:meth:`GraphFacts.merged_with <identity.model.GraphFacts.merged_with>`) over the touched components; adding facts
+  commutes, so concurrent writers end with the facts a single writer would have.
 - :meth:`IdentityStore.facts_of` reads the raw components of some identities, changing nothing.
-- :meth:`IdentityStore.observe_and_log` does what ``observe`` does and, when the batch adds facts, logs it in the
-  same atomic write: its cause (the latest of its records), the facts it found and the facts it added
-  (:class:`~identity.model.LoggedBatch`). The changes a batch made to the graph follow from that entry
-  alone, so a process that dies after the store's write and before the lake's loses no history: whoever sees the
-  cause's message again (a rerun, a redelivery) finds the entry with :meth:`IdentityStore.logged` and tells its
-  changes again, and the lake drops the ones it holds already. A batch that changed nothing worth telling is
-  dropped (:meth:`~IdentityStore.discard`) with the next write. Entries are kept ``CHANGE_LOG_RETENTION_S`` (30 days).
-- A store object is used by one thread at a time; open one per worker (a ``DoFn``'s ``setup``).
+- :meth:`IdentityStore.observe_and_log` also logs a batch that adds facts, in the same atomic write
+  (:class:`~identity.model.LoggedBatch`: its cause, the facts it found and added), found again by
+  :meth:`IdentityStore.logged` from the cause's message id; :meth:`~IdentityStore.discard` drops an entry with the next
+  write; entries are kept ``CHANGE_LOG_RETENTION_S`` (30 days).
+- A store object is used by one thread at a time; open one per worker (:mod:`stores.opening`).
 
-URLs
-----
-:func:`open_identity_store` opens a store from its URL (README, "Store URLs"):
-
-- ``sqlite:///path.db`` (relative), ``sqlite:////abs/path.db``, ``sqlite:///:memory:``:
-  :mod:`stores.identity_sqlite`, the embedded default;
-- ``redis://host:port/db``: :mod:`stores.identity_redis`, needs the ``redis`` extra.
-
-An unknown scheme or a malformed URL raises :class:`ValueError` with a one-line message.
-
-Backends
---------
 A backend subclasses :class:`IdentityStore` with ``_add`` (add a batch's facts atomically in one round trip, log it
 when asked, drop the discarded entries, and return the touched components' facts from before and the log entry),
-``facts_of``, ``logged`` and ``close``; :class:`FactsBuilder` makes the
-:class:`~identity.model.GraphFacts` of what it reads.
-
-Example
--------
-::
+``facts_of``, ``logged`` and ``close``; :class:`FactsBuilder` makes the :class:`~identity.model.GraphFacts` of what it
+reads. Why facts and raw components: docs/decisions/0015-the-identity-store-keeps-facts-and-raw-components.md; why
+the log: docs/decisions/0016-identity-changes-are-logged-with-their-batch.md.
 
     with open_identity_store("sqlite:///data/identity.sqlite") as store:
         before, after = store.observe(observations)

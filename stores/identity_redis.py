@@ -2,35 +2,13 @@
 
 In: the facts of a batch of observations (from :meth:`IdentityStore.observe
 <stores.identity.IdentityStore.observe>`) or identities to read. Out: the facts of their raw components.
-Opened by :func:`~stores.identity.open_identity_store` from ``redis://host:port/db``.
+Opened by :func:`~stores.opening.open_identity_store` from ``redis://host:port/db``.
 
 Every call runs one Lua script (``EVALSHA``, or ``EVAL`` when the server has lost its script cache), so it is atomic
-and one round trip. The scripts find the keys of the components they touch as they go, which a standalone server
-allows (a cluster would need every key in one slot).
-
-Keys (``prefix`` defaults to ``ps:id:``)
-----------------------------------------
-- ``ps:id:component``: hash, identity → its component id;
-- ``ps:id:next``: the last component id given out;
-- ``ps:id:facts:<component>``: hash of the component's facts: identity → the stamp it was first seen at, and
-  ``a \\t b`` (a link, ``a < b``) → its first and last stamps;
-- ``ps:id:log:<message id>``: hash of the batches logged with that cause (entry number → the cause's time as 16 hex
-  digits, the byte length of the facts before, ``:``, the facts before as the scripts read them and the batch's
-  facts as :meth:`~identity.model.GraphFacts.to_bytes` writes them), expiring after the retention;
-  ``ps:id:logseq``, the last entry number given out.
-
-A batch finds the components of all its identities with one ``HMGET``, and each component's facts with one
-``HGETALL``. Components that the batch's links join merge into the largest (then the lowest id): the others' facts
-move into its hash, their members' entries in ``ps:id:component`` change, and their hashes are deleted.
-
-Encodings
----------
-- An identity is the compact JSON array ``["namespace","id"]``: ASCII, with control characters escaped, so no
-  identity holds a tab, and a field holding one is a link.
-- A stamp is 16 hex digits of ``time_us + 2**63`` followed by the message id in UTF-8: byte order is then
-  :class:`~identity.model.Stamp` order. The scripts compare bytes, not with Lua's ``<``, which follows the
-  server's locale.
-- A link's stamps are the byte length of the first, ``:``, the first and the last.
+and one round trip, on a standalone server (a Redis Cluster would need every key of a call in one slot). Keys live
+under ``prefix`` (``ps:id:``): ``component``, ``next``, ``facts:<component>``, ``log:<message id>`` (expiring after
+the retention) and ``logseq``; their layout and byte encodings (stamps compare as bytes, never with Lua's
+locale-dependent ``<``) are docs/decisions/0017-one-lua-script-per-redis-store-call.md's.
 """
 
 from __future__ import annotations

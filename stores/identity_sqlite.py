@@ -2,24 +2,16 @@
 
 In: the facts of a batch of observations (from :meth:`IdentityStore.observe
 <stores.identity.IdentityStore.observe>`) or identities to read. Out: the facts of their raw components.
-Opened by :func:`~stores.identity.open_identity_store` from ``sqlite:///path.db``; the folder is created.
+Opened by :func:`~stores.opening.open_identity_store` from ``sqlite:///path.db``; the folder is created.
 
-Tables
-------
-- ``identity_sightings (namespace, id, time_us, message_id)``: when each identity was first seen;
-- ``identity_components (namespace, id, component)``: the raw component each identity is in;
-- ``identity_links (a_namespace, a_id, b_namespace, b_id, component, first_*, last_*)``: each link (``a < b``), its
-  earliest and latest stamps as ``time_us`` and ``message_id`` columns, and the component it lies in;
-- ``identity_change_log (entry, cause_message_id, cause_time_us, before, batch, logged_at_us)``: the logged batches
-  (:meth:`~stores.identity.IdentityStore.observe_and_log`), their facts as
-  :meth:`GraphFacts.to_bytes <identity.model.GraphFacts.to_bytes>`; entries older than the retention go
-  when a store is opened.
-
-A batch is added in one ``BEGIN IMMEDIATE`` transaction, so writers in several processes take turns (each waits up
-to a minute for the lock), and in WAL mode readers never wait for them. Components that the batch's
-links join merge into the largest one (then the lowest id), two ``UPDATE``\\ s moving members and links. The upserts
-keep the earliest stamps (and a link's latest) themselves: SQLite orders ``(time_us, message_id)`` as Python orders
-:class:`~identity.model.Stamp`, integers and then text by code point (UTF-8 bytes compare that way).
+Tables: ``identity_sightings (namespace, id, time_us, message_id)``, when each identity was first seen;
+``identity_components (namespace, id, component)``, the raw component each identity is in; ``identity_links
+(a_namespace, a_id, b_namespace, b_id, component, first_*, last_*)``, each link (``a < b``) with its earliest and
+latest stamps and its component; ``identity_change_log (entry, cause_message_id, cause_time_us, before, batch,
+logged_at_us)``, the logged batches, their facts as :meth:`GraphFacts.to_bytes <identity.model.GraphFacts.to_bytes>`
+(entries older than the retention go when a store is opened). A batch is added in one ``BEGIN IMMEDIATE``
+transaction (:mod:`stores.sqlite_files`).
+Why: docs/decisions/0018-sqlite-stores-take-turns-in-immediate-transactions.md.
 """
 
 from __future__ import annotations

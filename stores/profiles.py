@@ -1,27 +1,21 @@
 """Profile stores: where merged profiles live, behind one small interface with a backend per technology.
 
-A profile is kept twice over, so that both writes and reads are cheap:
+A store keeps opaque documents (JSON written by :mod:`profiles.model`), keyed: **fragments**, one per (identity,
+dataset), under ``"<NAMESPACE>:<id>|<dataset>"``; **views**, one per person id ``"p-..."``, the merged profile as
+``profile get`` and the HTTP API show it; an **index** from every identity key ``"<NAMESPACE>:<id>"`` of the person to
+the person id; and **redirects** from retired person ids (merged away) to the survivor. A lookup by identity or by
+person id is one store read.
 
-- **fragments**, one per (identity, dataset): what the records of one dataset said about one identity (see
-  :mod:`profiles.model`). They are the truth a merge or a split is recomputed from: when persons merge,
-  the survivor's profile is built from the fragments of all its identities; when a person splits, each side keeps
-  the fragments of its own identities.
-- **views**, one per person: the merged profile as ``profile get`` and the HTTP API show it (a JSON document), plus
-  an **index** from every identity of the person to the person id, and **redirects** from retired person ids (merged
-  away) to the survivor. A lookup by identity or by person id is one store read.
+``write`` applies one :class:`~profiles.writer.ProfileWrite` atomically and idempotently (writing the same thing
+twice leaves the same contents), so a retried bundle changes nothing. A write names the fragments it was computed from
+as they were read (``expected``); when any of them has changed since (another worker's flush of the same person), the
+write changes nothing and raises :class:`~profiles.writer.ProfileWriteConflict`, and the writer reads again and
+recomputes, so two flushes that touch the same fragment never lose either's update. Backends:
+:mod:`stores.profiles_sqlite`, :mod:`stores.profiles_redis`, :mod:`stores.profiles_bigtable`, opened by URL
+(:mod:`stores.opening`).
 
-Documents are opaque bytes here (JSON written by :mod:`profiles.model`); stores only keep them, keyed:
-
-- fragment key ``"<NAMESPACE>:<id>|<dataset>"``;
-- identity key ``"<NAMESPACE>:<id>"``;
-- person id ``"p-..."``.
-
-``write`` applies one :class:`ProfileWrite` atomically and idempotently (writing the same thing twice leaves the
-same contents), so a retried bundle changes nothing. A write names the fragments it was computed from as they were
-read (``expected``); when any of them has changed since (another worker's flush of the same person), the write
-changes nothing and raises :class:`ProfileWriteConflict`, and the writer reads again and recomputes. Two flushes that
-touch the same fragment therefore never lose either's update. URLs: ``sqlite:///PATH``, ``redis://HOST:PORT/DB``,
-``bigtable://PROJECT/INSTANCE/TABLE`` (the emulator through ``BIGTABLE_EMULATOR_HOST``).
+Why fragments and views: docs/decisions/0012-profile-fragments-belong-to-identities.md; why writes name what they
+read: docs/decisions/0011-profile-writes-name-the-fragments-they-read.md.
 """
 
 from __future__ import annotations

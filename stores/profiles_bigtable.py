@@ -1,54 +1,19 @@
 """The profile store on Bigtable: a table that every worker shares, for profiles past what one Redis server holds.
 
-Opened by :func:`~stores.profiles.open_profile_store` from ``bigtable://PROJECT/INSTANCE/TABLE``; Google's
+Opened by :func:`~stores.opening.open_profile_store` from ``bigtable://PROJECT/INSTANCE/TABLE``; Google's
 emulator through ``BIGTABLE_EMULATOR_HOST``, as Google's client does it. The table and its column families are created
 when missing (the admin API works on the emulator too).
 
-Rows
-----
-One table; a row key starts with its kind, and names are in UTF-8.
+One table; a row key starts with its kind: ``f#<fragment key>`` (the fragment), ``v#<person>`` (the view, its
+identities and the rows holding copies of it), ``i#<identity key>`` (the identity's person, the person whose view it
+shows, and a copy of that view), ``r#<person>`` (a retired person's survivor and a copy of its view). A lookup by
+identity is one ``read_row``, by person one ``read_rows``. A write is one ``read_rows`` and one ``mutate_rows`` batch,
+after a conditional put of each fragment it expects (:class:`~profiles.writer.ProfileWriteConflict` if one changed).
+Bigtable has no multi-row transactions: a reader may see some rows of a write before the others, and a write that
+fails part-way raises and is finished by its retry.
 
-- ``f#<fragment key>``: ``d:doc``, the fragment.
-- ``v#<person>``: ``d:doc``, the person's view; ``m:<identity key>`` for each identity indexed to the person;
-  ``c:<row key>`` for each row holding a copy of the view, the person's *copies*.
-- ``i#<identity key>``: ``d:person``, the person the identity is indexed to; ``d:holder``, the person whose view it
-  shows: the same, or the survivor that person was merged into; ``v:<holder>``, a copy of that view.
-- ``r#<person>``: ``d:holder``, the survivor a retired person was merged into; ``v:<holder>``, a copy of its view.
-
-Reads
------
-Bigtable has no joins, so an identity row cannot lead to the view within one read: it holds a copy of the view instead.
-A lookup by identity is then one ``read_row`` (``i#``), and a lookup by person one ``read_rows`` of ``v#`` and ``r#``
-together; a redirect hides the retired person's own view, should one be left.
-
-Writes
-------
-A write does what the other backends do (:mod:`stores.profiles_sqlite` says it in words) with one
-``read_rows``, of the ``v#`` and ``r#`` rows of every person and the ``i#`` row of every identity it names, and then
-one ``mutate_rows`` batch of every row that changes (nothing is read for fragments alone). Each copy names its holder,
-which redirects nowhere (redirects are kept one step long), and the holder's ``c:`` list names the copy, so a write
-finds every copy of a view it changes. Merging a person away moves its copies to the survivor; a person given a view
-again takes back the copies of the identities indexed to it.
-
-Write amplification: a view is written once in its own row and once in each copy: the ``i#`` rows of the identities
-indexed to the person or to the persons merged into it, and the ``r#`` rows of those persons. A profile of n identities
-that absorbed k persons costs 1 + n + k cells of the view's size per write, where SQLite and Redis write one; a merge
-rewrites every copy of the person merged away.
-
-Bigtable has no multi-row transactions: a write is atomic per row, and a reader may see some of its rows before the
-others. Every mutation is idempotent (a cell replaces its column, at the client's timestamp), so the client retries the
-rows that failed, and a batch sent again converges. A write that still fails part-way raises; run again (a retried
-bundle), it reads back what was left and finishes it when it names every identity whose row it moves, as merges and
-splits do (they index all the identities of the persons they change): the rows it reads are the truth about
-themselves, and it mends the copy and member lists that disagree with them. A row reached only through a list (an
-identity of a person merged away, which the write does not index) may keep a stale copy until a write names it.
-
-A write checks the fragments it expects in that same read, and puts each of them with a conditional mutation (one
-``check_and_mutate_row`` each, only while the fragment holds the bytes that were read), before the batch; a fragment
-changed in between raises :class:`~stores.profiles.ProfileWriteConflict`, and the writer reads again. So no
-fragment update is lost: a conflict after some fragments were put leaves fragments that already hold this write's
-records, which applying them again does not change. Views are not guarded: two writers that name the same person at
-once may interleave their reads and batches, and leave a view or a copy stale until the next write of that person.
+Why views are copied into identity rows, the columns, and what a failed write leaves:
+docs/decisions/0019-bigtable-copies-views-into-identity-rows.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,15 @@
 """The profile store on Redis: one server that every worker of a cluster shares.
 
-Opened by :func:`~stores.profiles.open_profile_store` from ``redis://host:port/db``. Each call is one round
-trip: fragments are read with one ``MGET``, and a write and each lookup run one Lua script (``EVALSHA``; ``EVAL``
-when the server has lost its script cache), so a write is atomic; it checks the SHA-1 of the fragments it expects
-before it writes anything. The scripts build the keys they touch from the
-prefix as they go, which a standalone server allows (a cluster would need every key in one slot).
+Opened by :func:`~stores.opening.open_profile_store` from ``redis://host:port/db``. Each call is one round trip:
+fragments are read with one ``MGET``, and a write and each lookup run one Lua script (``EVALSHA``; ``EVAL`` when the
+server has lost its script cache), so a write is atomic; it checks the SHA-1 of the fragments it expects before it
+writes anything. Names and documents are stored as they are, under ``prefix`` (``ps:pf:``): ``f:<fragment key>``,
+``v:<person>``, ``i:<identity key>`` (its person), ``r:<person>`` (the person that absorbed it) and ``a:<person>``
+(the persons redirected to it). A write drops views and index entries first and then puts; redirects are one step
+long, so a lookup follows at most one.
 
-Keys
-----
-Under ``prefix``, ``ps:pf:`` unless told; names and documents are stored as they are.
-
-- ``ps:pf:f:<fragment key>``: a fragment;
-- ``ps:pf:v:<person>``: a person's view;
-- ``ps:pf:i:<identity key>``: the person an identity belongs to;
-- ``ps:pf:r:<person>``: the person that absorbed this (retired) one;
-- ``ps:pf:a:<person>``: set of the persons redirected to this one, so that they move on when it is merged away.
-
-A write drops views and index entries first and then puts, so a write that does both to one key leaves it put. A
-person given a view is live: its redirect goes. Redirects are kept one step long, pointing at a person that has no
-redirect of its own (a new redirect to a redirected person goes to the end of the chain; the redirects to a person
-merged away move to its survivor), so a lookup follows at most one; a redirect hides the retired person's own view,
-should one be left.
+Why scripts: docs/decisions/0017-one-lua-script-per-redis-store-call.md; redirects:
+docs/decisions/0020-redirects-are-one-step-long.md.
 """
 
 from __future__ import annotations

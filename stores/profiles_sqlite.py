@@ -1,23 +1,15 @@
 """The profile store on SQLite: the embedded default, one file that the processes of one machine share.
 
-Opened by :func:`~stores.profiles.open_profile_store` from ``sqlite:///path.db`` (the folder is created) or
-``sqlite:///:memory:`` (private to the store object).
+Opened by :func:`~stores.opening.open_profile_store` from ``sqlite:///path.db`` (the folder is created) or
+``sqlite:///:memory:`` (private to the store object). Tables: ``fragments (key, doc)``, one per (identity, dataset);
+``views (person, doc)``, the merged profile of each live person; ``identity_index (identity, person)``, every identity
+of a profile; ``redirects (person, target)``, a person id merged away → the person that absorbed it.
 
-Tables
-------
-- ``fragments (key, doc)``: one per (identity, dataset);
-- ``views (person, doc)``: the merged profile of each live person;
-- ``identity_index (identity, person)``: every identity of a profile;
-- ``redirects (person, target)``: a person id merged away → the person that absorbed it.
-
-A write runs in one ``BEGIN IMMEDIATE`` transaction, so writers in several processes take turns (each waits up to
-a minute for the lock), and in WAL mode readers never wait for them. It first reads the fragments it expects and
-raises :class:`~stores.profiles.ProfileWriteConflict` if any differs. It drops views and index entries
-first and then puts, so a write that does both to one key leaves it put. A person given a view is live: its redirect
-goes. Redirects are kept one step long, pointing at a person that has no redirect of its own: a new redirect to a
-person that is itself redirected goes straight to the end of the chain, and the redirects to a person that is merged
-away move to its survivor. So each lookup is one query that follows at most one redirect; a redirect hides the
-retired person's own view, should one be left.
+A write runs in one ``BEGIN IMMEDIATE`` transaction (:mod:`stores.sqlite_files`), first reads the fragments it expects
+and raises :class:`~profiles.writer.ProfileWriteConflict` if any differs, then drops views and index entries and puts.
+Redirects are one step long, so each lookup is one query that follows at most one. Why:
+docs/decisions/0018-sqlite-stores-take-turns-in-immediate-transactions.md,
+docs/decisions/0020-redirects-are-one-step-long.md.
 """
 
 from __future__ import annotations

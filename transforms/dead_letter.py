@@ -27,7 +27,7 @@ import json
 import apache_beam as beam
 
 from core.records import FailedRecord
-from transforms.metrics import counter
+from transforms.metrics import DEAD_LETTERED, counter
 
 ATTRIBUTE_PREFIX = "profilestream."
 # Pub/Sub limits an attribute value to 1,024 bytes.
@@ -59,7 +59,7 @@ def _cut(text: str) -> str:
 class _PublishFn(beam.DoFn):
     def __init__(self, topic: str) -> None:
         self._topic = topic
-        self._published = counter("dead_lettered")
+        self._published = counter(DEAD_LETTERED)
 
     def setup(self) -> None:
         from google.cloud import pubsub_v1

@@ -23,7 +23,7 @@ from messages.decoding import (
     MAX_MESSAGE_BYTES,
     decode_message,
 )
-from transforms.metrics import count_failure, counter
+from transforms.metrics import DECODE_FAILED, DECODED_ENTITIES, MESSAGES, count_failure, counter
 
 INTERNAL = "DECODE.INTERNAL"
 _FAILED = "failed"
@@ -38,9 +38,9 @@ class _DecodeFn(beam.DoFn):
     def __init__(self, avro_schema_for: Callable[[str], Any | None], limits: dict[str, int]) -> None:
         self._avro_schema_for = avro_schema_for
         self._limits = limits
-        self._messages = counter("messages")
-        self._entities = counter("decoded_entities")
-        self._failed = counter("decode_failed")
+        self._messages = counter(MESSAGES)
+        self._entities = counter(DECODED_ENTITIES)
+        self._failed = counter(DECODE_FAILED)
 
     def process(self, message: Message):
         self._messages.inc()

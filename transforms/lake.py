@@ -17,9 +17,11 @@ so the final lake never depends on processing time and nothing is ever late; eac
 Applying the transform refuses a lake whose folders below its root are symbolic links and removes the temporary files
 of writers that are gone (:func:`~lake.folders.clean_stale_temp_files`).
 
-Metrics (namespace ``profilestream``): counters ``lake_files.<dataset>``, ``lake_rows.<dataset>``, ``duplicates`` and
+Metrics (namespace ``profilestream``, names from :mod:`transforms.metrics`): counters ``lake_files.<dataset>`` and
+``lake_rows.<dataset>``, counted from the ``LakeFile`` outputs (:class:`CountLakeFiles`), ``duplicates`` and
 ``duplicates.<dataset>``; distribution ``lake_lag_ms.<dataset>``, the age (from publish time, by ``clock``) of each
-pane's oldest row when its files land. On the BundleBasedDirectRunner count the ``LakeFile`` outputs instead
+pane's oldest row when its files land. The BundleBasedDirectRunner loses counts without
+:func:`pipelines.direct_runner_patches.metrics_of_every_bundle`
 (docs/decisions/0006-a-state-sampler-per-bundle-on-the-direct-runner.md).
 
 Why a stateful DoFn: docs/decisions/0002-the-lake-writer-is-a-stateful-dofn-not-a-trigger.md; how each row lands
@@ -52,7 +54,6 @@ import pyarrow.parquet as pq
 from apache_beam.coders import BooleanCoder, PickleCoder
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
@@ -154,18 +155,34 @@ class WriteToLake(beam.PTransform):
             write_panes = _BufferAndWritePanesFn(
                 self._lake_dir, self._schemas, interval_us=self._commit_interval_s * _MICROS, **writer_options
             )
-            return (
+            files = (
                 keyed
                 | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
                 | "BufferAndWritePanes" >> beam.ParDo(write_panes).with_output_types(LakeFile)
             )
-        return (
-            keyed
-            | "OneWindowForAll" >> beam.WindowInto(window.GlobalWindows())
-            | "GroupPanes" >> beam.GroupByKey()
-            | "WritePanes"
-            >> beam.ParDo(_WritePaneFn(self._lake_dir, self._schemas, **writer_options)).with_output_types(LakeFile)
-        )
+        else:
+            files = (
+                keyed
+                | "OneWindowForAll" >> beam.WindowInto(window.GlobalWindows())
+                | "GroupPanes" >> beam.GroupByKey()
+                | "WritePanes"
+                >> beam.ParDo(_WritePaneFn(self._lake_dir, self._schemas, **writer_options)).with_output_types(LakeFile)
+            )
+        return files | "CountFiles" >> CountLakeFiles()
+
+
+class CountLakeFiles(beam.PTransform):
+    """``PCollection[LakeFile]`` in, the same out, each file counted under ``lake_files.<dataset>`` and its rows under
+    ``lake_rows.<dataset>``: the run summary's lake figures, counted from the files committed."""
+
+    def expand(self, files: beam.PCollection[LakeFile]) -> beam.PCollection[LakeFile]:
+        return files | "Count" >> beam.Map(_counted).with_output_types(LakeFile)
+
+
+def _counted(lake_file: LakeFile) -> LakeFile:
+    metrics.counter(metrics.lake_files_of(lake_file.dataset)).inc()
+    metrics.counter(metrics.lake_rows_of(lake_file.dataset)).inc(lake_file.rows)
+    return lake_file
 
 
 def _is_dataset_folder_name(name: str) -> bool:
@@ -258,7 +275,7 @@ class _WritePaneFn(beam.DoFn):
         self._max_rows_per_file = max_rows_per_file
         self._table_builder = table_builder
         self._clock = clock
-        self._duplicates = metrics.counter("duplicates")
+        self._duplicates = metrics.counter(metrics.DUPLICATES)
 
     def process(self, element: tuple[tuple[str, int], Iterable[LakeRow]]) -> Iterator[LakeFile]:
         (dataset, window_start_us), rows = element
@@ -296,13 +313,11 @@ class _WritePaneFn(beam.DoFn):
         written = sum(lake_file.rows for lake_file in files)
         if len(ordered) > written:
             self._duplicates.inc(len(ordered) - written)
-            metrics.counter(f"duplicates.{dataset}").inc(len(ordered) - written)
+            metrics.counter(metrics.duplicates_in(dataset)).inc(len(ordered) - written)
         if files:
-            metrics.counter(f"lake_files.{dataset}").inc(len(files))
-            metrics.counter(f"lake_rows.{dataset}").inc(written)
             # Rows are in publish-time order, so the first is the oldest.
             lag_ms = (self._clock() - ordered[0].publish_time_us) // 1000
-            Metrics.distribution(metrics.NAMESPACE, f"lake_lag_ms.{dataset}").update(lag_ms)
+            metrics.distribution(metrics.lake_lag_ms_of(dataset)).update(lag_ms)
         return files
 
     def _write(

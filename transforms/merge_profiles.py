@@ -41,7 +41,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam import typehints
 from apache_beam.coders import PickleCoder, VarIntCoder
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
@@ -63,11 +62,15 @@ from schemas.registry import SchemaRegistry
 from stores.identity import IdentityStore
 from stores.opening import StoreHandler
 from stores.profiles import ProfileStore
-from transforms.metrics import NAMESPACE, counter
+from transforms.metrics import (
+    PROFILE_FRESHNESS_MS,
+    PROFILE_WRITE_CONFLICTS,
+    PROFILES_WRITTEN,
+    counter,
+    distribution,
+    freshness_bucket,
+)
 from transforms.shared_registry import SharedRegistry, shared_registry
-
-FRESHNESS_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
-FRESHNESS = "profile_freshness_ms"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +104,6 @@ class ProfileWriterHandler:
         )
 
 
-def freshness_bucket(freshness_ms: float) -> str:
-    """The counter a write of this freshness is counted under (the smallest bound it does not exceed)."""
-    for bound in FRESHNESS_BUCKETS_MS:
-        if freshness_ms <= bound:
-            return f"{FRESHNESS}.le_{bound}"
-    return f"{FRESHNESS}.le_inf"
-
-
 class _MergeProfilesFn(beam.DoFn):
     PENDING = BagStateSpec("pending", PickleCoder())
     COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
@@ -124,9 +119,9 @@ class _MergeProfilesFn(beam.DoFn):
         # The fragments this process decoded, shared by the stage's DoFn instances (the DirectRunner makes one per
         # bundle) and their threads.
         self._decoded = shared.Shared()
-        self._written = counter("profiles_written")
-        self._conflicts = counter("profile_write_conflicts")
-        self._freshness = Metrics.distribution(NAMESPACE, FRESHNESS)
+        self._written = counter(PROFILES_WRITTEN)
+        self._conflicts = counter(PROFILE_WRITE_CONFLICTS)
+        self._freshness = distribution(PROFILE_FRESHNESS_MS)
 
     def setup(self) -> None:
         decoded = self._decoded.acquire(lambda: DecodedFragments(FRAGMENT_CACHE_SIZE))

@@ -4,7 +4,7 @@ Output: one ``Message`` per Pub/Sub message, with its data, attributes, message 
 pipeline received it as its read time; its element timestamp is the publish time (the ingestion time every stage
 windows by). It is Beam's own ``ReadFromPubSub`` (with attributes), so it runs wherever Beam's does: the DirectRunner
 and Dataflow. On the DirectRunner it acknowledges a message when it pulls it (README, "Limits of local
-development"); :mod:`pipelines.local_runner` lets ``profilestream run`` stop it cleanly.
+development"); :mod:`pipelines.direct_runner_patches` lets ``profilestream run`` stop it cleanly.
 
 :func:`check_subscription` and :func:`check_topic` tell, in one line, why a run could not use a name (missing, or
 Pub/Sub unreachable), before the pipeline starts.

@@ -4,7 +4,7 @@ portable runners (Prism, Flink), acknowledging a message only once the runner ha
 Output: what :class:`transforms.pubsub.ReadPubSub` gives, one ``Message`` per Pub/Sub message (data, attributes,
 message id, publish time, and the time it was pulled as its read time), with the publish time as its element
 timestamp. Beam's own ``ReadFromPubSub`` runs only on the DirectRunner and Dataflow (apache/beam#27443); this is the
-read every other runner gets (:func:`pipelines.ingest.pubsub_source`).
+read every other runner gets (:func:`pipelines.ingest.pubsub_source`, by :mod:`pipelines.runners`).
 
     messages = pipeline | "ReadPubSub" >> ReadPubSubAcknowledged("projects/P/subscriptions/S", stop=stop)
 
@@ -50,12 +50,12 @@ late, as it is on the DirectRunner, whose Pub/Sub read holds the watermark at th
 Stopping
 --------
 ``profilestream run`` ends a read on SIGINT or SIGTERM by setting the ``stop`` event :func:`pipelines.ingest.run`
-receives. The event cannot travel with the DoFn (it does not pickle), so the transform registers it in a process-local
-registry under a token the DoFn carries. Where the DoFn runs in the process that built the pipeline, as on Prism,
-whose default environment for Python is LOOPBACK, its next call finds the event set, pulls no more and ends the
-restriction; the watermark goes to the end of time, every timer fires, every buffer flushes and the run finishes as a
-replay does. Where the workers are other processes (a cluster's EXTERNAL worker pool or containers), the token finds
-nothing there, and the read ends only with the runner's own stop, cancel or drain.
+receives, which the pipeline layer hands the read only where the workers run in the process that built the pipeline
+(as on Prism, whose default environment for Python is LOOPBACK). The event cannot travel with the DoFn (it does not
+pickle), so the DoFn carries it as a :class:`_StopInThisProcess`. Once the event is set, the read's next call pulls no
+more and ends the restriction; the watermark goes to the end of time, every timer fires, every buffer flushes and the
+run finishes as a replay does. Where the workers are other processes (a cluster's EXTERNAL worker pool or
+containers), the read gets no stop and ends only with the runner's own stop, cancel or drain.
 
 Why a splittable DoFn, and not ``apache_beam.io.unbounded_source``
 ------------------------------------------------------------------
@@ -105,7 +105,8 @@ NACK_DEADLINE_S = 0
 
 _LOGGER = logging.getLogger(__name__)
 
-# Stop events by token; an entry lives as long as whoever set up the run holds the event.
+# Stop events by token, for DoFns unpickled in this process; an entry lives as long as whoever set up the run holds
+# the event.
 _STOP_EVENTS: weakref.WeakValueDictionary[str, threading.Event] = weakref.WeakValueDictionary()
 
 
@@ -162,9 +163,9 @@ class AckLeases:
 class ReadPubSubAcknowledged(beam.PTransform):
     """Reads ``projects/P/subscriptions/S`` on any portable runner; see the module docstring.
 
-    ``stop``, once set, ends the read where the workers run in this process (LOOPBACK); ``max_messages`` caps what
-    one bundle pulls; ``max_hold_s`` bounds how long a message waits for its bundle's finalisation; ``clock`` gives
-    the read time and the idle watermark.
+    ``stop``, once set, ends the read; give it only where the workers run in this process (LOOPBACK), the only place
+    it reaches; ``max_messages`` caps what one bundle pulls; ``max_hold_s`` bounds how long a message waits for its
+    bundle's finalisation; ``clock`` gives the read time and the idle watermark.
     """
 
     def __init__(
@@ -179,7 +180,7 @@ class ReadPubSubAcknowledged(beam.PTransform):
         super().__init__()
         self._pull = _PullAndAcknowledgeOnFinalisation(
             subscription,
-            stop_token=_register_stop(stop) if stop is not None else None,
+            stop=_StopInThisProcess(stop) if stop is not None else None,
             max_messages=max_messages,
             max_hold_s=max_hold_s,
             clock=clock,
@@ -189,15 +190,17 @@ class ReadPubSubAcknowledged(beam.PTransform):
         return begin | "Impulse" >> beam.Impulse() | "Pull" >> beam.ParDo(self._pull).with_output_types(Message)
 
 
-def _register_stop(stop: threading.Event) -> str:
-    token = uuid.uuid4().hex
-    _STOP_EVENTS[token] = stop
-    return token
+class _StopInThisProcess:
+    """A stop event as a DoFn carries it. Beam pickles every DoFn, even for workers in this process, and an event does
+    not pickle: this pickles as a token that finds the event in this process's :data:`_STOP_EVENTS`."""
 
+    def __init__(self, event: threading.Event) -> None:
+        self._token = uuid.uuid4().hex
+        _STOP_EVENTS[self._token] = event
 
-def _stop_requested(token: str | None) -> bool:
-    stop = _STOP_EVENTS.get(token) if token is not None else None
-    return stop is not None and stop.is_set()
+    def is_set(self) -> bool:
+        event = _STOP_EVENTS.get(self._token)
+        return event is not None and event.is_set()
 
 
 # What a claim on the read's restriction asks for: one more pull, or the end of the read.
@@ -262,13 +265,13 @@ class _PullAndAcknowledgeOnFinalisation(beam.DoFn):
         self,
         subscription: str,
         *,
-        stop_token: str | None,
+        stop: _StopInThisProcess | None,
         max_messages: int,
         max_hold_s: float,
         clock: Callable[[], int],
     ) -> None:
         self._subscription = subscription
-        self._stop_token = stop_token
+        self._stop = stop
         self._max_messages = max_messages
         self._max_hold_s = max_hold_s
         self._clock = clock
@@ -303,7 +306,7 @@ class _PullAndAcknowledgeOnFinalisation(beam.DoFn):
         # declares finalisation, and the SDK harness logs an error for each bundle that registered no finaliser.
         ack_ids: list[str] = []
         finaliser.register(functools.partial(self._acknowledge, ack_ids))
-        if _stop_requested(self._stop_token):
+        if self._stop is not None and self._stop.is_set():
             tracker.try_claim(_END)
             return
         if not tracker.try_claim(_PULL):

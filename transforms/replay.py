@@ -22,13 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 
 from core.clock import wall_clock_us
 from core.records import Message
 from messages.decoding import DEFAULT_PUBLISH_TIME_SKEW_US, MAX_MESSAGE_BYTES, publish_time_out_of_range
 from messages.replay_files import expand_replay_path, read_replay_file
+from transforms import metrics
 
 
 class _ReadReplayFileFn(beam.DoFn):
@@ -38,7 +38,7 @@ class _ReadReplayFileFn(beam.DoFn):
         self._clock = clock
         self._max_message_bytes = max_message_bytes
         self._publish_time_skew_us = publish_time_skew_us
-        self._messages = Metrics.counter("profilestream", "replay_messages")
+        self._messages = metrics.counter(metrics.REPLAY_MESSAGES)
 
     def process(self, path: str) -> Iterator[beam.window.TimestampedValue]:
         count = 0

@@ -34,7 +34,7 @@ from identity.stitching import RecordIdentities, StitchSettings, link_batch, rec
 from schemas.registry import SchemaRegistry
 from stores.identity import IdentityStore
 from stores.opening import StoreHandler
-from transforms.metrics import counter
+from transforms.metrics import IDENTITIES_REJECTED, STITCHED, counter, identity_changes_of
 from transforms.shared_registry import SharedRegistry, shared_registry
 
 _CHANGES = "changes"
@@ -59,8 +59,8 @@ class _StitchFn(beam.DoFn):
         self._batch_size = batch_size
         self._store = None
         self._pending: list[tuple[ValidRecord, RecordIdentities, Any, Any]] = []
-        self._stitched = counter("stitched")
-        self._rejected = counter("identities_rejected")
+        self._stitched = counter(STITCHED)
+        self._rejected = counter(IDENTITIES_REJECTED)
 
     def setup(self) -> None:
         self._store = self._store_handler.open()
@@ -95,7 +95,7 @@ class _StitchFn(beam.DoFn):
         # A change is stamped with its cause's ingestion time, which a rerun telling it again finds in its batch.
         timestamp_of = {found.stamp.message_id: timestamp for _, found, timestamp, _ in pending}
         for change in batch_changes:
-            counter(f"identity_changes.{change.kind}").inc()
+            counter(identity_changes_of(change.kind)).inc()
             timestamp = timestamp_of[change.message_id]
             yield beam.pvalue.TaggedOutput(_CHANGES, WindowedValue(change, timestamp, (GlobalWindow(),)))
         for (record, _, timestamp, window), person in zip(pending, persons, strict=True):

@@ -18,7 +18,7 @@ import apache_beam as beam
 from core.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 from schemas.registry import SchemaRegistry
 from schemas.validation import DEFAULT_POLICY, ValidationPolicy, validate_decoded
-from transforms.metrics import count_failure, counter
+from transforms.metrics import VALID, VALIDATE_FAILED, count_failure, counter
 from transforms.shared_registry import SharedRegistry, shared_registry
 
 INTERNAL = "VALIDATE.INTERNAL"
@@ -34,8 +34,8 @@ class _ValidateFn(beam.DoFn):
     def __init__(self, registry: SharedRegistry, policy: ValidationPolicy) -> None:
         self._registry = registry
         self._policy = policy
-        self._valid = counter("valid")
-        self._failed = counter("validate_failed")
+        self._valid = counter(VALID)
+        self._failed = counter(VALIDATE_FAILED)
 
     def process(self, decoded: DecodedEntity):
         try:

@@ -1,17 +1,27 @@
-"""The DirectRunner metrics correction: every bundle's counts reach the result, and Beam still needs the correction."""
+"""The corrections of Beam's DirectRunner: each does what it says, Beam still needs each (the canaries), and a run
+gets them only on the runner they correct."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
 import apache_beam as beam
+import pytest
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.direct import executor
+from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import TimerSpec, on_timer
+from apache_beam.utils.timestamp import MAX_TIMESTAMP
 
-from pipelines.local_runner import metrics_of_every_bundle
+from pipelines.config import Config
+from pipelines.direct_runner_patches import DEFAULT_PULL_MESSAGES, metrics_of_every_bundle, stoppable_pubsub_reads
+from pipelines.ingest import RunRequest, run
+from schemas.registry import SchemaRegistry
 
 BUNDLES = 5
 PER_BUNDLE = 4
@@ -62,7 +72,7 @@ def test_every_bundle_and_timer_firing_is_counted():
 
 
 def test_beam_still_loses_counts_without_the_correction():
-    # When this fails after a Beam upgrade, Beam counts every bundle itself and pipelines/local_runner.py can go.
+    # When this fails after a Beam upgrade, Beam counts every bundle itself and metrics_of_every_bundle can go.
     counted = counted_in_streaming_run()
 
     assert counted.get("processed", 0) + counted.get("fired", 0) < 2 * BUNDLES * PER_BUNDLE
@@ -73,3 +83,128 @@ def test_the_runner_is_restored_afterwards():
     with metrics_of_every_bundle():
         assert executor.TransformExecutor.call is not before
     assert executor.TransformExecutor.call is before
+
+
+class _RecordingSubscriber:
+    """A subscriber client with nothing to deliver, which records each pull's (max_messages, timeout)."""
+
+    def __init__(self) -> None:
+        self.pulls: list[tuple[int, float]] = []
+
+    def pull(self, *, subscription: str, max_messages: int, timeout: float) -> SimpleNamespace:
+        self.pulls.append((max_messages, timeout))
+        return SimpleNamespace(received_messages=[])
+
+    def acknowledge(self, *, subscription: str, ack_ids: list[str]) -> None:
+        raise AssertionError("nothing was delivered")
+
+
+@pytest.fixture
+def beam_pubsub_read(monkeypatch) -> tuple[transform_evaluator._PubSubReadEvaluator, _RecordingSubscriber]:
+    """Beam's DirectRunner evaluator of a Pub/Sub read, made without a pipeline, pulling from a recording client."""
+    subscriber = _RecordingSubscriber()
+    evaluator_class = transform_evaluator._PubSubReadEvaluator
+    monkeypatch.setattr(
+        evaluator_class, "_get_subscriber_client_state_unlocked", classmethod(lambda _cls, _t: subscriber_state)
+    )
+    subscriber_state = SimpleNamespace(client=subscriber)
+    read = evaluator_class.__new__(evaluator_class)
+    read._applied_ptransform = SimpleNamespace(transform=SimpleNamespace(pipeline=None), inputs=())
+    read._evaluation_context = SimpleNamespace(create_bundle=lambda _pvalue: "the read again")
+    read._execution_context = SimpleNamespace(get_step_context=lambda: SimpleNamespace(partial_keyed_state=None))
+    read._sub_name = "projects/p/subscriptions/s"
+    read.source = SimpleNamespace(timestamp_attribute=None)
+    return read, subscriber
+
+
+def test_beam_still_pulls_ten_messages_at_a_time(beam_pubsub_read):
+    # When this fails after a Beam upgrade, revisit _LargerPulls: Beam's read no longer pulls 10 waiting up to 30 s.
+    read, subscriber = beam_pubsub_read
+
+    read.finish_bundle()
+
+    assert subscriber.pulls == [(10, 30)]
+
+
+def test_the_read_pulls_up_to_a_thousand_at_a_time_while_patched(beam_pubsub_read):
+    read, subscriber = beam_pubsub_read
+
+    with stoppable_pubsub_reads(threading.Event()):
+        read.finish_bundle()
+
+    assert subscriber.pulls == [(DEFAULT_PULL_MESSAGES, 1.0)]
+
+
+def test_beam_still_never_ends_its_pubsub_read(beam_pubsub_read):
+    # When this fails after a Beam upgrade, Beam's read can end on its own: revisit stoppable_pubsub_reads.
+    read, _ = beam_pubsub_read
+
+    result = read.finish_bundle()
+
+    assert result.unprocessed_bundles == ["the read again"]
+    assert result.keyed_watermark_holds[None] < MAX_TIMESTAMP
+
+
+def test_a_stopped_read_ends_and_releases_the_watermark_while_patched(beam_pubsub_read):
+    read, subscriber = beam_pubsub_read
+    stop = threading.Event()
+    stop.set()
+
+    with stoppable_pubsub_reads(stop):
+        result = read.finish_bundle()
+
+    assert (result.uncommitted_output_bundles, result.unprocessed_bundles, subscriber.pulls) == ([], [], [])
+    assert result.keyed_watermark_holds == {None: MAX_TIMESTAMP}
+
+
+def test_beams_pubsub_read_is_restored_afterwards():
+    evaluator_class = transform_evaluator._PubSubReadEvaluator
+    before = (evaluator_class.finish_bundle, evaluator_class._get_subscriber_client)
+    with stoppable_pubsub_reads(threading.Event()):
+        assert evaluator_class.finish_bundle != before[0]
+    assert (evaluator_class.finish_bundle, evaluator_class._get_subscriber_client) == before
+
+
+def beam_classes() -> tuple:
+    """What the corrections patch, as it stands now."""
+    evaluator_class = transform_evaluator._PubSubReadEvaluator
+    return executor.TransformExecutor.call, evaluator_class.finish_bundle, evaluator_class._get_subscriber_client
+
+
+def classes_during_run(monkeypatch, tmp_path: Path, stream: Path, *, batch: bool) -> list[tuple]:
+    """What the corrections patch, as it stood each time a pipeline started while ``profilestream run`` ran a replay
+    (batch: on FnApiRunner)."""
+    during = []
+    beam_run = beam.Pipeline.run
+
+    def run_and_look(pipeline, *args, **kwargs):
+        during.append(beam_classes())
+        return beam_run(pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(beam.Pipeline, "run", run_and_look)
+    lake = tmp_path / "lake"
+    request = RunRequest(
+        str(stream),
+        str(lake),
+        f"sqlite:///{tmp_path}/identity.sqlite",
+        f"sqlite:///{tmp_path}/profiles.sqlite",
+        batch=batch,
+    )
+    run(request, SchemaRegistry.load(), Config())
+    assert during
+    return during
+
+
+def test_a_run_on_another_runner_leaves_beams_classes_untouched(monkeypatch, tmp_path, small_stream):
+    before = beam_classes()
+
+    assert all(found == before for found in classes_during_run(monkeypatch, tmp_path, small_stream, batch=True))
+
+
+def test_a_run_on_the_direct_runner_is_corrected_while_it_runs(monkeypatch, tmp_path, small_stream):
+    before = beam_classes()
+
+    during = classes_during_run(monkeypatch, tmp_path, small_stream, batch=False)
+
+    assert all(now != then for found in during for now, then in zip(found, before, strict=True))
+    assert beam_classes() == before

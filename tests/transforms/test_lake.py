@@ -35,6 +35,7 @@ from core.records import LakeRow
 from lake.folders import LakeFolderError, clean_stale_temp_files, writer_temp_dir
 from transforms import lake as lake_module
 from transforms.lake import (
+    CountLakeFiles,
     LakeFile,
     WriteToLake,
     _BufferAndWritePanesFn,
@@ -672,7 +673,7 @@ def test_a_day_of_streaming_leaves_no_state_for_the_windows_it_wrote(tmp_path):
 
 def test_a_retried_bundle_counts_the_rows_its_first_attempt_committed_as_written(tmp_path):
     """The runner retries a bundle whose first attempt committed its files (and lost its counters): the retry reports
-    those files, and the summary's counters say the rows the files hold, not duplicates."""
+    those files, and the summary's counters, counted from them, say the rows the files hold, not duplicates."""
     lake = str(tmp_path)
     rows = [lake_row(f"e{i}", at(i), f"m{i}") for i in range(5)] + [lake_row("e0", at(9), "m9")]
 
@@ -684,6 +685,7 @@ def test_a_retried_bundle_counts_the_rows_its_first_attempt_committed_as_written
             | beam.Map(lambda row: ((row.dataset, us(T0)), row)).with_output_types(tuple[tuple[str, int], LakeRow])
             | beam.GroupByKey()
             | beam.ParDo(pane_writer(lake, "run-a"))
+            | CountLakeFiles()
         )
         result = pipeline.run()
         result.wait_until_finish()

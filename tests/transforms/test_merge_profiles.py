@@ -32,14 +32,15 @@ from identity.graph import person_id
 from identity.model import Identity
 from identity.stitching import link_batch, record_identities
 from pipelines.config import Config
-from pipelines.local_runner import metrics_of_every_bundle
+from pipelines.direct_runner_patches import metrics_of_every_bundle
 from pipelines.summary import freshness_percentiles
 from profiles import model as profile_model
 from profiles.model import fragment_to_bytes, view_from_bytes
 from profiles.writer import DecodedFragments, ProfileSettings, ProfileWriter
 from schemas.registry import SchemaRegistry
 from stores.opening import identity_store_handler, open_identity_store, open_profile_store, profile_store_handler
-from transforms.merge_profiles import FRESHNESS, MergeProfiles, ProfileFlush, ProfileWriterHandler, _MergeProfilesFn
+from transforms.merge_profiles import MergeProfiles, ProfileFlush, ProfileWriterHandler, _MergeProfilesFn
+from transforms.metrics import PROFILE_FRESHNESS_MS as FRESHNESS
 from transforms.stitch import StitchIdentities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"

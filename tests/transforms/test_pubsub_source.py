@@ -30,8 +30,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 
 from core.clock import wall_clock_us
-from pipelines.ingest import RunRequest, pipeline_options, pubsub_source, workers_in_this_process
+from pipelines.ingest import RunRequest, pipeline_options, pubsub_source
 from pipelines.local_runner import disable_prism_splits
+from pipelines.runners import capabilities, run_capabilities
 from tools.pubsub_emulator import EMULATOR_HOST_ENV
 from transforms.pubsub import ReadPubSub, message_from_pubsub
 from transforms.pubsub_source import (
@@ -102,12 +103,14 @@ def test_a_pulled_message_becomes_a_message_read_now():
 
 @pytest.mark.parametrize("runner", ["PrismRunner", "FlinkRunner", "PortableRunner"])
 def test_portable_runners_get_this_read(runner):
-    assert isinstance(pubsub_source(runner, "projects/p/subscriptions/s", threading.Event()), ReadPubSubAcknowledged)
+    read = pubsub_source(capabilities(runner), "projects/p/subscriptions/s", threading.Event())
+
+    assert isinstance(read, ReadPubSubAcknowledged)
 
 
 @pytest.mark.parametrize("runner", ["BundleBasedDirectRunner", "DirectRunner", "direct", "DataflowRunner"])
 def test_the_runners_beam_reads_pub_sub_on_keep_beams_read(runner):
-    assert isinstance(pubsub_source(runner, "projects/p/subscriptions/s", threading.Event()), ReadPubSub)
+    assert isinstance(pubsub_source(capabilities(runner), "projects/p/subscriptions/s", threading.Event()), ReadPubSub)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +126,7 @@ def test_the_runners_beam_reads_pub_sub_on_keep_beams_read(runner):
 def test_a_stop_reaches_the_read_only_where_the_workers_run_in_this_process(runner, beam_args, reached):
     request = RunRequest(None, "lake", "sqlite:///i", "sqlite:///p", runner=runner, beam_args=tuple(beam_args))
 
-    assert workers_in_this_process(pipeline_options(request)) is reached
+    assert run_capabilities(pipeline_options(request)).workers_in_this_process is reached
 
 
 @pytest.fixture
@@ -269,7 +272,7 @@ def pull_one_bundle(subscription: str) -> tuple[_PullAndAcknowledgeOnFinalisatio
     """The read's DoFn, set up and called once as a worker does (with the tracker view the SDK harness gives it):
     the DoFn, its bundle's finaliser (not yet called) and the messages it output."""
     read = _PullAndAcknowledgeOnFinalisation(
-        subscription, stop_token=None, max_messages=100, max_hold_s=600, clock=wall_clock_us
+        subscription, stop=None, max_messages=100, max_hold_s=600, clock=wall_clock_us
     )
     read.setup()
     finaliser = _HeldFinaliser()
