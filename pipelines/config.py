@@ -1,52 +1,15 @@
 """The configuration file: one YAML or TOML file (``--config``) whose keys override built-in defaults.
 
-Every key, with its default (also shipped as ``pipelines/profilestream.example.yaml`` and listed in README)::
-
-    tenant_id: tenant                 # the tenant object is the top-level key "_" + tenant_id
-    commit_interval_seconds: 300      # lake window length; must divide an hour
-    timestamp_skew_seconds: 300       # how far past its ingestion time an event timestamp may lie
-    max_errors: 100                   # violations reported per record
-    max_message_bytes: 1048576        # larger messages fail with SIZE.MESSAGE_TOO_LARGE
-    max_batch_entries: 1024           # a batch envelope with more messages fails whole with DECODE.BATCH_TOO_LARGE
-    datasets:                         # other ids a header's datasetId may use for a dataset
-      experience_events: {aliases: []}
-      profile_records: {aliases: []}
-    namespaces:                       # identity namespaces; a list replaces the standard set, which is:
-      - {code: CRMID, numeric_id: null, type: person, unique: true, priority: 100}
-      - {code: Email, numeric_id: 6, type: person, unique: false, priority: 80}
-      - ...                           # the rest of identity.namespaces.STANDARD_NAMESPACES
-    identity:                         # any subset of these keys
-      max_identities_per_graph: 50    # beyond it the oldest, lowest-priority identities go first
-      quarantine_links: 50            # an identity gaining this many links ...
-      quarantine_window_seconds: 3600 # ... within this much record time is quarantined
-      blocked_values: []              # ids rejected besides null, anonymous, invalid and blank (any case)
-      blocked_patterns: []            # regular expressions; an id matching one in full is rejected
-      phone_region: US                # region of phone numbers written without a country code
-      fields:                         # identity fields: runtime path -> namespace code (replaces the defaults)
-        personalEmail.address: Email
-        mobilePhone.number: Phone
-        homePhone.number: Phone
-    inlet:                            # the HTTP inlet of ``profilestream serve --pubsub-topic``
-      max_request_bytes: 1048576      # 1 MiB, the "1 MB" of the reference API read as max_message_bytes reads it
-      publish_timeout_seconds: 10     # a request whose messages Pub/Sub has not confirmed by then answers 503
-      connections: {}                 # connection id -> settings; an id not listed answers as a wrong token does
-        # web: {token_env: WEB_INLET_TOKEN, rate_per_second: 100, burst: 200,
-        #       schema: https://ns.adobe.com/xdm/context/experienceevent, dataset: experience_events}
-    profiles:                         # how profiles are merged and kept, and what lookups show
-      merge_policy: timestamp_ordered # each attribute takes its newest value; or dataset_precedence
-      dataset_order: []               # with dataset_precedence only: dataset names, the first holding an attribute wins
-      recent_events: 50               # event bodies kept per profile, newest first (at most max_events)
-      max_events: 5000                # event summaries kept per profile; beyond it the oldest are counted as dropped
-      max_event_bytes: 10240          # a larger event body is kept as a stub (_id, timestamp, eventType)
-      max_record_bytes: 102400        # a larger profile record's attributes are skipped
-      event_ttl_days: null            # lookups (profile get, serve) hide recent events older than this; null: none
-      flush_interval_seconds: 1.0     # a buffered update reaches the store at most this long after it arrives ...
-      max_buffered: 500               # ... or as soon as its shard buffers this many
-      shards: 16                      # updates are buffered by shard of the person id
+Every key, with its default and what it does, is in ``pipelines/profilestream.example.yaml`` (README,
+"Configuration"): ``tenant_id``, ``commit_interval_seconds``, ``timestamp_skew_seconds``, ``max_errors``,
+``max_message_bytes``, ``max_batch_entries``, ``datasets`` (aliases), ``namespaces`` (a list replaces the standard set
+of :data:`identity.namespaces.STANDARD_NAMESPACES`), ``identity`` (graph limits, quarantine, blocked values and
+patterns, phone region, identity fields), ``inlet`` (``serve --pubsub-topic``) and ``profiles`` (merge policy,
+guardrails, TTL, flushing). A section may give any subset of its keys.
 
 A connection takes ``token`` or ``token_env`` (the variable holding it; neither: no token asked), ``rate_per_second``
 and ``burst`` (its token bucket, counted in requests), and ``schema`` and ``dataset``, the ``schemaRef`` and
-``datasetId`` attributes of messages that name none themselves (:class:`InletConnection`).
+``datasetId`` attributes of messages that name none themselves (:class:`service.settings.InletConnection`).
 
 ``event_ttl_days`` applies where profiles are read (``profile get``, ``serve``), by each event's ``timestamp``
 against the lookup's clock: it hides old bodies from ``recent`` only; ``count``, ``by_type``, ``first_seen`` and

@@ -6,7 +6,7 @@ Prism (2.77) splits a bundle that makes no progress for a while, stateful stages
 the split-off elements to a new bundle while the first still runs with its own copy of their state: the bundle that
 finishes last overwrites what the other wrote, and elements vanish from state (``docs/prism-split-state-loss.md``).
 :func:`disable_prism_splits` turns the splits off on Prism; ``tests/pipelines/test_prism_split.py`` shows the state
-whole with it.
+whole with it. Why: docs/decisions/0008-prism-runs-without-bundle-splits.md.
 """
 
 from __future__ import annotations

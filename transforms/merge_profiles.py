@@ -5,29 +5,21 @@ Input: ``records``, ``PCollection[ValidRecord]`` with ``person_id`` set by Stitc
 are merged; the rest are ignored here (they still reach the lake). Output: one :class:`ProfileFlush` per flush (the
 persons it applied records for, how many each, and the views it wrote), for counting.
 
-Updates are keyed by a shard of their person id (``shards`` of them, 16 by default) and buffered in state. A shard's
-buffer is flushed to the store
+Updates are buffered by shard of their person id (``shards``, 16 by default) and a shard is flushed
+``flush_interval_s`` of processing time after its first update (1 s by default), as soon as it holds ``max_buffered``
+updates, and when the watermark reaches the end of input, so the final store never depends on processing time. A
+flush reads its records' identities from the identity store and every fragment of the persons they now belong to from
+the profile store, applies the buffered records to them (:mod:`profiles.model`: order-independent and idempotent, so
+a replay or a retried bundle changes nothing) and writes the fragments, each
+person's view, the index of their identities and, after a merge or a rename, redirects from the retired person ids,
+in one store write. A merge, a rename or a split flushes every person it names.
 
-- ``flush_interval_s`` of processing time after its first update (1 s by default: freshness),
-- as soon as it holds ``max_buffered`` updates (size), and
-- when the watermark reaches the end of input: so the final store contents never depend on processing time, and a
-  runner without processing-time timers (Prism, and every runner in batch) writes the same profiles.
+Metrics (namespace ``profilestream``, names in :mod:`transforms.metrics`): ``profiles_written``,
+``profile_write_conflicts``; ``profile_freshness_ms`` (from the time the pipeline read a record to its store write),
+as a distribution and as bucket counters ``profile_freshness_ms.le_<bound>`` from which the run summary takes p50,
+p95 and p99.
 
-Why shards rather than one key per person: a flush costs a timer firing and a few store round trips whatever it
-holds, and at a steady stream most persons have one new record a second; keyed by person, the local runner spent its
-time on flushes of one record and fell behind at a few hundred events a second. A shard's flush writes all its persons
-in one store write, and a person's updates still all meet in one buffer.
-
-A flush reads the identities of its records from the identity store, every fragment of the persons they now belong
-to from the profile store, applies the buffered records to their fragments (:mod:`profiles.model`:
-order-independent and idempotent, so a replay or a retried bundle changes nothing), and writes the fragments, each
-person's merged view, the index of their identities and, after a merge or a rename, redirects from the retired person
-ids, in one store write. A merge, a rename or a split reported by StitchIdentities flushes every person it names, so
-each side's view is rebuilt from its own fragments.
-
-Metrics (namespace ``profilestream``): ``profiles_written``; the freshness of each record's write, from the time the
-pipeline read it to the store write, as the distribution ``profile_freshness_ms`` and as bucket counters
-``profile_freshness_ms.le_<bound>`` from which the run summary takes p50, p95 and p99.
+Why shards: docs/decisions/0001-shards-not-persons-for-profile-flushes.md.
 """
 
 from __future__ import annotations

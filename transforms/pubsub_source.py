@@ -3,72 +3,25 @@ portable runners (Prism, Flink), acknowledging a message only once the runner ha
 
 Output: what :class:`transforms.pubsub.ReadPubSub` gives, one ``Message`` per Pub/Sub message (data, attributes,
 message id, publish time, and the time it was pulled as its read time), with the publish time as its element
-timestamp. Beam's own ``ReadFromPubSub`` runs only on the DirectRunner and Dataflow (apache/beam#27443); this is the
-read every other runner gets (:func:`pipelines.ingest.pubsub_source`, by :mod:`pipelines.runners`).
+timestamp. It is the read every runner but the DirectRunner and Dataflow gets (:func:`pipelines.ingest.pubsub_source`,
+by :mod:`pipelines.runners`).
 
     messages = pipeline | "ReadPubSub" >> ReadPubSubAcknowledged("projects/P/subscriptions/S", stop=stop)
 
-How it reads
-------------
-One splittable DoFn on one restriction. Each call pulls synchronously (google-cloud-pubsub's ``SubscriberClient``,
-which talks to the emulator when ``PUBSUB_EMULATOR_HOST`` is set), each pull waiting at most :data:`PULL_WAIT_S`,
-outputs what it got, and defers the rest of the read: at once when it got messages, after :data:`RESUME_DELAY_S` when
-it got none, so an idle read asks the runner to come back later rather than spinning. Every call is thereby a bundle
-boundary, where the runner commits what the bundle produced. While messages keep coming, a call gathers pulls for up
-to :data:`GATHER_S` or ``max_messages``: Pub/Sub (the emulator at least) hands out at most 100 messages a pull, and
-every bundle costs the runner a round of requests and a finalisation. A runner's request to split the read is
-declined: one reader per subscription keeps up with the rates this pipeline targets (README, "Targets"), and splitting
-an endless read would multiply pullers without end.
+Guarantees: a bundle's messages are acknowledged in its bundle finaliser, once the runner holds its output durably
+(Prism: when it commits the bundle; portable Flink: after the next completed checkpoint), and their ack deadlines are
+extended until then (:class:`AckLeases`); delivery is at least once. An idle read defers to the runner rather than
+spinning, and a request to split the read is declined. The watermark (:func:`watermark_after_pull`) is the oldest
+publish time a pull brought, or the clock after an empty pull, and never goes back; a message published before it is
+late, as on the DirectRunner. ``stop``, set on SIGINT or SIGTERM of ``profilestream run``, is handed to the read only
+where the workers run in the process that built the pipeline (Prism's LOOPBACK default), carried by the DoFn as a
+:class:`_StopInThisProcess` (an event does not pickle); once set, the read pulls no more and ends, its watermark goes
+to the end of time and the run finishes as a replay does. Elsewhere the read ends only with the runner's own stop,
+cancel or drain.
 
-Acknowledgement
----------------
-A bundle acknowledges its messages in its bundle finaliser, which the runner calls only once the bundle's output is
-durably its own: Prism right after it commits the bundle; portable Flink after the next completed checkpoint
-(apache/beam#12952, streaming only, which a Pub/Sub read always is). A bundle that fails is never finalised, and its
-messages come back when their ack deadline runs out. Delivery is therefore at least once, and the lake's duplicate
-key absorbs redeliveries. An acknowledgement that fails is logged, not raised: Prism fails the whole job on a
-finaliser's error, while the message merely comes back.
-
-Ack deadlines
--------------
-Between its pull and its finalisation a message must not expire, or a healthy pipeline would be sent it again. On
-Prism that span is milliseconds; on Flink it is up to a checkpoint interval plus the checkpoint's own duration, which
-under load can exceed any deadline a subscription was made with (10 s is Pub/Sub's minimum). So every message pulled
-and not yet finalised is leased (:class:`AckLeases`): a thread of the DoFn extends its deadline, by the subscription's
-own, each time half of it has run, the way Beam's Java Pub/Sub source extends its messages in flight. A lease ends
-when the bundle is finalised; when the DoFn is torn down (the harness does so for a failed bundle), where the messages
-still held are handed back at once (deadline 0); and, as a backstop for a bundle lost without either, after
-``max_hold_s``, after which the message expires and comes back.
-
-Watermark
----------
-Pub/Sub keeps no order, so the watermark is an estimate (:func:`watermark_after_pull`): after a pull with messages,
-the oldest publish time it brought; after an empty pull, the clock, so windows and timers fire on a quiet stream.
-It never goes back. A message published before the watermark (a redelivery, or a backlog another puller held) is
-late, as it is on the DirectRunner, whose Pub/Sub read holds the watermark at the clock.
-
-Stopping
---------
-``profilestream run`` ends a read on SIGINT or SIGTERM by setting the ``stop`` event :func:`pipelines.ingest.run`
-receives, which the pipeline layer hands the read only where the workers run in the process that built the pipeline
-(as on Prism, whose default environment for Python is LOOPBACK). The event cannot travel with the DoFn (it does not
-pickle), so the DoFn carries it as a :class:`_StopInThisProcess`. Once the event is set, the read's next call pulls no
-more and ends the restriction; the watermark goes to the end of time, every timer fires, every buffer flushes and the
-run finishes as a replay does. Where the workers are other processes (a cluster's EXTERNAL worker pool or
-containers), the read gets no stop and ends only with the runner's own stop, cancel or drain.
-
-Why a splittable DoFn, and not ``apache_beam.io.unbounded_source``
-------------------------------------------------------------------
-Beam 2.76 added a Python ``UnboundedSource`` wrapper that would acknowledge through a checkpoint mark's
-``finalize_checkpoint``, using the same bundle finaliser underneath. It is marked experimental, and its model is a
-source with a position to resume from: each resumption carries the pickled source and the checkpoint mark (here, every
-ack id of the bundle, twice: as the primary's finalisation hook and as the residual's resume state), and readers are
-cached by that pair. Pub/Sub has no position (the subscription is the position), so none of that buys anything,
-while it costs a tracker claim per record and restriction state that grows with the bundle. That matters on Flink,
-where a Python splittable DoFn's deferred restrictions accumulate in checkpoint state (apache/beam#27648, open): this
-read's restriction is one boolean. Beam's cross-language ``PubsubIO`` is out of reach here: its expansion service
-is a Java artifact not served to this machine, and its Java side would default to a Docker environment, which does
-not exist here.
+Why our own read, as a splittable DoFn, and how it pulls:
+docs/decisions/0009-our-own-pubsub-read-for-portable-runners.md;
+the finaliser and the leases: docs/decisions/0010-acknowledge-in-the-bundle-finaliser-and-lease-until-then.md.
 """
 
 from __future__ import annotations
