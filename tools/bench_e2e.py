@@ -1,44 +1,31 @@
 """``make bench-e2e``: from a device's POST to a fresh profile and a lake file, measured against README's "Targets".
 
-The whole path runs on this machine, each part a process of its own as in production:
-
-    loadgen ──POST──> profilestream serve (HTTP inlet) ──> Pub/Sub emulator ──> profilestream run --source pubsub:
-                                                                                  ├─> profile store (SQLite)
-                                                                                  └─> lake (Parquet)
-
-Traffic is :mod:`tools.loadgen`'s, sent at ``--rate`` events/s (``RATE=``, default 500) for ``--duration``
-seconds to the inlet's batch endpoint, with 1% invalid and 1% duplicate messages. Before it, a short warm-up waits
-until the pipeline writes profiles, so its start-up is not counted.
-
-Figures
--------
-- **receive → profile visible**: for one valid ExperienceEvent in ``--sample``, the time from its send (the inlet
-  receives it within the same millisecond on loopback) until the profile store shows it among its person's recent
-  events, polled every :data:`POLL_S` through the store's lookup by identity; p50, p95 and p99. Target: p99 at most
-  5 s at 500 events/s.
-- **receive → lake file visible**: for every valid event, the time from its send until a Parquet file holding it
-  appears in ``experience_events`` (files are moved into place whole); p99. The pipeline runs with a commit interval
-  of ``--commit-interval`` seconds (60 by default, so the benchmark takes minutes, not the default 5); target: that
-  interval plus 60 s.
-- **inlet requests/s**: the inlet alone, on a topic nobody reads, taking single-message POSTs from 32 concurrent
-  clients for a few seconds as fast as it answers them.
-- **kill -9 loss** (README, "Limits of local development": Beam's
-  Pub/Sub read on the DirectRunner acknowledges on pull): a run reading a
-  stream published straight to Pub/Sub at ``--rate`` is killed with SIGKILL (its whole process group)
-  :data:`KILL_AFTER_S` seconds in, a second run reads the rest, and what Pub/Sub delivers again once the killed
-  run's unacknowledged messages pass their ack deadline (:data:`KILL_ACK_DEADLINE_S`), and is then stopped cleanly;
-  it reports how many messages the killed run had acknowledged and how many valid events never reached the lake, and
-  the profile store (the lake commits every commit interval, profiles every second, so a kill loses up to a commit
-  interval of lake rows and about a second of profile updates of what was acknowledged).
-
-``--runner-args`` (``RUNNER_ARGS=``) are added to both pipeline runs: ``--runner PrismRunner --prism_location PATH``
-measures the same path on Prism, where the Pub/Sub read is :class:`transforms.pubsub_source.ReadPubSubAcknowledged`.
-
-Each figure is printed beside its target with pass or fail; the last line is one JSON object:
-``{"rate", "profile_p50_s", "profile_p95_s", "profile_p99_s", "lake_p99_s", "inlet_rps", "pass"}``.
-
     python -m tools.bench_e2e [--rate 500] [--duration 60] [--commit-interval 60] [--sample 50]
                                   [--latencies FILE] [--runner-args '--runner PrismRunner ...']
+
+The whole path runs on this machine, each part a process of its own as in production: :mod:`tools.loadgen`'s traffic
+(1% invalid, 1% duplicates) at ``--rate`` events/s for ``--duration`` seconds, POSTed to the batch route of the inlet
+of ``profilestream serve``, which publishes to the Pub/Sub emulator, read by ``profilestream run --source pubsub:``
+into a SQLite profile store and the lake (commit interval ``--commit-interval``, 60 s rather than the default 5
+minutes, so that the benchmark takes minutes). A warm-up first waits until
+the pipeline writes profiles, so its start-up is not counted. ``--runner-args`` go to both pipeline runs.
+
+Figures (README, "End to end: `make bench-e2e`"), each beside its target with pass or fail:
+
+- **receive → profile visible**, p50, p95, p99: for one valid event in ``--sample``, from its send (the inlet receives
+  it within the same millisecond on loopback) until the store's lookup by identity shows it among its person's recent
+  events, polled every :data:`POLL_S`; target p99 at most 5 s.
+- **receive → lake file visible**, p99: for every valid event, until a Parquet file of ``experience_events`` holding
+  it appears (files are moved into place whole); target the commit interval plus 60 s.
+- **inlet requests/s**: single-message POSTs from 32 clients, for a few seconds, to a topic nobody reads.
+- **kill -9 loss**: a run reading a stream published straight to Pub/Sub is killed with SIGKILL (its whole process
+  group) :data:`KILL_AFTER_S` seconds in; a second run reads the rest and what Pub/Sub delivers again once the killed
+  run's unacknowledged messages pass their ack deadline (:data:`KILL_ACK_DEADLINE_S`), and is stopped cleanly; the
+  figure is how many messages the killed run had acknowledged and how many valid events never reached the lake and the
+  profile store (README, "Limits of local development").
+
+The last line is one JSON object:
+``{"rate", "profile_p50_s", "profile_p95_s", "profile_p99_s", "lake_p99_s", "inlet_rps", "pass"}``.
 """
 
 from __future__ import annotations

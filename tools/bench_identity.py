@@ -1,38 +1,27 @@
 """``make bench``, identity part: linking throughput of the identity stores, and the stitching stage's peak memory.
 
-The machines are shared and noisy, so no figure stands alone: each is printed beside the project's own linking logic
-over an in-memory graph, on the same input in the same run, with the ratio.
-
-Traffic
--------
-Generated, deterministic (seeded) and streamed, never held whole: people arrive one after the other, each with 1-3
-devices (ECID), an e-mail and, for some, a CRM id, and each device is first seen with their e-mail (and CRM id). Then
-people seen before come back, now and then on a device of their household's other person (a shared device: between
-two CRM ids, the unique-namespace rule fires and the device follows its last user). Every observation holds 2 or 3
-identities; people keep arriving until the graph holds ``--identities`` identities (1,000,000 by default; a few more,
-as the last person comes whole).
-
-Figures
--------
-- **links/s** per store backend (SQLite in a file; Redis on a private ``redis-server`` started on a free loopback
-  port without persistence, and stopped at the end): the observations go in batches of 500 through what the stage
-  does per batch (``store.observe``, ``resolve`` of the facts before and after, ``changes``). A link is a pair of
-  identities observed together. The reference, :class:`InMemoryGraph`, keeps the raw components in dicts and adds a
-  batch with :meth:`GraphFacts.merged_with <identity.model.GraphFacts.merged_with>`, as every store must
-  agree with; the rest of the batch's steps are the same calls. Each graph is built from empty by a process of its
-  own (so none pays for another's heap), and the processes take turns of 40 batches: load that comes and goes on a
-  shared machine weighs on them alike. Only the batches' own time counts. Printed beside: the size of the graph in
-  the store (the SQLite file and its log, or the Redis server's ``used_memory``).
-- **peak memory** of :class:`~transforms.stitch.StitchIdentities` on FnApiRunner with a SQLite store over the first
-  ``--stage-records`` records of the traffic (100,000), beside the in-memory reference stitching the same records
-  (identities extracted from the same entities): each runs in a fresh process of its own and reports its
-  ``ru_maxrss``, and how much of it was there before the work started (imports, schemas). Linux starts a child's
-  ``ru_maxrss`` at the RSS its parent had when it started it, so these processes start before any graph is built.
-
-On a 2-core machine the default size takes about 20 minutes (in one run: 1 for the memory figure, then 4 of batches
-for the reference, 7 for SQLite and 5 for Redis).
-
     python -m tools.bench_identity [--identities N] [--stage-records N]
+
+Traffic, seeded and streamed (never held whole): people arrive one after the other, each with 1-3 devices (ECID), an
+e-mail and, for some, a CRM id, each device first seen with their e-mail (and CRM id); people seen before come back,
+now and then on a device of their household's other person (between two CRM ids the unique-namespace rule fires).
+Every observation holds 2 or 3 identities; people keep arriving until the graph holds ``--identities`` identities
+(1,000,000; a few more, as the last person comes whole).
+
+Figures (README, "`make bench`"), each beside a reference from the same run:
+
+- **links/s** per store backend (SQLite in a file; Redis on a private ``redis-server`` on a free loopback port,
+  without persistence, stopped at the end), batches of 500 going through the stage's per-batch steps
+  (``store.observe``, ``resolve`` of the facts before and after, ``changes``), beside :class:`InMemoryGraph`, the same
+  steps over an in-memory graph; a link is a pair of identities observed together; printed with the size of the graph
+  in the store (the SQLite file and its log, or Redis's ``used_memory``).
+- **peak memory**: ``ru_maxrss`` of :class:`~transforms.stitch.StitchIdentities` on FnApiRunner with a SQLite store
+  over the first ``--stage-records`` records (100,000), beside the in-memory reference stitching the same records,
+  each in a fresh process, with what was there before the work started (imports, schemas).
+
+About 20 minutes on a 2-core machine (1 for the memory figure, then 4 of batches for the reference, 7 for SQLite and
+5 for Redis). How the figures are kept fair on a shared machine:
+docs/decisions/0027-benchmarks-print-a-reference-from-the-same-run.md.
 """
 
 from __future__ import annotations

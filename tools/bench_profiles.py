@@ -1,49 +1,31 @@
 """``make bench``, profiles part: profile writes/s of each profile store, and lookup latency of the HTTP API.
 
-The machines are shared and noisy, so no figure stands alone: each is printed beside the same store technology's own
-raw get and set (plain batch reads and writes of the same bytes), measured in the same run, with the ratio.
-
-Traffic
--------
-Generated once, deterministic (seeded), before any clock runs: ``--people`` people (1,000 by default) of the identity
-benchmark's traffic (:func:`tools.bench_identity.person`: 1-3 devices (ECID), an e-mail and, for some, a CRM id),
-each visiting :data:`VISITS` times, the visits of everyone shuffled together. A visit is one flush of MergeProfiles for
-that person: 1-4 ExperienceEvents on one of their devices (with their e-mail and CRM id, signed in) and, on the first
-visit and now and then after, a profile record (name, address, loyalty). The bench does no stitching: each person is
-one person, named after their highest-priority identity as the identity graph names it.
-
-The records are applied to fragments and the person's view is built with :mod:`profiles.model` as
-``_MergeProfilesFn._write`` does, and turned into bytes, while the traffic is generated: the figures measure the store
-path alone, with the bytes a real flush writes, not the model.
-
-Figures
--------
-Per store backend: SQLite in a file; Redis on a private ``redis-server`` started on a free loopback port without
-persistence; Bigtable on Google's emulator (``cbtemulator``) on a free loopback port. Both servers are stopped at the
-end; a backend whose server is not installed is skipped with a one-line reason.
-
-- **profile writes/s**: each flush does what the stage does against the store: ``store.fragments`` of every
-  (identity, profile dataset) key of the person, then one ``store.write`` of the fragments the visit touched, the
-  person's view and the index of its identities. A flush writes one view, so profiles/s is flushes/s. The reference,
-  **raw**, replays the same flushes as plain batch reads and writes of the same keys and bytes, under keys of their
-  own, on the same technology: one *raw flush* is one batch get of the flush's fragment keys and then one batch set
-  of its cells (fragments, view, index entries). SQLite: ``SELECT ... IN`` and one ``INSERT OR REPLACE`` transaction
-  in a table of a file of its own; Redis: ``MGET`` (as the store reads fragments too) and the ``SET`` of each cell in
-  one pipeline (one round trip, no ``MULTI``); Bigtable: one ``read_rows`` of the row keys and one
-  ``bulk_mutate_rows`` of a cell per row, in a table of its own. Ratio = profiles/s ÷ raw flushes/s: what the store's
-  bookkeeping costs (SQLite's index and redirect statements, Redis's write script, Bigtable's read before each write
-  and the copies of the view in every identity's row). Store and raw take turns of :data:`TURN_FLUSHES` flushes.
-- **HTTP lookup latency**: ``profilestream serve`` in a process of its own on a free loopback port, on the store just
-  filled, then a bounded load: ``--requests`` requests (2,000) from ``--clients`` concurrent clients (4, each one
-  keep-alive connection), half ``GET /profiles?identity=NS:ID`` of a random identity and half
-  ``GET /profiles/{person_id}`` of a random person, with the bearer token; p50, p99 and requests/s. Beside it, with
-  the same lookups from as many threads: the store's own lookups (``view_by_identity``, ``view_by_person``: each is
-  one read) and the raw get of the person's view cell from the write figure, with the ratios of the p50s and p99s.
-  The three take turns of :data:`TURN_LOOKUPS` lookups. Every answer is checked (a 200 naming the expected person).
-
-On a 2-core machine the default size takes about 2 minutes.
-
     python -m tools.bench_profiles [--people N] [--requests N] [--clients N] [--backends sqlite,redis,bigtable]
+
+Traffic: ``--people`` people (1,000) of the identity benchmark's traffic (:func:`tools.bench_identity.person`), each
+visiting :data:`VISITS` times, the visits shuffled together; a visit is one MergeProfiles flush of 1-4
+ExperienceEvents on one of their devices (signed in) and, on the first visit and now and then after, a profile record
+(name, address, loyalty).
+There is no stitching: each person is one person, named after their highest-priority identity as the graph names it.
+Fragments and views are built with :mod:`profiles.model`, as the stage does, before any clock runs.
+
+Figures, per backend (SQLite in a file; Redis on a private ``redis-server`` without persistence and Bigtable on
+Google's ``cbtemulator``, each on a free loopback port and stopped at the end; a backend whose server is not installed
+is skipped with a one-line reason), each beside a reference from the same run (README, "`make bench`"):
+
+- **profile writes/s**: per flush, ``store.fragments`` of every (identity, profile dataset) key of the person and one
+  ``store.write`` (a flush writes one view, so profiles/s is flushes/s), beside *raw* flushes of the same keys and
+  bytes under keys of their own, in turns of :data:`TURN_FLUSHES`: SQLite ``SELECT ... IN`` and one
+  ``INSERT OR REPLACE`` transaction; Redis ``MGET`` and the ``SET`` of each cell in one pipeline (no ``MULTI``);
+  Bigtable one ``read_rows`` and one ``bulk_mutate_rows``. The ratio is what the store's bookkeeping costs.
+- **HTTP lookup latency**: ``profilestream serve`` in a process of its own on the store just filled, taking
+  ``--requests`` (2,000) from ``--clients`` (4) keep-alive clients, half ``GET /profiles?identity=NS:ID`` and half
+  ``GET /profiles/{person_id}``, with the bearer token; p50, p99 and requests/s, beside the store's own lookups
+  (``view_by_identity``, ``view_by_person``) and a raw get of the view's cell from as many threads, in turns of
+  :data:`TURN_LOOKUPS`. Every answer is checked (a 200 naming the expected person).
+
+About 2 minutes on a 2-core machine. Why figures stand beside references:
+docs/decisions/0027-benchmarks-print-a-reference-from-the-same-run.md.
 """
 
 from __future__ import annotations
