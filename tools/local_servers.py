@@ -1,20 +1,13 @@
 """Servers started on loopback for local runs, tests and benchmarks, counted as up only when the one answering is ours.
 
-A readiness check that only connects to a port cannot tell the server just started from another program already
-listening there: ``make pubsub-up`` once printed its ``export`` line, made its topics on another emulator holding port
-8085 and left its own failed JVM running. So every server the make targets, the test fixtures and the benchmarks
-start goes through here:
+:func:`refuse_taken_port` refuses a port in use (:class:`PortTakenError`, one line naming the port);
+:func:`wait_until_serving` counts a server started in a process group of its own as up only once that group holds
+every listening socket on the port (:func:`who_listens`, from Linux's ``/proc``) and the caller's own check passes;
+otherwise the whole group is stopped (:func:`stop`) and :class:`ServerStartError` says so in one line naming the
+server's log. :func:`local_server` does all three for a ``with`` block. Without ``/proc`` (macOS) a server counts as
+ours once it accepts connections on a port that was free when it started.
 
-- :func:`refuse_taken_port` before starting: the port must be free (it is bound for a moment to see), else
-  :class:`PortTakenError`, one line naming the port;
-- the server runs in a process group of its own, and :func:`wait_until_serving` counts it up only once that group
-  holds every listening socket on the port (:func:`who_listens`: Linux's ``/proc/net/tcp`` and ``/proc/<pid>/fd``) and
-  the caller's own check (a ping, ``/health``) passes;
-- when it does not (it exited, another program listens on the port too, or it timed out), the whole group is stopped
-  (:func:`stop`: no orphaned JVM) and :class:`ServerStartError` says so in one line naming the server's log.
-
-:func:`local_server` does all three for a ``with`` block. Without ``/proc`` (macOS) the ownership of a port cannot be
-read, and a server counts as ours once it accepts connections on a port that was free when it started.
+Why: docs/decisions/0030-local-servers-count-as-up-only-when-ours.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Google's Pub/Sub emulator, started and stopped for local runs, tests and benchmarks, with its topics made.
 
 The emulator is the Google Cloud CLI's ``pubsub-emulator`` component, the same program ``gcloud beta emulators pubsub
-start`` runs; it is started here directly (found beside the ``gcloud`` on the PATH), which saves the seconds gcloud
-takes to start itself, and in a process group of its own, so stopping it stops its JVM too. Google's client libraries
+start`` runs, started directly (found beside the ``gcloud`` on the PATH) in a process group of its own, so stopping it
+stops its JVM too (docs/decisions/0030-local-servers-count-as-up-only-when-ours.md). Google's client libraries
 (and Beam's Pub/Sub IO) talk to it when ``PUBSUB_EMULATOR_HOST`` holds its ``HOST:PORT``.
 
     python -m tools.pubsub_emulator up [--port 8085] [--state-dir data/pubsub] [--project P] [--topic T]
