@@ -21,7 +21,7 @@ from apache_beam.runners.worker import statesampler
 from apache_beam.utils import counters
 from apache_beam.utils.timestamp import MAX_TIMESTAMP
 
-from transforms.pubsub import pull_gathered
+from messages.pubsub import pull_gathered
 
 DEFAULT_PULL_MESSAGES = 1000
 # Beam waits up to 30 s for a pull, and a stop waits for the pull in progress.

@@ -634,7 +634,12 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     """Registers ``profilestream loadgen`` (the ``profilestream.commands`` entry point of ``tools/pyproject.toml``)."""
     loadgen = commands.add_parser("loadgen", help="send seeded XDM traffic to Pub/Sub or the HTTP inlet at a rate")
     add_arguments(loadgen)
-    loadgen.set_defaults(handler=lambda args, _beam_args: run(args))
+    loadgen.set_defaults(handler="tools.loadgen:command")
+
+
+def command(args: argparse.Namespace, _beam_args: list[str]) -> int:
+    """``profilestream loadgen``, with the flags the CLI parsed."""
+    return run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,7 +42,8 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from core.clock import wall_clock_us
 from core.records import Message
-from transforms.pubsub import message_from_pubsub, pull_gathered
+from messages.pubsub import pull_gathered
+from transforms.pubsub import message_from_pubsub
 
 DEFAULT_PULL_MESSAGES = 1000
 PULL_WAIT_S = 0.5
