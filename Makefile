@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test bench bench-e2e lint format sample pubsub-up pubsub-down prism flink-up flink-down clean distclean
+.PHONY: help venv run test bench bench-e2e profile lint format sample pubsub-up pubsub-down prism flink-up flink-down clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ bench: venv ## Run the throughput benchmark
 
 RATE ?= 500
 RUNNER_ARGS ?=
+profile: venv ## Flame graphs (py-spy) of the reference loop and the --batch pipeline in data/profile/, top frames printed
+	$(VENV)/bin/python -m tools.profile
+
 bench-e2e: venv ## Measure POST -> profile and lake latency at RATE events/s (default 500); RUNNER_ARGS='--runner ...'
 	RATE=$(RATE) RUNNER_ARGS='$(RUNNER_ARGS)' $(VENV)/bin/python -m tools.bench_e2e
 
