@@ -36,6 +36,7 @@ priorities: docs/decisions/0025-standard-namespace-numeric-ids.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 from collections.abc import Iterable, Iterator, Mapping
@@ -62,6 +63,8 @@ NAMESPACE_URL_PREFIX = "https://data.adobe.io/entities/namespace/"
 EXPERIENCE_EVENT_CLASS = "https://ns.adobe.com/xdm/context/experienceevent"
 IDENTITY_MAP = "identityMap"
 ALWAYS_BLOCKED = frozenset({"", "null", "anonymous", "invalid"})
+# Raw phone values whose normal form is remembered: bounded, so hostile input cannot grow it without end.
+PHONE_CACHE_SIZE = 65_536
 
 # A code is what `identity get --identity NAMESPACE:ID` splits on the first ":", so it holds none.
 _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -268,19 +271,28 @@ def _normalised(namespace: Namespace, trimmed: str, source: str, rules: Identity
             raise _Rejected(INVALID_EMAIL, f"{source}: an e-mail address has one '@' between a local part and a domain")
         return f"{local}@{domain}"
     if kind == "phone":
-        try:
-            number = phonenumbers.parse(trimmed, rules.phone_region)
-        except phonenumbers.NumberParseException as error:
-            raise _Rejected(INVALID_PHONE, f"{source}: not a phone number: {error}") from None
-        # Possible (right length for its country), not "valid": validity follows the library's allocation metadata,
-        # which changes between releases, and an identity's normal form must not.
-        if not phonenumbers.is_possible_number(number):
-            region = rules.phone_region
-            raise _Rejected(INVALID_PHONE, f"{source}: not a possible phone number (default region {region})")
-        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        e164, problem = phone_normal_form(trimmed, rules.phone_region)
+        if problem:
+            raise _Rejected(INVALID_PHONE, f"{source}: {problem}")
+        return e164
     if kind == "ecid" and not (len(trimmed) == rules.ecid_length and _NUMERIC_ID.fullmatch(trimmed)):
         raise _Rejected(ECID_LENGTH, f"{source}: an ECID is exactly {rules.ecid_length} digits")
     return trimmed
+
+
+@functools.lru_cache(maxsize=PHONE_CACHE_SIZE)
+def phone_normal_form(trimmed: str, region: str) -> tuple[str, str]:
+    """A phone number's E.164 form and ``""``, or ``""`` and why it is no phone number; remembered per raw value,
+    because a parse costs tens of microseconds and a person's number comes back with every event they send."""
+    try:
+        number = phonenumbers.parse(trimmed, region)
+    except phonenumbers.NumberParseException as error:
+        return "", f"not a phone number: {error}"
+    # Possible (right length for its country), not "valid": validity follows the library's allocation metadata,
+    # which changes between releases, and an identity's normal form must not.
+    if not phonenumbers.is_possible_number(number):
+        return "", f"not a possible phone number (default region {region})"
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), ""
 
 
 def record_time_us(record_entity: Mapping[str, Any], schema_class_id: str, ingest_time_us: int) -> int:

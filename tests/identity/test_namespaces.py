@@ -34,6 +34,7 @@ from identity.namespaces import (
     Namespace,
     NamespaceRegistry,
     extract_identities,
+    phone_normal_form,
     record_time_us,
 )
 from pipelines.config import Config, ConfigError, load_config
@@ -208,6 +209,18 @@ def test_ids_longer_than_1024_characters_after_trimming_are_rejected(raw_id, exp
 
 def test_numbers_without_a_country_code_are_read_in_the_configured_region():
     assert outcome("Phone", "020 7946 0958", IdentityRules(phone_region="GB")) == Identity("Phone", "+442079460958")
+
+
+def test_a_phone_number_seen_again_is_not_parsed_again_and_keeps_its_normal_form_and_its_rejection():
+    phone_normal_form.cache_clear()
+    raws = ["+1 415 555 0100", "(415) 555-0100", "not a phone", "+1 415"]
+
+    first = [outcome("Phone", raw) for raw in raws]
+    again = [outcome("Phone", raw) for raw in raws]
+
+    assert first == again == [Identity("Phone", "+14155550100")] * 2 + [INVALID_PHONE] * 2
+    assert phone_normal_form.cache_info().hits == len(raws)
+    assert [phone_normal_form.__wrapped__(raw, "US") for raw in raws] == [phone_normal_form(raw, "US") for raw in raws]
 
 
 @pytest.mark.parametrize(
