@@ -17,6 +17,7 @@ import dataclasses
 import gc
 import json
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -69,11 +70,15 @@ def make_input(source: Path, copies: int, target: Path) -> int:
     return count
 
 
+# An entity id in a JSON payload, compact or not; Avro payloads keep theirs (their strings are length-prefixed).
+_ENTITY_ID = re.compile(rb'"_id"\s*:\s*"')
+
+
 def _renumbered(line: bytes, copy: int) -> bytes:
     try:
         message = json.loads(line)
         message["messageId"] = f"{message['messageId']}-{copy}"
-        payload = base64.b64decode(message["data"]).replace(b'"_id": "', f'"_id": "c{copy}-'.encode())
+        payload = _ENTITY_ID.sub(rb"\g<0>c%d-" % copy, base64.b64decode(message["data"]))
         message["data"] = base64.b64encode(payload).decode()
     except (ValueError, KeyError, TypeError):
         return line

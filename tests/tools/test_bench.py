@@ -7,6 +7,11 @@ every current person's view may not."""
 
 from __future__ import annotations
 
+import time
+
+from core.records import FailedRecord
+from messages.decoding import decode_message
+from messages.replay_files import read_replay_file
 from pipelines.config import Config
 from pipelines.ingest import RunRequest, run
 from schemas.registry import SchemaRegistry
@@ -38,3 +43,24 @@ def test_the_reference_loop_leaves_the_profiles_of_a_batch_run(tmp_path):
 def current_views(store: dict[str, list]) -> list:
     persons = {person for _, person in store["identity_index"]}
     return [view for view in store["views"] if view[0] in persons]
+
+
+def test_each_copy_of_the_input_has_its_own_message_and_entity_ids(tmp_path):
+    registry = SchemaRegistry.load()
+    one, three = tmp_path / "one.jsonl", tmp_path / "three.jsonl"
+    make_input(SAMPLE, 1, one)
+    make_input(SAMPLE, 3, three)
+
+    def ids(path):
+        messages, entities = set(), set()
+        for message in read_replay_file(str(path), clock=time.time_ns):
+            messages.add(message.message_id)
+            for decoded in decode_message(message, registry.avro_schema_for):
+                if not isinstance(decoded, FailedRecord) and isinstance(decoded.entity.get("_id"), str):
+                    entities.add(decoded.entity["_id"])
+        return messages, entities
+
+    (one_messages, one_entities), (three_messages, three_entities) = ids(one), ids(three)
+    assert len(one_entities) > 2000
+    assert len(three_messages) == 3 * len(one_messages)
+    assert len(three_entities) == 3 * len(one_entities)
