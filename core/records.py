@@ -59,7 +59,12 @@ class DecodedEntity:
 
 @dataclasses.dataclass(frozen=True)
 class ValidRecord:
-    """An entity that passed validation, in runtime names, bound for ``dataset``; ``person_id`` once stitched."""
+    """An entity that passed validation, in runtime names, bound for ``dataset``; ``person_id`` once stitched.
+
+    ``identities`` are the normalised identities stitching found in it (:class:`identity.model.Identity` values,
+    highest priority first), carried so that no later stage extracts them again; ``None`` until stitched, and for a
+    dataset that is not identity-enabled.
+    """
 
     dataset: str
     schema_id: str
@@ -69,6 +74,7 @@ class ValidRecord:
     publish_time_us: int
     read_time_us: int
     person_id: str | None = None
+    identities: tuple[Any, ...] | None = None
 
     @property
     def dedupe_key(self) -> str:

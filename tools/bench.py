@@ -122,8 +122,8 @@ def plain_loop(path: Path, registry: SchemaRegistry, work_dir: Path) -> tuple[fl
         if linking:
             batch_changes, persons = link_batch(identity_store, stitching.graph, [entry for _, entry in linking])
             changes += batch_changes
-            for (record, _), person in zip(linking, persons, strict=True):
-                stitched.append(dataclasses.replace(record, person_id=person))
+            for (record, identities), person in zip(linking, persons, strict=True):
+                stitched.append(dataclasses.replace(record, person_id=person, identities=identities.identities))
         profiles.write(
             [record for record in stitched if record.person_id is not None and record.dataset in profile_datasets],
             [change for change in changes if change.kind in ("merge", "split")],

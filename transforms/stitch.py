@@ -1,7 +1,8 @@
 """StitchIdentities: valid records in, the same records with their person, and identity changes, out.
 
 Input: ``PCollection[ValidRecord]``. Outputs (:class:`StitchResult`): ``records``, every input record, those of
-identity-enabled datasets with ``person_id`` set (``None`` when a record carries no usable identity); ``changes``,
+identity-enabled datasets with ``person_id`` set (``None`` when a record carries no usable identity) and
+``identities``, the normalised identities found in it, for the stages after; ``changes``,
 ``PCollection[IdentityChange]``: identities rejected by normalisation (``rejected``, with their ``IDENTITY.*``
 code) and the merges, splits, removed links and quarantines the batch caused.
 
@@ -98,9 +99,10 @@ class _StitchFn(beam.DoFn):
             counter(identity_changes_of(change.kind)).inc()
             timestamp = timestamp_of[change.message_id]
             yield beam.pvalue.TaggedOutput(_CHANGES, WindowedValue(change, timestamp, (GlobalWindow(),)))
-        for (record, _, timestamp, window), person in zip(pending, persons, strict=True):
+        for (record, found, timestamp, window), person in zip(pending, persons, strict=True):
             self._stitched.inc()
-            yield WindowedValue(dataclasses.replace(record, person_id=person), timestamp, (window,))
+            stitched = dataclasses.replace(record, person_id=person, identities=found.identities)
+            yield WindowedValue(stitched, timestamp, (window,))
 
 
 class StitchIdentities(beam.PTransform):
