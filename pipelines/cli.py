@@ -93,6 +93,12 @@ def command_parser() -> argparse.ArgumentParser:
     run.add_argument("--dead-letter-topic", type=_topic, help="also publish failed records to projects/P/topics/T")
     run.add_argument("--lake", default=DEFAULT_LAKE, help=f"lake directory (default {DEFAULT_LAKE})")
     run.add_argument("--batch", action="store_true", help="run a replay as a bounded job (FnApiRunner locally)")
+    run.add_argument(
+        "--workers",
+        type=_positive(int),
+        metavar="N",
+        help="worker processes of a --batch run on the local runner (default: one per core)",
+    )
     run.add_argument("--runner", help="Beam runner (default: the local streaming runner)")
     run.add_argument("--commit-interval", type=int, dest="commit_interval_seconds", help="lake window in seconds")
     run.add_argument(

@@ -16,7 +16,7 @@ import sys
 import threading
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from lake.rows import change_row, failed_row, lake_schemas, valid_row
 from pipelines.config import Config
@@ -36,6 +36,7 @@ from transforms.pubsub import ReadPubSub
 from transforms.pubsub_source import ReadPubSubAcknowledged
 from transforms.replay import ReadReplay
 from transforms.shared_registry import SharedRegistry
+from transforms.spread import SpreadOverWorkers
 from transforms.stitch import StitchIdentities
 from transforms.validate import Validate
 
@@ -56,6 +57,7 @@ class RunRequest:
     beam_args: tuple[str, ...] = ()
     subscription: str | None = None
     dead_letter_topic: str | None = None
+    workers: int = 1
 
 
 class Ingest(beam.PTransform):
@@ -122,7 +124,8 @@ class Ingest(beam.PTransform):
 
 
 def pipeline_options(request: RunRequest) -> PipelineOptions:
-    """Beam options for a run: the local streaming runner by default, FnApiRunner for ``--batch``; FlinkRunner
+    """Beam options for a run: the local streaming runner by default, FnApiRunner for ``--batch`` (with
+    ``request.workers`` worker processes when more than one); FlinkRunner
     submits to the cluster ``make flink-up`` started, unless the Beam options say otherwise; Prism never splits a
     bundle in progress (:func:`pipelines.local_runner.disable_prism_splits`)."""
     beam_args = list(request.beam_args)
@@ -132,6 +135,10 @@ def pipeline_options(request: RunRequest) -> PipelineOptions:
     standard = options.view_as(StandardOptions)
     standard.runner = request.runner or (LOCAL_BATCH_RUNNER if request.batch else LOCAL_STREAMING_RUNNER)
     standard.streaming = not request.batch
+    if request.batch and request.runner is None and request.workers > 1:
+        direct = options.view_as(DirectOptions)
+        direct.direct_num_workers = request.workers
+        direct.direct_running_mode = "multi_processing"
     disable_prism_splits(options)
     return options
 
@@ -158,6 +165,8 @@ def run(
             max_message_bytes=config.max_message_bytes,
             publish_time_skew_us=config.validation_policy().timestamp_skew_us,
         )
+        if request.batch and request.workers > 1:
+            messages = messages | "SpreadOverWorkers" >> SpreadOverWorkers()
     _ = messages | "Ingest" >> Ingest(
         registry,
         config,

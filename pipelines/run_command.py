@@ -41,6 +41,8 @@ def run_command(args: argparse.Namespace, beam_args: list[str]) -> int:
     subscription = _subscription(args.source)
     if subscription is not None and args.batch:
         raise UsageError("--batch reads a replay to its end; a pubsub: source has no end")
+    if args.workers is not None and not (args.batch and args.runner is None):
+        raise UsageError("--workers sets the worker processes of a --batch run on the local runner")
     if subscription is not None or args.dead_letter_topic is not None:
         try:
             if subscription is not None:
@@ -56,6 +58,7 @@ def run_command(args: argparse.Namespace, beam_args: list[str]) -> int:
         profile_store=args.profile_store,
         batch=args.batch,
         runner=args.runner,
+        workers=_workers(args),
         beam_args=tuple(beam_args),
         subscription=subscription,
         dead_letter_topic=args.dead_letter_topic,
@@ -65,6 +68,13 @@ def run_command(args: argparse.Namespace, beam_args: list[str]) -> int:
         summary = run(request, registry, config, stop=stop)
     print(json.dumps(summary.as_json(), sort_keys=False), flush=True)
     return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """The worker processes asked for; a --batch run on the local runner takes one per core unless told."""
+    if args.workers is not None:
+        return args.workers
+    return (os.cpu_count() or 1) if args.batch and args.runner is None else 1
 
 
 def _check_flink(beam_args: list[str]) -> None:

@@ -44,6 +44,7 @@ BEAM_STAGES = frozenset(
         "pubsub_source",
         "replay",
         "shared_registry",
+        "spread",
         "stitch",
         "validate",
     }

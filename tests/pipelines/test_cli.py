@@ -28,6 +28,8 @@ def one_line_error(capsys) -> str:
         (["run", "--source", "kafka:topic"], "unknown source 'kafka'"),
         (["run", "--source", "replay:/no/such/file.jsonl"], "/no/such/file.jsonl"),
         (["run"], "--source"),
+        (["run", "--source", "replay:x.jsonl", "--workers", "2"], "--workers sets the worker processes of a --batch"),
+        (["run", "--source", "replay:x.jsonl", "--batch", "--workers", "0"], "--workers"),
         (["frobnicate"], "invalid choice"),
         (["validate", "--conformance", "x.json"], "--conformance needs --schema"),
         (["validate", "/no/such.json"], "/no/such.json: no such file"),

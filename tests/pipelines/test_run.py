@@ -15,7 +15,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from pipelines import run_command
 from pipelines.cli import main
+from pipelines.summary import RunSummary
 from tests.helpers import dataset_files, lake_rows, stream_lines
 
 # stream_lines: per minute of 10 messages, one is not JSON, one lacks its timestamp, one is a batch of 3 events,
@@ -27,6 +29,7 @@ EXPECTED_FAILED = MINUTES * 2
 EXPECTED_DUPLICATES = MINUTES
 
 
+_EMPTY_SUMMARY = RunSummary(0, 0, 0, 0, 0, 0, 0, {}, {}, {})
 DATASETS = ("experience_events", "profile_records", "failed_records", "identity_changes")
 
 # Depend on when processing-time timers fire: a streaming run may flush a person more often than a batch run.
@@ -87,6 +90,32 @@ def test_streaming_and_batch_replays_write_the_same_lake(small_stream, tmp_path,
     for dataset in ("experience_events", "failed_records", "identity_changes"):
         assert lake_rows(tmp_path / "streaming", dataset) == lake_rows(tmp_path / "batch", dataset)
     assert dataset_files(tmp_path / "streaming") == dataset_files(tmp_path / "batch")
+
+
+def test_a_batch_run_on_two_workers_writes_what_one_worker_writes(small_stream, tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    by_one = run_cli(capsys, "--source", f"replay:{small_stream}", "--lake", str(one), "--batch", "--workers", "1")
+    by_two = run_cli(capsys, "--source", f"replay:{small_stream}", "--lake", str(two), "--batch", "--workers", "2")
+
+    assert {key: value for key, value in by_one.items() if key not in FLUSH_TIMED} == {
+        key: value for key, value in by_two.items() if key not in FLUSH_TIMED
+    }
+    assert profile_store_contents(one) == profile_store_contents(two)
+    for dataset in DATASETS:
+        assert lake_rows(one, dataset) == lake_rows(two, dataset)
+    assert dataset_files(one) == dataset_files(two)
+
+
+def test_batch_runs_take_a_worker_per_core_unless_told(small_stream, tmp_path, monkeypatch, capsys):
+    asked = []
+    monkeypatch.setattr(run_command, "run", lambda request, *_, **__: asked.append(request.workers) or _EMPTY_SUMMARY)
+    monkeypatch.setattr(run_command.os, "cpu_count", lambda: 6)
+    source = ("--source", f"replay:{small_stream}", "--lake", str(tmp_path / "lake"))
+
+    for flags in ([], ["--batch"], ["--batch", "--workers", "3"]):
+        assert main(["run", *source, *flags, *stores_beside(tmp_path / "lake")]) == 0
+
+    assert asked == [1, 6, 3]
 
 
 def test_a_replay_run_again_streaming_and_in_batch_adds_nothing_to_the_lake(small_stream, tmp_path, capsys):
