@@ -63,22 +63,52 @@ def person_id(anchor: Identity) -> str:
 
 
 def resolve(facts: GraphFacts, rules: GraphRules) -> Resolution:
-    """The persons the facts form under the rules; see the module docstring."""
+    """The persons the facts form under the rules; see the module docstring.
+
+    Almost every raw component (identities linked by any link) is one where no rule can fire: it has at most
+    ``quarantine_links`` identities, so none of them links to that many others; at most ``max_identities``; and no two
+    of one unique namespace. Every link of such a component joins, so it is one person, named by its anchor, with
+    nothing sorted. The other components go through :func:`resolve_by_rules`, which gives the same answer for all.
+    """
+    parent = {identity: identity for identity in facts.sightings}
+    for a, b in facts.links:
+        left, right = _root(parent, a), _root(parent, b)
+        if left != right:
+            parent[left] = right
+    components: dict[Identity, list[Identity]] = defaultdict(list)
+    for identity in facts.sightings:
+        components[_root(parent, identity)].append(identity)
+
+    largest_simple = min(rules.quarantine_links, rules.max_identities)
+    person_of: dict[Identity, str] = {}
+    involved: set[Identity] = set()
+    for component in components.values():
+        if len(component) > largest_simple or _has_two_of_a_unique_namespace(component, rules):
+            involved.update(component)
+        else:
+            person_of.update(dict.fromkeys(component, person_id(_anchor(component, facts.sightings, rules))))
+    if not involved:
+        return Resolution(person_of, frozenset(), {})
+    ruled = resolve_by_rules(
+        GraphFacts(
+            {identity: stamp for identity, stamp in facts.sightings.items() if identity in involved},
+            {pair: link for pair, link in facts.links.items() if pair[0] in involved},
+        ),
+        rules,
+    )
+    return Resolution({**person_of, **ruled.person_of}, ruled.quarantined, ruled.removed)
+
+
+def resolve_by_rules(facts: GraphFacts, rules: GraphRules) -> Resolution:
+    """:func:`resolve` applying every rule to every component: links sorted newest first, each tested."""
     quarantined = _quarantined(facts.links.values(), rules)
     parent = {identity: identity for identity in facts.sightings}
     members = {identity: [identity] for identity in facts.sightings}
     unique = {identity: _unique_part(identity, rules) for identity in facts.sightings}
     removed: dict[tuple[Identity, Identity], str] = {}
-
-    def root(identity: Identity) -> Identity:
-        while parent[identity] != identity:
-            parent[identity] = parent[parent[identity]]
-            identity = parent[identity]
-        return identity
-
     eligible = [link for link in facts.links.values() if link.a not in quarantined and link.b not in quarantined]
     for link in sorted(eligible, key=lambda link: _newest_first(link, rules)):
-        left, right = root(link.a), root(link.b)
+        left, right = _root(parent, link.a), _root(parent, link.b)
         if left == right:
             continue
         if any(unique[left].get(namespace, identity) != identity for namespace, identity in unique[right].items()):
@@ -95,10 +125,7 @@ def resolve(facts: GraphFacts, rules: GraphRules) -> Resolution:
 
     person_of = {}
     for group in members.values():
-        anchor = min(group, key=lambda identity: _anchor_order(identity, facts.sightings[identity], rules))
-        person = person_id(anchor)
-        for identity in group:
-            person_of[identity] = person
+        person_of.update(dict.fromkeys(group, person_id(_anchor(group, facts.sightings, rules))))
     return Resolution(person_of, frozenset(quarantined), removed)
 
 
@@ -182,8 +209,22 @@ def _descending(text: str) -> tuple[int, ...]:
     return (*(-ord(char) for char in text), 1)
 
 
-def _anchor_order(identity: Identity, seen: Stamp, rules: GraphRules) -> tuple:
-    return (seen, -rules.priority.get(identity.namespace, 0), identity)
+def _anchor(group: Iterable[Identity], sightings: Mapping[Identity, Stamp], rules: GraphRules) -> Identity:
+    """The identity seen first (then the highest namespace priority, then namespace and id)."""
+    return min(group, key=lambda identity: (sightings[identity], -rules.priority.get(identity.namespace, 0), identity))
+
+
+def _root(parent: dict[Identity, Identity], identity: Identity) -> Identity:
+    """The root of ``identity``'s tree in the union-find forest ``parent``, halving the path on the way."""
+    while parent[identity] != identity:
+        parent[identity] = parent[parent[identity]]
+        identity = parent[identity]
+    return identity
+
+
+def _has_two_of_a_unique_namespace(component: list[Identity], rules: GraphRules) -> bool:
+    namespaces = [identity.namespace for identity in component if identity.namespace in rules.unique_namespaces]
+    return len(namespaces) != len(set(namespaces))
 
 
 def _unique_part(identity: Identity, rules: GraphRules) -> dict[str, Identity]:

@@ -17,8 +17,9 @@ from identity.graph import (
     person_id,
     record_person,
     resolve,
+    resolve_by_rules,
 )
-from identity.model import GraphFacts, Identity, Observation, Stamp
+from identity.model import GraphFacts, Identity, LinkFact, Observation, Stamp
 from identity.namespaces import extract_identities
 from pipelines.config import Config
 
@@ -272,3 +273,55 @@ def test_a_split_whose_sides_both_take_new_ids_is_no_rename():
     after = resolved(*first, seen(5, email("x"), crm("bob")), seen(1, crm("ann")))
 
     assert "rename" not in {change.kind for change in changes(before, after, Stamp(5, "m5"))}
+
+
+# The fast path of resolve: components where no rule can fire are one person each, without the rules' sort.
+
+STAMPS = st.builds(Stamp, st.integers(0, 2 * HOUR_US), st.sampled_from(["m1", "m2", "m3"]))
+
+
+@st.composite
+def graph_facts(draw) -> GraphFacts:
+    """Any facts: identities of three namespaces, CRMID among them, with any sightings and links between them."""
+    known = draw(st.lists(identities, min_size=1, max_size=14, unique=True))
+    sightings = {identity: draw(STAMPS) for identity in known}
+    links = {}
+    for a, b in draw(st.lists(st.tuples(st.sampled_from(known), st.sampled_from(known)), max_size=30)):
+        if a != b:
+            a, b = sorted((a, b))
+            first, last = sorted((draw(STAMPS), draw(STAMPS)))
+            links[(a, b)] = LinkFact(a, b, first, last)
+    return GraphFacts(sightings, links)
+
+
+graph_rules = st.builds(
+    GraphRules,
+    unique_namespaces=st.sampled_from([frozenset(), frozenset({"CRMID"}), frozenset({"CRMID", "Email"})]),
+    priority=st.dictionaries(st.sampled_from(NAMESPACES), st.integers(-2, 2)),
+    max_identities=st.integers(1, 8),
+    quarantine_links=st.integers(0, 8),
+    quarantine_window_us=st.sampled_from([1, HOUR_US, 3 * HOUR_US]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(graph_facts(), graph_rules)
+def test_resolve_gives_what_every_rule_applied_to_every_link_gives(facts, rules):
+    assert resolve(facts, rules) == resolve_by_rules(facts, rules)
+
+
+def test_the_facts_drawn_trip_every_rule_and_also_none():
+    """The property above is only as good as its examples: some must trip each rule and some none."""
+    rules = GraphRules(max_identities=4, quarantine_links=3)
+    found = set()
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(graph_facts())
+    def collect(facts):
+        resolution = resolve_by_rules(facts, rules)
+        found.update(resolution.removed.values())
+        found.update([QUARANTINED] if resolution.quarantined else [])
+        found.update(["none"] if facts.links and not resolution.removed and not resolution.quarantined else [])
+
+    collect()
+    assert found == {UNIQUE_NAMESPACE, GRAPH_LIMIT, QUARANTINED, "none"}
