@@ -375,9 +375,24 @@ class _WritePaneFn(beam.DoFn):
 
 
 def _write_parquet(table: pa.Table, footer: Mapping[str, str], where: Any) -> None:
-    with pq.ParquetWriter(where, table.schema, compression="zstd") as writer:
+    # Dictionary pages only for the columns that hold a value: a wide schema's hundreds of empty columns each cost a
+    # dictionary page for nothing, half the CPU of writing a small file (30 -> 16 ms for 10 events).
+    with pq.ParquetWriter(
+        where, table.schema, compression="zstd", use_dictionary=_columns_with_values(table)
+    ) as writer:
         writer.write_table(table)
         writer.add_key_value_metadata(footer)
+
+
+def _columns_with_values(table: pa.Table) -> list[str]:
+    """The dotted paths of the table's leaf columns outside lists that hold at least one value."""
+    while any(pa.types.is_struct(field.type) for field in table.schema):
+        table = table.flatten()
+    return [
+        name
+        for name, column in zip(table.column_names, table.columns, strict=True)
+        if column.null_count < len(column) and not pa.types.is_list(column.type)
+    ]
 
 
 class _BufferAndWritePanesFn(_WritePaneFn):

@@ -699,3 +699,22 @@ def test_a_retried_bundle_counts_the_rows_its_first_attempt_committed_as_written
     assert counter(retry, f"lake_rows.{DATASET}") == committed
     assert counter(retry, f"lake_files.{DATASET}") == len(lake_files(lake)) == 1
     assert counter(retry, "duplicates") == 1
+
+
+def test_only_columns_that_hold_a_value_get_a_dictionary_page(tmp_path):
+    run_batch(str(tmp_path), [lake_row(f"e{number}", at(number), f"m{number}", event_type=None) for number in range(5)])
+
+    (name,) = lake_files(str(tmp_path))
+    path = tmp_path / DATASET / name
+    chunks = pq.ParquetFile(path).metadata.row_group(0)
+    columns = [chunks.column(number) for number in range(chunks.num_columns)]
+    with_dictionary = [column.path_in_schema for column in columns if column.has_dictionary_page]
+    assert with_dictionary == [
+        "_id",
+        "timestamp",
+        "web.webPageDetails.name",
+        "web.webPageDetails.URL",
+        "_message_id",
+        "_ingest_time",
+    ]
+    assert pq.read_table(path).column("eventType").null_count == 5
