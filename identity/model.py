@@ -23,8 +23,9 @@ import orjson
 class Identity(NamedTuple):
     """A normalised identity: a namespace code as configured (``ECID``, ``Email``, ``CRMID``, ...) and its id.
 
-    A NamedTuple rather than a dataclass: identities are hashed and compared tens of thousands of times a batch (dictionary
-    keys of every fact, the linking rules' sorts), and a tuple does that in C. It orders by namespace, then id."""
+    A NamedTuple rather than a dataclass: identities are hashed and compared tens of thousands of times a batch
+    (dictionary keys of every fact, the linking rules' sorts), and a tuple does that in C. It orders by namespace,
+    then id."""
 
     namespace: str
     id: str
@@ -79,15 +80,15 @@ class GraphFacts:
             stamp = observation.stamp
             for identity in identities:
                 seen = sightings.get(identity)
-                sightings[identity] = stamp if seen is None else min(seen, stamp)
+                if seen is None or stamp < seen:
+                    sightings[identity] = stamp
             for position, a in enumerate(identities):
                 for b in identities[position + 1 :]:
                     known = links.get((a, b))
-                    links[(a, b)] = (
-                        LinkFact(a, b, stamp, stamp)
-                        if known is None
-                        else LinkFact(a, b, min(known.first, stamp), max(known.last, stamp))
-                    )
+                    if known is None:
+                        links[(a, b)] = LinkFact(a, b, stamp, stamp)
+                    elif stamp < known.first or stamp > known.last:
+                        links[(a, b)] = LinkFact(a, b, min(known.first, stamp), max(known.last, stamp))
         return GraphFacts(sightings, links)
 
     def union(self, other: GraphFacts) -> GraphFacts:
@@ -109,15 +110,23 @@ class GraphFacts:
     def adds_to(self, other: GraphFacts) -> bool:
         """Whether these facts hold anything ``other`` lacks: an identity, an earlier sighting, a link, or a link's
         earlier first or later last stamp. Looks at these facts only, not at all of ``other``."""
-        for identity, stamp in self.sightings.items():
-            seen = other.sightings.get(identity)
-            if seen is None or stamp < seen:
-                return True
-        for pair, link in self.links.items():
-            known = other.links.get(pair)
-            if known is None or link.first < known.first or link.last > known.last:
-                return True
-        return False
+        additions = self.additions_to(other)
+        return bool(additions.sightings or additions.links)
+
+    def additions_to(self, other: GraphFacts) -> GraphFacts:
+        """Those of these facts that add to ``other`` (see :meth:`adds_to`): ``other.union`` of them is
+        ``other.union`` of all of these."""
+        sightings = {
+            identity: stamp
+            for identity, stamp in self.sightings.items()
+            if (seen := other.sightings.get(identity)) is None or stamp < seen
+        }
+        links = {
+            pair: link
+            for pair, link in self.links.items()
+            if (known := other.links.get(pair)) is None or link.first < known.first or link.last > known.last
+        }
+        return GraphFacts(sightings, links)
 
     def to_bytes(self) -> bytes:
         """Compact JSON: ``{"s": [[namespace, id, time_us, message_id], ...], "l": [[a, b, first, last], ...]}``

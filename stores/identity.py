@@ -63,7 +63,8 @@ class IdentityStore(abc.ABC):
             return GraphFacts.empty(), GraphFacts.empty(), None
         discarded, self._discarded = self._discarded, []
         before, entry = self._add(batch, cause, discarded)
-        return before, before.merged_with(observations), entry
+        # The union with the batch's facts: the same facts as merging the observations again, in fewer steps.
+        return before, before.union(batch), entry
 
     def discard(self, entry: str) -> None:
         """Drop a log entry whose batch changed nothing worth telling, with the next write (should the process die
@@ -105,7 +106,7 @@ class FactsBuilder:
     """Collects the facts a backend reads: the sightings first, then the links among those identities.
 
     Each identity and stamp is made once: an identity recurs in every link it has, a stamp in all the facts one
-    record made, and making these frozen dataclasses is most of the time a store takes to read.
+    record made, and making them is much of the time a store takes to read.
     """
 
     def __init__(self) -> None:

@@ -364,3 +364,11 @@ def test_facts_survive_their_byte_form(facts: list[Observation]) -> None:
 def test_facts_add_to_others_exactly_when_their_union_differs(known: list[Observation], new: list[Observation]) -> None:
     before, batch = reference(known), reference(new)
     assert batch.adds_to(before) == (before.union(batch) != before)
+
+
+@given(known=st.lists(OBSERVATIONS, max_size=5), new=st.lists(OBSERVATIONS, max_size=3))
+def test_the_additions_of_facts_are_what_their_union_needs(known: list[Observation], new: list[Observation]) -> None:
+    before, batch = reference(known), reference(new)
+    additions = batch.additions_to(before)
+    assert before.union(additions) == before.union(batch)
+    assert additions.additions_to(before) == additions  # each of them adds something
