@@ -157,6 +157,9 @@ class IdentityRules:
     ecid_length: int = 38
     _blocked: frozenset[str] = dataclasses.field(init=False, repr=False, compare=False)
     _patterns: tuple[re.Pattern[str], ...] = dataclasses.field(init=False, repr=False, compare=False)
+    _field_paths: tuple[tuple[str, tuple[str, ...], str], ...] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.phone_region not in phonenumbers.SUPPORTED_REGIONS:
@@ -171,6 +174,8 @@ class IdentityRules:
         object.__setattr__(self, "_patterns", tuple(patterns))
         blocked = ALWAYS_BLOCKED | {value.strip().lower() for value in self.blocked_values}
         object.__setattr__(self, "_blocked", frozenset(blocked))
+        field_paths = tuple((path, tuple(path.split(".")), code) for path, code in self.fields.items())
+        object.__setattr__(self, "_field_paths", field_paths)
 
     def is_blocked(self, trimmed_id: str) -> bool:
         return trimmed_id.lower() in self._blocked or any(pattern.fullmatch(trimmed_id) for pattern in self._patterns)
@@ -206,6 +211,10 @@ def extract_identities(entity: Mapping[str, Any], namespaces: NamespaceRegistry,
     return Extraction(tuple(sorted(identities)), tuple(rejections))
 
 
+# A dict first: entities are decoded JSON, and a check against the Mapping ABC alone costs several times more.
+_MAPPINGS = (dict, Mapping)
+
+
 class _Rejected(Exception):
     """Raised with (code, message) by the checks below and turned into a :class:`Rejection` at once."""
 
@@ -223,7 +232,7 @@ class _NotAnItem:
 def _candidates(entity: Mapping[str, Any], rules: IdentityRules) -> Iterator[tuple[str, Any, str]]:
     """(namespace key, id as found, where it was found) for every identity the record offers."""
     identity_map = entity.get(IDENTITY_MAP)
-    if isinstance(identity_map, Mapping):
+    if isinstance(identity_map, _MAPPINGS):
         for key, items in identity_map.items():
             source = f"{IDENTITY_MAP}.{key}"
             # Validation lets through only lists of {id, ...} objects; extraction still never trusts the shape.
@@ -231,13 +240,15 @@ def _candidates(entity: Mapping[str, Any], rules: IdentityRules) -> Iterator[tup
                 yield str(key), _NotAnItem(items), source
                 continue
             for item in items:
-                yield str(key), item.get("id") if isinstance(item, Mapping) else _NotAnItem(item), source
+                yield str(key), item.get("id") if isinstance(item, _MAPPINGS) else _NotAnItem(item), source
     elif identity_map is not None:
         yield "", _NotAnItem(identity_map), IDENTITY_MAP
-    for path, code in rules.fields.items():
+    for path, names, code in rules._field_paths:
         value: Any = entity
-        for name in path.split("."):
-            value = value.get(name) if isinstance(value, Mapping) else None
+        for name in names:
+            value = value.get(name) if isinstance(value, _MAPPINGS) else None
+            if value is None:
+                break
         if value is not None:
             yield code, value, path
 
