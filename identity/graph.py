@@ -20,6 +20,7 @@ docs/decisions/0026-persons-are-named-by-their-anchor.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ from identity.namespaces import QUARANTINED
 UNIQUE_NAMESPACE = "unique_namespace"
 GRAPH_LIMIT = "graph_limit"
 ANCHOR = "anchor"
+PERSON_ID_CACHE_SIZE = 65_536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,9 @@ class Resolution:
         return groups
 
 
+@functools.lru_cache(maxsize=PERSON_ID_CACHE_SIZE)
 def person_id(anchor: Identity) -> str:
+    """Remembered: a batch names each person it touches twice (before and after), mostly with the same anchor."""
     return "p-" + hashlib.sha256(str(anchor).encode()).hexdigest()[:24]
 
 
@@ -130,13 +134,12 @@ def resolve_by_rules(facts: GraphFacts, rules: GraphRules) -> Resolution:
 
 
 def record_person(identities: Iterable[Identity], resolution: Resolution, rules: GraphRules) -> str | None:
-    """The person a record belongs to: that of its highest-priority identity (then namespace and id)."""
-    ranked = sorted(identities, key=lambda identity: (-rules.priority.get(identity.namespace, 0), identity))
-    for identity in ranked:
-        person = resolution.person_of.get(identity)
-        if person is not None:
-            return person
-    return None
+    """The person a record belongs to: that of its highest-priority identity (then namespace and id) that has one."""
+    person_of = resolution.person_of
+    known = [identity for identity in identities if identity in person_of]
+    if not known:
+        return None
+    return person_of[min(known, key=lambda identity: (-rules.priority.get(identity.namespace, 0), identity))]
 
 
 def changes(before: Resolution, after: Resolution, cause: Stamp) -> list[IdentityChange]:
