@@ -9,10 +9,12 @@ Payload forms, told apart by shape (README, "Payload forms"): the streaming enve
 entry's record carries that entry re-serialised as compact JSON), any other JSON object as a bare entity whose schema
 id is the ``schemaRef`` attribute (dataset: ``datasetId``), and ``contentType: avro/binary`` entities.
 
-JSON is parsed strictly (:func:`parse_json`). Before any entry is looked at, a message is checked for its size, its
-publish time (before 1970-01-01, or later than its read time plus the skew, it fails whole) and a batch's count. A
-too large message's record keeps the first :data:`FAILED_PREFIX_BYTES` of its data, with the attributes
-``profilestream.originalBytes`` and ``profilestream.originalSha256`` (:func:`cut_payload_attributes`). Codes:
+JSON is parsed strictly (:func:`parse_json`: orjson's parse where it provably agrees with the standard library's
+strict parse, :func:`parse_json_strictly`, and that parse everywhere else). Before any entry is looked at, a message
+is checked for its size, its publish time (before 1970-01-01, or later than its read time plus the skew, it fails
+whole) and a batch's count. A too large message's record keeps the first :data:`FAILED_PREFIX_BYTES` of its data,
+with the attributes ``profilestream.originalBytes`` and ``profilestream.originalSha256``
+(:func:`cut_payload_attributes`). Codes:
 
 =================================  ==================================================================================
 ``SIZE.MESSAGE_TOO_LARGE``         the message is larger than ``max_message_bytes`` (1 MiB), or its data is already
@@ -52,6 +54,7 @@ from collections.abc import Callable
 from typing import Any
 
 import fastavro
+import orjson
 
 from core.clock import rfc3339_or_micros
 from core.records import (
@@ -96,6 +99,10 @@ UNKNOWN_SCHEMA = "SCHEMA.UNKNOWN_SCHEMA"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _BOM = b"\xef\xbb\xbf"
+_JSON_WHITESPACE = b" \t\n\r"
+# A number with a fraction or an exponent after '":' (a member's value), "[" or "," in orjson's compact writing, or a
+# string that looks like one; three searches, each starting with a literal, are faster than one.
+_FLOATS = tuple(re.compile(rb"%s-?[0-9]+[.e]" % start) for start in (b'":', rb"\[", b","))
 
 
 class JsonRejected(ValueError):
@@ -141,7 +148,24 @@ _DECODER = json.JSONDecoder(
 
 
 def parse_json(data: bytes) -> Any:
-    """The JSON value in ``data``, parsed strictly; raises :class:`JsonRejected`."""
+    """The JSON value in ``data``, parsed strictly; raises :class:`JsonRejected`.
+
+    The same value or the same rejection as :func:`parse_json_strictly`, faster: orjson parses first, and its value
+    stands only when :func:`_orjson_agrees` proves the strict parser would return it; anything else (orjson refusing
+    the text, or a check left unproven) goes to the strict parser, which then decides.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return parse_json_strictly(data)
+    return value if _orjson_agrees(data, value) else parse_json_strictly(data)
+
+
+def parse_json_strictly(data: bytes) -> Any:
+    """The JSON value in ``data``, parsed strictly by the standard library's parser; raises :class:`JsonRejected`.
+
+    The reference :func:`parse_json` agrees with: every code of the module docstring is decided here.
+    """
     if data.startswith(_BOM):
         raise JsonRejected(NOT_JSON, "a UTF-8 byte-order mark before the JSON text")
     try:
@@ -161,22 +185,68 @@ def parse_json(data: bytes) -> Any:
     return value
 
 
+def _orjson_agrees(data: bytes, value: Any) -> bool:
+    """Whether the strict parser would return ``value``, orjson's parse of ``data``, as it is.
+
+    orjson refuses what the strict parser refuses for its own reasons (invalid UTF-8, a byte-order mark, ``NaN`` and
+    ``Infinity``, numbers too large for a double, lone surrogate escapes, anything not JSON). Where the two can differ:
+
+    - a repeated key, which orjson drops silently (the last copy wins);
+    - an integer beyond signed 64 bits, which orjson reads as an unsigned 64-bit integer or as a double;
+    - a decimal: orjson does not always round to the nearest double as ``float()`` does (the midpoint between 0 and
+      the smallest subnormal, written out in full, becomes that subnormal);
+    - nesting past :data:`MAX_JSON_DEPTH`, which orjson allows down to 1,024 levels.
+
+    So orjson writes the value back with integers bounded to 53 bits (a larger one sends the text to the strict
+    parser). When that writing is the text itself, but for whitespace between tokens, no key was dropped (the text
+    would hold more) and each number is spelt as orjson writes the value it read, which ``float()`` reads back to that
+    value. Otherwise the text goes to the strict parser if it holds a decimal, or more strings than the writing. A
+    lone scalar (never an entity) goes there too.
+    """
+    if type(value) is not dict and type(value) is not list:
+        return False
+    try:
+        compact = orjson.dumps(value, option=orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        return False
+    spelt_alike = compact == data or compact.translate(None, _JSON_WHITESPACE) == data.translate(None, _JSON_WHITESPACE)
+    if not spelt_alike and (_may_hold_a_float(compact) or _string_count(data) != _string_count(compact)):
+        return False
+    return data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH or _depth(value) <= MAX_JSON_DEPTH
+
+
+def _may_hold_a_float(compact: bytes) -> bool:
+    """Whether orjson's compact writing holds a number with a fraction or an exponent (or a string that looks so)."""
+    return any(floats.search(compact) for floats in _FLOATS)
+
+
+def _string_count(text: bytes) -> int:
+    """How many strings, keys included, valid JSON ``text`` holds: its quotes less the escaped ones, halved.
+
+    Quotes and backslashes stand only in strings, and UTF-8 never uses their bytes inside another character. Removing
+    every ``\\\\`` left to right removes exactly the escaped backslashes (each escape is two characters, and the scan
+    starts outside any), so each ``\\"`` left is an escaped quote.
+    """
+    if b"\\" in text:
+        text = text.replace(b"\\\\", b"")
+        return (text.count(b'"') - text.count(b'\\"')) // 2
+    return text.count(b'"') // 2
+
+
 def _depth(value: Any) -> int:
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if type(node) is dict:
-            children = node.values()
-        elif type(node) is list:
-            children = node
-        else:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:
-            return deepest
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
+    """How deep objects and arrays nest in ``value`` (0 for a scalar), counted one level past :data:`MAX_JSON_DEPTH`
+    at most; level by level, each a list of the containers in it."""
+    depth = 0
+    level = [value] if type(value) is dict or type(value) is list else []
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        level = [
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if type(child) is dict or type(child) is list
+        ]
+    return depth
 
 
 def _has_lone_surrogate(value: Any) -> bool:
@@ -250,13 +320,14 @@ def _too_large(message: Message, max_message_bytes: int) -> FailedRecord:
 
 def publish_time_out_of_range(message: Message, skew_us: int) -> str | None:
     """Why the message's publish time is outside 1970-01-01 to its read time plus ``skew_us``; ``None`` when inside."""
-    published = rfc3339_or_micros(message.publish_time_us)
-    if message.publish_time_us < 0:
-        return f"published {published}, before 1970-01-01"
+    published_us = message.publish_time_us
     latest_us = message.read_time_us + skew_us
-    if message.publish_time_us > latest_us:
-        return f"published {published}, later than its read time plus skew ({rfc3339_or_micros(latest_us)})"
-    return None
+    if 0 <= published_us <= latest_us:
+        return None
+    published = rfc3339_or_micros(published_us)
+    if published_us < 0:
+        return f"published {published}, before 1970-01-01"
+    return f"published {published}, later than its read time plus skew ({rfc3339_or_micros(latest_us)})"
 
 
 def _decode_batch(message: Message, entries: Any, max_batch_entries: int) -> list[DecodedEntity | FailedRecord]:
@@ -269,13 +340,31 @@ def _decode_batch(message: Message, entries: Any, max_batch_entries: int) -> lis
 
 
 def _decode_entry(message: Message, index: int, entry: Any) -> DecodedEntity | FailedRecord:
-    raw = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = _compact_json(entry)
     if type(entry) is not dict or ("header" not in entry and "body" not in entry):
         context = DecodedEntity(message, index, None, None, entry, raw)
         text = "a batch entry is a streaming envelope object (with a header or a body)"
         error = RecordError(UNKNOWN_ENVELOPE, f"/messages/{index}", text)
         return FailedRecord.of_entity(context, "decode", (error,))
     return _from_envelope(message, entry, index, raw, f"/messages/{index}")
+
+
+def _compact_json(entry: Any) -> bytes:
+    """``entry`` as ``json.dumps(entry, separators=(",", ":"), ensure_ascii=False)`` writes it, in UTF-8.
+
+    orjson writes the same bytes for objects without floats (it escapes the same characters the same way, and the
+    parse bounded integers to 64 bits); floats it may write otherwise (``1e-05`` as ``0.00001``), so an entry that
+    may hold one takes the standard library's encoder.
+    """
+    if type(entry) is dict:
+        try:
+            compact = orjson.dumps(entry)
+        except orjson.JSONEncodeError:
+            pass
+        else:
+            if not _may_hold_a_float(compact):
+                return compact
+    return json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _from_envelope(
@@ -290,9 +379,9 @@ def _from_envelope(
     body_id = _schema_ref_id(meta) if type(meta) is dict else None
     dataset_id = header.get("datasetId", message.attributes.get("datasetId"))
     dataset_id = dataset_id if type(dataset_id) is str else None
-    context = DecodedEntity(message, index, header_id or body_id, dataset_id, None, raw)
 
     def failed(code: str, text: str, path: str) -> FailedRecord:
+        context = DecodedEntity(message, index, header_id or body_id, dataset_id, None, raw)
         return FailedRecord.of_entity(context, "decode", (RecordError(code, where + path, text),))
 
     if header_id is not None and body_id is not None and header_id != body_id:
