@@ -51,7 +51,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.coders import BooleanCoder, PickleCoder
+from apache_beam.coders import BooleanCoder
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
@@ -66,6 +66,7 @@ from core.records import LakeRow
 from lake.folders import clean_stale_temp_files, make_folders, refuse_linked_folders, writer_temp_dir
 from lake.windows import COMMIT_INTERVAL_S, divides_an_hour
 from transforms import metrics
+from transforms.coders import RecordCoder
 
 TableBuilder = Callable[[list[Mapping[str, Any]], pa.Schema], pa.Table]
 
@@ -399,7 +400,7 @@ class _BufferAndWritePanesFn(_WritePaneFn):
     """Buffers each (dataset, window start) key's rows and writes them as a pane ``interval_us`` of processing time
     after the first, and at the end of input. Writing a pane releases all of the key's state."""
 
-    BUFFER = BagStateSpec("buffer", PickleCoder())
+    BUFFER = BagStateSpec("buffer", RecordCoder())
     BUFFERING = ReadModifyWriteStateSpec("buffering", BooleanCoder())
     COMMIT = TimerSpec("commit", TimeDomain.REAL_TIME)
     END_OF_INPUT = TimerSpec("end_of_input", TimeDomain.WATERMARK)

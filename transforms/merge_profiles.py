@@ -32,7 +32,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import typehints
-from apache_beam.coders import PickleCoder, VarIntCoder
+from apache_beam.coders import VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
@@ -54,6 +54,7 @@ from schemas.registry import SchemaRegistry
 from stores.identity import IdentityStore
 from stores.opening import StoreHandler
 from stores.profiles import ProfileStore
+from transforms.coders import RecordCoder
 from transforms.metrics import (
     PROFILE_FRESHNESS_MS,
     PROFILE_WRITE_CONFLICTS,
@@ -97,7 +98,7 @@ class ProfileWriterHandler:
 
 
 class _MergeProfilesFn(beam.DoFn):
-    PENDING = BagStateSpec("pending", PickleCoder())
+    PENDING = BagStateSpec("pending", RecordCoder())
     COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
     FLUSH_SOON = TimerSpec("flush_soon", TimeDomain.REAL_TIME)
     FLUSH_AT_END = TimerSpec("flush_at_end", TimeDomain.WATERMARK)
