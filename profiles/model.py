@@ -1,10 +1,11 @@
 """Profiles as pure logic: fragments built from records, merge policies, the merged view, and regrouping.
 
 In: valid records of profile-enabled datasets (an entity in runtime names, its record time, ingestion time and message
-id), applied one at a time to a :class:`Fragment` (:func:`apply`) or folded in bulk (:func:`merge_fragments`); a
-person's identities and fragments with a :class:`MergePolicy` (:func:`build_view`); a new grouping of identities into
-persons (:func:`regroup`). Out: fragments and views, and their JSON bytes for the profile store
-(:mod:`stores.profiles`). Nothing here reads a clock or a store.
+id), applied one at a time to a :class:`Fragment` (:func:`apply`), each made a fragment of its own
+(:func:`record_fragment`), or folded in bulk (:func:`merge_fragments`); a person's identities and fragments with a
+:class:`MergePolicy` (:func:`build_view`); a new grouping of identities into persons (:func:`regroup`). Out:
+fragments and views, and their JSON bytes for the profile store (:mod:`stores.profiles`). Nothing here reads a clock
+or a store.
 
 Guarantees: a fragment is what one dataset's records said about one identity, the record's highest-priority identity
 (:func:`fragment_identity`, the identity :func:`identity.graph.record_person` takes the person from), keyed
@@ -178,12 +179,36 @@ def apply(
     policy_limits: ProfileLimits = DEFAULT_LIMITS,
 ) -> Fragment:
     """``fragment`` with one valid record applied; for an event, ``record_time_us`` is its ``timestamp``."""
+    single = record_fragment(
+        fragment.identity,
+        fragment.dataset,
+        record_entity,
+        is_event=is_event,
+        record_time_us=record_time_us,
+        ingest_time_us=ingest_time_us,
+        message_id=message_id,
+        policy_limits=policy_limits,
+    )
+    return merge_fragments(fragment, single, policy_limits=policy_limits)
+
+
+def record_fragment(
+    identity: Identity,
+    dataset: str,
+    record_entity: Mapping[str, Any],
+    *,
+    is_event: bool,
+    record_time_us: int,
+    ingest_time_us: int,
+    message_id: str,
+    policy_limits: ProfileLimits = DEFAULT_LIMITS,
+) -> Fragment:
+    """The fragment of one valid record alone: what :func:`apply` merges in, and what applying the record to an empty
+    fragment gives."""
     stamp = RecordStamp(record_time_us, ingest_time_us, message_id)
     if is_event:
-        single = _event_fragment(fragment.identity, fragment.dataset, record_entity, stamp, policy_limits)
-    else:
-        single = _record_fragment(fragment.identity, fragment.dataset, record_entity, stamp, policy_limits)
-    return merge_fragments(fragment, single, policy_limits=policy_limits)
+        return _event_fragment(identity, dataset, record_entity, stamp, policy_limits)
+    return _record_fragment(identity, dataset, record_entity, stamp, policy_limits)
 
 
 def merge_fragments(a: Fragment, b: Fragment, *, policy_limits: ProfileLimits = DEFAULT_LIMITS) -> Fragment:
@@ -388,7 +413,8 @@ def _event_fragment(
         identity,
         dataset,
         events={event_id: EventEntry(stamp.record_time_us, entity.get("eventType", ""))},
-        recent={event_id: body},
+        # As a merge would cut it: a single record's fragment is what applying it to an empty one gives.
+        recent={event_id: body} if limits.recent_events else {},
         first_seen_us=stamp.record_time_us,
         oversize_events=DistinctCount.of([event_id] if oversize else []),
     )

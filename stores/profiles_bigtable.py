@@ -4,11 +4,14 @@ Opened by :func:`~stores.opening.open_profile_store` from ``bigtable://PROJECT/I
 emulator through ``BIGTABLE_EMULATOR_HOST``, as Google's client does it. The table and its column families are created
 when missing (the admin API works on the emulator too).
 
-One table; a row key starts with its kind: ``f#<fragment key>`` (the fragment), ``v#<person>`` (the view, its
+One table; a row key starts with its kind: ``f#<fragment key>`` (the fragment's base, and its deltas in a family of
+their own, one column per delta name), ``v#<person>`` (the view, its
 identities and the rows holding copies of it), ``i#<identity key>`` (the identity's person, the person whose view it
 shows, and a copy of that view), ``r#<person>`` (a retired person's survivor and a copy of its view). A lookup by
-identity is one ``read_row``, by person one ``read_rows``. A write is one ``read_rows`` and one ``mutate_rows`` batch,
-after a conditional put of each fragment it expects (:class:`~profiles.writer.ProfileWriteConflict` if one changed).
+identity is one ``read_row``, by person one ``read_rows``. A write is one ``read_rows`` and one ``mutate_rows`` batch
+(deltas are appended in it unguarded: a delta is never lost), after a conditional put of each base it replaces, which
+also drops the deltas folded into it (:class:`~profiles.writer.ProfileWriteConflict` if a fragment changed). A table
+of the layout before deltas gets the deltas' family when opened, and its bases are read as they are.
 Bigtable has no multi-row transactions: a reader may see some rows of a write before the others, and a write that
 fails part-way raises and is finished by its retry.
 
@@ -47,16 +50,16 @@ from google.cloud.bigtable.data.row_filters import (
 )
 from google.cloud.bigtable_admin_v2.types import GcRule, Table
 
-from profiles.writer import ProfileWrite, ProfileWriteConflict
+from profiles.writer import ProfileWrite, ProfileWriteConflict, StoredFragment, delta_id
 from stores.errors import StoreUnavailableError
-from stores.profiles import ProfileStore, changes_nothing
+from stores.profiles import ProfileStore, changed_since_read, changes_nothing
 
 ADMIN_TIMEOUT_S = 10.0
 
 _FRAGMENT, _VIEW, _IDENTITY, _REDIRECT = b"f#", b"v#", b"i#", b"r#"
-_DATA, _COPY, _COPIES, _MEMBERS = "d", "v", "c", "m"
+_DATA, _COPY, _COPIES, _MEMBERS, _DELTAS = "d", "v", "c", "m", "x"
 _DOC, _PERSON, _HOLDER = b"doc", b"person", b"holder"
-_FAMILIES = (_DATA, _COPY, _COPIES, _MEMBERS)
+_FAMILIES = (_DATA, _COPY, _COPIES, _MEMBERS, _DELTAS)
 # A view row's copies and members are bookkeeping for writes: a lookup by person reads its document only.
 _LOOKUP_FAMILIES = FamilyNameRegexFilter(f"{_DATA}|{_COPY}")
 
@@ -78,23 +81,24 @@ class BigtableProfileStore(ProfileStore):
                 raise StoreUnavailableError(f"profile store {url} cannot be reached: {message}") from None
         self._table = self._client.get_table(instance, table)
 
-    def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+    def fragments(self, keys: Iterable[str]) -> dict[str, StoredFragment]:
         wanted = {_key(_FRAGMENT, key): key for key in keys}
         if not wanted:
             return {}
         rows = self._table.read_rows(ReadRowsQuery(row_keys=list(wanted)))
-        return {wanted[row.row_key]: _latest(row)[_DATA, _DOC] for row in rows}
+        found = {wanted[row.row_key]: _fragment(_latest(row)) for row in rows}
+        return {key: stored for key, stored in found.items() if stored.base is not None or stored.deltas}
 
     def write(self, change: ProfileWrite) -> None:
         if changes_nothing(change):
             return
         persons, identities, fragments = self._stored(change)
-        if any(fragments.get(key) != doc for key, doc in change.expected.items()):
+        if changed_since_read(change, fragments):
             raise ProfileWriteConflict(f"{len(change.expected)} fragments changed since they were read")
-        # A fragment the change expects is put only while it still holds what was read, in a mutation of its own.
+        # A base the change expects is put only while it still holds what was read, in a mutation of its own.
         guarded = {key: doc for key, doc in change.fragments.items() if key in change.expected}
         for key, doc in guarded.items():
-            if not self._put_if_unchanged(key, doc, change.expected[key]):
+            if not self._put_if_unchanged(key, doc, change.expected[key] or StoredFragment(None, {})):
                 raise ProfileWriteConflict(f"fragment {key} changed since it was read")
         plan = _Plan(persons, identities)
         unguarded = {key: doc for key, doc in change.fragments.items() if key not in guarded}
@@ -121,10 +125,15 @@ class BigtableProfileStore(ProfileStore):
     def is_transient(self, error: BaseException) -> bool:
         return isinstance(error, (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded))
 
-    def _put_if_unchanged(self, key: str, doc: bytes, expected: bytes | None) -> bool:
-        """Puts a fragment if it holds ``expected`` (``None``: if it is absent); whether it did."""
+    def _put_if_unchanged(self, key: str, doc: bytes, read: StoredFragment) -> bool:
+        """Puts a fragment's base and drops the deltas it was read with, if its base is the one read (or absent if it
+        was); whether it did. A delta appended since stays."""
+        expected = read.base
         stored_doc = RowFilterChain([FamilyNameRegexFilter(_DATA), ColumnQualifierRegexFilter(_DOC)])
-        mutations = _replace(_DATA, _DOC, doc)
+        mutations = [
+            *_replace(_DATA, _DOC, doc),
+            *(DeleteRangeFromColumn(_DELTAS, name.encode()) for name in read.deltas),
+        ]
         if expected is None:
             return not self._table.check_and_mutate_row(
                 _key(_FRAGMENT, key), stored_doc, false_case_mutations=mutations
@@ -150,14 +159,13 @@ class BigtableProfileStore(ProfileStore):
         keys = [_key(kind, person) for person in persons for kind in (_VIEW, _REDIRECT)]
         keys += [_key(_IDENTITY, identity) for identity in identities]
         keys += [_key(_FRAGMENT, key) for key in change.expected]
-        fragments: dict[str, bytes] = {}
+        fragments: dict[str, StoredFragment] = {}
         if not keys:
             return persons, identities, fragments
         for row in self._table.read_rows(ReadRowsQuery(row_keys=keys)):
             kind, name, cells = row.row_key[:2], row.row_key[2:].decode(), _latest(row)
             if kind == _FRAGMENT:
-                if (_DATA, _DOC) in cells:
-                    fragments[name] = cells[_DATA, _DOC]
+                fragments[name] = _fragment(cells)
             elif kind == _VIEW:
                 persons[name].doc = cells.get((_DATA, _DOC))
                 persons[name].copies = {qualifier for family, qualifier in cells if family == _COPIES}
@@ -243,6 +251,8 @@ class _Plan:
                 self._redirect(retired, survivor)
         for key, doc in change.fragments.items():
             self._mutations[_key(_FRAGMENT, key)] += _replace(_DATA, _DOC, doc)
+        for key, doc in change.deltas.items():
+            self._mutations[_key(_FRAGMENT, key)] += _replace(_DELTAS, delta_id(doc).encode(), doc)
 
     def entries(self) -> list[RowMutationEntry]:
         for row in self._moved:
@@ -382,6 +392,11 @@ def _latest(row: Row) -> dict[tuple[str, bytes], bytes]:
     for cell in row.cells:
         cells.setdefault((cell.family, cell.qualifier), cell.value)
     return cells
+
+
+def _fragment(cells: Mapping[tuple[str, bytes], bytes]) -> StoredFragment:
+    deltas = {qualifier.decode(): doc for (family, qualifier), doc in cells.items() if family == _DELTAS}
+    return StoredFragment(cells.get((_DATA, _DOC)), deltas)
 
 
 def _copy(cells: Mapping[tuple[str, bytes], bytes]) -> bytes | None:

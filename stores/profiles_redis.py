@@ -1,12 +1,13 @@
 """The profile store on Redis: one server that every worker of a cluster shares.
 
-Opened by :func:`~stores.opening.open_profile_store` from ``redis://host:port/db``. Each call is one round trip:
-fragments are read with one ``MGET``, and a write and each lookup run one Lua script (``EVALSHA``; ``EVAL`` when the
-server has lost its script cache), so a write is atomic; it checks the SHA-1 of the fragments it expects before it
-writes anything. Names and documents are stored as they are, under ``prefix`` (``ps:pf:``): ``f:<fragment key>``,
+Opened by :func:`~stores.opening.open_profile_store` from ``redis://host:port/db``. Each call is one round trip: a
+read of fragments, a write and each lookup run one Lua script (``EVALSHA``; ``EVAL`` when the server has lost its
+script cache), so a write is atomic; it checks the delta names and bases of the fragments it expects (the SHA-1 of a
+base it replaces) before it writes anything. Names and documents are stored as they are, under ``prefix``
+(``ps:pf:``): ``f:<fragment key>`` (the base), ``d:<fragment key>`` (a hash of the deltas by name),
 ``v:<person>``, ``i:<identity key>`` (its person), ``r:<person>`` (the person that absorbed it) and ``a:<person>``
 (the persons redirected to it). A write drops views and index entries first and then puts; redirects are one step
-long, so a lookup follows at most one.
+long, so a lookup follows at most one. A store of the layout before deltas (bases only) is read as it is.
 
 Why scripts: docs/decisions/0017-one-lua-script-per-redis-store-call.md; redirects:
 docs/decisions/0020-redirects-are-one-step-long.md.
@@ -15,11 +16,12 @@ docs/decisions/0020-redirects-are-one-step-long.md.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 
-from profiles.writer import ProfileWrite, ProfileWriteConflict
+from profiles.writer import ProfileWrite, ProfileWriteConflict, StoredFragment, delta_id
 from stores.errors import StoreUnavailableError
 from stores.identity_redis import CLIENT_TIMEOUTS, is_unreachable
 from stores.profiles import ProfileStore, changes_nothing
@@ -43,9 +45,22 @@ if not person then return false end
 return view_of(person)
 """
 )
-# ARGV[2..]: seven sections, each its length and then its items: (fragment key, SHA-1 of the bytes expected or "" for
-# none) pairs, checked before anything is written (a mismatch answers "conflict"); the views to drop, the identities
-# to unindex; then (name, value) pairs of fragments, views, index entries and redirects.
+# ARGV[2..]: fragment keys; for each, whether it has a base, the base, and its deltas as (name, doc) pairs.
+_FRAGMENTS = r"""
+local prefix, found = ARGV[1], {}
+for i = 2, #ARGV do
+  local base = redis.call('GET', prefix .. 'f:' .. ARGV[i])
+  local stored = {base and 1 or 0, base or ''}
+  for _, item in ipairs(redis.call('HGETALL', prefix .. 'd:' .. ARGV[i])) do stored[#stored + 1] = item end
+  found[#found + 1] = stored
+end
+return found
+"""
+# ARGV[2..]: nine sections, each its length and then its items: (fragment key, base, delta names) triples, checked
+# before anything is written (a mismatch answers "conflict"): the base is "" for none, "+" for any, or the SHA-1 of
+# the bytes, the names sorted and joined by ","; the views to drop, the identities to unindex; (fragment key, name)
+# pairs of deltas to drop; (name, value) pairs of fragment bases; (fragment key, name, doc) triples of deltas to
+# append; (name, value) pairs of views, index entries and redirects.
 _WRITE = r"""
 local prefix = ARGV[1]
 local position = 2
@@ -67,16 +82,22 @@ local function unredirect(person)
   end
 end
 
-local expected = section(2)
-for i = 1, #expected, 2 do
+local expected = section(3)
+for i = 1, #expected, 3 do
   local held = redis.call('GET', key('f', expected[i]))
-  if (held and redis.sha1hex(held) or '') ~= expected[i + 1] then return 'conflict' end
+  local base = ''
+  if held then base = expected[i + 1] == '+' and '+' or redis.sha1hex(held) end
+  local names = redis.call('HKEYS', key('d', expected[i]))
+  table.sort(names)
+  if base ~= expected[i + 1] or table.concat(names, ',') ~= expected[i + 2] then return 'conflict' end
 end
-local drop_views, unindex = section(1), section(1)
-local fragments, views, index, redirects = section(2), section(2), section(2), section(2)
+local drop_views, unindex, drop_deltas, fragments = section(1), section(1), section(2), section(2)
+local deltas, views, index, redirects = section(3), section(2), section(2), section(2)
 for _, person in ipairs(drop_views) do redis.call('DEL', key('v', person)) end
 for _, identity in ipairs(unindex) do redis.call('DEL', key('i', identity)) end
+for i = 1, #drop_deltas, 2 do redis.call('HDEL', key('d', drop_deltas[i]), drop_deltas[i + 1]) end
 put('f', fragments)
+for i = 1, #deltas, 3 do redis.call('HSET', key('d', deltas[i]), deltas[i + 1], deltas[i + 2]) end
 put('v', views)
 put('i', index)
 for i = 1, #views, 2 do unredirect(views[i]) end
@@ -103,7 +124,7 @@ for i = 1, #redirects, 2 do
   end
 end
 """
-_SCRIPTS = (_WRITE, _VIEW_BY_IDENTITY, _VIEW_BY_PERSON)
+_SCRIPTS = (_FRAGMENTS, _WRITE, _VIEW_BY_IDENTITY, _VIEW_BY_PERSON)
 
 
 class RedisProfileStore(ProfileStore):
@@ -120,20 +141,35 @@ class RedisProfileStore(ProfileStore):
         except redis.RedisError as error:
             raise StoreUnavailableError(f"profile store {url} cannot be reached: {error}") from None
 
-    def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+    def fragments(self, keys: Iterable[str]) -> dict[str, StoredFragment]:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        found = self._client.mget([self._prefix + "f:" + key for key in wanted])
-        return {key: doc for key, doc in zip(wanted, found, strict=True) if doc is not None}
+        found: dict[str, StoredFragment] = {}
+        for key, (has_base, base, *deltas) in zip(wanted, self._run(_FRAGMENTS, wanted), strict=True):
+            if has_base or deltas:
+                names = [name.decode() for name in deltas[::2]]
+                found[key] = StoredFragment(base if has_base else None, dict(zip(names, deltas[1::2], strict=True)))
+        return found
 
     def write(self, change: ProfileWrite) -> None:
         if changes_nothing(change):
             return
-        expected = {key: "" if doc is None else hashlib.sha1(doc).hexdigest() for key, doc in change.expected.items()}
-        args: list[str | bytes | int] = [*_pairs(expected), *_names(change.drop_views), *_names(change.unindex)]
-        for pairs in (change.fragments, change.views, change.index, change.redirects):
-            args += _pairs(pairs)
+        expected = [
+            (
+                key,
+                _base_check(stored, replaces=key in change.fragments),
+                ",".join(sorted(stored.deltas if stored else ())),
+            )
+            for key, stored in change.expected.items()
+        ]
+        drop_deltas = [(key, name) for key in change.fragments for name in (change.expected.get(key) or _ABSENT).deltas]
+        deltas = [(key, delta_id(doc), doc) for key, doc in change.deltas.items()]
+        args: list[Any] = [*_rows(expected), *_names(change.drop_views), *_names(change.unindex), *_rows(drop_deltas)]
+        args += _rows(change.fragments.items())
+        args += _rows(deltas)
+        for pairs in (change.views, change.index, change.redirects):
+            args += _rows(pairs.items())
         if self._run(_WRITE, args) == b"conflict":
             raise ProfileWriteConflict(f"{len(expected)} fragments changed since they were read")
 
@@ -149,7 +185,7 @@ class RedisProfileStore(ProfileStore):
     def is_transient(self, error: BaseException) -> bool:
         return is_unreachable(error)
 
-    def _run(self, source: str, args: Sequence[str | bytes | int]) -> bytes | None:
+    def _run(self, source: str, args: Sequence[str | bytes | int]) -> Any:
         # redis-py's Script sends EVALSHA, and loads the script again should the server answer NOSCRIPT.
         return self._scripts[source](args=[self._prefix, *args])
 
@@ -158,8 +194,17 @@ def _names(names: Sequence[str]) -> list[str | bytes | int]:
     return [len(names), *names]
 
 
-def _pairs(pairs: Mapping[str, str] | Mapping[str, bytes]) -> list[str | bytes | int]:
-    flat: list[str | bytes | int] = [len(pairs)]
-    for name, value in pairs.items():
-        flat += [name, value]
-    return flat
+def _rows(rows: Iterable[tuple[str | bytes, ...]]) -> list[Any]:
+    """A section of rows of one width: their count, then their items."""
+    listed = list(rows)
+    return [len(listed), *(item for row in listed for item in row)]
+
+
+_ABSENT = StoredFragment(None, {})
+
+
+def _base_check(stored: StoredFragment | None, *, replaces: bool) -> str:
+    """What the write script checks of an expected fragment's base: "" none, "+" any, or the SHA-1 of its bytes."""
+    if stored is None or stored.base is None:
+        return ""
+    return hashlib.sha1(stored.base).hexdigest() if replaces else "+"

@@ -1,12 +1,15 @@
 """The profile store on SQLite: the embedded default, one file that the processes of one machine share.
 
 Opened by :func:`~stores.opening.open_profile_store` from ``sqlite:///path.db`` (the folder is created) or
-``sqlite:///:memory:`` (private to the store object). Tables: ``fragments (key, doc)``, one per (identity, dataset);
-``views (person, doc)``, the merged profile of each live person; ``identity_index (identity, person)``, every identity
-of a profile; ``redirects (person, target)``, a person id merged away → the person that absorbed it.
+``sqlite:///:memory:`` (private to the store object). Tables: ``fragments (key, doc)``, the base of each (identity,
+dataset); ``fragment_deltas (key, delta, doc)``, the deltas appended to it since; ``views (person, doc)``, the merged
+profile of each live person; ``identity_index (identity, person)``, every identity of a profile; ``redirects (person,
+target)``, a person id merged away → the person that absorbed it.
 
-A write runs in one ``BEGIN IMMEDIATE`` transaction (:mod:`stores.sqlite_files`), first reads the fragments it expects
-and raises :class:`~profiles.writer.ProfileWriteConflict` if any differs, then drops views and index entries and puts.
+A write runs in one ``BEGIN IMMEDIATE`` transaction (:mod:`stores.sqlite_files`), first reads the delta names and base
+keys of the fragments it expects (and the bases it replaces) and raises :class:`~profiles.writer.ProfileWriteConflict`
+if any differs, then drops views and index entries and puts. A file of the layout before deltas (bases only) is read
+as it is: the table of deltas is added, empty.
 Redirects are one step long, so each lookup is one query that follows at most one. Why:
 docs/decisions/0018-sqlite-stores-take-turns-in-immediate-transactions.md,
 docs/decisions/0020-redirects-are-one-step-long.md.
@@ -16,8 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from profiles.writer import ProfileWrite, ProfileWriteConflict
-from stores.profiles import ProfileStore, changes_nothing
+from profiles.writer import ProfileWrite, ProfileWriteConflict, StoredFragment, delta_id
+from stores.profiles import ProfileStore, changed_since_read, changes_nothing
 from stores.sqlite_files import is_busy, open_store_file, transaction
 
 # Bound parameters per IN list, well under SQLite's limit of 32,766.
@@ -26,6 +29,8 @@ KEYS_PER_QUERY = 500
 _SCHEMA = """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS fragments (key TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS fragment_deltas (key TEXT NOT NULL, delta TEXT NOT NULL, doc BLOB NOT NULL,
+  PRIMARY KEY (key, delta));
 CREATE TABLE IF NOT EXISTS views (person TEXT PRIMARY KEY, doc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS identity_index (identity TEXT PRIMARY KEY, person TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS redirects (person TEXT PRIMARY KEY, target TEXT NOT NULL) WITHOUT ROWID;
@@ -62,23 +67,34 @@ class SqliteProfileStore(ProfileStore):
             path, _SCHEMA, "profile store", read_only=read_only, tables=("fragments", "views", "identity_index")
         )
 
-    def fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+    def fragments(self, keys: Iterable[str]) -> dict[str, StoredFragment]:
         with transaction(self._connection, "BEGIN"):
-            return self._fragments(keys)
+            return _stored(self._select(_FRAGMENT_ROWS, keys))
 
     def write(self, change: ProfileWrite) -> None:
         if changes_nothing(change):
             return
         execute_each = self._connection.executemany
         with transaction(self._connection):
-            held = self._fragments(change.expected)
-            if any(held.get(key) != doc for key, doc in change.expected.items()):
+            # Names only, and the bases only where they are replaced: the check must cost less than the read it guards.
+            replaced = [key for key in change.fragments if key in change.expected]
+            names = [(key, delta, b"") for key, delta in self._select(_FRAGMENT_NAMES, change.expected)]
+            held = _stored([*names, *self._select(_BASES, replaced)])
+            if changed_since_read(change, held):
                 raise ProfileWriteConflict(f"{len(change.expected)} fragments changed since they were read")
             execute_each("DELETE FROM views WHERE person = ?", [(person,) for person in change.drop_views])
             execute_each("DELETE FROM identity_index WHERE identity = ?", [(key,) for key in change.unindex])
+            execute_each(
+                "DELETE FROM fragment_deltas WHERE key = ? AND delta = ?",
+                [(key, delta) for key in replaced for delta in (change.expected[key] or _ABSENT).deltas],
+            )
             execute_each("INSERT OR REPLACE INTO fragments VALUES (?, ?)", change.fragments.items())
+            execute_each(
+                "INSERT OR REPLACE INTO fragment_deltas VALUES (?, ?, ?)",
+                [(key, delta_id(doc), doc) for key, doc in change.deltas.items()],
+            )
             execute_each("INSERT OR REPLACE INTO views VALUES (?, ?)", change.views.items())
-            execute_each("INSERT OR REPLACE INTO identity_index VALUES (?, ?)", change.index.items())
+            execute_each(_INDEX, change.index.items())
             execute_each("DELETE FROM redirects WHERE person = ?", [(person,) for person in change.views])
             # In order: each redirect resolves against the ones before it.
             for retired, survivor in change.redirects.items():
@@ -100,15 +116,44 @@ class SqliteProfileStore(ProfileStore):
     def is_transient(self, error: BaseException) -> bool:
         return is_busy(error)
 
-    def _fragments(self, keys: Iterable[str]) -> dict[str, bytes]:
+    def _select(self, query: str, keys: Iterable[str]) -> list[tuple]:
+        """The rows of ``query`` (a SELECT whose every ``{keys}`` is an IN list) for these fragment keys."""
         wanted = list(dict.fromkeys(keys))
-        found: dict[str, bytes] = {}
+        found: list[tuple] = []
         # A plain IN list per chunk: filling a temporary table with the keys first cost twice the read itself.
         for start in range(0, len(wanted), KEYS_PER_QUERY):
             chunk = wanted[start : start + KEYS_PER_QUERY]
             marks = ",".join("?" * len(chunk))
-            found.update(self._connection.execute(f"SELECT key, doc FROM fragments WHERE key IN ({marks})", chunk))
+            found += self._connection.execute(query.format(keys=marks), chunk * query.count("{keys}"))
         return found
+
+
+_ABSENT = StoredFragment(None, {})
+# A flush indexes every identity of the persons it writes, almost all as they were: an entry that holds its person
+# already is left alone rather than deleted and inserted again.
+_INDEX = """
+INSERT INTO identity_index VALUES (?, ?)
+ON CONFLICT (identity) DO UPDATE SET person = excluded.person WHERE person != excluded.person
+"""
+# Rows of (fragment key, delta name or NULL for the base, document).
+_BASES = "SELECT key, NULL, doc FROM fragments WHERE key IN ({keys})"
+_FRAGMENT_ROWS = f"{_BASES} UNION ALL SELECT key, delta, doc FROM fragment_deltas WHERE key IN ({{keys}})"
+_FRAGMENT_NAMES = (
+    "SELECT key, NULL FROM fragments WHERE key IN ({keys}) "
+    "UNION ALL SELECT key, delta FROM fragment_deltas WHERE key IN ({keys})"
+)
+
+
+def _stored(rows: Iterable[tuple[str, str | None, bytes]]) -> dict[str, StoredFragment]:
+    """Fragments from rows of (key, delta name or ``None`` for the base, document)."""
+    bases: dict[str, bytes] = {}
+    deltas: dict[str, dict[str, bytes]] = {}
+    for key, delta, doc in rows:
+        if delta is None:
+            bases[key] = doc
+        else:
+            deltas.setdefault(key, {})[delta] = doc
+    return {key: StoredFragment(bases.get(key), deltas.get(key, {})) for key in bases.keys() | deltas.keys()}
 
 
 def _first(row: tuple[bytes] | None) -> bytes | None:

@@ -14,10 +14,12 @@ Google's ``cbtemulator``, each on a free loopback port and stopped at the end; a
 is skipped with a one-line reason), each beside a reference from the same run (README, "`make bench`"):
 
 - **profile writes/s**: per flush, ``store.fragments`` of every (identity, profile dataset) key of the person and one
-  ``store.write`` (a flush writes one view, so profiles/s is flushes/s), beside *raw* flushes of the same keys and
-  bytes under keys of their own, in turns of :data:`TURN_FLUSHES`: SQLite ``SELECT ... IN`` and one
-  ``INSERT OR REPLACE`` transaction; Redis ``MGET`` and the ``SET`` of each cell in one pipeline (no ``MULTI``);
-  Bigtable one ``read_rows`` and one ``bulk_mutate_rows``. The ratio is what the store's bookkeeping costs.
+  ``store.write`` of what the stage writes (:func:`~profiles.writer.fragment_writes`: a delta per fragment touched, or
+  its compacted base; the view; the index; the fragments read, as expected), so profiles/s is flushes/s, beside *raw*
+  flushes of the same cells (each base and each delta a cell of its own) and bytes under keys of their own, in turns
+  of :data:`TURN_FLUSHES`: SQLite ``SELECT ... IN`` and one ``INSERT OR REPLACE`` transaction; Redis ``MGET`` and the
+  ``SET`` of each cell in one pipeline (no ``MULTI``); Bigtable one ``read_rows`` and one ``bulk_mutate_rows``. The
+  ratio is what the store's bookkeeping costs.
 - **HTTP lookup latency**: ``profilestream serve`` in a process of its own on the store just filled, taking
   ``--requests`` (2,000) from ``--clients`` (4) keep-alive clients, half ``GET /profiles?identity=NS:ID`` and half
   ``GET /profiles/{person_id}``, with the bearer token; p50, p99 and requests/s, beside the store's own lookups
@@ -59,7 +61,7 @@ from identity.model import Identity
 from identity.namespaces import EXPERIENCE_EVENT_CLASS
 from pipelines.config import Config
 from profiles import model as profile_model
-from profiles.writer import ProfileWrite
+from profiles.writer import ProfileWrite, StoredFragment, delta_id, fragment_writes
 from schemas.registry import SchemaRegistry
 from service.api import API_TOKEN_ENV
 from service.profile_lookup import LookupBy
@@ -141,6 +143,7 @@ def generate(people: int, seed: int = SEED) -> Traffic:
     visits = [index for index in range(people) for _ in range(VISITS)]
     chance.shuffle(visits)
     fragments: dict[str, profile_model.Fragment] = {}
+    stored: dict[str, StoredFragment] = {}
     seen: set[int] = set()
     flushes = []
     for position, index in enumerate(visits):
@@ -149,37 +152,47 @@ def generate(people: int, seed: int = SEED) -> Traffic:
             someone, index, position, chance, profile=index not in seen or chance.random() < PROFILE_UPDATE_SHARE
         )
         seen.add(index)
-        touched = set()
+        deltas: dict[str, profile_model.Fragment] = {}
         for entity, is_event, record_time_us, message_id in records:
             carried = [Identity(namespace, ids[0]["id"]) for namespace, ids in entity["identityMap"].items()]
             owner = profile_model.fragment_identity(carried, rules)
             dataset = (event_schema if is_event else profile_schema).dataset.name
             key = f"{owner}|{dataset}"
-            fragment = fragments.get(key) or profile_model.Fragment(identity=owner, dataset=dataset)
-            fragments[key] = profile_model.apply(
-                fragment,
+            delta = deltas.get(key) or profile_model.Fragment(identity=owner, dataset=dataset)
+            deltas[key] = profile_model.apply(
+                delta,
                 entity,
                 is_event=is_event,
                 record_time_us=record_time_us,
                 ingest_time_us=record_time_us,
                 message_id=message_id,
             )
-            touched.add(key)
         keys = tuple(f"{identity}|{dataset}" for identity in known.identities for dataset in datasets)
+        expected = {key: stored.get(key) for key in keys}
+        for key, delta in deltas.items():
+            held = fragments.get(key)
+            fragments[key] = delta if held is None else profile_model.merge_fragments(held, delta)
+        appended, compacted, after = fragment_writes(deltas, fragments, stored)
+        stored.update(after)
         held = [fragments[key] for key in sorted(keys) if key in fragments]
         view = profile_model.build_view(known.person_id, identities_of[index], held, policy)
         write = ProfileWrite(
-            fragments={key: profile_model.fragment_to_bytes(fragments[key]) for key in sorted(touched)},
+            deltas=appended,
+            fragments=compacted,
             views={known.person_id: profile_model.view_to_bytes(view)},
             index=dict.fromkeys(known.identities, known.person_id),
+            expected=expected,
         )
-        flushes.append(Flush(known.person_id, keys, write, tuple(f"f:{key}" for key in keys), raw_cells(write)))
+        raw_keys = [f"f:{key}" for key in keys]
+        raw_keys += [f"f:{key}#{name}" for key, read in expected.items() if read is not None for name in read.deltas]
+        flushes.append(Flush(known.person_id, keys, write, tuple(raw_keys), raw_cells(write)))
     return Traffic(profiled, flushes)
 
 
 def raw_cells(write: ProfileWrite) -> dict[str, bytes]:
-    """The write's fragments, view and index entries as named cells of the same bytes."""
+    """The write's bases, deltas, view and index entries as named cells of the same bytes."""
     cells = {f"f:{key}": doc for key, doc in write.fragments.items()}
+    cells |= {f"f:{key}#{delta_id(doc)}": doc for key, doc in write.deltas.items()}
     cells |= {f"v:{owner}": doc for owner, doc in write.views.items()}
     cells |= {f"i:{identity}": owner.encode() for identity, owner in write.index.items()}
     return cells
@@ -613,7 +626,7 @@ def main(argv: list[str] | None = None) -> None:
         f"profiles: {args.people:,} people ({identities:,} identities), {len(traffic.flushes):,} flushes "
         f"({VISITS} visits each); lookups: {args.requests:,} from {args.clients} clients\n"
         "one raw flush: a plain batch get of a flush's fragment keys, then a batch set of its cells "
-        "(fragments, view, index)",
+        "(bases, deltas, view, index)",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as servers:

@@ -27,6 +27,7 @@ from profiles.model import (
     fragment_identity,
     fragment_to_bytes,
     merge_fragments,
+    record_fragment,
     regroup,
     view_from_bytes,
     view_to_bytes,
@@ -738,3 +739,26 @@ def test_merging_a_fragment_with_itself_changes_nothing(records):
     a = one_key_fragment(records)
 
     assert fragment_to_bytes(merged(a, a)) == fragment_to_bytes(a)
+
+
+NO_BODIES = ProfileLimits(max_events=3, recent_events=0)
+
+
+@PROPERTY_SETTINGS
+@given(st.one_of(profile_records, replayable_events, conflicting_events), st.sampled_from([TIGHT, NO_BODIES]))
+def test_a_record_s_own_fragment_is_the_record_applied_to_an_empty_one(record, limits):
+    schema = EXPERIENCE_EVENT_CLASS if record.is_event else PROFILE_CLASS
+    own = record_fragment(
+        record.identity,
+        record.dataset,
+        record.entity,
+        is_event=record.is_event,
+        record_time_us=record_time_us(record.entity, schema, record.ingest_us),
+        ingest_time_us=record.ingest_us,
+        message_id=record.message_id,
+        policy_limits=limits,
+    )
+
+    assert fragment_to_bytes(own) == fragment_to_bytes(
+        applied(Fragment(record.identity, record.dataset), record, limits)
+    )

@@ -18,8 +18,8 @@ import redis
 from core.records import ValidRecord
 from identity.stitching import link_batch, record_identities
 from pipelines.config import Config
-from profiles.model import fragment_from_bytes, view_from_bytes
-from profiles.writer import ProfileSettings, ProfileWriter
+from profiles.model import view_from_bytes
+from profiles.writer import ProfileSettings, ProfileWriter, merge_stored
 from schemas.registry import SchemaRegistry
 from stores.opening import open_identity_store, open_profile_store
 
@@ -96,7 +96,7 @@ def test_two_processes_flushing_one_persons_fragments_lose_no_update(tmp_path: P
 
     expected = sorted(record.entity["_id"] for side in "ab" for record in side_events(side))
     with open_profile_store(profile_url) as store:
-        fragment = fragment_from_bytes(store.fragments([FRAGMENT])[FRAGMENT])
+        fragment = merge_stored(None, store.fragments([FRAGMENT])[FRAGMENT])
         view = view_from_bytes(store.view_by_identity(f"ECID:{DEVICE}"))
     assert sorted(fragment.events) == expected
     assert view["events"]["count"] == len(expected)

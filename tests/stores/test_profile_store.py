@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 import socket
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,7 +21,7 @@ from google.cloud import bigtable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from profiles.writer import ProfileWrite, ProfileWriteConflict
+from profiles.writer import ProfileWrite, ProfileWriteConflict, StoredFragment, delta_id
 from stores.errors import StoreUnavailableError
 from stores.opening import open_profile_store
 from stores.profiles import ProfileStore
@@ -47,6 +48,7 @@ PROPERTY_SETTINGS = settings(
 DOCS = st.binary(max_size=3)
 WRITES = st.builds(
     ProfileWrite,
+    deltas=st.dictionaries(st.sampled_from(FRAGMENT_KEYS), DOCS, max_size=2),
     fragments=st.dictionaries(st.sampled_from(FRAGMENT_KEYS), DOCS, max_size=2),
     views=st.dictionaries(st.sampled_from(PERSONS), DOCS, max_size=2),
     index=st.dictionaries(st.sampled_from(IDENTITIES), st.sampled_from(PERSONS), max_size=3),
@@ -90,7 +92,8 @@ def flushed(url: str) -> str:
 class Reference:
     """The contract: what every backend's lookups answer after the same writes.
 
-    A write drops views and index entries, then puts fragments, views and index entries; a person given a view is
+    A write drops views and index entries, then puts fragment bases (dropping the deltas it read of them), appends
+    deltas under their names, and puts views and index entries; a person given a view is
     live, and loses its redirect; then the redirects are set in order, each resolved against those before it.
     Redirects stay one step long: a redirect to a redirected person goes to the end of the chain, and the redirects
     to a person merged away move to its survivor; a redirect to a person that redirects to the retired one (merged the
@@ -99,7 +102,7 @@ class Reference:
     """
 
     def __init__(self) -> None:
-        self.fragments: dict[str, bytes] = {}
+        self.fragments: dict[str, StoredFragment] = {}
         self.views: dict[str, bytes] = {}
         self.index: dict[str, str] = {}
         self.redirects: dict[str, str] = {}
@@ -109,7 +112,15 @@ class Reference:
             self.views.pop(person, None)
         for identity in change.unindex:
             self.index.pop(identity, None)
-        self.fragments.update(change.fragments)
+        for key, doc in change.fragments.items():
+            read = change.expected.get(key) or StoredFragment(None, {})
+            held = self.fragments.get(key, StoredFragment(None, {})).deltas
+            self.fragments[key] = StoredFragment(
+                doc, {name: delta for name, delta in held.items() if name not in read.deltas}
+            )
+        for key, doc in change.deltas.items():
+            held = self.fragments.get(key, StoredFragment(None, {}))
+            self.fragments[key] = StoredFragment(held.base, {**held.deltas, delta_id(doc): doc})
         self.views.update(change.views)
         self.index.update(change.index)
         for person in change.views:
@@ -183,15 +194,40 @@ SPLIT = ProfileWrite(
 def test_fragments_come_back_by_key_and_absent_keys_are_left_out(empty_store_url: Callable[[], str]) -> None:
     with open_profile_store(empty_store_url()) as store:
         store.write(ProfileWrite(fragments={FRAGMENT_KEYS[0]: b"crm", FRAGMENT_KEYS[1]: b"web"}))
-        assert store.fragments([FRAGMENT_KEYS[1], FRAGMENT_KEYS[2], FRAGMENT_KEYS[1]]) == {FRAGMENT_KEYS[1]: b"web"}
+        assert store.fragments([FRAGMENT_KEYS[1], FRAGMENT_KEYS[2], FRAGMENT_KEYS[1]]) == {
+            FRAGMENT_KEYS[1]: StoredFragment(b"web", {})
+        }
         assert store.fragments([]) == {}
+
+
+def test_deltas_come_back_by_name_beside_the_base_and_appending_one_again_changes_nothing(
+    empty_store_url: Callable[[], str],
+) -> None:
+    with open_profile_store(empty_store_url()) as store:
+        store.write(ProfileWrite(fragments={FRAGMENT_KEYS[0]: b"base"}, deltas={FRAGMENT_KEYS[1]: b"d1"}))
+        for _ in range(2):
+            store.write(ProfileWrite(deltas={FRAGMENT_KEYS[0]: b"d2", FRAGMENT_KEYS[1]: b"d3"}))
+        assert store.fragments(FRAGMENT_KEYS) == {
+            FRAGMENT_KEYS[0]: StoredFragment(b"base", {delta_id(b"d2"): b"d2"}),
+            FRAGMENT_KEYS[1]: StoredFragment(None, {delta_id(b"d1"): b"d1", delta_id(b"d3"): b"d3"}),
+        }
+
+
+def test_a_compaction_replaces_the_base_and_drops_the_deltas_it_read(empty_store_url: Callable[[], str]) -> None:
+    key = FRAGMENT_KEYS[0]
+    with open_profile_store(empty_store_url()) as store:
+        store.write(ProfileWrite(fragments={key: b"base"}, deltas={key: b"d1"}))
+        store.write(ProfileWrite(deltas={key: b"d2"}))
+        read = store.fragments([key])[key]
+        store.write(ProfileWrite(fragments={key: b"base+d1+d2"}, views={ADA: b"ada"}, expected={key: read}))
+        assert store.fragments([key]) == {key: StoredFragment(b"base+d1+d2", {})}
 
 
 def test_a_later_fragment_replaces_the_earlier(empty_store_url: Callable[[], str]) -> None:
     with open_profile_store(empty_store_url()) as store:
         store.write(ProfileWrite(fragments={FRAGMENT_KEYS[0]: b"old"}))
         store.write(ProfileWrite(fragments={FRAGMENT_KEYS[0]: b"new"}))
-        assert store.fragments(FRAGMENT_KEYS) == {FRAGMENT_KEYS[0]: b"new"}
+        assert store.fragments(FRAGMENT_KEYS) == {FRAGMENT_KEYS[0]: StoredFragment(b"new", {})}
 
 
 def test_a_view_is_found_by_each_of_its_identities_and_by_person(empty_store_url: Callable[[], str]) -> None:
@@ -317,31 +353,39 @@ def test_writing_each_change_twice_leaves_what_writing_it_once_does(empty_store_
 def test_a_write_whose_fragments_are_as_it_read_them_applies(empty_store_url: Callable[[], str]) -> None:
     with open_profile_store(empty_store_url()) as store:
         store.write(PROFILES)
-        expected = {FRAGMENT_KEYS[0]: b"ada-crm", FRAGMENT_KEYS[1]: None}
-        store.write(ProfileWrite(fragments={FRAGMENT_KEYS[1]: b"ada-web"}, views={ADA: b"ada2"}, expected=expected))
-
-        assert contents(store) == contents(
-            written([PROFILES, ProfileWrite(fragments={FRAGMENT_KEYS[1]: b"ada-web"}, views={ADA: b"ada2"})])
+        expected = {FRAGMENT_KEYS[0]: StoredFragment(b"ada-crm", {}), FRAGMENT_KEYS[1]: None}
+        change = ProfileWrite(
+            fragments={FRAGMENT_KEYS[1]: b"ada-web"},
+            deltas={FRAGMENT_KEYS[0]: b"ada-crm-2"},
+            views={ADA: b"ada2"},
+            expected=expected,
         )
+        store.write(change)
+
+        assert contents(store) == contents(written([PROFILES, change]))
 
 
 @pytest.mark.parametrize(
     "expected",
     [
-        {FRAGMENT_KEYS[0]: b"ada-crm-as-read-before"},  # another write changed it
-        {FRAGMENT_KEYS[1]: b"ada-web"},  # it was read, and is gone
-        {FRAGMENT_KEYS[0]: b"ada-crm", FRAGMENT_KEYS[2]: None},  # it was absent, and another write created it
+        {FRAGMENT_KEYS[0]: StoredFragment(b"ada-crm-as-read-before", {})},  # another write compacted it
+        {FRAGMENT_KEYS[1]: StoredFragment(b"ada-web", {})},  # it was read, and is gone
+        {FRAGMENT_KEYS[0]: StoredFragment(b"ada-crm", {}), FRAGMENT_KEYS[2]: None},  # absent, and another created it
+        {FRAGMENT_KEYS[2]: StoredFragment(b"bob-crm", {})},  # another write appended a delta since
+        {FRAGMENT_KEYS[2]: StoredFragment(b"bob-crm", {delta_id(b"bob-1"): b"bob-1", "gone": b"x"})},  # compacted
     ],
-    ids=["changed", "gone", "created"],
+    ids=["changed", "gone", "created", "appended", "compacted"],
 )
 def test_a_write_whose_fragments_changed_since_it_read_them_changes_nothing(
-    empty_store_url: Callable[[], str], expected: dict[str, bytes | None]
+    empty_store_url: Callable[[], str], expected: dict[str, StoredFragment | None]
 ) -> None:
     with open_profile_store(empty_store_url()) as store:
         store.write(PROFILES)
+        store.write(ProfileWrite(deltas={FRAGMENT_KEYS[2]: b"bob-1"}))
         before = contents(store)
         change = ProfileWrite(
             fragments={FRAGMENT_KEYS[0]: b"lost?"},
+            deltas={FRAGMENT_KEYS[2]: b"lost too?"},
             views={ADA: b"ada2"},
             index={ADA_EMAIL: BOB},
             redirects={CAT: ADA},
@@ -368,7 +412,7 @@ def test_odd_characters_and_binary_documents_come_back_unchanged(empty_store_url
     fragment, doc = f"{identity}|ds#1", bytes(range(256))
     with open_profile_store(empty_store_url()) as store:
         store.write(ProfileWrite(fragments={fragment: doc}, views={person: doc}, index={identity: person}))
-        assert store.fragments([fragment]) == {fragment: doc}
+        assert store.fragments([fragment]) == {fragment: StoredFragment(doc, {})}
         assert store.view_by_identity(identity) == store.view_by_person(person) == doc
         assert store.view_by_identity(identity[:-2]) is None
 
@@ -576,3 +620,29 @@ def cut_part_way(store: ProfileStore, change: ProfileWrite, rng: random.Random) 
     finally:
         del table.bulk_mutate_rows
     return batches[0] if batches else None
+
+
+def test_a_sqlite_file_of_the_layout_before_deltas_keeps_its_profiles(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_SQLITE_LAYOUT)
+        old.execute("INSERT INTO fragments VALUES (?, ?)", (FRAGMENT_KEYS[0], b"ada-crm"))
+        old.execute("INSERT INTO views VALUES (?, ?)", (ADA, b"ada"))
+        old.execute("INSERT INTO identity_index VALUES (?, ?)", (ADA_EMAIL, ADA))
+    with open_profile_store(f"sqlite:///{path}") as store:
+        assert store.fragments(FRAGMENT_KEYS) == {FRAGMENT_KEYS[0]: StoredFragment(b"ada-crm", {})}
+        assert store.view_by_identity(ADA_EMAIL) == b"ada"
+        store.write(ProfileWrite(deltas={FRAGMENT_KEYS[0]: b"ada-crm-2"}, expected=store.fragments(FRAGMENT_KEYS)))
+        assert store.fragments(FRAGMENT_KEYS) == {
+            FRAGMENT_KEYS[0]: StoredFragment(b"ada-crm", {delta_id(b"ada-crm-2"): b"ada-crm-2"})
+        }
+
+
+# The SQLite profile store's tables before fragments held deltas.
+OLD_SQLITE_LAYOUT = """
+CREATE TABLE fragments (key TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE views (person TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE identity_index (identity TEXT PRIMARY KEY, person TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE redirects (person TEXT PRIMARY KEY, target TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX redirects_by_target ON redirects (target);
+"""

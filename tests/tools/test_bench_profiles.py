@@ -42,7 +42,7 @@ def test_each_flush_writes_its_person_view_and_indexes_all_their_identities(traf
     for flush in traffic.flushes:
         assert list(flush.write.views) == [flush.person_id]
         assert flush.write.index == dict.fromkeys(identities[flush.person_id], flush.person_id)
-        assert flush.write.fragments.keys() <= set(flush.keys)
+        assert {*flush.write.fragments, *flush.write.deltas} <= set(flush.keys)
     assert len(traffic.flushes) > len(traffic.people)  # people come back: later flushes read what earlier ones wrote
 
 
