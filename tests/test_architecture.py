@@ -35,6 +35,7 @@ PACKAGES = tuple(MAY_IMPORT)
 BEAM_FREE = ("core", "schemas", "messages", "identity", "profiles", "lake", "stores", "service")
 BEAM_STAGES = frozenset(
     {
+        "bundle_batches",
         "coders",
         "dead_letter",
         "decode",

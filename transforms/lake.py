@@ -51,11 +51,10 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.coders import BooleanCoder
+from apache_beam.coders import BooleanCoder, ListCoder
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
-from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
@@ -66,6 +65,7 @@ from core.records import LakeRow
 from lake.folders import clean_stale_temp_files, make_folders, refuse_linked_folders, writer_temp_dir
 from lake.windows import COMMIT_INTERVAL_S, divides_an_hour
 from transforms import metrics
+from transforms.bundle_batches import KeyedBundleBatches
 from transforms.coders import RecordCoder
 
 TableBuilder = Callable[[list[Mapping[str, Any]], pa.Schema], pa.Table]
@@ -149,22 +149,18 @@ class WriteToLake(beam.PTransform):
             "table_builder": self._table_builder,
             "clock": self._clock,
         }
-        keyed = rows | "KeyByCommitWindow" >> beam.ParDo(
-            _KeyByCommitWindowFn(self._commit_interval_s * _MICROS)
-        ).with_output_types(tuple[tuple[str, int], LakeRow])
+        # Each bundle's rows as one list per key: the shuffle and the bag cost per list, not per row.
+        keyed = rows | "KeyByCommitWindow" >> KeyedBundleBatches(
+            functools.partial(_commit_window_key, interval_us=self._commit_interval_s * _MICROS)
+        ).with_output_types(tuple[tuple[str, int], list[LakeRow]])
         if rows.pipeline.options.view_as(StandardOptions).streaming:
             write_panes = _BufferAndWritePanesFn(
                 self._lake_dir, self._schemas, interval_us=self._commit_interval_s * _MICROS, **writer_options
             )
-            files = (
-                keyed
-                | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-                | "BufferAndWritePanes" >> beam.ParDo(write_panes).with_output_types(LakeFile)
-            )
+            files = keyed | "BufferAndWritePanes" >> beam.ParDo(write_panes).with_output_types(LakeFile)
         else:
             files = (
                 keyed
-                | "OneWindowForAll" >> beam.WindowInto(window.GlobalWindows())
                 | "GroupPanes" >> beam.GroupByKey()
                 | "WritePanes"
                 >> beam.ParDo(_WritePaneFn(self._lake_dir, self._schemas, **writer_options)).with_output_types(LakeFile)
@@ -190,17 +186,9 @@ def _is_dataset_folder_name(name: str) -> bool:
     return bool(name) and "/" not in name and os.sep not in name and name[0] not in "._"
 
 
-class _KeyByCommitWindowFn(beam.DoFn):
-    """Keys each row by its dataset and the start (µs) of the commit window holding its element timestamp."""
-
-    def __init__(self, interval_us: int) -> None:
-        self._interval_us = interval_us
-
-    def process(
-        self, row: LakeRow, timestamp: Timestamp = beam.DoFn.TimestampParam
-    ) -> Iterator[tuple[tuple[str, int], LakeRow]]:
-        micros = timestamp.micros
-        yield (row.dataset, micros - micros % self._interval_us), row
+def _commit_window_key(row: LakeRow, micros: int, *, interval_us: int) -> list[tuple[str, int]]:
+    """A row's dataset and the start (µs) of the commit window holding its element timestamp."""
+    return [(row.dataset, micros - micros % interval_us)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,9 +266,9 @@ class _WritePaneFn(beam.DoFn):
         self._clock = clock
         self._duplicates = metrics.counter(metrics.DUPLICATES)
 
-    def process(self, element: tuple[tuple[str, int], Iterable[LakeRow]]) -> Iterator[LakeFile]:
-        (dataset, window_start_us), rows = element
-        yield from self._write_pane(dataset, window_start_us, rows)
+    def process(self, element: tuple[tuple[str, int], Iterable[list[LakeRow]]]) -> Iterator[LakeFile]:
+        (dataset, window_start_us), lists = element
+        yield from self._write_pane(dataset, window_start_us, [row for rows in lists for row in rows])
 
     def _write_pane(self, dataset: str, window_start_us: int, rows: Iterable[LakeRow]) -> list[LakeFile]:
         """Writes the pane's rows that neither an earlier copy in it nor a committed file holds; returns the files
@@ -400,7 +388,7 @@ class _BufferAndWritePanesFn(_WritePaneFn):
     """Buffers each (dataset, window start) key's rows and writes them as a pane ``interval_us`` of processing time
     after the first, and at the end of input. Writing a pane releases all of the key's state."""
 
-    BUFFER = BagStateSpec("buffer", RecordCoder())
+    BUFFER = BagStateSpec("buffer", ListCoder(RecordCoder()))
     BUFFERING = ReadModifyWriteStateSpec("buffering", BooleanCoder())
     COMMIT = TimerSpec("commit", TimeDomain.REAL_TIME)
     END_OF_INPUT = TimerSpec("end_of_input", TimeDomain.WATERMARK)
@@ -412,19 +400,19 @@ class _BufferAndWritePanesFn(_WritePaneFn):
     # Beam finds state and timers through these parameter defaults (hence B008).
     def process(
         self,
-        element: tuple[tuple[str, int], LakeRow],
+        element: tuple[tuple[str, int], list[LakeRow]],
         buffer: Any = beam.DoFn.StateParam(BUFFER),
         buffering: Any = beam.DoFn.StateParam(BUFFERING),
         commit: Any = beam.DoFn.TimerParam(COMMIT),
         end_of_input: Any = beam.DoFn.TimerParam(END_OF_INPUT),
     ) -> None:
-        _, row = element
+        _, rows = element
         if not buffering.read():
             # The first row since the last pane: its pane is due one commit interval from now.
             buffering.write(True)
             commit.set(Timestamp(micros=self._clock() + self._interval_us))
             end_of_input.set(GlobalWindow().max_timestamp())
-        buffer.add(row)
+        buffer.add(rows)
 
     @on_timer(COMMIT)
     def on_commit(
@@ -451,7 +439,7 @@ class _BufferAndWritePanesFn(_WritePaneFn):
         yield from self._write_buffer(key, buffer, buffering)
 
     def _write_buffer(self, key: tuple[str, int], buffer: Any, buffering: Any) -> Iterator[TimestampedValue]:
-        rows = list(buffer.read())
+        rows = [row for held in buffer.read() for row in held]
         buffer.clear()
         buffering.clear()
         if not rows:

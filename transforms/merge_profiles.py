@@ -5,7 +5,8 @@ Input: ``records``, ``PCollection[ValidRecord]`` with ``person_id`` set by Stitc
 are merged; the rest are ignored here (they still reach the lake). Output: one :class:`ProfileFlush` per flush (the
 persons it applied records for, how many each, and the views it wrote), for counting.
 
-Updates are buffered by shard of their person id (``shards``, 16 by default) and a shard is flushed
+Updates are buffered by shard of their person id (``shards``, 16 by default), each bundle's as one list per shard
+(:mod:`transforms.bundle_batches`, so the runner's cost is paid per list, not per record), and a shard is flushed
 ``flush_interval_s`` of processing time after its first update (1 s by default), as soon as it holds ``max_buffered``
 updates, and when the watermark reaches the end of input, so the final store never depends on processing time. A
 flush reads its records' identities from the identity store and every fragment of the persons they now belong to from
@@ -26,13 +27,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
 from apache_beam import typehints
-from apache_beam.coders import VarIntCoder
+from apache_beam.coders import ListCoder, VarIntCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
@@ -54,6 +56,7 @@ from schemas.registry import SchemaRegistry
 from stores.identity import IdentityStore
 from stores.opening import StoreHandler
 from stores.profiles import ProfileStore
+from transforms.bundle_batches import KeyedBundleBatches
 from transforms.coders import RecordCoder
 from transforms.metrics import (
     PROFILE_FRESHNESS_MS,
@@ -98,7 +101,7 @@ class ProfileWriterHandler:
 
 
 class _MergeProfilesFn(beam.DoFn):
-    PENDING = BagStateSpec("pending", RecordCoder())
+    PENDING = BagStateSpec("pending", ListCoder(RecordCoder()))
     COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
     FLUSH_SOON = TimerSpec("flush_soon", TimeDomain.REAL_TIME)
     FLUSH_AT_END = TimerSpec("flush_at_end", TimeDomain.WATERMARK)
@@ -132,11 +135,12 @@ class _MergeProfilesFn(beam.DoFn):
         flush_soon=beam.DoFn.TimerParam(FLUSH_SOON),
         flush_at_end=beam.DoFn.TimerParam(FLUSH_AT_END),
     ):
-        shard, update = keyed
-        pending.add(update)
-        buffered = (count.read() or 0) + 1
+        shard, updates = keyed
+        pending.add(updates)
+        held = count.read() or 0
+        buffered = held + len(updates)
         count.write(buffered)
-        if buffered == 1:
+        if held == 0:
             flush_at_end.set(GlobalWindow().max_timestamp())
             if self._streaming:
                 flush_soon.set(Timestamp(micros=self._clock()) + self._settings.flush_interval_s)
@@ -163,7 +167,7 @@ class _MergeProfilesFn(beam.DoFn):
         yield from self._flush(key, pending, count)
 
     def _flush(self, _shard: int, pending, count):
-        updates = list(pending.read())
+        updates = [update for held in pending.read() for update in held]
         pending.clear()
         count.clear()
         if not updates:
@@ -198,15 +202,15 @@ class MergeProfiles(beam.PTransform):
         registry = self._writers.registry.load()
         profile_datasets = {name for name, dataset in registry.datasets.items() if dataset.profile}
         shards = self._writers.settings.shards
-        keyed = typehints.KV[int, typehints.Any]  # an int key: a deterministic coder for the state's key
-        keyed_records = records | "KeyRecordsByShard" >> beam.FlatMap(
-            _keyed_record, profile_datasets, shards
-        ).with_output_types(keyed)
-        keyed_changes = changes | "KeyChangesByShard" >> beam.FlatMap(_keyed_change, shards).with_output_types(keyed)
+        # An int key: a deterministic coder for the state's key.
+        keyed = typehints.KV[int, typehints.List[typehints.Any]]
+        record_shards = functools.partial(_record_shards, profile_datasets=frozenset(profile_datasets), shards=shards)
+        keyed_records = records | "KeyRecordsByShard" >> KeyedBundleBatches(record_shards).with_output_types(keyed)
+        change_shards = functools.partial(_change_shards, shards=shards)
+        keyed_changes = changes | "KeyChangesByShard" >> KeyedBundleBatches(change_shards).with_output_types(keyed)
         return (
             (keyed_records, keyed_changes)
             | "Updates" >> beam.Flatten()
-            | "InGlobalWindow" >> beam.WindowInto(beam.window.GlobalWindows())
             | "MergeAndFlush" >> beam.ParDo(_MergeProfilesFn(self._writers, bool(streaming), self._clock))
         )
 
@@ -216,13 +220,14 @@ def shard_of(person_id: str, shards: int) -> int:
     return zlib.crc32(person_id.encode()) % shards
 
 
-def _keyed_record(record: ValidRecord, profile_datasets: Iterable[str], shards: int):
+def _record_shards(record: ValidRecord, _at_us: int, *, profile_datasets: frozenset[str], shards: int) -> list[int]:
     if record.person_id is not None and record.dataset in profile_datasets:
-        yield shard_of(record.person_id, shards), record
+        return [shard_of(record.person_id, shards)]
+    return []
 
 
-def _keyed_change(change: IdentityChange, shards: int):
+def _change_shards(change: IdentityChange, _at_us: int, *, shards: int) -> list[int]:
     # A merge, a rename or a split rebuilds the view of every person it leaves; the others change no profile.
     if change.kind in ("split", *RETIRING_CHANGES):
-        for shard in sorted({shard_of(person, shards) for person in change.persons_after}):
-            yield shard, change
+        return sorted({shard_of(person, shards) for person in change.persons_after})
+    return []

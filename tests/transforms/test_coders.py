@@ -245,8 +245,10 @@ def test_the_coder_says_it_is_not_deterministic_since_dict_order_is_part_of_the_
 
 def test_beam_encodes_every_record_type_with_it_and_so_do_the_stateful_steps():
     assert {type(beam.coders.registry.get_coder(record_type)) for record_type in RECORD_TYPES} == {RecordCoder}
-    assert type(_MergeProfilesFn.PENDING.coder) is RecordCoder
-    assert type(_BufferAndWritePanesFn.BUFFER.coder) is RecordCoder
+    # The bags hold a bundle's records as lists (transforms.bundle_batches).
+    for bag in (_MergeProfilesFn.PENDING, _BufferAndWritePanesFn.BUFFER):
+        assert type(bag.coder) is beam.coders.ListCoder
+        assert type(bag.coder.value_coder()) is RecordCoder
 
 
 def test_lake_rows_cross_a_group_by_key_on_the_fn_api_runner_unchanged():

@@ -304,7 +304,7 @@ def restored_writer(lake: str, run_id: str, stream: test_stream.TestStream, expe
     files = (
         pipeline
         | stream
-        | beam.Map(lambda row: ((row.dataset, us(T0)), row)).with_output_types(tuple[tuple[str, int], LakeRow])
+        | beam.Map(lambda row: ((row.dataset, us(T0)), [row])).with_output_types(tuple[tuple[str, int], list[LakeRow]])
         | beam.WindowInto(GlobalWindows())
         | beam.ParDo(writer)
     )
@@ -682,7 +682,9 @@ def test_a_retried_bundle_counts_the_rows_its_first_attempt_committed_as_written
         _ = (
             pipeline
             | beam.Create(rows)
-            | beam.Map(lambda row: ((row.dataset, us(T0)), row)).with_output_types(tuple[tuple[str, int], LakeRow])
+            | beam.Map(lambda row: ((row.dataset, us(T0)), [row])).with_output_types(
+                tuple[tuple[str, int], list[LakeRow]]
+            )
             | beam.GroupByKey()
             | beam.ParDo(pane_writer(lake, "run-a"))
             | CountLakeFiles()
