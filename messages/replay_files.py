@@ -207,9 +207,11 @@ def _cut_line(head: bytes, stream: BinaryIO) -> _CutLine:
         chunk = stream.readline(CHUNK_BYTES)
 
 
-def _read_jsonl(path: str, clock: Callable[[], int], longest: int) -> Iterator[Message]:
+def _read_jsonl(path: str, clock: Callable[[], int], longest: int, share: Share) -> Iterator[Message]:
     with open(path, "rb") as stream:
         for line_number, line in enumerate(_jsonl_lines(stream, longest), start=1):
+            if not share.holds(line_number - 1):
+                continue
             if isinstance(line, _CutLine):
                 read_time_us = clock()
                 attributes = cut_payload_attributes(line.length, line.sha256)
@@ -288,16 +290,40 @@ def _read_failed_records(path: str, clock: Callable[[], int]) -> Iterator[Messag
             )
 
 
+class Share(NamedTuple):
+    """Which messages of a file a reader keeps: those whose position (0-based: a JSONL file's line, an Avro or
+    Parquet file's record) is ``index`` modulo ``count``. Readers with the shares ``0 .. count-1`` read every message
+    once between them."""
+
+    index: int
+    count: int
+
+    def holds(self, position: int) -> bool:
+        return position % self.count == self.index
+
+
+EVERY_MESSAGE = Share(0, 1)
+
+
 def read_replay_file(
-    path: str, *, clock: Callable[[], int], max_message_bytes: int = MAX_MESSAGE_BYTES
+    path: str,
+    *,
+    clock: Callable[[], int],
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    share: Share = EVERY_MESSAGE,
 ) -> Iterator[Message]:
     """The messages archived in one file, in file order, read lazily; ``clock()`` gives each one's read time (µs).
 
-    A JSONL line longer than :func:`max_line_bytes` of ``max_message_bytes`` is cut (see the module docstring)."""
+    A JSONL line longer than :func:`max_line_bytes` of ``max_message_bytes`` is cut (see the module docstring). With
+    a ``share``, only the messages it holds (a JSONL line outside it is not even parsed)."""
     with open(path, "rb") as head:
         magic = head.read(4)
     if magic == _AVRO_MAGIC:
-        return _read_avro(path, clock)
+        return _shared(_read_avro(path, clock), share)
     if magic == _PARQUET_MAGIC:
-        return _read_failed_records(path, clock)
-    return _read_jsonl(path, clock, max_line_bytes(max_message_bytes))
+        return _shared(_read_failed_records(path, clock), share)
+    return _read_jsonl(path, clock, max_line_bytes(max_message_bytes), share)
+
+
+def _shared(messages: Iterator[Message], share: Share) -> Iterator[Message]:
+    return (message for position, message in enumerate(messages) if share.holds(position))

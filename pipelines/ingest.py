@@ -10,21 +10,26 @@ Pub/Sub subscription), runs it on the chosen runner and returns the run summary 
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
+import multiprocessing
 import sys
 import threading
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from lake.rows import change_row, failed_row, lake_schemas, valid_row
+from messages.replay_files import EVERY_MESSAGE, Share
 from pipelines.config import Config
 from pipelines.direct_runner_patches import patched_direct_runner
 from pipelines.flink import FLINK_RUNNER, flink_runner_args
 from pipelines.local_runner import disable_prism_splits
 from pipelines.runners import RunnerCapabilities, run_capabilities
-from pipelines.summary import RunSummary, summarise
+from pipelines.summary import RunSummary, counters, summary_of
 from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
 from stores.opening import identity_store_handler, profile_store_handler
@@ -36,7 +41,6 @@ from transforms.pubsub import ReadPubSub
 from transforms.pubsub_source import ReadPubSubAcknowledged
 from transforms.replay import ReadReplay
 from transforms.shared_registry import SharedRegistry
-from transforms.spread import SpreadOverWorkers
 from transforms.stitch import StitchIdentities
 from transforms.validate import Validate
 
@@ -58,6 +62,7 @@ class RunRequest:
     subscription: str | None = None
     dead_letter_topic: str | None = None
     workers: int = 1
+    share: Share = EVERY_MESSAGE
 
 
 class Ingest(beam.PTransform):
@@ -124,8 +129,7 @@ class Ingest(beam.PTransform):
 
 
 def pipeline_options(request: RunRequest) -> PipelineOptions:
-    """Beam options for a run: the local streaming runner by default, FnApiRunner for ``--batch`` (with
-    ``request.workers`` worker processes when more than one); FlinkRunner
+    """Beam options for a run: the local streaming runner by default, FnApiRunner for ``--batch``; FlinkRunner
     submits to the cluster ``make flink-up`` started, unless the Beam options say otherwise; Prism never splits a
     bundle in progress (:func:`pipelines.local_runner.disable_prism_splits`)."""
     beam_args = list(request.beam_args)
@@ -135,10 +139,6 @@ def pipeline_options(request: RunRequest) -> PipelineOptions:
     standard = options.view_as(StandardOptions)
     standard.runner = request.runner or (LOCAL_BATCH_RUNNER if request.batch else LOCAL_STREAMING_RUNNER)
     standard.streaming = not request.batch
-    if request.batch and request.runner is None and request.workers > 1:
-        direct = options.view_as(DirectOptions)
-        direct.direct_num_workers = request.workers
-        direct.direct_running_mode = "multi_processing"
     disable_prism_splits(options)
     return options
 
@@ -151,6 +151,14 @@ def run(
     A replay ends when it is drained; a Pub/Sub read when ``stop`` is set (``profilestream run`` sets it on SIGINT and
     SIGTERM), after which the pipeline flushes what it holds and finishes as a replay does.
     """
+    if request.batch and request.runner is None and request.workers > 1:
+        return _run_in_worker_processes(request, registry, config)
+    return summary_of(_counters_of_run(request, registry, config, stop), datasets=list(lake_schemas(registry)))
+
+
+def _counters_of_run(
+    request: RunRequest, registry: SchemaRegistry, config: Config, stop: threading.Event | None = None
+) -> dict[str, int]:
     stop = stop or threading.Event()
     options = pipeline_options(request)
     runner = run_capabilities(options)
@@ -164,9 +172,8 @@ def run(
             request.replay_path,
             max_message_bytes=config.max_message_bytes,
             publish_time_skew_us=config.validation_policy().timestamp_skew_us,
+            share=request.share,
         )
-        if request.batch and request.workers > 1:
-            messages = messages | "SpreadOverWorkers" >> SpreadOverWorkers()
     _ = messages | "Ingest" >> Ingest(
         registry,
         config,
@@ -178,7 +185,26 @@ def run(
     with patched_direct_runner(stop) if runner.direct_runner else contextlib.nullcontext():
         result = pipeline.run()
         result.wait_until_finish()
-    return summarise(result, datasets=list(lake_schemas(registry)))
+    return counters(result)
+
+
+def _run_in_worker_processes(request: RunRequest, registry: SchemaRegistry, config: Config) -> RunSummary:
+    """A local ``--batch`` replay on ``request.workers`` processes, each running the whole pipeline on FnApiRunner in
+    one process over its share of every file's messages, into the same stores and lake (each takes concurrent
+    writers); the summary is that of their counters added up.
+
+    Why processes of their own rather than FnApiRunner's multi-process mode:
+    docs/decisions/0032-batch-workers-are-pipelines-of-their-own.md.
+    """
+    shares = [
+        dataclasses.replace(request, workers=1, share=Share(index, request.workers)) for index in range(request.workers)
+    ]
+    # A fresh interpreter for each: a fork would copy this process's threads and locks mid-use.
+    with concurrent.futures.ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+        counted = list(pool.map(_counters_of_run, shares, itertools.repeat(registry), itertools.repeat(config)))
+    return summary_of(
+        sum(map(collections.Counter, counted), collections.Counter()), datasets=list(lake_schemas(registry))
+    )
 
 
 def _say_when_stopped_in_vain(stop: threading.Event) -> None:

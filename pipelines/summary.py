@@ -54,10 +54,6 @@ def counters(result: PipelineResult) -> dict[str, int]:
     return values
 
 
-def summarise(result: PipelineResult, datasets: Iterable[str]) -> RunSummary:
-    return summary_of(counters(result), datasets)
-
-
 def summary_of(values: Mapping[str, int], datasets: Iterable[str]) -> RunSummary:
     valid = values.get(metrics.VALID, 0)
     failed = values.get(metrics.DECODE_FAILED, 0) + values.get(metrics.VALIDATE_FAILED, 0)

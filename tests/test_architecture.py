@@ -46,7 +46,6 @@ BEAM_STAGES = frozenset(
         "pubsub_source",
         "replay",
         "shared_registry",
-        "spread",
         "stitch",
         "validate",
     }

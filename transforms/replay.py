@@ -27,22 +27,26 @@ from apache_beam.utils.timestamp import Timestamp
 from core.clock import wall_clock_us
 from core.records import Message
 from messages.decoding import DEFAULT_PUBLISH_TIME_SKEW_US, MAX_MESSAGE_BYTES, publish_time_out_of_range
-from messages.replay_files import expand_replay_path, read_replay_file
+from messages.replay_files import EVERY_MESSAGE, Share, expand_replay_path, read_replay_file
 from transforms import metrics
 
 
 class _ReadReplayFileFn(beam.DoFn):
     """Reads one replay file into messages stamped with their publish time."""
 
-    def __init__(self, clock: Callable[[], int], max_message_bytes: int, publish_time_skew_us: int):
+    def __init__(self, clock: Callable[[], int], max_message_bytes: int, publish_time_skew_us: int, share: Share):
         self._clock = clock
         self._max_message_bytes = max_message_bytes
         self._publish_time_skew_us = publish_time_skew_us
+        self._share = share
         self._messages = metrics.counter(metrics.REPLAY_MESSAGES)
 
     def process(self, path: str) -> Iterator[beam.window.TimestampedValue]:
         count = 0
-        for message in read_replay_file(path, clock=self._clock, max_message_bytes=self._max_message_bytes):
+        messages = read_replay_file(
+            path, clock=self._clock, max_message_bytes=self._max_message_bytes, share=self._share
+        )
+        for message in messages:
             count += 1
             in_range = publish_time_out_of_range(message, self._publish_time_skew_us) is None
             stamp_us = message.publish_time_us if in_range else message.read_time_us
@@ -56,7 +60,8 @@ class ReadReplay(beam.PTransform):
     Each element's event timestamp is its message's publish time. The messages read are counted in the
     ``profilestream/replay_messages`` counter. ``clock`` gives read times in microseconds since the epoch;
     ``max_message_bytes`` sets how long a JSONL line may be before it is cut (:func:`max_line_bytes`), and
-    ``publish_time_skew_us`` how far past its read time a publish time may lie and still stamp its message.
+    ``publish_time_skew_us`` how far past its read time a publish time may lie and still stamp its message;
+    ``share`` which of each file's messages to read (:class:`~messages.replay_files.Share`: all by default).
     Raises :class:`ReplayPathError` at construction when PATH names no file.
     """
 
@@ -67,12 +72,14 @@ class ReadReplay(beam.PTransform):
         clock: Callable[[], int] = wall_clock_us,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         publish_time_skew_us: int = DEFAULT_PUBLISH_TIME_SKEW_US,
+        share: Share = EVERY_MESSAGE,
     ):
         super().__init__()
         self._files = expand_replay_path(path)
         self._clock = clock
         self._max_message_bytes = max_message_bytes
         self._publish_time_skew_us = publish_time_skew_us
+        self._share = share
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Message]:
         return (
@@ -81,6 +88,6 @@ class ReadReplay(beam.PTransform):
             | "ListFiles" >> beam.Create(self._files, reshuffle=False)
             | "ReadFiles"
             >> beam.ParDo(
-                _ReadReplayFileFn(self._clock, self._max_message_bytes, self._publish_time_skew_us)
+                _ReadReplayFileFn(self._clock, self._max_message_bytes, self._publish_time_skew_us, self._share)
             ).with_output_types(Message)
         )

@@ -7,7 +7,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipelines.summary import freshness_percentiles, summarise, summary_of
+from pipelines.summary import counters, freshness_percentiles, summary_of
 from transforms import metrics
 from transforms.lake import CountLakeFiles, LakeFile
 
@@ -84,7 +84,7 @@ def test_the_lake_figures_are_counted_from_the_files_emitted():
     result = pipeline.run()
     result.wait_until_finish()
 
-    assert summarise(result, DATASETS).lake == {
+    assert summary_of(counters(result), DATASETS).lake == {
         "experience_events": {"files": 2, "rows": 9},
         "profile_records": {"files": 0, "rows": 0},
         "failed_records": {"files": 1, "rows": 2},

@@ -26,6 +26,7 @@ from messages.replay_files import (
     CHUNK_BYTES,
     ReplayFormatError,
     ReplayPathError,
+    Share,
     expand_replay_path,
     max_line_bytes,
     read_replay_file,
@@ -489,3 +490,18 @@ growth_kib = kib("VmHWM") - baseline_kib
 summary = [[o.message_id, [e.code for e in o.errors], len(o.data), dict(o.attributes)] for o in outputs]
 print(json.dumps({"growth_kib": growth_kib, "outputs": summary}))
 """
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_the_shares_of_a_file_hold_every_message_once_in_file_order(tmp_path, count):
+    jsonl = write_lines(tmp_path / "stream.jsonl", *(rest_line(b"m%d" % number) for number in range(7)), b"", b"x")
+    avro = tmp_path / "data-only.avro"
+    with open(avro, "wb") as out:
+        schema = {"type": "record", "name": "PubsubMessage", "fields": [{"name": "data", "type": "bytes"}]}
+        fastavro.writer(out, schema, [{"data": b"a%d" % number} for number in range(5)])
+    for path in (jsonl, str(avro)):
+        shares = [list(read_replay_file(path, clock=fixed_clock, share=Share(index, count))) for index in range(count)]
+
+        assert sorted((message for share in shares for message in share), key=lambda m: int(m.message_id)) == read(path)
+        for share in shares:
+            assert [int(message.message_id) for message in share] == sorted(int(m.message_id) for m in share)
