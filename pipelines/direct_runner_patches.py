@@ -18,6 +18,8 @@ from typing import Any
 from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.runners.direct.util import TransformResult
 from apache_beam.runners.worker import statesampler
+from apache_beam.transforms import userstate
+from apache_beam.transforms.core import CallableWrapperDoFn
 from apache_beam.utils import counters
 from apache_beam.utils.timestamp import MAX_TIMESTAMP
 
@@ -32,8 +34,9 @@ GATHER_S = 0.2
 
 @contextlib.contextmanager
 def patched_direct_runner(stop: threading.Event) -> Iterator[None]:
-    """Every correction of this module in effect: :func:`metrics_of_every_bundle` and :func:`stoppable_pubsub_reads`."""
-    with metrics_of_every_bundle(), stoppable_pubsub_reads(stop):
+    """Every correction of this module in effect: :func:`metrics_of_every_bundle`, :func:`stoppable_pubsub_reads` and
+    :func:`dofn_specs_read_once`."""
+    with metrics_of_every_bundle(), stoppable_pubsub_reads(stop), dofn_specs_read_once():
         yield
 
 
@@ -85,6 +88,31 @@ def stoppable_pubsub_reads(stop: threading.Event, *, max_messages: int = DEFAULT
     finally:
         evaluator.finish_bundle = beam_finish_bundle
         evaluator._get_subscriber_client = classmethod(beam_subscriber_client.__func__)
+
+
+@contextlib.contextmanager
+def dofn_specs_read_once() -> Iterator[None]:
+    """While in effect, the state and timer specs of a DoFn class are read once, not at every bundle: the DirectRunner
+    deserialises each DoFn and inspects the signature of every one of its methods for every bundle it runs (a second
+    of a streaming run's five, which runs a bundle per timer firing). Callables wrapped by ``Map`` and its kin are
+    inspected each time, since their parameters are the wrapped function's."""
+    beam_specs = userstate.get_dofn_specs
+    specs_of_class: dict[type, tuple[frozenset, frozenset]] = {}
+
+    def specs(dofn: Any) -> tuple[set, set]:
+        if isinstance(dofn, CallableWrapperDoFn):
+            return beam_specs(dofn)
+        found = specs_of_class.get(type(dofn))
+        if found is None:
+            state, timers = beam_specs(dofn)
+            found = specs_of_class[type(dofn)] = frozenset(state), frozenset(timers)
+        return set(found[0]), set(found[1])
+
+    userstate.get_dofn_specs = transform_evaluator.get_dofn_specs = specs
+    try:
+        yield
+    finally:
+        userstate.get_dofn_specs = transform_evaluator.get_dofn_specs = beam_specs
 
 
 class _LargerPulls:

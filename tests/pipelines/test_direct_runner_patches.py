@@ -9,17 +9,25 @@ from types import SimpleNamespace
 
 import apache_beam as beam
 import pytest
+from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners import common
 from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import TimerSpec, on_timer
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import MAX_TIMESTAMP
 
 from pipelines.config import Config
-from pipelines.direct_runner_patches import DEFAULT_PULL_MESSAGES, metrics_of_every_bundle, stoppable_pubsub_reads
+from pipelines.direct_runner_patches import (
+    DEFAULT_PULL_MESSAGES,
+    dofn_specs_read_once,
+    metrics_of_every_bundle,
+    stoppable_pubsub_reads,
+)
 from pipelines.ingest import RunRequest, run
 from schemas.registry import SchemaRegistry
 
@@ -157,6 +165,46 @@ def test_a_stopped_read_ends_and_releases_the_watermark_while_patched(beam_pubsu
     assert result.keyed_watermark_holds == {None: MAX_TIMESTAMP}
 
 
+BEAM_METHOD_WRAPPER = common.MethodWrapper
+BEAM_GET_DOFN_SPECS = userstate.get_dofn_specs
+
+
+class _Stateful(beam.DoFn):
+    COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
+    DUE = TimerSpec("due", TimeDomain.WATERMARK)
+
+    def process(self, element, count=beam.DoFn.StateParam(COUNT), due=beam.DoFn.TimerParam(DUE)):
+        yield element
+
+
+def test_beam_still_inspects_a_dofn_at_every_call(monkeypatch):
+    inspected = []
+    monkeypatch.setattr(common, "MethodWrapper", lambda *args: inspected.append(args) or BEAM_METHOD_WRAPPER(*args))
+
+    userstate.get_dofn_specs(_Stateful())
+    first = len(inspected)
+    userstate.get_dofn_specs(_Stateful())
+
+    assert len(inspected) == 2 * first > 0
+
+
+def test_the_specs_of_a_dofn_class_are_read_once_while_patched(monkeypatch):
+    inspected = []
+    monkeypatch.setattr(common, "MethodWrapper", lambda *args: inspected.append(args) or BEAM_METHOD_WRAPPER(*args))
+    userstate.get_dofn_specs(_Stateful())
+    once = len(inspected)
+    inspected.clear()
+
+    with dofn_specs_read_once():
+        specs = [userstate.get_dofn_specs(_Stateful()) for _ in range(3)]
+        mapped = [transform_evaluator.get_dofn_specs(beam.Map(len).dofn) for _ in range(2)]
+
+    assert specs == [({_Stateful.COUNT}, {_Stateful.DUE})] * 3
+    assert len([args for args in inspected if isinstance(args[0], _Stateful)]) == once
+    assert mapped == [(set(), set())] * 2
+    assert userstate.get_dofn_specs is transform_evaluator.get_dofn_specs is BEAM_GET_DOFN_SPECS
+
+
 def test_beams_pubsub_read_is_restored_afterwards():
     evaluator_class = transform_evaluator._PubSubReadEvaluator
     before = (evaluator_class.finish_bundle, evaluator_class._get_subscriber_client)
@@ -168,7 +216,12 @@ def test_beams_pubsub_read_is_restored_afterwards():
 def beam_classes() -> tuple:
     """What the corrections patch, as it stands now."""
     evaluator_class = transform_evaluator._PubSubReadEvaluator
-    return executor.TransformExecutor.call, evaluator_class.finish_bundle, evaluator_class._get_subscriber_client
+    return (
+        executor.TransformExecutor.call,
+        evaluator_class.finish_bundle,
+        evaluator_class._get_subscriber_client,
+        userstate.get_dofn_specs,
+    )
 
 
 def classes_during_run(monkeypatch, tmp_path: Path, stream: Path, *, batch: bool) -> list[tuple]:
