@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import hashlib
 import heapq
 from collections import Counter, defaultdict
@@ -144,7 +145,10 @@ class Fragment:
     """What one dataset's records said about one identity; see the module docstring.
 
     ``recent`` maps event ids to bodies and is always a subset of ``events``. The last event seen is always among
-    the kept ones, so only the first needs keeping apart (``first_seen_us``).
+    the kept ones, so only the first needs keeping apart (``first_seen_us``). ``recent_json`` holds the canonical JSON
+    (:func:`_canonical`) of bodies in ``recent``, by event id, where it is known (it is for all but oversize stubs):
+    every view and compacted fragment embeds up to ``recent_events`` bodies, and encoding them again each time was
+    most of the cost of encoding a view.
     """
 
     identity: Identity
@@ -156,6 +160,7 @@ class Fragment:
     events_dropped: DistinctCount = DistinctCount()
     oversize_events: DistinctCount = DistinctCount()
     oversize_records: DistinctCount = DistinctCount()
+    recent_json: dict[str, bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -220,7 +225,7 @@ def merge_fragments(a: Fragment, b: Fragment, *, policy_limits: ProfileLimits = 
         held = attributes.get(path)
         if held is None or _outranks((attribute.stamp,), attribute.value, (held.stamp,), held.value):
             attributes[path] = attribute
-    entries, bodies = _union_events((a, b))
+    entries, bodies, known_json = _union_events((a, b))
     dropped = a.events_dropped.union(b.events_dropped)
     # A batch adds a few events to many: removing the few oldest is cheaper than ranking all that stay.
     if len(entries) > policy_limits.max_events:
@@ -229,9 +234,11 @@ def merge_fragments(a: Fragment, b: Fragment, *, policy_limits: ProfileLimits = 
         for event_id in cut:
             del entries[event_id]
             bodies.pop(event_id, None)
+            known_json.pop(event_id, None)
     if len(bodies) > policy_limits.recent_events:
         for event_id in heapq.nsmallest(len(bodies) - policy_limits.recent_events, bodies, key=_recency(entries)):
             del bodies[event_id]
+            known_json.pop(event_id, None)
     first_seen = [seen for seen in (a.first_seen_us, b.first_seen_us) if seen is not None]
     return Fragment(
         identity=a.identity,
@@ -243,6 +250,7 @@ def merge_fragments(a: Fragment, b: Fragment, *, policy_limits: ProfileLimits = 
         events_dropped=dropped,
         oversize_events=a.oversize_events.union(b.oversize_events),
         oversize_records=a.oversize_records.union(b.oversize_records),
+        recent_json=known_json,
     )
 
 
@@ -301,11 +309,43 @@ def build_view(
     """
     if (now_us is None) != (event_ttl_us is None):
         raise ValueError("now_us and event_ttl_us go together")
-    held = list(fragments)
-    entries, bodies = _union_events(held)
-    recent = sorted(bodies, key=_recency(entries), reverse=True)
+    return _view(person_id, identities, list(fragments), policy, recent_limit, now_us, event_ttl_us, embed_json=False)
+
+
+def build_view_bytes(
+    person_id: str,
+    identities: Iterable[Identity],
+    fragments: Iterable[Fragment],
+    policy: MergePolicy,
+    *,
+    recent_limit: int = 50,
+) -> bytes:
+    """``view_to_bytes(build_view(...))`` byte for byte, cheaper: the recent bodies go in as the JSON their fragments
+    keep (``Fragment.recent_json``), which is what encoding them with sorted keys gives, instead of being encoded
+    again."""
+    return _canonical(_view(person_id, identities, list(fragments), policy, recent_limit, None, None, embed_json=True))
+
+
+def _view(
+    person_id: str,
+    identities: Iterable[Identity],
+    held: Sequence[Fragment],
+    policy: MergePolicy,
+    recent_limit: int,
+    now_us: int | None,
+    event_ttl_us: int | None,
+    *,
+    embed_json: bool,
+) -> dict[str, Any]:
+    # A person's events mostly sit in one fragment, which a view only reads: no union to copy.
+    entries, bodies, known_json = (
+        (held[0].events, held[0].recent, held[0].recent_json) if len(held) == 1 else _union_events(held)
+    )
     if now_us is not None and event_ttl_us is not None:
+        recent = sorted(bodies, key=_recency(entries), reverse=True)
         recent = [event_id for event_id in recent if now_us - entries[event_id].timestamp_us <= event_ttl_us]
+    else:
+        recent = heapq.nlargest(recent_limit, bodies, key=_recency(entries))
     dropped = DistinctCount()
     for fragment in held:
         dropped = dropped.union(fragment.events_dropped)
@@ -320,7 +360,10 @@ def build_view(
             "first_seen": _rfc3339(first_seen),
             "last_seen": _rfc3339(last_seen),
             "by_type": dict(sorted(Counter(entry.event_type for entry in entries.values()).items())),
-            "recent": [bodies[event_id] for event_id in recent[:recent_limit]],
+            "recent": [
+                _embedded(bodies[event_id], known_json.get(event_id) if embed_json else None)
+                for event_id in recent[:recent_limit]
+            ],
         },
     }
 
@@ -349,7 +392,9 @@ def fragment_to_bytes(fragment: Fragment) -> bytes:
             for path, attribute in fragment.attributes.items()
         },
         "events": {event_id: [entry.event_type, entry.timestamp_us] for event_id, entry in fragment.events.items()},
-        "recent": fragment.recent,
+        "recent": {
+            event_id: _embedded(body, fragment.recent_json.get(event_id)) for event_id, body in fragment.recent.items()
+        },
         "first_seen_us": fragment.first_seen_us,
         "events_dropped": fragment.events_dropped.hashes,
         "oversize_events": fragment.oversize_events.hashes,
@@ -373,6 +418,7 @@ def fragment_from_bytes(data: bytes) -> Fragment:
         },
         recent=document["recent"],
         first_seen_us=document["first_seen_us"],
+        recent_json={event_id: _canonical(body) for event_id, body in document["recent"].items()},
         events_dropped=DistinctCount(tuple(document["events_dropped"])),
         oversize_events=DistinctCount(tuple(document["oversize_events"])),
         oversize_records=DistinctCount(tuple(document["oversize_records"])),
@@ -407,33 +453,47 @@ def _event_fragment(
     identity: Identity, dataset: str, entity: Mapping[str, Any], stamp: RecordStamp, limits: ProfileLimits
 ) -> Fragment:
     event_id = entity["_id"]  # validation requires the _id of every ExperienceEvent
-    oversize = len(_canonical(entity)) > limits.max_event_bytes
+    encoded = _canonical(entity)
+    oversize = len(encoded) > limits.max_event_bytes
     body = {name: entity[name] for name in ("_id", "timestamp", "eventType") if name in entity} if oversize else entity
+    # As a merge would cut it: a single record's fragment is what applying it to an empty one gives.
+    kept = bool(limits.recent_events)
     return Fragment(
         identity,
         dataset,
         events={event_id: EventEntry(stamp.record_time_us, entity.get("eventType", ""))},
-        # As a merge would cut it: a single record's fragment is what applying it to an empty one gives.
-        recent={event_id: body} if limits.recent_events else {},
+        recent={event_id: body} if kept else {},
         first_seen_us=stamp.record_time_us,
-        oversize_events=DistinctCount.of([event_id] if oversize else []),
+        oversize_events=DistinctCount.of([event_id]) if oversize else DistinctCount(),
+        recent_json={event_id: encoded} if kept and not oversize else {},
     )
 
 
-def _union_events(fragments: Sequence[Fragment]) -> tuple[dict[str, EventEntry], dict[str, Mapping[str, Any]]]:
-    """Every event id with its winning entry, and the bodies that belong to a winning entry (fresh dicts)."""
+class _EventUnion(NamedTuple):
+    """Every event id with its winning entry, the bodies that belong to a winning entry, and the JSON known of those
+    bodies (``Fragment.recent_json``)."""
+
+    entries: dict[str, EventEntry]
+    bodies: dict[str, Mapping[str, Any]]
+    known_json: dict[str, bytes]
+
+
+def _union_events(fragments: Sequence[Fragment]) -> _EventUnion:
+    """The events of ``fragments`` together, in fresh dicts."""
     if not fragments:
-        return {}, {}
+        return _EventUnion({}, {}, {})
     # The first fragment is copied whole (the stored one, when a batch merges in): only the ids another fragment
     # holds a later copy of need looking at, and their bodies from the first are stale.
     entries = dict(fragments[0].events)
     bodies = dict(fragments[0].recent)
+    known_json = dict(fragments[0].recent_json)
     for fragment in fragments[1:]:
         for event_id, entry in fragment.events.items():
             held = entries.get(event_id)
             if held is None or entry > held:
                 entries[event_id] = entry
                 bodies.pop(event_id, None)
+                known_json.pop(event_id, None)
     for fragment in fragments[1:]:
         for event_id, body in fragment.recent.items():
             # A fragment that kept the winning entry without its body had `recent_events` newer events, so that id
@@ -443,7 +503,18 @@ def _union_events(fragments: Sequence[Fragment]) -> tuple[dict[str, EventEntry],
             held = bodies.get(event_id)
             if held is None or (body != held and _canonical(body) > _canonical(held)):
                 bodies[event_id] = body
-    return entries, bodies
+                known = fragment.recent_json.get(event_id)
+                if known is None:
+                    known_json.pop(event_id, None)
+                else:
+                    known_json[event_id] = known
+    return _EventUnion(entries, bodies, known_json)
+
+
+def _embedded(body: Mapping[str, Any], known_json: bytes | None) -> Any:
+    """``body`` for :func:`_canonical` to encode: its JSON put in as is where known (:class:`orjson.Fragment`), which
+    gives the same bytes."""
+    return body if known_json is None else orjson.Fragment(known_json)
 
 
 def _recency(entries: Mapping[str, EventEntry]) -> Callable[[str], tuple[int, str]]:
@@ -502,6 +573,8 @@ def _smallest(hashes: set[int]) -> tuple[int, ...]:
     return tuple(heapq.nsmallest(_EXACT_UP_TO, hashes))
 
 
+# A person's first event stays the same, and its last is often another's: views format the same times again and again.
+@functools.lru_cache(maxsize=4096)
 def _rfc3339(time_us: int | None) -> str | None:
     if time_us is None:
         return None

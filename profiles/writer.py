@@ -303,8 +303,7 @@ class ProfileWriter:
         views = {}
         for owner, owned in members.items():
             held = [fragments[key] for key in sorted(key for identity in owned for key in keys_of[identity])]
-            view = profile_model.build_view(owner, owned, held, self._settings.policy)
-            views[owner] = profile_model.view_to_bytes(view)
+            views[owner] = profile_model.build_view_bytes(owner, owned, held, self._settings.policy)
         # Only a merge or a rename retires a person id; a record stitched to a person that is now another's goes to
         # the person its identities belong to, and the merge's own flush leaves the redirect.
         redirects = {

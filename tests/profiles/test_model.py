@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, NamedTuple
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +25,7 @@ from profiles.model import (
     TimestampOrdered,
     apply,
     build_view,
+    build_view_bytes,
     fragment_from_bytes,
     fragment_identity,
     fragment_to_bytes,
@@ -761,4 +764,55 @@ def test_a_record_s_own_fragment_is_the_record_applied_to_an_empty_one(record, l
 
     assert fragment_to_bytes(own) == fragment_to_bytes(
         applied(Fragment(record.identity, record.dataset), record, limits)
+    )
+
+
+def without_known_json(fragment: Fragment) -> Fragment:
+    return dataclasses.replace(fragment, recent_json={})
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(st.one_of(profile_records, replayable_events, conflicting_events), max_size=14),
+    st.integers(0, 14),
+    st.sampled_from([TIGHT, NO_BODIES, DEFAULT_LIMITS]),
+)
+def test_the_json_fragments_keep_of_their_bodies_gives_the_bytes_of_encoding_them(records, cut, limits):
+    first, second = fragments_of(records[:cut], limits), fragments_of(records[cut:], limits)
+    # Merged in both orders, and with one side read back from its bytes, as the writer's cache and store give them.
+    merged = [
+        merge_fragments(first[key], second[key], policy_limits=limits)
+        if key in first and key in second
+        else first.get(key) or second[key]
+        for key in first.keys() | second.keys()
+    ] + [
+        merge_fragments(second[key], fragment_from_bytes(fragment_to_bytes(first[key])), policy_limits=limits)
+        for key in first.keys() & second.keys()
+    ]
+
+    for fragment in merged:
+        assert fragment.recent_json == {
+            event_id: orjson.dumps(fragment.recent[event_id], option=orjson.OPT_SORT_KEYS)
+            for event_id in fragment.recent_json
+        }
+        assert fragment_to_bytes(fragment) == fragment_to_bytes(without_known_json(fragment))
+    identities = {fragment.identity for fragment in merged}
+    for policy in POLICIES:
+        plain = build_view("p-ann", identities, map(without_known_json, merged), policy, recent_limit=3)
+        assert build_view_bytes("p-ann", identities, merged, policy, recent_limit=3) == view_to_bytes(plain)
+
+
+def test_a_merge_that_takes_the_other_copy_s_body_of_an_event_takes_its_json():
+    home, cart = (event(ANN_EMAIL, "e1", 1, web={"webPageDetails": {"name": page}}) for page in ("home", "cart"))
+    a, b = fragment_of(home), fragment_of(cart)
+
+    for merged_fragment in (merge_fragments(a, b), merge_fragments(b, a)):
+        assert merged_fragment.recent_json == {
+            "e1": orjson.dumps(merged_fragment.recent["e1"], option=orjson.OPT_SORT_KEYS)
+        }
+        assert build_view_bytes("p-ann", [ANN_EMAIL], [merged_fragment], TIMESTAMP_ORDERED) == view_to_bytes(
+            build_view("p-ann", [ANN_EMAIL], [without_known_json(merged_fragment)], TIMESTAMP_ORDERED)
+        )
+    assert build_view_bytes("p-ann", [ANN_EMAIL], [a, b], TIMESTAMP_ORDERED) == view_to_bytes(
+        build_view("p-ann", [ANN_EMAIL], [without_known_json(a), without_known_json(b)], TIMESTAMP_ORDERED)
     )
