@@ -52,6 +52,7 @@ import dataclasses
 import functools
 import hashlib
 import heapq
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -166,6 +167,9 @@ class Fragment:
     def key(self) -> str:
         """The profile store's fragment key, ``"<NAMESPACE>:<id>|<dataset>"``."""
         return f"{self.identity}|{self.dataset}"
+
+
+_EVENT_TYPE = operator.attrgetter("event_type")
 
 
 def fragment_identity(identities: Iterable[Identity], rules: GraphRules) -> Identity | None:
@@ -350,7 +354,8 @@ def _view(
     for fragment in held:
         dropped = dropped.union(fragment.events_dropped)
     first_seen = min((f.first_seen_us for f in held if f.first_seen_us is not None), default=None)
-    last_seen = max((entry.timestamp_us for entry in entries.values()), default=None)
+    # Entries order by timestamp first: the greatest holds the last one.
+    last_entry = max(entries.values(), default=None)
     return {
         "person_id": person_id,
         "identities": [{"namespace": identity.namespace, "id": identity.id} for identity in sorted(set(identities))],
@@ -358,8 +363,8 @@ def _view(
         "events": {
             "count": len(entries) + dropped.estimate(),
             "first_seen": _rfc3339(first_seen),
-            "last_seen": _rfc3339(last_seen),
-            "by_type": dict(sorted(Counter(entry.event_type for entry in entries.values()).items())),
+            "last_seen": _rfc3339(None if last_entry is None else last_entry.timestamp_us),
+            "by_type": dict(sorted(Counter(map(_EVENT_TYPE, entries.values())).items())),
             "recent": [
                 _embedded(bodies[event_id], known_json.get(event_id) if embed_json else None)
                 for event_id in recent[:recent_limit]
@@ -547,7 +552,7 @@ def _nest(best: Mapping[str, tuple[tuple, Attribute]]) -> dict[str, Any]:
     # Most preferred first: a path that collides with one already placed (a value where an object is, or the
     # reverse) is the less preferred one and is left out.
     for path, (_, attribute) in sorted(best.items(), key=lambda item: (item[1][0], item[0]), reverse=True):
-        *parents, last = [part.replace("~1", ".").replace("~0", "~") for part in path.split(".")]
+        *parents, last = _path_names(path)
         node: Any = tree
         for part in parents:
             node = node.setdefault(part, {})
@@ -556,6 +561,13 @@ def _nest(best: Mapping[str, tuple[tuple, Attribute]]) -> dict[str, Any]:
         else:
             node.setdefault(last, attribute.value)
     return tree
+
+
+# A person's paths are the same at every view, and a view splits them all.
+@functools.lru_cache(maxsize=16_384)
+def _path_names(path: str) -> tuple[str, ...]:
+    """The runtime names of a dot path, unescaped."""
+    return tuple(part.replace("~1", ".").replace("~0", "~") for part in path.split("."))
 
 
 def _canonical(value: Any) -> bytes:
