@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(work, "input.jsonl")
         messages = make_input(SAMPLE, args.copies, path)
         cli = [sys.executable, "-m", "pipelines.cli"]
-        run = [*cli, "run", f"--source=replay:{path}", "--batch", f"--lake={work}/lake"]
+        # One worker: the graph of the pipeline itself, not of a process waiting for its workers.
+        run = [*cli, "run", f"--source=replay:{path}", "--batch", "--workers=1", f"--lake={work}/lake"]
         stores = [f"--identity-store=sqlite:///{work}/identity.sqlite", f"--profile-store=sqlite:///{work}/p.sqlite"]
         targets = {"loop": [sys.executable, "-m", "tools.profile", "loop", str(path)], "batch": [*run, *stores]}
         print(f"input: {messages} messages ({args.copies} copies of {SAMPLE.name}); graphs in {args.out}/")

@@ -265,7 +265,11 @@ def test_the_worker_pool_runs_the_pipeline_for_a_portable_runner(cluster, prism,
     assert lake_rows(tmp_path / "pool", "experience_events")
     for dataset in ("experience_events", "failed_records", "identity_changes", "profile_records"):
         assert lake_rows(tmp_path / "pool", dataset) == lake_rows(tmp_path / "direct", dataset)
-    assert profile_store_contents(tmp_path / "pool") == profile_store_contents(tmp_path / "direct")
+    # What lookups answer; the fragments' layout may differ: a pool's SDK workers can end without the teardown that
+    # folds a writer's deltas into their bases.
+    pool, direct = profile_store_contents(tmp_path / "pool"), profile_store_contents(tmp_path / "direct")
+    for table in ("views", "identity_index", "redirects"):
+        assert pool[table] == direct[table]
 
 
 def test_the_worker_pools_sdk_workers_are_this_python():
