@@ -4,7 +4,8 @@
 its :class:`~schemas.registry.IngestionSchema`, and returns the entity in runtime names together with every
 violation found (up to ``max_errors``), each a :class:`~core.records.RecordError` with a stable code and a JSON
 pointer in runtime names. The walk visits only the fields an entity carries, so a wide, sparse schema costs no more
-than a narrow one.
+than a narrow one: each field's check is made when the first entity reaches it, holding just the rules its kind has,
+and kept as long as the schema.
 
 Codes (also in README):
 
@@ -39,7 +40,10 @@ docs/decisions/0024-record-times-before-the-epoch-are-invalid.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import weakref
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -73,6 +77,7 @@ TOO_MANY_ERRORS = "SCHEMA.TOO_MANY_ERRORS"
 MAX_IDENTITIES = 20
 AVRO_CONTENT_TYPE = "avro/binary"
 IDENTITY_MAP = "identityMap"
+_IDENTITY_MAP_PATH = "/" + IDENTITY_MAP
 _AUTHENTICATED_STATES = frozenset({"ambiguous", "authenticated", "loggedOut"})
 _IDENTITY_ITEM_FIELDS = {"id": "id", "xdm:id": "id", "authenticatedState": "authenticatedState"}
 _IDENTITY_ITEM_FIELDS |= {
@@ -81,6 +86,7 @@ _IDENTITY_ITEM_FIELDS |= {
     "xdm:primary": "primary",
 }
 
+_IDENTITY_ITEM_RUNTIME_FIELDS = frozenset(_IDENTITY_ITEM_FIELDS.values())
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
@@ -106,8 +112,9 @@ class _TooManyErrors(Exception):
 
 
 class _Errors(list):
+    __slots__ = ("cap",)
+
     def __init__(self, cap: int) -> None:
-        super().__init__()
         self.cap = cap
 
     def add(self, code: str, path: str, message: str) -> None:
@@ -126,7 +133,7 @@ def validate_entity(
     """The entity in runtime names, and every violation of the ingestion rules (empty when valid)."""
     errors = _Errors(policy.max_errors)
     try:
-        normalised = _value(entity, schema.root, "", errors)
+        normalised = _root_check(schema.root)(entity, "", errors)
         if isinstance(normalised, dict):
             _check_record_time(normalised, schema.time_series, ingest_time_us + policy.timestamp_skew_us, errors)
     except _TooManyErrors:
@@ -134,95 +141,188 @@ def validate_entity(
     return normalised, list(errors)
 
 
-def _value(value: Any, field: Field, path: str, errors: _Errors) -> Any:
-    if value is None:
-        errors.add(NULL_VALUE, path, "null is not allowed: leave the field out instead")
-        return None
+# A field's check: (value, JSON pointer, errors) -> the value in runtime names. Each is made once per field, holding
+# only what its kind needs, so a value is checked without asking its field what kind it is and which rules it has.
+_Check = Callable[[Any, str, _Errors], Any]
+# id(root field) -> its check, for as long as the field lives (a finalizer drops it before the id can be reused); no
+# check holds its root, so this keeps no schema alive.
+_ROOT_CHECKS: dict[int, _Check] = {}
+_NULL = "null is not allowed: leave the field out instead"
+
+
+def _root_check(root: Field) -> _Check:
+    check = _ROOT_CHECKS.get(id(root))
+    if check is None:
+        check = _ROOT_CHECKS[id(root)] = _check_of(root)
+        weakref.finalize(root, _ROOT_CHECKS.pop, id(root), None)
+    return check
+
+
+def _check_of(field: Field) -> _Check:
     kind = field.kind
     if kind == "object":
+        return _object_check(field.children, field.accepts, field.required)
+    if kind == "string":
+        return _string_check(_string_rules(field))
+    if kind in ("number", "integer"):
+        return _number_check(kind == "integer", field.minimum, field.maximum, field.enum)
+    if kind == "boolean":
+        return _check_boolean
+    if kind == "array":
+        return _array_check(_check_of(field.item))
+    if kind == "map":
+        return _map_check(_check_of(field.item))
+    return _check_json
+
+
+def _object_check(children: dict[str, Field], accepts: dict[str, str], required_names: tuple[str, ...]) -> _Check:
+    # Made at the first object checked, so a wide schema's untouched branches never are; one assignment, so threads
+    # that race to make it each see a whole.
+    made: tuple[dict[str, _Step], list[tuple[str, tuple[str, ...], str]]] | None = None
+
+    def check(value: Any, path: str, errors: _Errors) -> Any:
+        nonlocal made
         if type(value) is not dict:
             return _wrong_type(value, "object", path, errors)
         if not value:
             errors.add(EMPTY_VALUE, path, "an empty object is not allowed: leave the field out instead")
-        return _object(value, field, path, errors)
-    if kind == "string":
-        if type(value) is not str:
-            return _wrong_type(value, "string", path, errors)
-        if not value:
-            errors.add(EMPTY_VALUE, path, "an empty string is not allowed: leave the field out instead")
+        if made is None:
+            made = _object_steps(children, accepts, required_names)
+        steps, required = made
+        normalised = {}
+        nulls = None  # names given as null, which stay out of ``normalised`` but count as given
+        for key, entry in value.items():
+            try:
+                name, pointer, check_entry, plain_string = steps[key]
+            except KeyError:
+                errors.add(UNKNOWN_FIELD, f"{path}/{pointer_token(runtime_name(key))}", f"{key!r} is not in the schema")
+                continue
+            if name in normalised or (nulls is not None and name in nulls):
+                errors.add(DUPLICATE_FIELD, path + pointer, f"{name!r} is given twice, under two names")
+                continue
+            if plain_string and type(entry) is str and entry:
+                normalised[name] = entry
+            elif entry is None:
+                nulls = nulls or set()
+                nulls.add(name)
+                errors.add(NULL_VALUE, path + pointer, _NULL)
+            else:
+                normalised[name] = check_entry(entry, path + pointer, errors)
+        for name, aliases, pointer in required:
+            if name not in value and value.keys().isdisjoint(aliases):
+                errors.add(REQUIRED, path + pointer, f"{name!r} is required")
+        return normalised
+
+    return check
+
+
+# What an object's key leads to: the runtime name, the pointer's step, the check, and whether that check is the one for
+# strings without rules, which passes a non-empty string as it is (most values are such strings: the object takes
+# them without a call).
+_Step = tuple[str, str, _Check, bool]
+
+
+def _object_steps(
+    children: dict[str, Field], accepts: dict[str, str], required_names: tuple[str, ...]
+) -> tuple[dict[str, _Step], list[tuple[str, tuple[str, ...], str]]]:
+    """Each accepted key's step, and each required field's name, the keys it may be given under, its pointer step."""
+    checks = {name: _check_of(child) for name, child in children.items()}
+    steps = {}
+    for key, name in accepts.items():
+        check = checks[name]
+        steps[key] = (name, children[name].pointer, check, check is _check_plain_string)
+    required = []
+    for name in required_names:
+        aliases = tuple(key for key, accepted in accepts.items() if accepted == name)
+        required.append((name, aliases, "/" + pointer_token(name)))
+    return steps, required
+
+
+def _string_rules(field: Field) -> list[Callable[[str, str, _Errors], None]]:
+    """The checks a non-empty string of ``field`` goes through, in the order its errors are listed."""
+    rules = []
+    enum, fmt, max_length, pattern = field.enum, field.format, field.max_length, field.pattern
+    if enum is not None:
+
+        def check_enum(value: str, path: str, errors: _Errors) -> None:
+            if value not in enum:
+                errors.add(ENUM, path, f"{value!r} is not one of {sorted(map(str, enum))}")
+
+        rules.append(check_enum)
+    if fmt == "date-time":
+
+        def check_date_time(value: str, path: str, errors: _Errors) -> None:
+            if _time_us(value) is None:
+                errors.add(FORMAT, path, f"{value!r} is not an RFC 3339 date-time")
+
+        rules.append(check_date_time)
+    elif fmt == "date":
+
+        def check_date(value: str, path: str, errors: _Errors) -> None:
+            if not _is_date(value):
+                errors.add(FORMAT, path, f"{value!r} is not an RFC 3339 full-date")
+
+        rules.append(check_date)
+    elif fmt == "email":
+
+        def check_email(value: str, path: str, errors: _Errors) -> None:
+            if not _EMAIL.fullmatch(value):
+                errors.add(FORMAT, path, f"{value!r} is not an e-mail address")
+
+        rules.append(check_email)
+    if max_length is not None:
+
+        def check_length(value: str, path: str, errors: _Errors) -> None:
+            if len(value) > max_length:
+                errors.add(LENGTH, path, f"longer than {max_length} characters")
+
+        rules.append(check_length)
+    if pattern is not None:
+
+        def check_pattern(value: str, path: str, errors: _Errors) -> None:
+            if not pattern.search(value):
+                errors.add(PATTERN, path, f"{value!r} does not match {pattern.pattern!r}")
+
+        rules.append(check_pattern)
+    return rules
+
+
+def _string_check(rules: list[Callable[[str, str, _Errors], None]]) -> _Check:
+    if not rules:
+        return _check_plain_string
+    rule = rules[0] if len(rules) == 1 else _each(rules)
+
+    def check(value: Any, path: str, errors: _Errors) -> Any:
+        if type(value) is str and value:
+            rule(value, path, errors)
             return value
-        _check_string(value, field, path, errors)
-        return value
-    if kind in ("number", "integer"):
-        return _number(value, field, path, errors)
-    if kind == "boolean":
-        return value if type(value) is bool else _wrong_type(value, "boolean", path, errors)
-    if kind == "array":
-        if type(value) is not list:
-            return _wrong_type(value, "array", path, errors)
-        if not value:
-            errors.add(EMPTY_VALUE, path, "an empty array is not allowed: leave the field out instead")
-        item = field.item
-        return [_value(element, item, f"{path}/{position}", errors) for position, element in enumerate(value)]
-    if kind == "map":
-        if type(value) is not dict:
-            return _wrong_type(value, "object", path, errors)
-        if not value:
-            errors.add(EMPTY_VALUE, path, "an empty map is not allowed: leave the field out instead")
-        if path == "/" + IDENTITY_MAP:
-            return _identity_map(value, path, errors)
-        item = field.item
-        return {key: _value(entry, item, f"{path}/{pointer_token(key)}", errors) for key, entry in value.items()}
-    if type(value) is not dict and type(value) is not list:
-        return _wrong_type(value, "object", path, errors)
+        return _check_plain_string(value, path, errors)  # not a string, or an empty one
+
+    return check
+
+
+def _each(rules: list[Callable[[str, str, _Errors], None]]) -> Callable[[str, str, _Errors], None]:
+    def check_each(value: str, path: str, errors: _Errors) -> None:
+        for rule in rules:
+            rule(value, path, errors)
+
+    return check_each
+
+
+def _check_plain_string(value: Any, path: str, errors: _Errors) -> Any:
+    if type(value) is not str:
+        return _wrong_type(value, "string", path, errors)
     if not value:
-        errors.add(EMPTY_VALUE, path, "an empty value is not allowed: leave the field out instead")
+        errors.add(EMPTY_VALUE, path, "an empty string is not allowed: leave the field out instead")
     return value
 
 
-def _object(value: dict, field: Field, path: str, errors: _Errors) -> dict:
-    normalised = {}
-    given = set()
-    accepts = field.accepts
-    children = field.children
-    for key, entry in value.items():
-        name = accepts.get(key)
-        if name is None:
-            errors.add(UNKNOWN_FIELD, f"{path}/{pointer_token(runtime_name(key))}", f"{key!r} is not in the schema")
-            continue
-        child = children[name]
-        child_path = path + child.pointer
-        if name in given:
-            errors.add(DUPLICATE_FIELD, child_path, f"{name!r} is given twice, under two names")
-            continue
-        given.add(name)
-        if entry is None:
-            errors.add(NULL_VALUE, child_path, "null is not allowed: leave the field out instead")
-            continue
-        normalised[name] = _value(entry, child, child_path, errors)
-    for name in field.required:
-        if name not in given:
-            errors.add(REQUIRED, f"{path}/{pointer_token(name)}", f"{name!r} is required")
-    return normalised
-
-
-def _check_string(value: str, field: Field, path: str, errors: _Errors) -> None:
-    if field.enum is not None and value not in field.enum:
-        errors.add(ENUM, path, f"{value!r} is not one of {sorted(map(str, field.enum))}")
-    fmt = field.format
-    if fmt is not None:
-        if fmt == "date-time":
-            if parse_rfc3339(value) is None:
-                errors.add(FORMAT, path, f"{value!r} is not an RFC 3339 date-time")
-        elif fmt == "date":
-            if not _is_date(value):
-                errors.add(FORMAT, path, f"{value!r} is not an RFC 3339 full-date")
-        elif fmt == "email" and not _EMAIL.fullmatch(value):
-            errors.add(FORMAT, path, f"{value!r} is not an e-mail address")
-    if field.max_length is not None and len(value) > field.max_length:
-        errors.add(LENGTH, path, f"longer than {field.max_length} characters")
-    if field.pattern is not None and not field.pattern.search(value):
-        errors.add(PATTERN, path, f"{value!r} does not match {field.pattern.pattern!r}")
+@functools.lru_cache(maxsize=4096)
+def _time_us(text: str) -> int | None:
+    """An RFC 3339 date-time in µs since the epoch, ``None`` when ``text`` is not one; remembered, as an event's
+    timestamp is read twice, for its format and for its range."""
+    moment = parse_rfc3339(text)
+    return None if moment is None else micros(moment)
 
 
 def _is_date(value: str) -> bool:
@@ -235,28 +335,78 @@ def _is_date(value: str) -> bool:
     return True
 
 
-def _number(value: Any, field: Field, path: str, errors: _Errors) -> Any:
-    value_type = type(value)
-    if field.kind == "integer":
-        if value_type is float and value.is_integer():
-            value = int(value)
-        elif value_type is not int:
-            return _wrong_type(value, "integer", path, errors)
-        if not _INT64_MIN <= value <= _INT64_MAX:
-            errors.add(RANGE, path, f"{value} does not fit in a 64-bit integer")
-            return None
-    elif value_type is not int and value_type is not float:
-        return _wrong_type(value, "number", path, errors)
-    if field.minimum is not None and value < field.minimum:
-        errors.add(RANGE, path, f"{value} is less than the minimum {field.minimum}")
-    if field.maximum is not None and value > field.maximum:
-        errors.add(RANGE, path, f"{value} is greater than the maximum {field.maximum}")
-    if field.enum is not None and value not in field.enum:
-        errors.add(ENUM, path, f"{value!r} is not one of {sorted(field.enum)}")
+def _number_check(integer: bool, minimum: float | None, maximum: float | None, enum: frozenset | None) -> _Check:
+    if not integer and minimum is None and maximum is None and enum is None:
+        return _check_number
+
+    def check(value: Any, path: str, errors: _Errors) -> Any:
+        value_type = type(value)
+        if integer:
+            if value_type is float and value.is_integer():
+                value = int(value)
+            elif value_type is not int:
+                return _wrong_type(value, "integer", path, errors)
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                errors.add(RANGE, path, f"{value} does not fit in a 64-bit integer")
+                return None
+        elif value_type is not int and value_type is not float:
+            return _wrong_type(value, "number", path, errors)
+        if minimum is not None and value < minimum:
+            errors.add(RANGE, path, f"{value} is less than the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            errors.add(RANGE, path, f"{value} is greater than the maximum {maximum}")
+        if enum is not None and value not in enum:
+            errors.add(ENUM, path, f"{value!r} is not one of {sorted(enum)}")
+        return value
+
+    return check
+
+
+def _check_number(value: Any, path: str, errors: _Errors) -> Any:
+    return value if type(value) is int or type(value) is float else _wrong_type(value, "number", path, errors)
+
+
+def _check_boolean(value: Any, path: str, errors: _Errors) -> Any:
+    return value if type(value) is bool else _wrong_type(value, "boolean", path, errors)
+
+
+def _array_check(check_item: _Check) -> _Check:
+    def check(value: Any, path: str, errors: _Errors) -> Any:
+        if type(value) is not list:
+            return _wrong_type(value, "array", path, errors)
+        if not value:
+            errors.add(EMPTY_VALUE, path, "an empty array is not allowed: leave the field out instead")
+        return [check_item(element, f"{path}/{position}", errors) for position, element in enumerate(value)]
+
+    return check
+
+
+def _map_check(check_item: _Check) -> _Check:
+    def check(value: Any, path: str, errors: _Errors) -> Any:
+        if type(value) is not dict:
+            return _wrong_type(value, "object", path, errors)
+        if not value:
+            errors.add(EMPTY_VALUE, path, "an empty map is not allowed: leave the field out instead")
+        if path == _IDENTITY_MAP_PATH:
+            return _identity_map(value, path, errors)
+        return {key: check_item(entry, f"{path}/{pointer_token(key)}", errors) for key, entry in value.items()}
+
+    return check
+
+
+def _check_json(value: Any, path: str, errors: _Errors) -> Any:
+    if type(value) is not dict and type(value) is not list:
+        return _wrong_type(value, "object", path, errors)
+    if not value:
+        errors.add(EMPTY_VALUE, path, "an empty value is not allowed: leave the field out instead")
     return value
 
 
 def _wrong_type(value: Any, expected: str, path: str, errors: _Errors) -> None:
+    """A value that is not of the field's kind: ``null`` (its own code) or one of another type."""
+    if value is None:
+        errors.add(NULL_VALUE, path, _NULL)
+        return None
     actual = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
     errors.add(TYPE, path, f"expected {expected}, got {actual}")
     return None
@@ -267,14 +417,25 @@ def _identity_map(value: dict, path: str, errors: _Errors) -> dict:
     identities = 0
     primaries = 0
     for namespace, items in value.items():
-        namespace_path = f"{path}/{pointer_token(namespace)}"
         if not namespace or type(items) is not list or not items:
-            errors.add(IDENTITY_ITEM, namespace_path, "an identityMap entry is a non-empty list of identity items")
+            text = "an identityMap entry is a non-empty list of identity items"
+            errors.add(IDENTITY_ITEM, f"{path}/{pointer_token(namespace)}", text)
             continue
         kept = []
         for position, item in enumerate(items):
-            item_path = f"{namespace_path}/{position}"
-            identity = _identity_item(item, item_path, errors)
+            if (
+                type(item) is dict
+                and item.keys() <= _IDENTITY_ITEM_RUNTIME_FIELDS
+                and type(given_id := item.get("id")) is str
+                and given_id != ""
+                and type(state := item.get("authenticatedState", "ambiguous")) is str
+                and state in _AUTHENTICATED_STATES
+                and type(item.get("primary", False)) is bool
+            ):
+                # Runtime names only (so none twice), each value right: what _identity_item keeps, without errors.
+                identity = dict(item)
+            else:
+                identity = _identity_item(item, f"{path}/{pointer_token(namespace)}/{position}", errors)
             if identity is not None:
                 kept.append(identity)
                 primaries += identity.get("primary") is True
@@ -325,12 +486,12 @@ def _check_record_time(entity: dict, time_series: bool, latest_us: int, errors: 
             "/extSourceSystemAudit/lastUpdatedDate",
             audit.get("lastUpdatedDate") if type(audit) is dict else None,
         )
-    parsed = parse_rfc3339(stated) if type(stated) is str else None
-    if parsed is None:  # absent, or a format error already reported
+    stated_us = _time_us(stated) if type(stated) is str else None
+    if stated_us is None:  # absent, or a format error already reported
         return
-    if micros(parsed) < 0:
+    if stated_us < 0:
         errors.add(TIME_BEFORE_EPOCH, path, f"{stated} is before 1970-01-01T00:00:00Z")
-    elif time_series and micros(parsed) > latest_us:
+    elif time_series and stated_us > latest_us:
         latest = rfc3339_or_micros(latest_us)
         errors.add(FUTURE_TIMESTAMP, path, f"{stated} is later than the ingestion time plus skew ({latest})")
 

@@ -1,9 +1,11 @@
 """Ingestion validation against the built-in schemas (schemas.validation)."""
 
 import copy
+import gc
 import io
 import json
 import re
+import weakref
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -725,3 +727,16 @@ def test_class_example_gives_the_expected_record_errors(registry, name, expected
     class_id = EXPERIENCE_EVENT if name.startswith("experienceevent.") else PROFILE
     entity = json.loads((CLASS_EXAMPLES / name).read_text(encoding="utf-8"))
     assert _codes(registry, entity, class_id, ingest_us=FAR_FUTURE_US) == expected
+
+
+def test_a_schema_s_checks_are_made_once_and_go_with_the_schema():
+    registry = SchemaRegistry.load()
+    root = registry.get(EXPERIENCE_EVENT).root
+    key = id(root)
+    _validate(registry, SAMPLE_EVENT)
+    check = validation._ROOT_CHECKS[key]
+    assert (_validate(registry, SAMPLE_EVENT), validation._ROOT_CHECKS[key]) == ((SAMPLE_EVENT, []), check)
+    gone = weakref.ref(root)
+    del registry, root, check
+    gc.collect()
+    assert (gone(), key in validation._ROOT_CHECKS) == (None, False)
