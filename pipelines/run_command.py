@@ -71,10 +71,9 @@ def run_command(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _workers(args: argparse.Namespace) -> int:
-    """The worker processes asked for; a --batch run on the local runner takes one per core unless told."""
-    if args.workers is not None:
-        return args.workers
-    return (os.cpu_count() or 1) if args.batch and args.runner is None else 1
+    """The worker processes asked for; one unless told (docs/decisions/0032-batch-workers-are-pipelines-of-their-own.md
+    says why more are not the default)."""
+    return args.workers or 1
 
 
 def _check_flink(beam_args: list[str]) -> None:
