@@ -8,9 +8,11 @@ connections, a SQLite file locked by another process past its busy timeout, Bigt
 goes up at once.
 
 An outage is logged twice, whatever the number of calls it held up: a warning when it starts, and one when the store
-answers again, with how long it was away. The pipeline's stages open their stores through :func:`patient`, so a short
-outage delays the run instead of failing its bundles (a bundle that fails four times fails a Beam run); the lookup
-commands do not, since a person waiting at a terminal is better served by an error.
+answers again, with how long it was away (an answer that is an error other than an outage counts: a write that reached
+a stopped Redis server runs when the server continues, and the retry's check then fails). The pipeline's stages open
+their stores through :func:`patient`, so a short outage delays the run instead of failing its bundles (a bundle that
+fails four times fails a Beam run); the lookup commands do not, since a person waiting at a terminal is better served
+by an error.
 
 Retrying a call that failed is safe, because every store call is idempotent or checked: adding identity facts is a
 union (a batch logged twice is told twice, and the lake keeps each change once), and a profile write that reached
@@ -74,6 +76,8 @@ class Patient:
                 answer = method(*args, **kwargs)
             except Exception as error:
                 if not self._store.is_transient(error):
+                    # An error that is no outage is an answer: the store is back, whatever it said.
+                    self._tell_back(outage_started)
                     raise
                 now = self._clock()
                 if outage_started is None:
@@ -92,9 +96,12 @@ class Patient:
                 self._sleep(pause * random.uniform(0.5, 1.0))
                 pause = min(2 * pause, LONGEST_PAUSE_S)
                 continue
-            if outage_started is not None:
-                _LOGGER.warning("%s answers again, after %.1f s", self._name, self._clock() - outage_started)
+            self._tell_back(outage_started)
             return answer
+
+    def _tell_back(self, outage_started: float | None) -> None:
+        if outage_started is not None:
+            _LOGGER.warning("%s answers again, after %.1f s", self._name, self._clock() - outage_started)
 
 
 def patient(open_store: Callable[[str], Any], url: str, what: str, **options: Any) -> Patient:

@@ -33,6 +33,9 @@ class FlakyStore:
         return f"value of {key}"
 
     def broken(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise Unreachable("connection refused")
         raise ValueError("not an outage")
 
     def is_transient(self, error: BaseException) -> bool:
@@ -88,6 +91,19 @@ def test_an_error_that_is_no_outage_raises_at_once():
         patient_store(store, clock).broken()
 
     assert clock.pauses == []
+
+
+def test_an_outage_ended_by_an_answer_that_is_an_error_is_logged_as_over(caplog):
+    # A Redis write sent before the server stopped runs when it continues; the retry then finds its own write and
+    # fails its check. The server answered, so the outage is over, and the log must say so before the error goes up.
+    clock, store = FakeTime(), FlakyStore(failures=3)
+
+    with caplog.at_level(logging.WARNING, logger="stores.outages"), pytest.raises(ValueError, match="not an outage"):
+        patient_store(store, clock).broken()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert messages[1] == f"store test:// answers again, after {clock.now:.1f} s"
 
 
 def test_close_is_the_stores_own_and_never_retried():
