@@ -50,9 +50,9 @@ class Observation:
     stamp: Stamp
 
 
-@dataclasses.dataclass(frozen=True)
-class LinkFact:
-    """Two identities seen together; ``a < b``. ``first`` and ``last`` are the earliest and latest observations."""
+class LinkFact(NamedTuple):
+    """Two identities seen together; ``a < b``. ``first`` and ``last`` are the earliest and latest observations (a
+    NamedTuple for the reason :class:`Identity` is one: stores read and merge thousands of them a batch)."""
 
     a: Identity
     b: Identity

@@ -105,40 +105,44 @@ class IdentityStore(abc.ABC):
 class FactsBuilder:
     """Collects the facts a backend reads: the sightings first, then the links among those identities.
 
-    Each identity and stamp is made once: an identity recurs in every link it has, a stamp in all the facts one
-    record made, and making them is much of the time a store takes to read.
+    Rows go in many at a time, each as plain columns, and each identity and stamp is made once: an identity recurs in
+    every link it has, a stamp in all the facts one record made, and making them (a call per row, even) is much of
+    the time a store takes to read.
     """
 
     def __init__(self) -> None:
         self._sightings: dict[Identity, Stamp] = {}
         self._links: dict[tuple[Identity, Identity], LinkFact] = {}
+        # Each identity by itself: found by an equal (namespace, id) tuple, as Identity is one.
         self._identities: dict[tuple[str, str], Identity] = {}
         self._stamps: dict[tuple[int, str], Stamp] = {}
 
-    def add_sighting(self, namespace: str, id_: str, time_us: int, message_id: str) -> Identity:
-        identity = self._identities[(namespace, id_)] = Identity(namespace, id_)
-        self._sightings[identity] = self._stamp(time_us, message_id)
-        return identity
+    def add_sightings(self, rows: Iterable[tuple[str, str, int, str]]) -> list[Identity]:
+        """Adds ``(namespace, id, time_us, message_id)`` rows; returns their identities, in order."""
+        sightings, identities, stamps = self._sightings, self._identities, self._stamps
+        added = []
+        for namespace, id_, time_us, message_id in rows:
+            identity = _new(Identity, (namespace, id_))
+            identities[identity] = identity
+            key = (time_us, message_id)
+            sightings[identity] = stamps.get(key) or stamps.setdefault(key, _new(Stamp, key))
+            added.append(identity)
+        return added
 
-    def add_link(
-        self,
-        a_namespace: str,
-        a_id: str,
-        b_namespace: str,
-        b_id: str,
-        first_us: int,
-        first_id: str,
-        last_us: int,
-        last_id: str,
-    ) -> None:
-        a, b = self._identities[(a_namespace, a_id)], self._identities[(b_namespace, b_id)]
-        self._links[(a, b)] = LinkFact(a, b, self._stamp(first_us, first_id), self._stamp(last_us, last_id))
+    def add_links(self, rows: Iterable[tuple[str, str, str, str, int, str, int, str]]) -> None:
+        """Adds ``(a_namespace, a_id, b_namespace, b_id, first_us, first_id, last_us, last_id)`` rows, each of two
+        identities already added."""
+        links, identity, stamps = self._links, self._identities.__getitem__, self._stamps
+        for a_namespace, a_id, b_namespace, b_id, first_us, first_id, last_us, last_id in rows:
+            a, b = identity((a_namespace, a_id)), identity((b_namespace, b_id))
+            first, last = (first_us, first_id), (last_us, last_id)
+            first = stamps.get(first) or stamps.setdefault(first, _new(Stamp, first))
+            last = stamps.get(last) or stamps.setdefault(last, _new(Stamp, last))
+            links[(a, b)] = _new(LinkFact, (a, b, first, last))
 
     def facts(self) -> GraphFacts:
         return GraphFacts(self._sightings, self._links)
 
-    def _stamp(self, time_us: int, message_id: str) -> Stamp:
-        made = self._stamps.get((time_us, message_id))
-        if made is None:
-            made = self._stamps[(time_us, message_id)] = Stamp(time_us, message_id)
-        return made
+
+# A NamedTuple from a tuple of its fields, in C: its own constructor is a Python function, a call a row.
+_new = tuple.__new__

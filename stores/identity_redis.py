@@ -316,16 +316,21 @@ def _facts(reply: bytes) -> GraphFacts:
     names = json.loads("[" + ",".join(field for field, _ in sightings) + "]")
     name_of = {field: name for (field, _), name in zip(sightings, names, strict=True)}
     builder = FactsBuilder()
-    for (_, stamp), (namespace, id_) in zip(sightings, names, strict=True):
-        builder.add_sighting(namespace, id_, *_stamp(stamp))
-    for field, value in links:
-        a, b = field.split("\t")
-        length, stamps = value.split(":", 1)
-        # The length is in bytes, as the script counts.
-        encoded = stamps.encode()
-        first, last = encoded[: int(length)].decode(), encoded[int(length) :].decode()
-        builder.add_link(*name_of[a], *name_of[b], *_stamp(first), *_stamp(last))
+    builder.add_sightings(
+        (namespace, id_, *_stamp(stamp)) for (_, stamp), (namespace, id_) in zip(sightings, names, strict=True)
+    )
+    builder.add_links(_link_row(name_of, field, value) for field, value in links)
     return builder.facts()
+
+
+def _link_row(name_of: dict[str, list[str]], field: str, value: str) -> tuple:
+    """A link's row for :meth:`FactsBuilder.add_links` from its hash field and value."""
+    a, b = field.split("\t")
+    length, stamps = value.split(":", 1)
+    # The length is in bytes, as the script counts.
+    encoded = stamps.encode()
+    first, last = encoded[: int(length)].decode(), encoded[int(length) :].decode()
+    return (*name_of[a], *name_of[b], *_stamp(first), *_stamp(last))
 
 
 def _stamp(text: str) -> tuple[int, str]:

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 from core.clock import wall_clock_us
 from identity.model import GraphFacts, Identity, LoggedBatch, Stamp
 from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore
-from stores.sqlite_files import is_busy, open_store_file, transaction
+from stores.sqlite_files import insert_rows, is_busy, open_store_file, transaction
 
 # Bound parameters per IN list, well under SQLite's limit of 32,766.
 _IDS_PER_QUERY = 500
@@ -77,37 +78,33 @@ CREATE TABLE IF NOT EXISTS identity_change_log (
 CREATE INDEX IF NOT EXISTS identity_change_log_by_cause ON identity_change_log (cause_message_id);
 COMMIT;
 """
-# The identities a call asks about. A table rather than JSON or a long IN list: any number of them fits, and ids
-# holding a NUL character (which SQLite's JSON and text functions cut short) compare whole. A connection's own, so a
-# read-only one has it too.
+# The identities a call asks about, and the components they are in. Tables rather than JSON or a long IN list: any
+# number of them fits, and ids holding a NUL character (which SQLite's JSON and text functions cut short) compare
+# whole. A connection's own, so a read-only one has them too.
 _WANTED = """
 CREATE TEMP TABLE IF NOT EXISTS wanted (namespace TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (namespace, id))
-    WITHOUT ROWID
+    WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS touched (component INTEGER PRIMARY KEY);
 """
 _TABLES = ("identity_sightings", "identity_components", "identity_links")
 
-# CROSS JOIN makes SQLite loop over the few wanted identities: it knows nothing of the temporary table's size and
-# would otherwise scan every identity instead.
-_TOUCHED = """
-WITH touched AS (
-    SELECT DISTINCT c.component FROM temp.wanted AS w CROSS JOIN identity_components AS c USING (namespace, id)
-)
+# CROSS JOIN makes SQLite loop over the few wanted identities and touched components: it knows nothing of the
+# temporary tables' sizes and would otherwise scan every identity instead.
+_TOUCH = """
+INSERT OR IGNORE INTO temp.touched
+SELECT c.component FROM temp.wanted AS w CROSS JOIN identity_components AS c USING (namespace, id)
 """
-_MEMBERS = (
-    _TOUCHED
-    + """
-SELECT m.namespace, m.id, m.component, s.time_us, s.message_id
-FROM touched JOIN identity_components AS m USING (component) JOIN identity_sightings AS s USING (namespace, id)
+_MEMBERS = """
+SELECT m.namespace, m.id, s.time_us, s.message_id, m.component
+FROM temp.touched CROSS JOIN identity_components AS m USING (component)
+JOIN identity_sightings AS s USING (namespace, id)
 """
-)
-_LINKS = (
-    _TOUCHED
-    + """
+_LINKS = """
 SELECT l.a_namespace, l.a_id, l.b_namespace, l.b_id,
     l.first_time_us, l.first_message_id, l.last_time_us, l.last_message_id
-FROM touched JOIN identity_links AS l USING (component)
+FROM temp.touched CROSS JOIN identity_links AS l USING (component)
 """
-)
+_SIGHTING_COLUMNS, _COMPONENT_COLUMN = operator.itemgetter(0, 1, 2, 3), operator.itemgetter(4)
 _ADD_SIGHTING = """
 INSERT INTO identity_sightings (namespace, id, time_us, message_id) VALUES (?, ?, ?, ?)
 ON CONFLICT (namespace, id) DO UPDATE SET time_us = excluded.time_us, message_id = excluded.message_id
@@ -140,7 +137,7 @@ class SqliteIdentityStore(IdentityStore):
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         super().__init__()
         self._connection = open_store_file(path, _SCHEMA, "identity store", read_only=read_only, tables=_TABLES)
-        self._connection.execute(_WANTED)
+        self._connection.executescript(_WANTED)
         if read_only:
             return
         # See the module docstring: a commit writes the log without waiting for the disk.
@@ -215,17 +212,17 @@ class SqliteIdentityStore(IdentityStore):
 
     def _read(self, identities: Iterable[Identity]) -> tuple[GraphFacts, dict[Identity, int]]:
         """The facts of the identities' components, and the component of each of their members."""
-        self._connection.execute("DELETE FROM temp.wanted")
-        self._connection.executemany(
-            "INSERT OR IGNORE INTO temp.wanted VALUES (?, ?)", [(i.namespace, i.id) for i in identities]
-        )
+        execute = self._connection.execute
+        execute("DELETE FROM temp.wanted")
+        # An identity is a (namespace, id) tuple: the row itself.
+        insert_rows(self._connection, "INSERT OR IGNORE INTO temp.wanted", list(identities))
+        execute("DELETE FROM temp.touched")
+        execute(_TOUCH)
         builder = FactsBuilder()
-        component_of: dict[Identity, int] = {}
-        for namespace, id_, component, time_us, message_id in self._connection.execute(_MEMBERS):
-            component_of[builder.add_sighting(namespace, id_, time_us, message_id)] = component
-        for link in self._connection.execute(_LINKS):
-            builder.add_link(*link)
-        return builder.facts(), component_of
+        members = execute(_MEMBERS).fetchall()
+        found = builder.add_sightings(map(_SIGHTING_COLUMNS, members))
+        builder.add_links(execute(_LINKS))
+        return builder.facts(), dict(zip(found, map(_COMPONENT_COLUMN, members), strict=True))
 
     def _join_components(self, additions: GraphFacts, component_of: dict[Identity, int]) -> dict[Identity, int]:
         """Merge the components the new links join, place the new identities; the component of each identity of

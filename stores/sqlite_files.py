@@ -1,4 +1,4 @@
-"""What the SQLite-backed stores share: opening a store file and running explicit transactions.
+"""What the SQLite-backed stores share: opening a store file, running explicit transactions, inserting many rows.
 
 Writers begin ``IMMEDIATE`` transactions, so concurrent processes serialise on the file lock (waiting up to
 :data:`BUSY_TIMEOUT_S`, after which :func:`is_busy` says the error is transient), and WAL mode lets readers go on
@@ -8,16 +8,21 @@ meanwhile.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from stores.errors import StoreUnavailableError
 
 # Writers hold the lock for milliseconds; a lock held longer is an outage, which the pipeline waits out with
 # back-off and says so (stores.outages).
 BUSY_TIMEOUT_S = 5.0
+# The most rows one statement of insert_rows takes: 9 columns of each stay far below SQLite's 32,766 parameters.
+ROWS_PER_INSERT = 256
 
 
 def open_store_file(
@@ -70,3 +75,25 @@ def transaction(connection: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") 
 def is_busy(error: BaseException) -> bool:
     """Whether ``error`` is SQLite's answer to a file another connection holds locked past the busy timeout."""
     return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))
+
+
+def insert_rows(connection: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]], upsert: str = "") -> None:
+    """Runs ``{insert} VALUES (?, ...), (?, ...) {upsert}`` over ``rows``, many rows a statement.
+
+    The same as ``executemany`` of one row a statement, row after row, at a third of the cost for a few hundred rows.
+    A statement takes a power of two rows up to :data:`ROWS_PER_INSERT`, so a connection's statement cache (128
+    statements) keeps the few texts made.
+    """
+    start = 0
+    while start < len(rows):
+        size = min(ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start : start + size]
+        connection.execute(
+            f"{insert} VALUES {_row_marks(size, len(chunk[0]))} {upsert}", list(itertools.chain.from_iterable(chunk))
+        )
+        start += size
+
+
+@functools.cache
+def _row_marks(rows: int, columns: int) -> str:
+    return ", ".join(["(" + ", ".join("?" * columns) + ")"] * rows)
