@@ -13,6 +13,19 @@ as it is: the table of deltas is added, empty.
 Redirects are one step long, so each lookup is one query that follows at most one. Why:
 docs/decisions/0018-sqlite-stores-take-turns-in-immediate-transactions.md,
 docs/decisions/0020-redirects-are-one-step-long.md.
+
+Durability: a writing store sets ``synchronous=NORMAL``, as the identity store does (:mod:`stores.identity_sqlite`), so
+a commit appends to the write-ahead log without waiting for the disk (a flush's commit, some 2.5 MB, took 48 ms to sync
+on the development machine, 100 µs of wall time per message); the log is synced when it is checkpointed into the file. A
+process that crashes loses nothing it committed: the log is in the operating system's hands. A power loss or an
+operating-system crash may lose the last writes committed before it (never the file's consistency: a write's deltas,
+bases, views, index entries and redirects go or stay together), while their records may already have been acknowledged
+and gone on to the lake: the profiles then lack what those records said (an attribute until a later record sets it
+again, an event for good), and their persons' views stay as they were until the persons' next flush.
+
+A writing store keeps :data:`CACHE_KIB` of pages in memory, where SQLite's default is 2 MiB: a flush of 500 messages
+reads about 2.5 MB of fragments and writes as much, so with the default every flush read its pages from the operating
+system again (a seventh of the store's CPU time over five copies of the sample).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from profiles.writer import ProfileWrite, ProfileWriteConflict, StoredFragment, 
 from stores.profiles import ProfileStore, changed_since_read, changes_nothing
 from stores.sqlite_files import is_busy, open_store_file, transaction
 
+CACHE_KIB = 16 * 1024
 # Bound parameters per IN list, well under SQLite's limit of 32,766.
 KEYS_PER_QUERY = 500
 
@@ -66,6 +80,10 @@ class SqliteProfileStore(ProfileStore):
         self._connection = open_store_file(
             path, _SCHEMA, "profile store", read_only=read_only, tables=("fragments", "views", "identity_index")
         )
+        if not read_only:
+            # See the module docstring: a commit writes the log without waiting for the disk.
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            self._connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
 
     def fragments(self, keys: Iterable[str]) -> dict[str, StoredFragment]:
         with transaction(self._connection, "BEGIN"):
