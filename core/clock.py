@@ -9,6 +9,7 @@ digits, truncated to the microsecond); ``micros`` turns a datetime into the pipe
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 import time
 
@@ -36,6 +37,10 @@ def rfc3339_or_micros(time_us: int) -> str:
         return f"{time_us} µs since 1970-01-01"
 
 
+# A record's time is read by validation, by stitching and by the profile writer, which take records in batches of
+# hundreds: each answer (an immutable datetime, or None) is remembered for the 4096 texts read last, so that only the
+# first read of a record's time parses it.
+@functools.lru_cache(maxsize=4096)
 def parse_rfc3339(text: str) -> datetime.datetime | None:
     """An RFC 3339 date-time as an aware datetime, or ``None`` when ``text`` is not one."""
     if not _RFC3339.fullmatch(text):
