@@ -105,16 +105,16 @@ SELECT l.a_namespace, l.a_id, l.b_namespace, l.b_id,
 FROM temp.touched CROSS JOIN identity_links AS l USING (component)
 """
 _SIGHTING_COLUMNS, _COMPONENT_COLUMN = operator.itemgetter(0, 1, 2, 3), operator.itemgetter(4)
-_ADD_SIGHTING = """
-INSERT INTO identity_sightings (namespace, id, time_us, message_id) VALUES (?, ?, ?, ?)
+_ADD_SIGHTINGS = """
+INSERT INTO identity_sightings (namespace, id, time_us, message_id) VALUES {rows}
 ON CONFLICT (namespace, id) DO UPDATE SET time_us = excluded.time_us, message_id = excluded.message_id
 WHERE (excluded.time_us, excluded.message_id) < (time_us, message_id)
 """
 # SET expressions all read the row as it was, so each pair of columns tests the same condition.
-_ADD_LINK = """
+_ADD_LINKS = """
 INSERT INTO identity_links (
     a_namespace, a_id, b_namespace, b_id, component, first_time_us, first_message_id, last_time_us, last_message_id
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+) VALUES {rows}
 ON CONFLICT (a_namespace, a_id, b_namespace, b_id) DO UPDATE SET
     first_time_us = iif(
         (excluded.first_time_us, excluded.first_message_id) < (first_time_us, first_message_id),
@@ -154,16 +154,15 @@ class SqliteIdentityStore(IdentityStore):
             # Only what the rows lack is written: the lock is held since the read, so `before` is what they hold.
             additions = batch.additions_to(before)
             target_of = self._join_components(additions, component_of)
-            self._connection.executemany(
-                _ADD_SIGHTING,
-                [(i.namespace, i.id, *_columns(stamp)) for i, stamp in additions.sightings.items()],
+            insert_rows(
+                self._connection,
+                _ADD_SIGHTINGS,
+                [(*identity, *stamp) for identity, stamp in additions.sightings.items()],
             )
-            self._connection.executemany(
-                _ADD_LINK,
-                [
-                    (a.namespace, a.id, b.namespace, b.id, target_of[a], *_columns(link.first), *_columns(link.last))
-                    for (a, b), link in additions.links.items()
-                ],
+            insert_rows(
+                self._connection,
+                _ADD_LINKS,
+                [(*a, *b, target_of[a], *first, *last) for a, b, first, last in additions.links.values()],
             )
             self._connection.executemany(
                 "DELETE FROM identity_change_log WHERE entry = ?", [(int(entry),) for entry in discarded]
@@ -215,7 +214,7 @@ class SqliteIdentityStore(IdentityStore):
         execute = self._connection.execute
         execute("DELETE FROM temp.wanted")
         # An identity is a (namespace, id) tuple: the row itself.
-        insert_rows(self._connection, "INSERT OR IGNORE INTO temp.wanted", list(identities))
+        insert_rows(self._connection, "INSERT OR IGNORE INTO temp.wanted VALUES {rows}", list(identities))
         execute("DELETE FROM temp.touched")
         execute(_TOUCH)
         builder = FactsBuilder()
@@ -268,9 +267,5 @@ class SqliteIdentityStore(IdentityStore):
             target_of.update(dict.fromkeys(members, target))
         self._connection.executemany("UPDATE identity_components SET component = ? WHERE component = ?", moves)
         self._connection.executemany("UPDATE identity_links SET component = ? WHERE component = ?", moves)
-        self._connection.executemany("INSERT INTO identity_components VALUES (?, ?, ?)", placements)
+        insert_rows(self._connection, "INSERT INTO identity_components VALUES {rows}", placements)
         return target_of
-
-
-def _columns(stamp: Stamp) -> tuple[int, str]:
-    return stamp.time_us, stamp.message_id

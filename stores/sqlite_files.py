@@ -77,8 +77,8 @@ def is_busy(error: BaseException) -> bool:
     return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error))
 
 
-def insert_rows(connection: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]], upsert: str = "") -> None:
-    """Runs ``{insert} VALUES (?, ...), (?, ...) {upsert}`` over ``rows``, many rows a statement.
+def insert_rows(connection: sqlite3.Connection, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Runs ``statement``, an ``INSERT`` whose ``VALUES`` are written ``{rows}``, over ``rows``, many a statement.
 
     The same as ``executemany`` of one row a statement, row after row, at a third of the cost for a few hundred rows.
     A statement takes a power of two rows up to :data:`ROWS_PER_INSERT`, so a connection's statement cache (128
@@ -89,7 +89,7 @@ def insert_rows(connection: sqlite3.Connection, insert: str, rows: Sequence[Sequ
         size = min(ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
         chunk = rows[start : start + size]
         connection.execute(
-            f"{insert} VALUES {_row_marks(size, len(chunk[0]))} {upsert}", list(itertools.chain.from_iterable(chunk))
+            statement.replace("{rows}", _row_marks(size, len(chunk[0]))), list(itertools.chain.from_iterable(chunk))
         )
         start += size
 
