@@ -180,7 +180,7 @@ def parse_json_strictly(data: bytes) -> Any:
         raise JsonRejected(TOO_DEEP, f"nested deeper than {MAX_JSON_DEPTH}") from None
     if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
         raise JsonRejected(TOO_DEEP, f"nested deeper than {MAX_JSON_DEPTH}")
-    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+    if _SURROGATE_ESCAPE.search(text) and has_lone_surrogate(value):
         raise JsonRejected(INVALID_STRING, "a string holds a lone UTF-16 surrogate, which UTF-8 cannot carry")
     return value
 
@@ -210,7 +210,7 @@ def _orjson_agrees(data: bytes, value: Any) -> bool:
     except orjson.JSONEncodeError:
         return False
     spelt_alike = compact == data or compact.translate(None, _JSON_WHITESPACE) == data.translate(None, _JSON_WHITESPACE)
-    if not spelt_alike and (_may_hold_a_float(compact) or _string_count(data) != _string_count(compact)):
+    if not spelt_alike and (_may_hold_a_float(compact) or json_string_count(data) != json_string_count(compact)):
         return False
     return data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH or _depth(value) <= MAX_JSON_DEPTH
 
@@ -220,7 +220,7 @@ def _may_hold_a_float(compact: bytes) -> bool:
     return any(floats.search(compact) for floats in _FLOATS)
 
 
-def _string_count(text: bytes) -> int:
+def json_string_count(text: bytes) -> int:
     """How many strings, keys included, valid JSON ``text`` holds: its quotes less the escaped ones, halved.
 
     Quotes and backslashes stand only in strings, and UTF-8 never uses their bytes inside another character. Removing
@@ -249,7 +249,8 @@ def _depth(value: Any) -> int:
     return depth
 
 
-def _has_lone_surrogate(value: Any) -> bool:
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether a string in parsed JSON ``value`` (a key too, at any depth) holds a lone UTF-16 surrogate."""
     stack = [value]
     while stack:
         node = stack.pop()

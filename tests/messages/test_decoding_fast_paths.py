@@ -207,21 +207,27 @@ def test_generated_json_parses_as_strictly(data):
 
 
 MUTATION_BYTES = [*b'{}[]":,\\ 0123456789.eE+-tfnu\x00\x1f\x7f', 0x80, 0xC3, 0xED, 0xEF, 0xF0, 0xFF]
+mutations = st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(MUTATION_BYTES), st.integers(0, 2)))
 
 
 @MANY
-@given(json_texts(), st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(MUTATION_BYTES), st.integers(0, 2))))
-def test_mutated_json_parses_as_strictly(data, mutations):
-    mutated = bytearray(data)
-    for position, byte, operation in mutations:
-        at = position % (len(mutated) + 1)
-        if operation == 0 or at == len(mutated):
-            mutated.insert(at, byte)
+@given(json_texts(), mutations)
+def test_mutated_json_parses_as_strictly(data, edits):
+    assert_same_as_strict(mutated(data, edits))
+
+
+def mutated(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    """``data`` with each ``(position, byte, operation)`` applied in turn: 0 inserts, 1 overwrites, 2 deletes."""
+    result = bytearray(data)
+    for position, byte, operation in edits:
+        at = position % (len(result) + 1)
+        if operation == 0 or at == len(result):
+            result.insert(at, byte)
         elif operation == 1:
-            mutated[at] = byte
+            result[at] = byte
         else:
-            del mutated[at]
-    assert_same_as_strict(bytes(mutated))
+            del result[at]
+    return bytes(result)
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
