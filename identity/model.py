@@ -42,9 +42,9 @@ class Stamp(NamedTuple):
     message_id: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Observation:
-    """What one record says to the graph: these identities were seen together at ``stamp``."""
+class Observation(NamedTuple):
+    """What one record says to the graph: these identities were seen together at ``stamp`` (a NamedTuple: one is made
+    for every record)."""
 
     identities: tuple[Identity, ...]
     stamp: Stamp

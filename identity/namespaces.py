@@ -40,7 +40,7 @@ import functools
 import re
 import types
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import phonenumbers
 
@@ -178,7 +178,10 @@ class IdentityRules:
         object.__setattr__(self, "_field_paths", field_paths)
 
     def is_blocked(self, trimmed_id: str) -> bool:
-        return trimmed_id.lower() in self._blocked or any(pattern.fullmatch(trimmed_id) for pattern in self._patterns)
+        # Most configurations have no pattern: looking first spares making a generator for every id.
+        return trimmed_id.lower() in self._blocked or (
+            bool(self._patterns) and any(pattern.fullmatch(trimmed_id) for pattern in self._patterns)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,9 +194,9 @@ class Rejection:
     message: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Extraction:
-    """A record's identities, normalised, deduplicated and sorted, and one rejection per item left out."""
+class Extraction(NamedTuple):
+    """A record's identities, normalised, deduplicated and sorted, and one rejection per item left out (a NamedTuple:
+    one is made for every record, in C)."""
 
     identities: tuple[Identity, ...]
     rejections: tuple[Rejection, ...]
@@ -203,11 +206,15 @@ def extract_identities(entity: Mapping[str, Any], namespaces: NamespaceRegistry,
     """Every identity of ``identityMap`` and of the identity fields, each normalised or rejected."""
     identities: set[Identity] = set()
     rejections: list[Rejection] = []
-    for key, raw_id, source in _candidates(entity, rules):
+    for key, raw_id, field in _candidates(entity, rules):
         try:
-            identities.add(_identity(key, raw_id, source, namespaces, rules))
+            identities.add(_identity(key, raw_id, namespaces, rules))
         except _Rejected as rejected:
-            rejections.append(Rejection(key, raw_id if isinstance(raw_id, str) else repr(raw_id), *rejected.args))
+            code, reason = rejected.args
+            source = field or f"{IDENTITY_MAP}.{key}"
+            rejections.append(
+                Rejection(key, raw_id if isinstance(raw_id, str) else repr(raw_id), code, f"{source}: {reason}")
+            )
     return Extraction(tuple(sorted(identities)), tuple(rejections))
 
 
@@ -216,7 +223,8 @@ _MAPPINGS = (dict, Mapping)
 
 
 class _Rejected(Exception):
-    """Raised with (code, message) by the checks below and turned into a :class:`Rejection` at once."""
+    """Raised with (code, reason) by the checks below and turned into a :class:`Rejection` at once, its message the
+    reason after where the id was found (made only then: most ids pass)."""
 
 
 class _NotAnItem:
@@ -230,17 +238,17 @@ class _NotAnItem:
 
 
 def _candidates(entity: Mapping[str, Any], rules: IdentityRules) -> Iterator[tuple[str, Any, str]]:
-    """(namespace key, id as found, where it was found) for every identity the record offers."""
+    """(namespace key, id as found, where it was found) for every identity the record offers; where is ``""`` for an
+    item of ``identityMap`` (``identityMap.<key>``)."""
     identity_map = entity.get(IDENTITY_MAP)
     if isinstance(identity_map, _MAPPINGS):
         for key, items in identity_map.items():
-            source = f"{IDENTITY_MAP}.{key}"
             # Validation lets through only lists of {id, ...} objects; extraction still never trusts the shape.
             if not isinstance(items, list):
-                yield str(key), _NotAnItem(items), source
+                yield str(key), _NotAnItem(items), ""
                 continue
             for item in items:
-                yield str(key), item.get("id") if isinstance(item, _MAPPINGS) else _NotAnItem(item), source
+                yield str(key), item.get("id") if isinstance(item, _MAPPINGS) else _NotAnItem(item), ""
     elif identity_map is not None:
         yield "", _NotAnItem(identity_map), IDENTITY_MAP
     for path, names, code in rules._field_paths:
@@ -253,41 +261,39 @@ def _candidates(entity: Mapping[str, Any], rules: IdentityRules) -> Iterator[tup
             yield code, value, path
 
 
-def _identity(key: str, raw_id: Any, source: str, namespaces: NamespaceRegistry, rules: IdentityRules) -> Identity:
+def _identity(key: str, raw_id: Any, namespaces: NamespaceRegistry, rules: IdentityRules) -> Identity:
     if not isinstance(raw_id, str):
-        raise _Rejected(
-            MALFORMED, f"{source}: an identity id is a string, in an item {{id, authenticatedState, primary}}"
-        )
+        raise _Rejected(MALFORMED, "an identity id is a string, in an item {id, authenticatedState, primary}")
     namespace = namespaces.resolve(key)
     if namespace is None:
-        raise _Rejected(UNKNOWN_NAMESPACE, f"{source}: {key!r} is not a configured namespace")
+        raise _Rejected(UNKNOWN_NAMESPACE, f"{key!r} is not a configured namespace")
     trimmed = raw_id.strip()
     # Length first: it bounds the work the patterns and the phone parser do on hostile input.
     if len(trimmed) > rules.max_id_length:
-        raise _Rejected(TOO_LONG, f"{source}: {len(trimmed)} characters; at most {rules.max_id_length}")
+        raise _Rejected(TOO_LONG, f"{len(trimmed)} characters; at most {rules.max_id_length}")
     if rules.is_blocked(trimmed):
-        raise _Rejected(BLOCKED, f"{source}: {trimmed!r} is a blocked value")
-    return Identity(namespace.code, _normalised(namespace, trimmed, source, rules))
+        raise _Rejected(BLOCKED, f"{trimmed!r} is a blocked value")
+    return Identity(namespace.code, _normalised(namespace, trimmed, rules))
 
 
-def _normalised(namespace: Namespace, trimmed: str, source: str, rules: IdentityRules) -> str:
+def _normalised(namespace: Namespace, trimmed: str, rules: IdentityRules) -> str:
     if namespace.type == "hashed":
         if not _SHA256_HEX.fullmatch(trimmed):
-            raise _Rejected(HASH_NOT_SHA256, f"{source}: {namespace.code} holds a SHA-256 as 64 hexadecimal characters")
+            raise _Rejected(HASH_NOT_SHA256, f"{namespace.code} holds a SHA-256 as 64 hexadecimal characters")
         return trimmed.lower()
     kind = namespace.code.casefold()
     if kind == "email":
         local, at, domain = trimmed.lower().partition("@")
         if not (local and at and domain) or "@" in domain:
-            raise _Rejected(INVALID_EMAIL, f"{source}: an e-mail address has one '@' between a local part and a domain")
+            raise _Rejected(INVALID_EMAIL, "an e-mail address has one '@' between a local part and a domain")
         return f"{local}@{domain}"
     if kind == "phone":
         e164, problem = phone_normal_form(trimmed, rules.phone_region)
         if problem:
-            raise _Rejected(INVALID_PHONE, f"{source}: {problem}")
+            raise _Rejected(INVALID_PHONE, problem)
         return e164
     if kind == "ecid" and not (len(trimmed) == rules.ecid_length and _NUMERIC_ID.fullmatch(trimmed)):
-        raise _Rejected(ECID_LENGTH, f"{source}: an ECID is exactly {rules.ecid_length} digits")
+        raise _Rejected(ECID_LENGTH, f"an ECID is exactly {rules.ecid_length} digits")
     return trimmed
 
 

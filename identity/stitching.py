@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from core.records import ValidRecord
 from identity.graph import GraphRules, changes, record_person, resolve
@@ -44,9 +44,9 @@ class StitchSettings:
     graph: GraphRules
 
 
-@dataclasses.dataclass(frozen=True)
-class RecordIdentities:
-    """A record's normalised identities, its time for linking, and the identities normalisation rejected."""
+class RecordIdentities(NamedTuple):
+    """A record's normalised identities, its time for linking, and the identities normalisation rejected (a
+    NamedTuple: one is made for every record, in C)."""
 
     identities: tuple[Identity, ...]
     stamp: Stamp
@@ -63,8 +63,8 @@ def record_identities(
     extraction = extract_identities(record.entity, settings.namespaces, settings.rules)
     schema = registry.get(record.schema_id)
     stamp = Stamp(record_time_us(record.entity, schema.class_id, record.publish_time_us), record.message_id)
-    rejected = tuple(_rejected_change(rejection, stamp) for rejection in extraction.rejections)
-    return RecordIdentities(tuple(extraction.identities), stamp, rejected)
+    rejected = tuple([_rejected_change(rejection, stamp) for rejection in extraction.rejections])
+    return RecordIdentities(extraction.identities, stamp, rejected)
 
 
 def link_batch(

@@ -274,6 +274,37 @@ def test_a_bad_identity_field_is_rejected_under_its_namespace_naming_its_path():
     assert "personalEmail.address" in rejection.message
 
 
+def test_every_rejection_names_where_its_id_was_found_before_why():
+    entity = {
+        "identityMap": {
+            "ECID": [{"id": 5}, {"id": "123"}, {"id": "1" * 1025}, "not an item"],
+            "Nope": [{"id": "x"}],
+            "CRMID": [{"id": "  Anonymous "}, {"id": "000"}],
+            "Email_LC_SHA256": [{"id": "xyz"}],
+            "AAID": "not a list",
+        },
+        "personalEmail": {"address": "alice"},
+        "mobilePhone": {"number": "12"},
+    }
+    malformed = "an identity id is a string, in an item {id, authenticatedState, primary}"
+    rejections = extract(entity, IdentityRules(blocked_patterns=("0+",))).rejections
+    assert [(rejection.code, rejection.message) for rejection in rejections] == [
+        (MALFORMED, f"identityMap.ECID: {malformed}"),
+        (ECID_LENGTH, "identityMap.ECID: an ECID is exactly 38 digits"),
+        (TOO_LONG, "identityMap.ECID: 1025 characters; at most 1024"),
+        (MALFORMED, f"identityMap.ECID: {malformed}"),
+        (UNKNOWN_NAMESPACE, "identityMap.Nope: 'Nope' is not a configured namespace"),
+        (BLOCKED, "identityMap.CRMID: 'Anonymous' is a blocked value"),
+        (BLOCKED, "identityMap.CRMID: '000' is a blocked value"),
+        (HASH_NOT_SHA256, "identityMap.Email_LC_SHA256: Email_LC_SHA256 holds a SHA-256 as 64 hexadecimal characters"),
+        (MALFORMED, f"identityMap.AAID: {malformed}"),
+        (INVALID_EMAIL, "personalEmail.address: an e-mail address has one '@' between a local part and a domain"),
+        (INVALID_PHONE, "mobilePhone.number: not a possible phone number (default region US)"),
+    ]
+    [rejection] = extract({"identityMap": ["x"]}).rejections
+    assert (rejection.namespace_key, rejection.message) == ("", f"identityMap: {malformed}")
+
+
 def test_configured_identity_fields_replace_the_defaults():
     rules = IdentityRules(fields={"_tenant.loyalty.memberId": "CRMID"})
     entity = {**SAMPLE_PROFILE, "_tenant": {"loyalty": {"memberId": "M-7"}}}
