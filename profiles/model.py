@@ -52,8 +52,7 @@ import dataclasses
 import functools
 import hashlib
 import heapq
-import operator
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -141,6 +140,10 @@ class DistinctCount:
         return round((_EXACT_UP_TO - 1) * 2**64 / (self.hashes[-1] + 1))
 
 
+# Empty, and immutable: shared by every fragment that has no keys to count.
+_NO_KEYS = DistinctCount()
+
+
 @dataclasses.dataclass(frozen=True)
 class Fragment:
     """What one dataset's records said about one identity; see the module docstring.
@@ -158,18 +161,15 @@ class Fragment:
     events: Mapping[str, EventEntry] = dataclasses.field(default_factory=dict)
     recent: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     first_seen_us: int | None = None
-    events_dropped: DistinctCount = DistinctCount()
-    oversize_events: DistinctCount = DistinctCount()
-    oversize_records: DistinctCount = DistinctCount()
+    events_dropped: DistinctCount = _NO_KEYS
+    oversize_events: DistinctCount = _NO_KEYS
+    oversize_records: DistinctCount = _NO_KEYS
     recent_json: dict[str, bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
         """The profile store's fragment key, ``"<NAMESPACE>:<id>|<dataset>"``."""
         return f"{self.identity}|{self.dataset}"
-
-
-_EVENT_TYPE = operator.attrgetter("event_type")
 
 
 def fragment_identity(identities: Iterable[Identity], rules: GraphRules) -> Identity | None:
@@ -222,7 +222,8 @@ def record_fragment(
 
 def merge_fragments(a: Fragment, b: Fragment, *, policy_limits: ProfileLimits = DEFAULT_LIMITS) -> Fragment:
     """The fragment holding what ``a`` and ``b`` (of the same key) hold; commutative, associative, idempotent."""
-    if a.key != b.key:
+    # Comparing the fields first spares formatting both keys at every merge; distinct fields can still make one key.
+    if (a.identity != b.identity or a.dataset != b.dataset) and a.key != b.key:
         raise ValueError(f"fragments of different keys: {a.key!r} and {b.key!r}")
     attributes = dict(a.attributes)
     for path, attribute in b.attributes.items():
@@ -345,12 +346,11 @@ def _view(
     entries, bodies, known_json = (
         (held[0].events, held[0].recent, held[0].recent_json) if len(held) == 1 else _union_events(held)
     )
+    # By recency, newest first: timestamp, then id (pairs rather than a key function, which cost a call per body).
+    ranked = sorted([(entries[event_id].timestamp_us, event_id) for event_id in bodies], reverse=True)
     if now_us is not None and event_ttl_us is not None:
-        recent = sorted(bodies, key=_recency(entries), reverse=True)
-        recent = [event_id for event_id in recent if now_us - entries[event_id].timestamp_us <= event_ttl_us]
-    else:
-        recent = heapq.nlargest(recent_limit, bodies, key=_recency(entries))
-    dropped = DistinctCount()
+        ranked = [pair for pair in ranked if now_us - pair[0] <= event_ttl_us]
+    dropped = _NO_KEYS
     for fragment in held:
         dropped = dropped.union(fragment.events_dropped)
     first_seen = min((f.first_seen_us for f in held if f.first_seen_us is not None), default=None)
@@ -364,10 +364,10 @@ def _view(
             "count": len(entries) + dropped.estimate(),
             "first_seen": _rfc3339(first_seen),
             "last_seen": _rfc3339(None if last_entry is None else last_entry.timestamp_us),
-            "by_type": dict(sorted(Counter(map(_EVENT_TYPE, entries.values())).items())),
+            "by_type": dict(sorted(_count_types(entries.values()).items())),
             "recent": [
                 _embedded(bodies[event_id], known_json.get(event_id) if embed_json else None)
-                for event_id in recent[:recent_limit]
+                for _, event_id in ranked[:recent_limit]
             ],
         },
     }
@@ -442,10 +442,10 @@ def view_from_bytes(data: bytes) -> dict[str, Any]:
 def _record_fragment(
     identity: Identity, dataset: str, entity: Mapping[str, Any], stamp: RecordStamp, limits: ProfileLimits
 ) -> Fragment:
-    encoded = _canonical(entity)
-    if len(encoded) > limits.max_record_bytes:
+    # Sorting the keys changes no length: the canonical bytes are needed only for the digest of an oversize record.
+    if len(orjson.dumps(entity)) > limits.max_record_bytes:
         # Two entities of one batch message share a message id; their content tells them apart.
-        key = f"{stamp.message_id}:{hashlib.sha256(encoded).hexdigest()}"
+        key = f"{stamp.message_id}:{hashlib.sha256(_canonical(entity)).hexdigest()}"
         return Fragment(identity, dataset, oversize_records=DistinctCount.of([key]))
     attributes: dict[str, Attribute] = {}
     for name, value in entity.items():
@@ -469,7 +469,7 @@ def _event_fragment(
         events={event_id: EventEntry(stamp.record_time_us, entity.get("eventType", ""))},
         recent={event_id: body} if kept else {},
         first_seen_us=stamp.record_time_us,
-        oversize_events=DistinctCount.of([event_id]) if oversize else DistinctCount(),
+        oversize_events=DistinctCount.of([event_id]) if oversize else _NO_KEYS,
         recent_json={event_id: encoded} if kept and not oversize else {},
     )
 
@@ -514,6 +514,14 @@ def _union_events(fragments: Sequence[Fragment]) -> _EventUnion:
                 else:
                     known_json[event_id] = known
     return _EventUnion(entries, bodies, known_json)
+
+
+def _count_types(entries: Iterable[EventEntry]) -> dict[str, int]:
+    # A plain dict: a Counter's setup cost more than the counting for the few events most views hold.
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.event_type] = counts.get(entry.event_type, 0) + 1
+    return counts
 
 
 def _embedded(body: Mapping[str, Any], known_json: bytes | None) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import heapq
 import json
 from typing import Any, NamedTuple
 
@@ -349,6 +351,27 @@ def test_recent_events_of_one_time_are_ordered_by_id():
     events = [event(KIOSK, "e-a", 1), event(KIOSK, "e-b", 1)]
 
     assert [body["_id"] for body in view_of(*events)["events"]["recent"]] == ["e-b", "e-a"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([KIOSK, ANN_EMAIL]), st.integers(0, 4), st.sampled_from([PAGE_VIEW, CHECKOUT, ""])),
+        max_size=12,
+    ),
+    st.integers(0, 8),
+)
+def test_recent_and_by_type_are_what_ranking_and_counting_every_event_give(
+    draws: list[tuple[Identity, int, str]], limit: int
+) -> None:
+    events = [event(identity, f"e{n}", minute, event_type) for n, (identity, minute, event_type) in enumerate(draws)]
+
+    summary = view_of(*events, recent_limit=limit)["events"]
+
+    newest = heapq.nlargest(limit, events, key=lambda record: (record.entity["timestamp"], record.entity["_id"]))
+    counts = collections.Counter(record.entity["eventType"] for record in events)
+    assert summary["recent"] == [record.entity for record in newest]
+    assert summary["by_type"] == dict(sorted(counts.items()))
 
 
 def test_a_fragment_keeps_only_its_recent_limit_of_bodies():
