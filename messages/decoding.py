@@ -103,6 +103,8 @@ _JSON_WHITESPACE = b" \t\n\r"
 # A number with a fraction or an exponent after '":' (a member's value), "[" or "," in orjson's compact writing, or a
 # string that looks like one; three searches, each starting with a literal, are faster than one.
 _FLOATS = tuple(re.compile(rb"%s-?[0-9]+[.e]" % start) for start in (b'":', rb"\[", b","))
+# Every number in orjson's compact writing, and text in strings that looks like one.
+_NUMBERS = re.compile(rb'(?:":|[\[,])(-?[0-9][0-9.eE+-]*)')
 
 
 class JsonRejected(ValueError):
@@ -292,7 +294,7 @@ def decode_message(
         return [_failed(message, error.code, str(error))]
     if type(payload) is not dict:
         return [_failed(message, UNKNOWN_ENVELOPE, "the payload is JSON but not an object")]
-    if payload.keys() == {"messages"}:
+    if len(payload) == 1 and "messages" in payload:
         return _decode_batch(message, payload["messages"], max_batch_entries)
     if "header" in payload or "body" in payload:
         return [_from_envelope(message, payload, 0, message.data, "")]
@@ -355,7 +357,7 @@ def _compact_json(entry: Any) -> bytes:
 
     orjson writes the same bytes for objects without floats (it escapes the same characters the same way, and the
     parse bounded integers to 64 bits); floats it may write otherwise (``1e-05`` as ``0.00001``), so an entry that
-    may hold one takes the standard library's encoder.
+    may hold one takes the standard library's encoder unless :func:`_floats_spelt_as_repr` shows they agree.
     """
     if type(entry) is dict:
         try:
@@ -363,9 +365,26 @@ def _compact_json(entry: Any) -> bytes:
         except orjson.JSONEncodeError:
             pass
         else:
-            if not _may_hold_a_float(compact):
+            if not _may_hold_a_float(compact) or _floats_spelt_as_repr(compact):
                 return compact
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _floats_spelt_as_repr(compact: bytes) -> bool:
+    """Whether each number with a fraction or an exponent in orjson's compact writing is spelt as ``repr`` spells its
+    value, as the standard library's encoder writes floats.
+
+    Every number there follows ``":``, ``[`` or ``,``, and no number runs into the next one's start. Text inside a
+    string that looks like a number is held to the same spelling: at worst the entry takes the standard encoder.
+    """
+    for number in _NUMBERS.findall(compact):
+        if b"." in number or b"e" in number or b"E" in number:
+            try:
+                if repr(float(number)).encode() != number:
+                    return False
+            except ValueError:
+                return False
+    return True
 
 
 def _from_envelope(
@@ -381,19 +400,20 @@ def _from_envelope(
     dataset_id = header.get("datasetId", message.attributes.get("datasetId"))
     dataset_id = dataset_id if type(dataset_id) is str else None
 
-    def failed(code: str, text: str, path: str) -> FailedRecord:
-        context = DecodedEntity(message, index, header_id or body_id, dataset_id, None, raw)
-        return FailedRecord.of_entity(context, "decode", (RecordError(code, where + path, text),))
-
-    if header_id is not None and body_id is not None and header_id != body_id:
-        return failed(SCHEMA_REF_MISMATCH, f"header names {header_id}, body names {body_id}", "/body/xdmMeta")
     entity = body.get("xdmEntity")
-    if type(entity) is not dict:
-        return failed(NO_ENTITY, "the envelope has no body.xdmEntity object", "/body/xdmEntity")
-    schema_id = header_id or body_id or message.attributes.get("schemaRef")
-    if schema_id is None:
-        return failed(NO_SCHEMA_REF, "the envelope names no schema (header.schemaRef.id)", "/header/schemaRef")
-    return DecodedEntity(message, index, schema_id, dataset_id, entity, raw)
+    if header_id is not None and body_id is not None and header_id != body_id:
+        text = f"header names {header_id}, body names {body_id}"
+        error = RecordError(SCHEMA_REF_MISMATCH, where + "/body/xdmMeta", text)
+    elif type(entity) is not dict:
+        error = RecordError(NO_ENTITY, where + "/body/xdmEntity", "the envelope has no body.xdmEntity object")
+    else:
+        schema_id = header_id or body_id or message.attributes.get("schemaRef")
+        if schema_id is not None:
+            return DecodedEntity(message, index, schema_id, dataset_id, entity, raw)
+        text = "the envelope names no schema (header.schemaRef.id)"
+        error = RecordError(NO_SCHEMA_REF, where + "/header/schemaRef", text)
+    context = DecodedEntity(message, index, header_id or body_id, dataset_id, None, raw)
+    return FailedRecord.of_entity(context, "decode", (error,))
 
 
 def _schema_ref_id(holder: dict) -> str | None:

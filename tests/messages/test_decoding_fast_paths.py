@@ -276,10 +276,22 @@ def standard_compact(entry) -> bytes:
 @given(json_values)
 @example({"a": 1e-05, "b": [1e-07, 1e16, -0.0, 5e-324, 1.7976931348623157e308, 123456789012345.6]})
 @example({"s": '":1.5 [2.5 ,3e5', "control": "\x00\x1f\x7f\u2028\ufeff", "escape": '\\"/'})
+@example({"price": 12.5, "list": [0.1, -0.0, 100.0, 1e22, 1e16, 2.5], "s": ",1.50 [1.5.5 :-1e5 ,7E2"})
 def test_an_entry_s_raw_bytes_are_the_standard_library_s_compact_json(value):
     entry = {"body": value}
     assert decoding._compact_json(entry) == standard_compact(entry)
     assert decoding._compact_json(value) == standard_compact(value)
+
+
+@MANY
+@given(
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=6), st.text(st.sampled_from('0159.eE+-,:["'))
+)
+def test_an_entry_s_floats_and_number_lookalikes_in_strings_are_written_as_the_standard_library_writes_them(
+    numbers, text
+):
+    entry = {"body": {"numbers": numbers, text: text}, "first": numbers[:1]}
+    assert decoding._compact_json(entry) == standard_compact(entry)
 
 
 def test_every_sample_batch_entry_s_raw_bytes_are_the_standard_library_s():
