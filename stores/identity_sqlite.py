@@ -78,32 +78,38 @@ CREATE TABLE IF NOT EXISTS identity_change_log (
 CREATE INDEX IF NOT EXISTS identity_change_log_by_cause ON identity_change_log (cause_message_id);
 COMMIT;
 """
-# The identities a call asks about, and the components they are in. Tables rather than JSON or a long IN list: any
-# number of them fits, and ids holding a NUL character (which SQLite's JSON and text functions cut short) compare
-# whole. A connection's own, so a read-only one has them too.
+# The identities a call asks about. A table rather than JSON or a long IN list: any number of them fits, and ids
+# holding a NUL character (which SQLite's JSON and text functions cut short) compare whole. A connection's own, so a
+# read-only one has it too.
 _WANTED = """
 CREATE TEMP TABLE IF NOT EXISTS wanted (namespace TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (namespace, id))
-    WITHOUT ROWID;
-CREATE TEMP TABLE IF NOT EXISTS touched (component INTEGER PRIMARY KEY);
+    WITHOUT ROWID
 """
 _TABLES = ("identity_sightings", "identity_components", "identity_links")
 
-# CROSS JOIN makes SQLite loop over the few wanted identities and touched components: it knows nothing of the
-# temporary tables' sizes and would otherwise scan every identity instead.
-_TOUCH = """
-INSERT OR IGNORE INTO temp.touched
-SELECT c.component FROM temp.wanted AS w CROSS JOIN identity_components AS c USING (namespace, id)
+# CROSS JOIN makes SQLite loop over the few wanted identities: it knows nothing of the temporary table's size and
+# would otherwise scan every identity instead. The order the rows come in is the order of the facts read, which the
+# change log keeps (GraphFacts.to_bytes): the touched components in the order their first wanted identity comes.
+_TOUCHED = """
+WITH touched AS (
+    SELECT DISTINCT c.component FROM temp.wanted AS w CROSS JOIN identity_components AS c USING (namespace, id)
+)
 """
-_MEMBERS = """
+_MEMBERS = (
+    _TOUCHED
+    + """
 SELECT m.namespace, m.id, s.time_us, s.message_id, m.component
-FROM temp.touched CROSS JOIN identity_components AS m USING (component)
-JOIN identity_sightings AS s USING (namespace, id)
+FROM touched JOIN identity_components AS m USING (component) JOIN identity_sightings AS s USING (namespace, id)
 """
-_LINKS = """
+)
+_LINKS = (
+    _TOUCHED
+    + """
 SELECT l.a_namespace, l.a_id, l.b_namespace, l.b_id,
     l.first_time_us, l.first_message_id, l.last_time_us, l.last_message_id
-FROM temp.touched CROSS JOIN identity_links AS l USING (component)
+FROM touched JOIN identity_links AS l USING (component)
 """
+)
 _SIGHTING_COLUMNS, _COMPONENT_COLUMN = operator.itemgetter(0, 1, 2, 3), operator.itemgetter(4)
 _ADD_SIGHTINGS = """
 INSERT INTO identity_sightings (namespace, id, time_us, message_id) VALUES {rows}
@@ -137,7 +143,7 @@ class SqliteIdentityStore(IdentityStore):
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         super().__init__()
         self._connection = open_store_file(path, _SCHEMA, "identity store", read_only=read_only, tables=_TABLES)
-        self._connection.executescript(_WANTED)
+        self._connection.execute(_WANTED)
         if read_only:
             return
         # See the module docstring: a commit writes the log without waiting for the disk.
@@ -215,8 +221,6 @@ class SqliteIdentityStore(IdentityStore):
         execute("DELETE FROM temp.wanted")
         # An identity is a (namespace, id) tuple: the row itself.
         insert_rows(self._connection, "INSERT OR IGNORE INTO temp.wanted VALUES {rows}", list(identities))
-        execute("DELETE FROM temp.touched")
-        execute(_TOUCH)
         builder = FactsBuilder()
         members = execute(_MEMBERS).fetchall()
         found = builder.add_sightings(map(_SIGHTING_COLUMNS, members))
