@@ -74,21 +74,29 @@ def resolve(facts: GraphFacts, rules: GraphRules) -> Resolution:
     of one unique namespace. Every link of such a component joins, so it is one person, named by its anchor, with
     nothing sorted. The other components go through :func:`resolve_by_rules`, which gives the same answer for all.
     """
-    parent = {identity: identity for identity in facts.sightings}
+    # Each identity's component, one list its members share; a link moves the smaller one's members into the larger.
+    # Components are small (a few identities), so this beats a union-find forest and its root-finding calls.
+    component_of = {identity: [identity] for identity in facts.sightings}
     for a, b in facts.links:
-        left, right = _root(parent, a), _root(parent, b)
-        if left != right:
-            parent[left] = right
-    components: dict[Identity, list[Identity]] = defaultdict(list)
-    for identity in facts.sightings:
-        components[_root(parent, identity)].append(identity)
+        left, right = component_of[a], component_of[b]
+        if left is not right:
+            if len(left) < len(right):
+                left, right = right, left
+            left += right
+            for identity in right:
+                component_of[identity] = left
 
     largest_simple = min(rules.quarantine_links, rules.max_identities)
     person_of: dict[Identity, str] = {}
     involved: set[Identity] = set()
-    for component in components.values():
-        if len(component) > largest_simple or _has_two_of_a_unique_namespace(component, rules):
+    for identity, component in component_of.items():
+        if component[0] is not identity:
+            continue  # Each component once: at its first member.
+        size = len(component)
+        if size > largest_simple or (size > 1 and _has_two_of_a_unique_namespace(component, rules)):
             involved.update(component)
+        elif size == 1:
+            person_of[identity] = person_id(identity)
         else:
             person_of.update(dict.fromkeys(component, person_id(_anchor(component, facts.sightings, rules))))
     if not involved:
@@ -137,8 +145,8 @@ def record_person(identities: Iterable[Identity], resolution: Resolution, rules:
     """The person a record belongs to: that of its highest-priority identity (then namespace and id) that has one."""
     person_of = resolution.person_of
     known = [identity for identity in identities if identity in person_of]
-    if not known:
-        return None
+    if len(known) < 2:
+        return person_of[known[0]] if known else None
     return person_of[min(known, key=lambda identity: (-rules.priority.get(identity.namespace, 0), identity))]
 
 

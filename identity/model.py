@@ -14,6 +14,8 @@ message id, which is how every rule breaks ties.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
@@ -75,20 +77,18 @@ class GraphFacts:
         """These facts with the observations added: the in-memory reference every store must agree with."""
         sightings = dict(self.sightings)
         links = dict(self.links)
-        for observation in observations:
-            identities = sorted(set(observation.identities))
-            stamp = observation.stamp
+        for observed, stamp in observations:
+            identities = sorted(set(observed))
             for identity in identities:
                 seen = sightings.get(identity)
                 if seen is None or stamp < seen:
                     sightings[identity] = stamp
-            for position, a in enumerate(identities):
-                for b in identities[position + 1 :]:
-                    known = links.get((a, b))
-                    if known is None:
-                        links[(a, b)] = LinkFact(a, b, stamp, stamp)
-                    elif stamp < known.first or stamp > known.last:
-                        links[(a, b)] = LinkFact(a, b, min(known.first, stamp), max(known.last, stamp))
+            for pair in itertools.combinations(identities, 2):
+                known = links.get(pair)
+                if known is None:
+                    links[pair] = LinkFact(*pair, stamp, stamp)
+                elif stamp < known.first or stamp > known.last:
+                    links[pair] = LinkFact(*pair, min(known.first, stamp), max(known.last, stamp))
         return GraphFacts(sightings, links)
 
     def union(self, other: GraphFacts) -> GraphFacts:
@@ -96,15 +96,16 @@ class GraphFacts:
         sightings = dict(self.sightings)
         for identity, stamp in other.sightings.items():
             seen = sightings.get(identity)
-            sightings[identity] = stamp if seen is None else min(seen, stamp)
+            if seen is None or stamp < seen:
+                sightings[identity] = stamp
         links = dict(self.links)
+        # Most links of a batch are known and most of those not widened: those are kept, not made again.
         for pair, link in other.links.items():
             known = links.get(pair)
-            links[pair] = (
-                link
-                if known is None
-                else LinkFact(link.a, link.b, min(known.first, link.first), max(known.last, link.last))
-            )
+            if known is None:
+                links[pair] = link
+            elif link.first < known.first or link.last > known.last:
+                links[pair] = LinkFact(link.a, link.b, min(known.first, link.first), max(known.last, link.last))
         return GraphFacts(sightings, links)
 
     def adds_to(self, other: GraphFacts) -> bool:
@@ -131,14 +132,14 @@ class GraphFacts:
     def to_bytes(self) -> bytes:
         """Compact JSON: ``{"s": [[namespace, id, time_us, message_id], ...], "l": [[a, b, first, last], ...]}``
         with each identity of a link as its position in ``s`` and each stamp as ``[time_us, message_id]``."""
-        position = {identity: place for place, identity in enumerate(self.sightings)}
+        sightings = self.sightings
+        position = dict(zip(sightings, range(len(sightings)), strict=True))
+        # Identities, stamps and links are tuples of these fields in this order: a sighting's row is its identity plus
+        # its stamp, a plain tuple made in C, which orjson writes as an array.
         return orjson.dumps(
             {
-                "s": [[i.namespace, i.id, s.time_us, s.message_id] for i, s in self.sightings.items()],
-                "l": [
-                    [position[link.a], position[link.b], *_stamp_pair(link.first), *_stamp_pair(link.last)]
-                    for link in self.links.values()
-                ],
+                "s": list(map(operator.add, sightings.keys(), sightings.values())),
+                "l": [(position[a], position[b], *first, *last) for a, b, first, last in self.links.values()],
             }
         )
 
@@ -155,10 +156,6 @@ class GraphFacts:
             link = LinkFact(identities[a], identities[b], Stamp(first_us, first_id), Stamp(last_us, last_id))
             links[(link.a, link.b)] = link
         return cls(sightings, links)
-
-
-def _stamp_pair(stamp: Stamp) -> tuple[int, str]:
-    return stamp.time_us, stamp.message_id
 
 
 @dataclasses.dataclass(frozen=True)
