@@ -212,7 +212,7 @@ def _orjson_agrees(data: bytes, value: Any) -> bool:
     except orjson.JSONEncodeError:
         return False
     spelt_alike = compact == data or compact.translate(None, _JSON_WHITESPACE) == data.translate(None, _JSON_WHITESPACE)
-    if not spelt_alike and (_may_hold_a_float(compact) or json_string_count(data) != json_string_count(compact)):
+    if not spelt_alike and (_may_hold_a_float(compact) or _string_count(data) != _string_count(compact)):
         return False
     return data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH or _depth(value) <= MAX_JSON_DEPTH
 
@@ -222,7 +222,7 @@ def _may_hold_a_float(compact: bytes) -> bool:
     return any(floats.search(compact) for floats in _FLOATS)
 
 
-def json_string_count(text: bytes) -> int:
+def _string_count(text: bytes) -> int:
     """How many strings, keys included, valid JSON ``text`` holds: its quotes less the escaped ones, halved.
 
     Quotes and backslashes stand only in strings, and UTF-8 never uses their bytes inside another character. Removing
