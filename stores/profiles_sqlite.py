@@ -106,12 +106,12 @@ class SqliteProfileStore(ProfileStore):
                 "DELETE FROM fragment_deltas WHERE key = ? AND delta = ?",
                 [(key, delta) for key in replaced for delta in (change.expected[key] or _ABSENT).deltas],
             )
-            execute_each("INSERT OR REPLACE INTO fragments VALUES (?, ?)", change.fragments.items())
+            execute_each(_PUT_BASE, change.fragments.items())
             execute_each(
                 "INSERT OR REPLACE INTO fragment_deltas VALUES (?, ?, ?)",
                 [(key, delta_id(doc), doc) for key, doc in change.deltas.items()],
             )
-            execute_each("INSERT OR REPLACE INTO views VALUES (?, ?)", change.views.items())
+            execute_each(_PUT_VIEW, change.views.items())
             execute_each(_INDEX, change.index.items())
             execute_each("DELETE FROM redirects WHERE person = ?", [(person,) for person in change.views])
             # In order: each redirect resolves against the ones before it.
@@ -147,6 +147,10 @@ class SqliteProfileStore(ProfileStore):
 
 
 _ABSENT = StoredFragment(None, {})
+# Bases and views are rewritten where they are: INSERT OR REPLACE deleted each row and inserted it again, updating the
+# table and its key's index both.
+_PUT_BASE = "INSERT INTO fragments VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET doc = excluded.doc"
+_PUT_VIEW = "INSERT INTO views VALUES (?, ?) ON CONFLICT (person) DO UPDATE SET doc = excluded.doc"
 # A flush indexes every identity of the persons it writes, almost all as they were: an entry that holds its person
 # already is left alone rather than deleted and inserted again.
 _INDEX = """
