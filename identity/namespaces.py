@@ -65,6 +65,8 @@ IDENTITY_MAP = "identityMap"
 ALWAYS_BLOCKED = frozenset({"", "null", "anonymous", "invalid"})
 # Raw phone values whose normal form is remembered: bounded, so hostile input cannot grow it without end.
 PHONE_CACHE_SIZE = 65_536
+# Identities remembered by the rules, as given (namespace key and id) with the namespaces that read them; bounded too.
+IDENTITY_CACHE_SIZE = 65_536
 
 # A code is what `identity get --identity NAMESPACE:ID` splits on the first ":", so it holds none.
 _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -160,6 +162,9 @@ class IdentityRules:
     _field_paths: tuple[tuple[str, tuple[str, ...], str], ...] = dataclasses.field(
         init=False, repr=False, compare=False
     )
+    _identities: dict[tuple[NamespaceRegistry, str, str], Identity] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.phone_region not in phonenumbers.SUPPORTED_REGIONS:
@@ -176,6 +181,11 @@ class IdentityRules:
         object.__setattr__(self, "_blocked", frozenset(blocked))
         field_paths = tuple((path, tuple(path.split(".")), code) for path, code in self.fields.items())
         object.__setattr__(self, "_field_paths", field_paths)
+        object.__setattr__(self, "_identities", {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Rules travel pickled into workers: without the identities remembered (and the namespaces they hold).
+        return {**self.__dict__, "_identities": {}}
 
     def is_blocked(self, trimmed_id: str) -> bool:
         # Most configurations have no pattern: looking first spares making a generator for every id.
@@ -206,15 +216,26 @@ def extract_identities(entity: Mapping[str, Any], namespaces: NamespaceRegistry,
     """Every identity of ``identityMap`` and of the identity fields, each normalised or rejected."""
     identities: set[Identity] = set()
     rejections: list[Rejection] = []
+    # A person's ids come back with every record they send: each is normalised once, then remembered.
+    remembered = rules._identities
     for key, raw_id, field in _candidates(entity, rules):
+        identity = remembered.get((namespaces, key, raw_id)) if isinstance(raw_id, str) else None
+        if identity is not None:
+            identities.add(identity)
+            continue
         try:
-            identities.add(_identity(key, raw_id, namespaces, rules))
+            identity = _identity(key, raw_id, namespaces, rules)
         except _Rejected as rejected:
             code, reason = rejected.args
             source = field or f"{IDENTITY_MAP}.{key}"
             rejections.append(
                 Rejection(key, raw_id if isinstance(raw_id, str) else repr(raw_id), code, f"{source}: {reason}")
             )
+            continue
+        identities.add(identity)
+        if len(remembered) == IDENTITY_CACHE_SIZE:
+            remembered.clear()
+        remembered[(namespaces, key, raw_id)] = identity
     return Extraction(tuple(sorted(identities)), tuple(rejections))
 
 
