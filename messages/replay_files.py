@@ -59,7 +59,6 @@ _FAILED_RECORD_COLUMNS = ("data", "attributes", "message_id", "publish_time")
 # Failed records hold whole messages (up to 1 MiB each): small batches keep a file's memory bounded.
 _PARQUET_BATCH_ROWS = 1024
 CHUNK_BYTES = 1024 * 1024
-# RFC 3339 date-time; the fraction may be longer than Python's microseconds (Pub/Sub writes nanoseconds).
 
 
 class ReplayPathError(ValueError):
@@ -114,19 +113,13 @@ def _decode_base64(text: str) -> bytes | None:
         return None
 
 
-class _RestMessage(NamedTuple):
-    data: bytes
-    attributes: dict[str, str]
-    message_id: str | None
-    publish_time_us: int | None
-
-
-def _rest_message(line: bytes) -> _RestMessage | None:
-    """The message a line holds when the line is a Pub/Sub message in REST form, else ``None``."""
+def _rest_message(line: bytes, line_number: int, read_time_us: int) -> Message | None:
+    """The message a line holds when the line is a Pub/Sub message in REST form, else ``None``; the line number
+    stands for a missing ``messageId``, the read time for a missing ``publishTime``."""
     fields = _rest_fields(line)
     if fields is None:
         return None
-    publish_time_us = None
+    publish_time_us = read_time_us
     if "publishTime" in fields:
         try:
             publish_time_us = parse_rfc3339_us(fields["publishTime"])
@@ -138,7 +131,8 @@ def _rest_message(line: bytes) -> _RestMessage | None:
     if data is None:
         data = text.encode("utf-8")
         attributes = {**attributes, REPLAY_ERROR_ATTRIBUTE: "DECODE.BASE64"}
-    return _RestMessage(data, attributes, fields.get("messageId"), publish_time_us)
+    message_id = fields["messageId"] if "messageId" in fields else str(line_number)
+    return Message(data, attributes, message_id, publish_time_us, read_time_us)
 
 
 def _rest_fields(line: bytes) -> dict[str, Any] | None:
@@ -256,13 +250,8 @@ def _read_jsonl(path: str, clock: Callable[[], int], longest: int, share: Share)
             if not line or line.isspace():
                 continue
             read_time_us = clock()
-            rest = _rest_message(line)
-            if rest is None:
-                yield Message(line, {}, str(line_number), read_time_us, read_time_us)
-                continue
-            message_id = str(line_number) if rest.message_id is None else rest.message_id
-            publish_time_us = read_time_us if rest.publish_time_us is None else rest.publish_time_us
-            yield Message(rest.data, rest.attributes, message_id, publish_time_us, read_time_us)
+            message = _rest_message(line, line_number, read_time_us)
+            yield Message(line, {}, str(line_number), read_time_us, read_time_us) if message is None else message
 
 
 def _archived_attributes(attributes: Iterable[tuple[str, str]] | Mapping[str, str] | None) -> dict[str, str]:
