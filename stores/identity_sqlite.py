@@ -250,15 +250,18 @@ class SqliteIdentityStore(IdentityStore):
         for identity in dict.fromkeys([*additions.sightings, *itertools.chain.from_iterable(additions.links)]):
             groups[root(component_of.get(identity, identity))].append(identity)
 
-        sizes = Counter(component_of.values())
+        sizes: Counter[int] | None = None  # Counted when first needed: most groups are in one component or none.
         next_component = None
         moves: list[tuple[int, int]] = []
         placements: list[tuple[str, str, int]] = []
         target_of: dict[Identity, int] = {}
         for members in groups.values():
             components = {component_of[i] for i in members if i in component_of}
-            if components:
+            if len(components) == 1:
+                (target,) = components
+            elif components:
                 # Into the largest (ties: the lowest id), so an identity moves at most log2(n) times.
+                sizes = sizes or Counter(component_of.values())
                 target = max(components, key=lambda component: (sizes[component], -component))
             else:
                 if next_component is None:
