@@ -166,7 +166,7 @@ def changes(before: Resolution, after: Resolution, cause: Stamp) -> list[Identit
         elif previous and previous[0] not in persons_after and members_before[previous[0]] <= group:
             found.append(_change("rename", group, previous, [person], ANCHOR, cause))
     new_removals = {link: rule for link, rule in after.removed.items() if link not in before.removed}
-    for person, group in sorted(before.members().items()):
+    for person, group in sorted(members_before.items()):
         following = sorted({after.person_of[identity] for identity in group if identity in after.person_of})
         if len(following) > 1:
             rule = next((rule for (a, b), rule in sorted(new_removals.items()) if a in group and b in group), "link")
