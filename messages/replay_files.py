@@ -113,17 +113,24 @@ def _decode_base64(text: str) -> bytes | None:
         return None
 
 
-def _rest_message(line: bytes, line_number: int, read_time_us: int) -> Message | None:
-    """The message a line holds when the line is a Pub/Sub message in REST form, else ``None``; the line number
-    stands for a missing ``messageId``, the read time for a missing ``publishTime``."""
-    fields = _rest_fields(line)
-    if fields is None:
+def _archived_publish_time(fields: dict[str, Any] | None) -> int | None:
+    """The publish time a REST line's ``fields`` hold, if any and if it reads as one."""
+    if fields is None or "publishTime" not in fields:
         return None
+    try:
+        return parse_rfc3339_us(fields["publishTime"])
+    except ValueError:
+        return None
+
+
+def _rest_message(fields: dict[str, Any], line_number: int, read_time_us: int) -> Message | None:
+    """The message a line's REST ``fields`` (:func:`_rest_fields`) hold, else ``None`` (a ``publishTime`` that is no
+    RFC 3339 time makes the line a payload); the line number stands for a missing ``messageId``, the read time for a
+    missing ``publishTime``."""
     publish_time_us = read_time_us
     if "publishTime" in fields:
-        try:
-            publish_time_us = parse_rfc3339_us(fields["publishTime"])
-        except ValueError:
+        publish_time_us = _archived_publish_time(fields)
+        if publish_time_us is None:
             return None
     attributes = fields.get("attributes", {})
     text = fields.get("data", "")
@@ -236,21 +243,28 @@ def _cut_line(head: bytes, stream: BinaryIO) -> _CutLine:
 
 
 def _read_jsonl(path: str, clock: Callable[[], int], longest: int, share: Share) -> Iterator[Message]:
-    every_line = share == EVERY_MESSAGE
+    every_line = share.count == 1
     # A large buffer: the default 8 KiB holds a few lines, and each refill is a system call.
     with open(path, "rb", buffering=CHUNK_BYTES) as stream:
         for line_number, line in enumerate(_jsonl_lines(stream, longest), start=1):
-            if not every_line and not share.holds(line_number - 1):
+            position = line_number - 1
+            # Without windows a line's position says whose it is, and another reader's line is not even parsed.
+            if share.window_us is None and not every_line and not share.holds(position, None):
                 continue
             if isinstance(line, _CutLine):
+                if not share.holds(position, None):
+                    continue
                 read_time_us = clock()
                 attributes = cut_payload_attributes(line.length, line.sha256)
                 yield Message(line.prefix, attributes, str(line_number), read_time_us, read_time_us)
                 continue
             if not line or line.isspace():
                 continue
+            fields = _rest_fields(line)
+            if not every_line and not share.holds(position, _archived_publish_time(fields)):
+                continue
             read_time_us = clock()
-            message = _rest_message(line, line_number, read_time_us)
+            message = None if fields is None else _rest_message(fields, line_number, read_time_us)
             yield Message(line, {}, str(line_number), read_time_us, read_time_us) if message is None else message
 
 
@@ -259,13 +273,15 @@ def _archived_attributes(attributes: Iterable[tuple[str, str]] | Mapping[str, st
     return {key: value for key, value in pairs if key != REPLAY_ERROR_ATTRIBUTE}
 
 
-def _read_avro(path: str, clock: Callable[[], int]) -> Iterator[Message]:
+def _read_avro(path: str, clock: Callable[[], int], share: Share) -> Iterator[Message]:
     with open(path, "rb") as container:
         for position, record in enumerate(fastavro.reader(container), start=1):
-            read_time_us = clock()
             publish_time = record.get("publish_time")
             if isinstance(publish_time, datetime.datetime):
                 publish_time = micros(publish_time)
+            if not share.holds(position - 1, publish_time):
+                continue
+            read_time_us = clock()
             yield Message(
                 data=record.get("data") or b"",
                 attributes=_archived_attributes(record.get("attributes")),
@@ -275,7 +291,7 @@ def _read_avro(path: str, clock: Callable[[], int]) -> Iterator[Message]:
             )
 
 
-def _read_failed_records(path: str, clock: Callable[[], int]) -> Iterator[Message]:
+def _read_failed_records(path: str, clock: Callable[[], int], share: Share) -> Iterator[Message]:
     # Imported here: pyarrow costs validate and the replay of JSON files a fifth of a second they do not need.
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -301,6 +317,8 @@ def _read_failed_records(path: str, clock: Callable[[], int]) -> Iterator[Messag
             strict=True,
         ):
             position += 1
+            if not share.holds(position - 1, publish_time):
+                continue
             read_time_us = clock()
             yield Message(
                 data=data or b"",
@@ -312,15 +330,25 @@ def _read_failed_records(path: str, clock: Callable[[], int]) -> Iterator[Messag
 
 
 class Share(NamedTuple):
-    """Which messages of a file a reader keeps: those whose position (0-based: a JSONL file's line, an Avro or
-    Parquet file's record) is ``index`` modulo ``count``. Readers with the shares ``0 .. count-1`` read every message
-    once between them."""
+    """Which messages of a file reader ``index`` of ``count`` keeps; the readers ``0 .. count-1`` read every message
+    once between them.
+
+    With ``window_us``, a message archived with its publish time goes to the reader of its commit window: the
+    ``window_us`` slice of the epoch that holds the publish time, numbered from the epoch, modulo ``count``. So all
+    the copies of an entity that the lake tells apart within one window reach one reader, which keeps the one
+    published first, as a single reader would. Any other message (without a publish time it is stamped with its read
+    time, which differs from reader to reader), and every message without ``window_us``, by its position (0-based:
+    a JSONL file's line, an Avro or Parquet file's record) modulo ``count``."""
 
     index: int
     count: int
+    window_us: int | None = None
 
-    def holds(self, position: int) -> bool:
-        return position % self.count == self.index
+    def holds(self, position: int, publish_time_us: int | None) -> bool:
+        if self.count == 1:
+            return True
+        slot = position if publish_time_us is None or self.window_us is None else publish_time_us // self.window_us
+        return slot % self.count == self.index
 
 
 EVERY_MESSAGE = Share(0, 1)
@@ -336,15 +364,12 @@ def read_replay_file(
     """The messages archived in one file, in file order, read lazily; ``clock()`` gives each one's read time (µs).
 
     A JSONL line longer than :func:`max_line_bytes` of ``max_message_bytes`` is cut (see the module docstring). With
-    a ``share``, only the messages it holds (a JSONL line outside it is not even parsed)."""
+    a ``share``, only the messages it holds (without its ``window_us``, a JSONL line outside it is not even
+    parsed)."""
     with open(path, "rb") as head:
         magic = head.read(4)
     if magic == _AVRO_MAGIC:
-        return _shared(_read_avro(path, clock), share)
+        return _read_avro(path, clock, share)
     if magic == _PARQUET_MAGIC:
-        return _shared(_read_failed_records(path, clock), share)
+        return _read_failed_records(path, clock, share)
     return _read_jsonl(path, clock, max_line_bytes(max_message_bytes), share)
-
-
-def _shared(messages: Iterator[Message], share: Share) -> Iterator[Message]:
-    return (message for position, message in enumerate(messages) if share.holds(position))

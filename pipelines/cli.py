@@ -97,7 +97,7 @@ def command_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive(int),
         metavar="N",
-        help="worker processes of a --batch run on the local runner (default 1; see README before raising it)",
+        help="worker processes of a --batch run on the local runner (default: one per core)",
     )
     run.add_argument("--runner", help="Beam runner (default: the local streaming runner)")
     run.add_argument("--commit-interval", type=int, dest="commit_interval_seconds", help="lake window in seconds")

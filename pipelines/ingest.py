@@ -190,14 +190,17 @@ def _counters_of_run(
 
 def _run_in_worker_processes(request: RunRequest, registry: SchemaRegistry, config: Config) -> RunSummary:
     """A local ``--batch`` replay on ``request.workers`` processes, each running the whole pipeline on FnApiRunner in
-    one process over its share of every file's messages, into the same stores and lake (each takes concurrent
-    writers); the summary is that of their counters added up.
+    one process over its share of every file's messages (every commit window's, so that the lake keeps the copy of a
+    duplicate published first, as one process does), into the same stores and lake (each takes concurrent writers);
+    the summary is that of their counters added up.
 
     Why processes of their own rather than FnApiRunner's multi-process mode:
     docs/decisions/0032-batch-workers-are-pipelines-of-their-own.md.
     """
+    window_us = config.commit_interval_seconds * 1_000_000
     shares = [
-        dataclasses.replace(request, workers=1, share=Share(index, request.workers)) for index in range(request.workers)
+        dataclasses.replace(request, workers=1, share=Share(index, request.workers, window_us))
+        for index in range(request.workers)
     ]
     # A fresh interpreter for each: a fork would copy this process's threads and locks mid-use.
     with concurrent.futures.ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -71,9 +71,19 @@ def run_command(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _workers(args: argparse.Namespace) -> int:
-    """The worker processes asked for; one unless told (docs/decisions/0032-batch-workers-are-pipelines-of-their-own.md
-    says why more are not the default)."""
-    return args.workers or 1
+    """The worker processes asked for, else one per core this process may run on for a local ``--batch`` run
+    (docs/decisions/0032-batch-workers-are-pipelines-of-their-own.md), else one."""
+    if args.workers is not None:
+        return args.workers
+    return _cores() if args.batch and args.runner is None else 1
+
+
+def _cores() -> int:
+    # The affinity mask, where the system has one (Linux), so that a run confined by taskset or a container's cpuset
+    # starts no more processes than it may run at once.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _check_flink(beam_args: list[str]) -> None:

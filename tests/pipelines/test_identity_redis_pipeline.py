@@ -146,7 +146,6 @@ def test_both_runs_count_the_same_records_and_lake_rows(runs):
     streamed, batch = runs
 
     def counts(summary: dict) -> dict:
-        # Rows, not files: a --batch run's workers each commit their own pane of a window.
         lake = {dataset: files["rows"] for dataset, files in summary["lake"].items() if dataset != "identity_changes"}
         return {"lake": lake, **{key: summary[key] for key in RECORD_COUNTS}}
 

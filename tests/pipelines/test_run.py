@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -18,7 +19,7 @@ import pytest
 from pipelines import run_command
 from pipelines.cli import main
 from pipelines.summary import RunSummary
-from tests.helpers import dataset_files, lake_rows, stream_lines
+from tests.helpers import START, dataset_files, envelope, event, lake_rows, rest_line, stream_lines
 
 # stream_lines: per minute of 10 messages, one is not JSON, one lacks its timestamp, one is a batch of 3 events,
 # seven are single events, and the last of those is delivered twice.
@@ -95,7 +96,7 @@ def test_streaming_and_batch_replays_write_the_same_lake(small_stream, tmp_path,
 
 
 def test_a_batch_run_on_two_workers_writes_what_one_worker_writes(small_stream, tmp_path, capsys):
-    """Each worker commits its own panes, so a window has a file from each: the rows are those of one worker."""
+    """Each commit window is one worker's, so the files and rows are those of one worker."""
     one, two = tmp_path / "one", tmp_path / "two"
     by_one = run_cli(capsys, "--source", f"replay:{small_stream}", "--lake", str(one), "--batch", "--workers", "1")
     by_two = run_cli(capsys, "--source", f"replay:{small_stream}", "--lake", str(two), "--batch", "--workers", "2")
@@ -107,18 +108,42 @@ def test_a_batch_run_on_two_workers_writes_what_one_worker_writes(small_stream, 
     for dataset in DATASETS:
         assert by_two["lake"][dataset]["rows"] == by_one["lake"][dataset]["rows"]
         assert lake_rows(one, dataset) == lake_rows(two, dataset)
+    assert dataset_files(one) == dataset_files(two)
     assert profile_store_contents(one) == profile_store_contents(two)
 
 
-def test_batch_runs_take_one_worker_unless_told(small_stream, tmp_path, monkeypatch, capsys):
+def test_two_workers_keep_the_copy_of_a_duplicate_published_first(tmp_path, capsys):
+    """Two copies of one event in one commit window, the later one where a worker that shared the lines by position
+    had nothing else to read, so that it committed first and the lake kept the later copy. Shared by commit window,
+    both copies reach one worker, which keeps the earlier one, as one worker does."""
+    lines = [
+        rest_line(envelope(event("twice", START)), "first", START),
+        rest_line(envelope(event("twice", START)), "second", START + timedelta(seconds=1)),
+    ]
+    for n in range(600):
+        lines += [rest_line(envelope(event(f"once-{n}", START)), f"m{n}", START + timedelta(seconds=2)), ""]
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text("\n".join(lines) + "\n")
+
+    summary = run_cli(
+        capsys, "--source", f"replay:{replay}", "--lake", str(tmp_path / "lake"), "--batch", "--workers", "2"
+    )
+
+    rows = lake_rows(tmp_path / "lake", "experience_events")
+    assert [row["_message_id"] for row in rows if row["_id"] == "twice"] == ["first"]
+    assert summary["duplicates"] == 1 and len(rows) == 601
+
+
+def test_batch_runs_take_a_worker_per_core_unless_told(small_stream, tmp_path, monkeypatch, capsys):
     asked = []
     monkeypatch.setattr(run_command, "run", lambda request, *_, **__: asked.append(request.workers) or _EMPTY_SUMMARY)
+    monkeypatch.setattr(run_command.os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
     source = ("--source", f"replay:{small_stream}", "--lake", str(tmp_path / "lake"))
 
-    for flags in ([], ["--batch"], ["--batch", "--workers", "3"]):
+    for flags in ([], ["--batch"], ["--batch", "--workers", "5"]):
         assert main(["run", *source, *flags, *stores_beside(tmp_path / "lake")]) == 0
 
-    assert asked == [1, 1, 3]
+    assert asked == [1, 3, 5]
 
 
 def test_a_replay_run_again_streaming_and_in_batch_adds_nothing_to_the_lake(small_stream, tmp_path, capsys):

@@ -505,3 +505,31 @@ def test_the_shares_of_a_file_hold_every_message_once_in_file_order(tmp_path, co
         assert sorted((message for share in shares for message in share), key=lambda m: int(m.message_id)) == read(path)
         for share in shares:
             assert [int(message.message_id) for message in share] == sorted(int(m.message_id) for m in share)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_shares_by_commit_window_give_each_window_to_one_reader_and_the_rest_by_position(tmp_path, count):
+    window_us = 300_000_000
+    # Seconds 0, 150, 300, ...: two lines a window, over seven windows; then lines without a publish time.
+    published = [
+        rest_line(
+            b"m%d" % number,
+            messageId=str(number + 1),
+            publishTime=f"2026-11-01T09:{number * 150 // 60:02d}:{number * 150 % 60:02d}Z",
+        )
+        for number in range(14)
+    ]
+    path = write_lines(tmp_path / "stream.jsonl", *published, b"", b"raw", b'{"not": "rest"}')
+    every = read(path)
+
+    shares = [
+        list(read_replay_file(path, clock=fixed_clock, share=Share(index, count, window_us))) for index in range(count)
+    ]
+
+    assert sorted((message for share in shares for message in share), key=lambda m: int(m.message_id)) == every
+    for index, share in enumerate(shares):
+        for message in share:
+            if message.publish_time_us != READ_TIME_US:
+                assert message.publish_time_us // window_us % count == index
+            else:
+                assert (int(message.message_id) - 1) % count == index
