@@ -5,10 +5,13 @@ Input: ``records``, ``PCollection[ValidRecord]`` with ``person_id`` set by Stitc
 are merged; the rest are ignored here (they still reach the lake). Output: one :class:`ProfileFlush` per flush (the
 persons it applied records for, how many each, and the views it wrote), for counting.
 
-Updates are buffered by shard of their person id (``shards``, 16 by default), each bundle's as one list per shard
-(:mod:`transforms.bundle_batches`, so the runner's cost is paid per list, not per record), and a shard is flushed
-``flush_interval_s`` of processing time after its first update (1 s by default), as soon as it holds ``max_buffered``
-updates, and when the watermark reaches the end of input, so the final store never depends on processing time. A
+Updates are buffered by shard of their person id (``shards``, 16 by default). Streaming, each bundle's updates go as
+one list per shard (:mod:`transforms.bundle_batches`, so the runner's cost is paid per list, not per record) into the
+shard's state, and a shard is flushed ``flush_interval_s`` of processing time after its first update (1 s by
+default), as soon as it holds ``max_buffered`` updates, and when the watermark reaches the end of input, so the final
+store never depends on processing time. In batch, a bundle's updates are buffered in memory, a shard flushed as soon
+as it holds ``max_buffered`` and every shard when the bundle ends: no state, so the records reach the merge in the
+stage that stitched them, without a shuffle that would encode each of them. A
 flush reads its records' identities from the identity store and every fragment of the persons they now belong to from
 the profile store, applies the buffered records to them (:mod:`profiles.model`: order-independent and idempotent, so
 a replay or a retried bundle changes nothing) and writes the fragments, each
@@ -29,7 +32,7 @@ import collections
 import dataclasses
 import functools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -40,6 +43,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from core.clock import wall_clock_us
 from core.records import ValidRecord
@@ -101,31 +105,26 @@ class ProfileWriterHandler:
 
 
 class _MergeProfilesFn(beam.DoFn):
+    """Streaming: buffers each shard's updates in its state; see the module docstring."""
+
     PENDING = BagStateSpec("pending", ListCoder(RecordCoder()))
     COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
     FLUSH_SOON = TimerSpec("flush_soon", TimeDomain.REAL_TIME)
     FLUSH_AT_END = TimerSpec("flush_at_end", TimeDomain.WATERMARK)
 
-    def __init__(self, writers: ProfileWriterHandler, streaming: bool, clock: Callable[[], int]) -> None:
+    def __init__(self, writers: ProfileWriterHandler, clock: Callable[[], int]) -> None:
         self._writers = writers
         self._settings = writers.settings
-        self._streaming = streaming
         self._clock = clock
-        self._writer: ProfileWriter | None = None
-        # The fragments this process decoded, shared by the stage's DoFn instances (the DirectRunner makes one per
-        # bundle) and their threads.
         self._decoded = shared.Shared()
-        self._written = counter(PROFILES_WRITTEN)
-        self._conflicts = counter(PROFILE_WRITE_CONFLICTS)
-        self._freshness = distribution(PROFILE_FRESHNESS_MS)
+        self._merger: _Merger | None = None
 
     def setup(self) -> None:
-        decoded = self._decoded.acquire(lambda: DecodedFragments(FRAGMENT_CACHE_SIZE))
-        self._writer = self._writers.open(decoded=decoded, count_conflict=self._conflicts.inc)
+        self._merger = _Merger(self._writers, self._clock, self._decoded)
 
     def teardown(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._merger is not None:
+            self._merger.close()
 
     def process(
         self,
@@ -142,8 +141,7 @@ class _MergeProfilesFn(beam.DoFn):
         count.write(buffered)
         if held == 0:
             flush_at_end.set(GlobalWindow().max_timestamp())
-            if self._streaming:
-                flush_soon.set(Timestamp(micros=self._clock()) + self._settings.flush_interval_s)
+            flush_soon.set(Timestamp(micros=self._clock()) + self._settings.flush_interval_s)
         if buffered >= self._settings.max_buffered:
             yield from self._flush(shard, pending, count)
 
@@ -170,6 +168,59 @@ class _MergeProfilesFn(beam.DoFn):
         updates = [update for held in pending.read() for update in held]
         pending.clear()
         count.clear()
+        yield from self._merger.merge(updates)
+
+
+class _MergeBundlesFn(beam.DoFn):
+    """Batch: buffers a bundle's updates by shard in memory; see the module docstring."""
+
+    def __init__(self, writers: ProfileWriterHandler, clock: Callable[[], int], shards_of: Callable[[Any], list[int]]):
+        self._writers = writers
+        self._clock = clock
+        self._shards_of = shards_of
+        self._max_buffered = writers.settings.max_buffered
+        self._decoded = shared.Shared()
+        self._merger: _Merger | None = None
+        self._buffers: dict[int, list] = {}
+
+    def setup(self) -> None:
+        self._merger = _Merger(self._writers, self._clock, self._decoded)
+
+    def teardown(self) -> None:
+        if self._merger is not None:
+            self._merger.close()
+
+    def start_bundle(self) -> None:
+        self._buffers = {}
+
+    def process(self, update: ValidRecord | IdentityChange) -> Iterator[ProfileFlush]:
+        for shard in self._shards_of(update):
+            buffer = self._buffers.setdefault(shard, [])
+            buffer.append(update)
+            if len(buffer) >= self._max_buffered:
+                yield from self._merger.merge(self._buffers.pop(shard))
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        buffers, self._buffers = self._buffers, {}
+        for updates in buffers.values():
+            for flush in self._merger.merge(updates):
+                yield WindowedValue(flush, GlobalWindow().max_timestamp(), (GlobalWindow(),))
+
+
+class _Merger:
+    """Applies updates (records and identity changes) with a writer of its own, and counts what it wrote."""
+
+    def __init__(self, writers: ProfileWriterHandler, clock: Callable[[], int], decoded: shared.Shared) -> None:
+        self._clock = clock
+        # The fragments this process decoded, shared by the stage's DoFn instances (the DirectRunner makes one per
+        # bundle) and their threads.
+        decoded = decoded.acquire(lambda: DecodedFragments(FRAGMENT_CACHE_SIZE))
+        self._conflicts = counter(PROFILE_WRITE_CONFLICTS)
+        self._writer = writers.open(decoded=decoded, count_conflict=self._conflicts.inc)
+        self._written = counter(PROFILES_WRITTEN)
+        self._freshness = distribution(PROFILE_FRESHNESS_MS)
+
+    def merge(self, updates: list) -> Iterator[ProfileFlush]:
         if not updates:
             return
         records = [update for update in updates if isinstance(update, ValidRecord)]
@@ -183,6 +234,9 @@ class _MergeProfilesFn(beam.DoFn):
             freshness_ms = max(0, now_us - record.read_time_us) / 1000
             self._freshness.update(int(freshness_ms))
             counter(freshness_bucket(freshness_ms)).inc()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class MergeProfiles(beam.PTransform):
@@ -202,16 +256,23 @@ class MergeProfiles(beam.PTransform):
         registry = self._writers.registry.load()
         profile_datasets = {name for name, dataset in registry.datasets.items() if dataset.profile}
         shards = self._writers.settings.shards
+        record_shards = functools.partial(_record_shards, profile_datasets=frozenset(profile_datasets), shards=shards)
+        change_shards = functools.partial(_change_shards, shards=shards)
+        if not streaming:
+            shards_of = functools.partial(_update_shards, record_shards=record_shards, change_shards=change_shards)
+            return (
+                (records, changes)
+                | "Updates" >> beam.Flatten()
+                | "MergeAndFlush" >> beam.ParDo(_MergeBundlesFn(self._writers, self._clock, shards_of))
+            )
         # An int key: a deterministic coder for the state's key.
         keyed = typehints.KV[int, typehints.List[typehints.Any]]
-        record_shards = functools.partial(_record_shards, profile_datasets=frozenset(profile_datasets), shards=shards)
         keyed_records = records | "KeyRecordsByShard" >> KeyedBundleBatches(record_shards).with_output_types(keyed)
-        change_shards = functools.partial(_change_shards, shards=shards)
         keyed_changes = changes | "KeyChangesByShard" >> KeyedBundleBatches(change_shards).with_output_types(keyed)
         return (
             (keyed_records, keyed_changes)
             | "Updates" >> beam.Flatten()
-            | "MergeAndFlush" >> beam.ParDo(_MergeProfilesFn(self._writers, bool(streaming), self._clock))
+            | "MergeAndFlush" >> beam.ParDo(_MergeProfilesFn(self._writers, self._clock))
         )
 
 
@@ -224,6 +285,17 @@ def _record_shards(record: ValidRecord, _at_us: int, *, profile_datasets: frozen
     if record.person_id is not None and record.dataset in profile_datasets:
         return [shard_of(record.person_id, shards)]
     return []
+
+
+def _update_shards(
+    update: ValidRecord | IdentityChange,
+    *,
+    record_shards: Callable[[ValidRecord, int], list[int]],
+    change_shards: Callable[[IdentityChange, int], list[int]],
+) -> list[int]:
+    if isinstance(update, ValidRecord):
+        return record_shards(update, 0)
+    return change_shards(update, 0)
 
 
 def _change_shards(change: IdentityChange, _at_us: int, *, shards: int) -> list[int]:

@@ -39,7 +39,13 @@ from profiles.model import fragment_to_bytes, view_from_bytes
 from profiles.writer import DecodedFragments, ProfileSettings, ProfileWriter
 from schemas.registry import SchemaRegistry
 from stores.opening import identity_store_handler, open_identity_store, open_profile_store, profile_store_handler
-from transforms.merge_profiles import MergeProfiles, ProfileFlush, ProfileWriterHandler, _MergeProfilesFn
+from transforms.merge_profiles import (
+    MergeProfiles,
+    ProfileFlush,
+    ProfileWriterHandler,
+    _MergeBundlesFn,
+    _MergeProfilesFn,
+)
 from transforms.metrics import PROFILE_FRESHNESS_MS as FRESHNESS
 from transforms.stitch import StitchIdentities
 
@@ -305,6 +311,27 @@ def test_streaming_and_batch_leave_the_same_profile_store(registry, tmp_path):
     assert len(store_contents(batch)["views"]) == 2  # Ann's and Bob's: not two empty stores
 
 
+def test_a_batch_bundle_flushes_a_shard_as_soon_as_it_holds_max_buffered(registry, tmp_path):
+    """In batch a bundle's updates wait in memory, no longer than it takes a shard to hold ``max_buffered``: flushed
+    one at a time, the records leave the views one flush of them all leaves."""
+    records = [*SAMPLE_ANONYMOUS_VISITS, SAMPLE_ANN_PROFILE, SAMPLE_SIGNED_IN_VISIT, SAMPLE_BOB_PROFILE]
+    written = {}
+    for name, max_buffered in (("one_by_one", 1), ("at_once", 500)):
+        stores = stores_in(tmp_path, name)
+        pipeline = beam.Pipeline(runner="FnApiRunner")
+        settings = ProfileSettings(max_buffered=max_buffered, shards=1)
+        _ = merge_profiles(pipeline | beam.Create(records) | beam.Map(stamped), registry, stores, settings)
+        result = pipeline.run()
+        result.wait_until_finish()
+        [views] = result.metrics().query(MetricsFilter().with_name("profiles_written"))["counters"]
+        ann, bob = (view_of_identity(stores, Identity("Email", email)) for email in (ANN_EMAIL, BOB_EMAIL))
+        written[name] = (views.committed, ann, bob)
+
+    assert written["one_by_one"][1:] == written["at_once"][1:]
+    assert written["at_once"][1]["events"]["count"] == 3
+    assert written["one_by_one"][0] > written["at_once"][0] == 2
+
+
 # What the stage counts.
 
 
@@ -524,13 +551,21 @@ def test_the_writer_handler_pickles_and_opens_a_writer_on_the_other_side(registr
     assert view_of_person(stores, ANN)["person_id"] == ANN
 
 
-def test_the_stage_s_dofns_in_one_process_share_one_cache_of_decoded_fragments(registry, stores):
-    stage = _MergeProfilesFn(writers(registry, stores), streaming=False, clock=stream_clock)
+@pytest.mark.parametrize(
+    "make_stage",
+    [
+        lambda handler: _MergeProfilesFn(handler, clock=stream_clock),
+        lambda handler: _MergeBundlesFn(handler, clock=stream_clock, shards_of=lambda update: [0]),
+    ],
+    ids=["streaming", "batch"],
+)
+def test_the_stage_s_dofns_in_one_process_share_one_cache_of_decoded_fragments(registry, stores, make_stage):
+    stage = make_stage(writers(registry, stores))
     first, second = (pickler.loads(pickler.dumps(stage)) for _ in range(2))  # as the runner makes them
     for dofn in (first, second):
         dofn.setup()
     try:
-        assert first._writer._decoded is second._writer._decoded
+        assert first._merger._writer._decoded is second._merger._writer._decoded
     finally:
         for dofn in (first, second):
             dofn.teardown()
