@@ -53,7 +53,7 @@ import functools
 import hashlib
 import heapq
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -238,11 +238,11 @@ def merge_fragments(a: Fragment, b: Fragment, *, policy_limits: ProfileLimits = 
         dropped = dropped.union(DistinctCount.of(cut))
         for event_id in cut:
             del entries[event_id]
-            bodies.pop(event_id, None)
+            bodies.discard(event_id)
             known_json.pop(event_id, None)
     if len(bodies) > policy_limits.recent_events:
         for event_id in heapq.nsmallest(len(bodies) - policy_limits.recent_events, bodies, key=_recency(entries)):
-            del bodies[event_id]
+            bodies.discard(event_id)
             known_json.pop(event_id, None)
     first_seen = [seen for seen in (a.first_seen_us, b.first_seen_us) if seen is not None]
     return Fragment(
@@ -366,8 +366,7 @@ def _view(
             "last_seen": _rfc3339(None if last_entry is None else last_entry.timestamp_us),
             "by_type": dict(sorted(_count_types(entries.values()).items())),
             "recent": [
-                _embedded(bodies[event_id], known_json.get(event_id) if embed_json else None)
-                for _, event_id in ranked[:recent_limit]
+                _embedded(bodies, known_json if embed_json else {}, event_id) for _, event_id in ranked[:recent_limit]
             ],
         },
     }
@@ -398,7 +397,7 @@ def fragment_to_bytes(fragment: Fragment) -> bytes:
         },
         "events": {event_id: [entry.event_type, entry.timestamp_us] for event_id, entry in fragment.events.items()},
         "recent": {
-            event_id: _embedded(body, fragment.recent_json.get(event_id)) for event_id, body in fragment.recent.items()
+            event_id: _embedded(fragment.recent, fragment.recent_json, event_id) for event_id in fragment.recent
         },
         "first_seen_us": fragment.first_seen_us,
         "events_dropped": fragment.events_dropped.hashes,
@@ -410,6 +409,7 @@ def fragment_to_bytes(fragment: Fragment) -> bytes:
 
 def fragment_from_bytes(data: bytes) -> Fragment:
     document = orjson.loads(data)
+    recent_json = {event_id: _canonical(body) for event_id, body in document["recent"].items()}
     return Fragment(
         identity=Identity(document["identity"]["namespace"], document["identity"]["id"]),
         dataset=document["dataset"],
@@ -421,9 +421,9 @@ def fragment_from_bytes(data: bytes) -> Fragment:
             event_id: EventEntry(timestamp_us, event_type)
             for event_id, (event_type, timestamp_us) in document["events"].items()
         },
-        recent=document["recent"],
+        recent=_EncodedBodies(dict(recent_json)),
         first_seen_us=document["first_seen_us"],
-        recent_json={event_id: _canonical(body) for event_id, body in document["recent"].items()},
+        recent_json=recent_json,
         events_dropped=DistinctCount(tuple(document["events_dropped"])),
         oversize_events=DistinctCount(tuple(document["oversize_events"])),
         oversize_records=DistinctCount(tuple(document["oversize_records"])),
@@ -467,11 +467,54 @@ def _event_fragment(
         identity,
         dataset,
         events={event_id: EventEntry(stamp.record_time_us, entity.get("eventType", ""))},
-        recent={event_id: body} if kept else {},
+        recent=_EncodedBodies({event_id: body if oversize else encoded}) if kept else {},
         first_seen_us=stamp.record_time_us,
         oversize_events=DistinctCount.of([event_id]) if oversize else _NO_KEYS,
         recent_json={event_id: encoded} if kept and not oversize else {},
     )
+
+
+class _EncodedBodies(Mapping[str, Mapping[str, Any]]):
+    """A fragment's recent bodies by event id, each held as its canonical JSON where that is known and decoded only
+    when read. Why: the writer's cache of fragments outlives many flushes, and holding its bodies as objects made them
+    most of the process's containers, which every full garbage collection walks (they were 28% at the end of the
+    bench loop); the hot paths read only the JSON (:func:`_embedded`). A body held as JSON reads back as what decoding
+    it gives, as a fragment read from the store does."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self, held: dict[str, bytes | Mapping[str, Any]]) -> None:
+        # Bytes are a body's JSON; anything else is the body (JSON objects are never bytes).
+        self._held = held
+
+    @classmethod
+    def of(cls, recent: Mapping[str, Mapping[str, Any]], recent_json: Mapping[str, bytes]) -> _EncodedBodies:
+        """A fresh copy of a fragment's bodies, as JSON where ``recent_json`` knows it."""
+        if isinstance(recent, _EncodedBodies):
+            return cls(dict(recent._held))
+        return cls({event_id: recent_json.get(event_id, body) for event_id, body in recent.items()})
+
+    def hold(self, event_id: str, body_or_json: bytes | Mapping[str, Any]) -> None:
+        self._held[event_id] = body_or_json
+
+    def discard(self, event_id: str) -> None:
+        self._held.pop(event_id, None)
+
+    def __getitem__(self, event_id: str) -> Mapping[str, Any]:
+        held = self._held[event_id]
+        return orjson.loads(held) if isinstance(held, bytes) else held
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._held
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._held)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 class _EventUnion(NamedTuple):
@@ -479,40 +522,43 @@ class _EventUnion(NamedTuple):
     bodies (``Fragment.recent_json``)."""
 
     entries: dict[str, EventEntry]
-    bodies: dict[str, Mapping[str, Any]]
+    bodies: _EncodedBodies
     known_json: dict[str, bytes]
 
 
 def _union_events(fragments: Sequence[Fragment]) -> _EventUnion:
     """The events of ``fragments`` together, in fresh dicts."""
     if not fragments:
-        return _EventUnion({}, {}, {})
+        return _EventUnion({}, _EncodedBodies({}), {})
     # The first fragment is copied whole (the stored one, when a batch merges in): only the ids another fragment
     # holds a later copy of need looking at, and their bodies from the first are stale.
     entries = dict(fragments[0].events)
-    bodies = dict(fragments[0].recent)
+    bodies = _EncodedBodies.of(fragments[0].recent, fragments[0].recent_json)
     known_json = dict(fragments[0].recent_json)
     for fragment in fragments[1:]:
         for event_id, entry in fragment.events.items():
             held = entries.get(event_id)
             if held is None or entry > held:
                 entries[event_id] = entry
-                bodies.pop(event_id, None)
+                bodies.discard(event_id)
                 known_json.pop(event_id, None)
     for fragment in fragments[1:]:
-        for event_id, body in fragment.recent.items():
+        for event_id in fragment.recent:
             # A fragment that kept the winning entry without its body had `recent_events` newer events, so that id
             # cannot make the merged top N either.
             if fragment.events[event_id] != entries[event_id]:
                 continue
-            held = bodies.get(event_id)
-            if held is None or (body != held and _canonical(body) > _canonical(held)):
-                bodies[event_id] = body
-                known = fragment.recent_json.get(event_id)
-                if known is None:
-                    known_json.pop(event_id, None)
-                else:
-                    known_json[event_id] = known
+            if event_id in bodies:
+                body, held = fragment.recent[event_id], bodies[event_id]
+                if body == held or _canonical(body) <= _canonical(held):
+                    continue
+            known = fragment.recent_json.get(event_id)
+            if known is None:
+                bodies.hold(event_id, fragment.recent[event_id])
+                known_json.pop(event_id, None)
+            else:
+                bodies.hold(event_id, known)
+                known_json[event_id] = known
     return _EventUnion(entries, bodies, known_json)
 
 
@@ -524,10 +570,11 @@ def _count_types(entries: Iterable[EventEntry]) -> dict[str, int]:
     return counts
 
 
-def _embedded(body: Mapping[str, Any], known_json: bytes | None) -> Any:
-    """``body`` for :func:`_canonical` to encode: its JSON put in as is where known (:class:`orjson.Fragment`), which
-    gives the same bytes."""
-    return body if known_json is None else orjson.Fragment(known_json)
+def _embedded(bodies: Mapping[str, Mapping[str, Any]], known_json: Mapping[str, bytes], event_id: str) -> Any:
+    """The body of ``event_id`` for :func:`_canonical` to encode: its JSON put in as is where known
+    (:class:`orjson.Fragment`), which gives the same bytes, and the body itself, decoded, where not."""
+    known = known_json.get(event_id)
+    return bodies[event_id] if known is None else orjson.Fragment(known)
 
 
 def _recency(entries: Mapping[str, EventEntry]) -> Callable[[str], tuple[int, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import heapq
 import json
 from typing import Any, NamedTuple
@@ -823,6 +824,39 @@ def test_the_json_fragments_keep_of_their_bodies_gives_the_bytes_of_encoding_the
     for policy in POLICIES:
         plain = build_view("p-ann", identities, map(without_known_json, merged), policy, recent_limit=3)
         assert build_view_bytes("p-ann", identities, merged, policy, recent_limit=3) == view_to_bytes(plain)
+
+
+def with_plain_bodies(fragment: Fragment) -> Fragment:
+    """The fragment with its bodies read out as objects, and without their JSON, so that encoding it encodes them."""
+    return dataclasses.replace(fragment, recent=dict(fragment.recent.items()), recent_json={})
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(st.one_of(profile_records, replayable_events, conflicting_events), max_size=14),
+    st.integers(0, 14),
+    st.sampled_from([TIGHT, NO_BODIES, DEFAULT_LIMITS]),
+)
+def test_bodies_held_as_their_json_merge_encode_and_view_as_the_bodies_themselves(records, cut, limits):
+    first, second = fragments_of(records[:cut], limits), fragments_of(records[cut:], limits)
+
+    def merged_all(fragments: list[Fragment]) -> Fragment:
+        return functools.reduce(lambda a, b: merge_fragments(a, b, policy_limits=limits), fragments)
+
+    stub_names = ("_id", "timestamp", "eventType")
+    bodies = [record.entity for record in records if record.is_event]
+    bodies += [{name: body[name] for name in stub_names if name in body} for body in bodies]
+    for key in first.keys() | second.keys():
+        sides = [side[key] for side in (first, second) if key in side]
+        merged = merged_all(sides)
+        assert all(body in bodies for body in merged.recent.values())
+        # Merged from bodies held as objects, and the merge's bodies read out as objects.
+        same = [merged_all([with_plain_bodies(side) for side in sides]), with_plain_bodies(merged)]
+        assert all(fragment == merged for fragment in same)
+        assert all(fragment_to_bytes(fragment) == fragment_to_bytes(merged) for fragment in same)
+        for policy in POLICIES:
+            views = {build_view_bytes("p-ann", [merged.identity], [one], policy) for one in (merged, *same)}
+            assert len(views) == 1
 
 
 def test_a_merge_that_takes_the_other_copy_s_body_of_an_event_takes_its_json():
