@@ -791,16 +791,20 @@ def test_a_record_s_own_fragment_is_the_record_applied_to_an_empty_one(record, l
     )
 
 
+# Records split in two batches at a drawn point, under limits that cut events and bodies or not.
+two_batches_of_records = given(
+    st.lists(st.one_of(profile_records, replayable_events, conflicting_events), max_size=14),
+    st.integers(0, 14),
+    st.sampled_from([TIGHT, NO_BODIES, DEFAULT_LIMITS]),
+)
+
+
 def without_known_json(fragment: Fragment) -> Fragment:
     return dataclasses.replace(fragment, recent_json={})
 
 
 @PROPERTY_SETTINGS
-@given(
-    st.lists(st.one_of(profile_records, replayable_events, conflicting_events), max_size=14),
-    st.integers(0, 14),
-    st.sampled_from([TIGHT, NO_BODIES, DEFAULT_LIMITS]),
-)
+@two_batches_of_records
 def test_the_json_fragments_keep_of_their_bodies_gives_the_bytes_of_encoding_them(records, cut, limits):
     first, second = fragments_of(records[:cut], limits), fragments_of(records[cut:], limits)
     # Merged in both orders, and with one side read back from its bytes, as the writer's cache and store give them.
@@ -832,11 +836,7 @@ def with_plain_bodies(fragment: Fragment) -> Fragment:
 
 
 @PROPERTY_SETTINGS
-@given(
-    st.lists(st.one_of(profile_records, replayable_events, conflicting_events), max_size=14),
-    st.integers(0, 14),
-    st.sampled_from([TIGHT, NO_BODIES, DEFAULT_LIMITS]),
-)
+@two_batches_of_records
 def test_bodies_held_as_their_json_merge_encode_and_view_as_the_bodies_themselves(records, cut, limits):
     first, second = fragments_of(records[:cut], limits), fragments_of(records[cut:], limits)
 
