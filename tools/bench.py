@@ -35,7 +35,7 @@ from lake.rows import change_row, failed_row, lake_schemas, valid_row
 from messages.decoding import decode_message
 from messages.replay_files import read_replay_file
 from pipelines.config import Config
-from pipelines.ingest import RunRequest, run
+from pipelines.ingest import RunRequest, frozen_heap, run
 from pipelines.local_runner import prism_binary
 from profiles.writer import ProfileWriter
 from schemas.arrow import table_from_rows
@@ -144,25 +144,26 @@ def plain_loop(path: Path, registry: SchemaRegistry, work_dir: Path) -> tuple[fl
         for change in changes:
             to_lake(change_row(change, change.time_us))
 
-    start = time.perf_counter()
-    messages = 0
-    valid: list[ValidRecord] = []
-    for message in read_replay_file(str(path), clock=time.time_ns):
-        messages += 1
-        for decoded in decode_message(message, registry.avro_schema_for):
-            outcome = decoded if isinstance(decoded, FailedRecord) else validate_decoded(decoded, registry)
-            if isinstance(outcome, FailedRecord):
-                to_lake(failed_row(outcome))
-            else:
-                valid.append(outcome)
-        if messages % BATCH == 0:
-            stitch_and_merge(valid)
-            valid = []
-    stitch_and_merge(valid)
-    for dataset, rows in pending.items():
-        if rows:
-            table_from_rows(rows, schemas[dataset])
-    seconds = time.perf_counter() - start
+    with frozen_heap():  # as a run does
+        start = time.perf_counter()
+        messages = 0
+        valid: list[ValidRecord] = []
+        for message in read_replay_file(str(path), clock=time.time_ns):
+            messages += 1
+            for decoded in decode_message(message, registry.avro_schema_for):
+                outcome = decoded if isinstance(decoded, FailedRecord) else validate_decoded(decoded, registry)
+                if isinstance(outcome, FailedRecord):
+                    to_lake(failed_row(outcome))
+                else:
+                    valid.append(outcome)
+            if messages % BATCH == 0:
+                stitch_and_merge(valid)
+                valid = []
+        stitch_and_merge(valid)
+        for dataset, rows in pending.items():
+            if rows:
+                table_from_rows(rows, schemas[dataset])
+        seconds = time.perf_counter() - start
     identity_store.close()
     profiles.close()
     return seconds, messages
