@@ -99,8 +99,8 @@ class _StitchFn(beam.DoFn):
             counter(identity_changes_of(change.kind)).inc()
             timestamp = timestamp_of[change.message_id]
             yield beam.pvalue.TaggedOutput(_CHANGES, WindowedValue(change, timestamp, (GlobalWindow(),)))
+        self._stitched.inc(len(pending))
         for (record, found, timestamp, window), person in zip(pending, persons, strict=True):
-            self._stitched.inc()
             stitched = dataclasses.replace(record, person_id=person, identities=found.identities)
             yield WindowedValue(stitched, timestamp, (window,))
 
