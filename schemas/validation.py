@@ -40,14 +40,13 @@ docs/decisions/0024-record-times-before-the-epoch-are-invalid.md.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import weakref
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from core.clock import micros, parse_rfc3339, rfc3339_or_micros
+from core.clock import rfc3339_or_micros, rfc3339_us
 from core.records import DecodedEntity, FailedRecord, RecordError, ValidRecord
 from schemas.avro import entity_from_avro
 from schemas.components import Field
@@ -252,7 +251,7 @@ def _string_rules(field: Field) -> list[Callable[[str, str, _Errors], None]]:
     if fmt == "date-time":
 
         def check_date_time(value: str, path: str, errors: _Errors) -> None:
-            if _time_us(value) is None:
+            if rfc3339_us(value) is None:
                 errors.add(FORMAT, path, f"{value!r} is not an RFC 3339 date-time")
 
         rules.append(check_date_time)
@@ -315,14 +314,6 @@ def _check_plain_string(value: Any, path: str, errors: _Errors) -> Any:
     if not value:
         errors.add(EMPTY_VALUE, path, "an empty string is not allowed: leave the field out instead")
     return value
-
-
-@functools.lru_cache(maxsize=4096)
-def _time_us(text: str) -> int | None:
-    """An RFC 3339 date-time in µs since the epoch, ``None`` when ``text`` is not one; remembered, as an event's
-    timestamp is read twice, for its format and for its range."""
-    moment = parse_rfc3339(text)
-    return None if moment is None else micros(moment)
 
 
 def _is_date(value: str) -> bool:
@@ -486,7 +477,7 @@ def _check_record_time(entity: dict, time_series: bool, latest_us: int, errors: 
             "/extSourceSystemAudit/lastUpdatedDate",
             audit.get("lastUpdatedDate") if type(audit) is dict else None,
         )
-    stated_us = _time_us(stated) if type(stated) is str else None
+    stated_us = rfc3339_us(stated) if type(stated) is str else None
     if stated_us is None:  # absent, or a format error already reported
         return
     if stated_us < 0:
