@@ -8,8 +8,10 @@ target)``, a person id merged away → the person that absorbed it.
 
 A write runs in one ``BEGIN IMMEDIATE`` transaction (:mod:`stores.sqlite_files`), first reads the delta names and base
 keys of the fragments it expects (and the bases it replaces) and raises :class:`~profiles.writer.ProfileWriteConflict`
-if any differs, then drops views and index entries and puts. A file of the layout before deltas (bases only) is read
-as it is: the table of deltas is added, empty.
+if any differs, then drops views and index entries and puts. It skips that check when SQLite's ``data_version`` says
+that no other connection has committed since this one's last read found every fragment the write expects as it expects
+it, and this one has not written since: as for a single writer's flushes, each of which reads and then writes. A file of
+the layout before deltas (bases only) is read as it is: the table of deltas is added, empty.
 Redirects are one step long, so each lookup is one query that follows at most one. Why:
 docs/decisions/0018-sqlite-stores-take-turns-in-immediate-transactions.md,
 docs/decisions/0020-redirects-are-one-step-long.md.
@@ -85,21 +87,33 @@ class SqliteProfileStore(ProfileStore):
             self._connection.execute("PRAGMA synchronous=NORMAL")
             self._connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
 
+        # What the last read found of each key it asked for (absent: None) and the file's data version then; forgotten
+        # at a write (this connection's own writes leave the version as it is).
+        self._read_at: dict[str, tuple[int, StoredFragment | None]] = {}
+
     def fragments(self, keys: Iterable[str]) -> dict[str, StoredFragment]:
+        wanted = list(keys)
         with transaction(self._connection, "BEGIN"):
-            return _stored(self._select(_FRAGMENT_ROWS, keys))
+            found = _stored(self._select(_FRAGMENT_ROWS, wanted))
+            version = self._data_version()
+            self._read_at = {key: (version, found.get(key)) for key in wanted}
+        return found
 
     def write(self, change: ProfileWrite) -> None:
         if changes_nothing(change):
             return
         execute_each = self._connection.executemany
+        read_at, self._read_at = self._read_at, {}
         with transaction(self._connection):
-            # Names only, and the bases only where they are replaced: the check must cost less than the read it guards.
             replaced = [key for key in change.fragments if key in change.expected]
-            names = [(key, delta, b"") for key, delta in self._select(_FRAGMENT_NAMES, change.expected)]
-            held = _stored([*names, *self._select(_BASES, replaced)])
-            if changed_since_read(change, held):
-                raise ProfileWriteConflict(f"{len(change.expected)} fragments changed since they were read")
+            # Expected as read, and no connection has committed since: the fragments are as expected.
+            version = self._data_version()
+            if any(read_at.get(key) != (version, read) for key, read in change.expected.items()):
+                # Names only, and the bases only where they are replaced: the check must cost less than the read.
+                names = [(key, delta, b"") for key, delta in self._select(_FRAGMENT_NAMES, change.expected)]
+                held = _stored([*names, *self._select(_BASES, replaced)])
+                if changed_since_read(change, held):
+                    raise ProfileWriteConflict(f"{len(change.expected)} fragments changed since they were read")
             execute_each("DELETE FROM views WHERE person = ?", [(person,) for person in change.drop_views])
             execute_each("DELETE FROM identity_index WHERE identity = ?", [(key,) for key in change.unindex])
             execute_each(
@@ -133,6 +147,10 @@ class SqliteProfileStore(ProfileStore):
 
     def is_transient(self, error: BaseException) -> bool:
         return is_busy(error)
+
+    def _data_version(self) -> int:
+        """SQLite's count of the commits of other connections to the file, as of this transaction."""
+        return self._connection.execute("PRAGMA data_version").fetchone()[0]
 
     def _select(self, query: str, keys: Iterable[str]) -> list[tuple]:
         """The rows of ``query`` (a SELECT whose every ``{keys}`` is an IN list) for these fragment keys."""

@@ -398,6 +398,44 @@ def test_a_write_whose_fragments_changed_since_it_read_them_changes_nothing(
         assert contents(store) == before
 
 
+def test_a_write_computed_from_its_store_s_last_read_applies(empty_store_url: Callable[[], str]) -> None:
+    with open_profile_store(empty_store_url()) as store:
+        store.write(PROFILES)
+        read = store.fragments(FRAGMENT_KEYS)
+        change = ProfileWrite(
+            deltas={FRAGMENT_KEYS[0]: b"ada-crm-2"},
+            views={ADA: b"ada2"},
+            expected={key: read.get(key) for key in FRAGMENT_KEYS},
+        )
+        store.write(change)
+
+        assert contents(store) == contents(written([PROFILES, change]))
+
+
+# A store may know that nothing changed since its own read (SQLite does): these are what it must still see.
+@pytest.mark.parametrize("since_read", ["its own write", "another store's write", "an expectation other than read"])
+def test_a_write_whose_fragments_changed_since_its_store_read_them_changes_nothing(
+    empty_store_url: Callable[[], str], since_read: str
+) -> None:
+    url = empty_store_url()
+    with open_profile_store(url) as store, open_profile_store(url) as other:
+        store.write(PROFILES)
+        read = store.fragments(FRAGMENT_KEYS)
+        expected = {key: read.get(key) for key in FRAGMENT_KEYS}
+        if since_read == "its own write":
+            store.write(ProfileWrite(deltas={FRAGMENT_KEYS[0]: b"ada-crm-2"}))
+        elif since_read == "another store's write":
+            other.write(ProfileWrite(deltas={FRAGMENT_KEYS[0]: b"ada-crm-2"}))
+        else:
+            expected[FRAGMENT_KEYS[2]] = None  # read present
+        before = contents(other)  # not a read of the store's own, which would be the write's last
+
+        with pytest.raises(ProfileWriteConflict):
+            store.write(ProfileWrite(views={ADA: b"ada2"}, expected=expected))
+
+        assert contents(store) == before
+
+
 def test_a_write_of_nothing_changes_nothing(empty_store_url: Callable[[], str]) -> None:
     with open_profile_store(empty_store_url()) as store:
         store.write(PROFILES)
