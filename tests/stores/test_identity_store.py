@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from identity.graph import GRAPH_LIMIT, UNIQUE_NAMESPACE, GraphRules, resolve
 from identity.model import GraphFacts, Identity, LinkFact, LoggedBatch, Observation, Stamp
 from stores.opening import open_identity_store
+from stores.sqlite_files import insert_rows
 
 ECID = Identity("ECID", "12345678901234567890123456789012345678")
 EMAIL = Identity("Email", "ada@example.com")
@@ -372,3 +374,28 @@ def test_the_additions_of_facts_are_what_their_union_needs(known: list[Observati
     additions = batch.additions_to(before)
     assert before.union(additions) == before.union(batch)
     assert additions.additions_to(before) == additions  # each of them adds something
+
+
+def test_facts_in_byte_form_are_compact_json_of_positions_and_stamps() -> None:
+    facts = GraphFacts({EMAIL: T2, ECID: T1}, {(ECID, EMAIL): LinkFact(ECID, EMAIL, T1, T2)})
+    assert facts.to_bytes() == (
+        b'{"s":[["Email","ada@example.com",120000000,"m2"],["ECID","12345678901234567890123456789012345678",60000000,'
+        b'"m1"]],"l":[[1,0,60000000,"m1",120000000,"m2"]]}'
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from("abcdef\x00é"), st.integers(-3, 3)), max_size=600))
+def test_inserting_many_rows_a_statement_is_inserting_them_one_by_one(rows: list[tuple[str, int]]) -> None:
+    """insert_rows (chunks of powers of two, several for over ROWS_PER_INSERT rows) leaves what executemany leaves,
+    keys repeated within a chunk included."""
+    upsert = "ON CONFLICT (key) DO UPDATE SET total = total * 3 + excluded.total"
+    left, right = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    for connection in (left, right):
+        connection.execute("CREATE TABLE t (key TEXT PRIMARY KEY, total INTEGER NOT NULL)")
+    insert_rows(left, f"INSERT INTO t VALUES {{rows}} {upsert}", rows)
+    right.executemany(f"INSERT INTO t VALUES (?, ?) {upsert}", rows)
+    assert (
+        left.execute("SELECT * FROM t ORDER BY key").fetchall()
+        == right.execute("SELECT * FROM t ORDER BY key").fetchall()
+    )
