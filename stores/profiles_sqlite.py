@@ -32,6 +32,7 @@ system again (a seventh of the store's CPU time over five copies of the sample).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 
 from profiles.writer import ProfileWrite, ProfileWriteConflict, StoredFragment, delta_id
@@ -83,9 +84,7 @@ class SqliteProfileStore(ProfileStore):
             path, _SCHEMA, "profile store", read_only=read_only, tables=("fragments", "views", "identity_index")
         )
         if not read_only:
-            # See the module docstring: a commit writes the log without waiting for the disk.
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-            self._connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            tune_for_writing(self._connection)
 
         # What the last read found of each key it asked for (absent: None) and the file's data version then; forgotten
         # at a write (this connection's own writes leave the version as it is).
@@ -162,6 +161,13 @@ class SqliteProfileStore(ProfileStore):
             marks = ",".join("?" * len(chunk))
             found += self._connection.execute(query.format(keys=marks), chunk * query.count("{keys}"))
         return found
+
+
+def tune_for_writing(connection: sqlite3.Connection) -> None:
+    """Sets what a writing store sets (see the module docstring): commits that do not wait for the disk, and a cache
+    of :data:`CACHE_KIB`."""
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
 
 
 _ABSENT = StoredFragment(None, {})

@@ -67,6 +67,7 @@ from service.api import API_TOKEN_ENV
 from service.profile_lookup import LookupBy
 from stores.opening import open_profile_store
 from stores.profiles import ProfileStore
+from stores.profiles_sqlite import tune_for_writing
 from stores.sqlite_files import open_store_file, transaction
 from tools.bench_identity import (
     SEED,
@@ -260,9 +261,11 @@ class RawCells(abc.ABC):
 
 class _SqliteCells(RawCells):
     def __init__(self, path: str) -> None:
-        # Opened as the stores open their files (WAL, explicit transactions), so only the statements differ.
+        # Opened and tuned as the profile store opens its file (WAL, explicit transactions), so only the statements
+        # differ.
         schema = "CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, doc BLOB NOT NULL);"
         self._connection = open_store_file(path, schema, "raw cells")
+        tune_for_writing(self._connection)
 
     def get_many(self, keys: Sequence[str]) -> int:
         marks = ",".join("?" * len(keys))
