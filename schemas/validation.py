@@ -85,7 +85,6 @@ _IDENTITY_ITEM_FIELDS |= {
     "xdm:primary": "primary",
 }
 
-_IDENTITY_ITEM_RUNTIME_FIELDS = frozenset(_IDENTITY_ITEM_FIELDS.values())
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
@@ -111,10 +110,7 @@ class _TooManyErrors(Exception):
 
 
 class _Errors(list):
-    __slots__ = ("cap",)
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
+    __slots__ = ("cap",)  # set by validate_entity: an __init__ would cost a call for every entity
 
     def add(self, code: str, path: str, message: str) -> None:
         if len(self) >= self.cap:
@@ -130,7 +126,8 @@ def validate_entity(
     policy: ValidationPolicy = DEFAULT_POLICY,
 ) -> tuple[dict | None, list[RecordError]]:
     """The entity in runtime names, and every violation of the ingestion rules (empty when valid)."""
-    errors = _Errors(policy.max_errors)
+    errors = _Errors()
+    errors.cap = policy.max_errors
     try:
         normalised = _root_check(schema.root)(entity, "", errors)
         if isinstance(normalised, dict):
@@ -416,17 +413,21 @@ def _identity_map(value: dict, path: str, errors: _Errors) -> dict:
         for position, item in enumerate(items):
             if (
                 type(item) is dict
-                and item.keys() <= _IDENTITY_ITEM_RUNTIME_FIELDS
                 and type(given_id := item.get("id")) is str
                 and given_id != ""
-                and type(state := item.get("authenticatedState", "ambiguous")) is str
-                and state in _AUTHENTICATED_STATES
-                and type(item.get("primary", False)) is bool
+                and (
+                    (state := item.get("authenticatedState")) is None
+                    or (type(state) is str and state in _AUTHENTICATED_STATES)
+                )
+                and ((primary := item.get("primary")) is None or type(primary) is bool)
+                # no key but these (a null among them is one more key than the non-null values counted)
+                and len(item) == 1 + (state is not None) + (primary is not None)
             ):
                 # Runtime names only (so none twice), each value right: what _identity_item keeps, without errors.
-                identity = dict(item)
-            else:
-                identity = _identity_item(item, f"{path}/{pointer_token(namespace)}/{position}", errors)
+                kept.append(dict(item))
+                primaries += primary is True
+                continue
+            identity = _identity_item(item, f"{path}/{pointer_token(namespace)}/{position}", errors)
             if identity is not None:
                 kept.append(identity)
                 primaries += identity.get("primary") is True

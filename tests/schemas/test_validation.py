@@ -659,6 +659,34 @@ def test_random_identity_maps_never_raise(registry, identity_map):
     assert errors or isinstance(normalised["identityMap"], dict)
 
 
+# Identity items with values often right and keys mostly runtime names: the identity map passes an item that is right
+# as it is without the item-by-item check, which must then keep what that check would have kept.
+IDENTITY_VALUES = st.sampled_from([ECID, "", "ambiguous", "authenticated", "loggedOut", "away", True, False, None, 0])
+LIKELY_IDENTITY_ITEMS = st.fixed_dictionaries(
+    {"id": IDENTITY_VALUES},
+    optional=dict.fromkeys(["authenticatedState", "primary", "xdm:id", "xdm:primary", "namespace"], IDENTITY_VALUES),
+)
+
+
+def _uncapped_errors() -> validation._Errors:
+    errors = validation._Errors()
+    errors.cap = 1_000
+    return errors
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(LIKELY_IDENTITY_ITEMS | IDENTITY_ITEMS | JSON_VALUES, min_size=1, max_size=3))
+def test_identity_map_keeps_what_the_item_by_item_check_keeps(items):
+    errors, expected = _uncapped_errors(), _uncapped_errors()
+    normalised = validation._identity_map({"ECID": items}, "/identityMap", errors)
+    checked = [validation._identity_item(item, f"/identityMap/ECID/{at}", expected) for at, item in enumerate(items)]
+    kept = [identity for identity in checked if identity is not None]
+    assert normalised == {"ECID": kept}
+    if sum(identity.get("primary") is True for identity in kept) > 1:
+        expected.add("SCHEMA.MULTIPLE_PRIMARY", "/identityMap", errors[-1].message)
+    assert errors == expected
+
+
 # Acceptance: the XDM class examples (compatibility names) in ingestion mode.
 
 UNKNOWN = "SCHEMA.UNKNOWN_FIELD"
