@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 
 import phonenumbers
 
-from core.clock import micros, parse_rfc3339
+from core.clock import rfc3339_us
 from identity.model import Identity
 
 UNKNOWN_NAMESPACE = "IDENTITY.UNKNOWN_NAMESPACE"
@@ -341,5 +341,5 @@ def record_time_us(record_entity: Mapping[str, Any], schema_class_id: str, inges
     else:
         audit = record_entity.get("extSourceSystemAudit")
         stated = audit.get("lastUpdatedDate") if isinstance(audit, Mapping) else None
-    moment = parse_rfc3339(stated) if isinstance(stated, str) else None
-    return micros(moment) if moment is not None else ingest_time_us
+    stated_us = rfc3339_us(stated) if isinstance(stated, str) else None
+    return ingest_time_us if stated_us is None else stated_us
