@@ -35,7 +35,7 @@ from lake.rows import change_row, failed_row, lake_schemas, valid_row
 from messages.decoding import decode_message
 from messages.replay_files import read_replay_file
 from pipelines.config import Config
-from pipelines.ingest import RunRequest, frozen_heap, run
+from pipelines.ingest import RunRequest, run, tuned_garbage_collection
 from pipelines.local_runner import prism_binary
 from profiles.writer import ProfileWriter
 from schemas.arrow import table_from_rows
@@ -144,7 +144,7 @@ def plain_loop(path: Path, registry: SchemaRegistry, work_dir: Path) -> tuple[fl
         for change in changes:
             to_lake(change_row(change, change.time_us))
 
-    with frozen_heap():  # as a run does
+    with tuned_garbage_collection():  # as a run does
         start = time.perf_counter()
         messages = 0
         valid: list[ValidRecord] = []

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from core.records import Message
 from pipelines.config import Config
-from pipelines.ingest import Ingest, RunRequest, frozen_heap, pipeline_options
+from pipelines.ingest import RUN_GC_THRESHOLDS, Ingest, RunRequest, pipeline_options, tuned_garbage_collection
 from pipelines.local_runner import PRISM_NO_SPLIT_EXPERIMENT
 from pipelines.summary import counters, summary_of
 from schemas.registry import SchemaRegistry
@@ -153,12 +153,14 @@ def test_other_runners_get_no_prism_experiment(runner, batch):
     assert PRISM_NO_SPLIT_EXPERIMENT not in experiments_of_a_run(runner, batch=batch)
 
 
-def test_a_run_freezes_the_objects_it_finds_and_gives_them_back_to_the_collector_when_it_ends():
+def test_a_run_freezes_the_objects_it_finds_and_collects_less_often_until_it_ends():
     """Frozen objects are never collected, so a process running pipeline after pipeline (a test session, the bench)
     would keep each run's cycles for good if the freeze outlived the run, even one that failed."""
-    with frozen_heap():
+    thresholds = gc.get_threshold()
+    with tuned_garbage_collection():
         assert gc.get_freeze_count() > 0
-    assert gc.get_freeze_count() == 0
-    with pytest.raises(RuntimeError), frozen_heap():
+        assert gc.get_threshold() == RUN_GC_THRESHOLDS != thresholds
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
+    with pytest.raises(RuntimeError), tuned_garbage_collection():
         raise RuntimeError("a failed run")
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
