@@ -25,6 +25,7 @@ from pipelines.config import Config
 from pipelines.direct_runner_patches import (
     DEFAULT_PULL_MESSAGES,
     dofn_specs_read_once,
+    dofns_kept_across_bundles,
     metrics_of_every_bundle,
     stoppable_pubsub_reads,
 )
@@ -205,6 +206,69 @@ def test_the_specs_of_a_dofn_class_are_read_once_while_patched(monkeypatch):
     assert userstate.get_dofn_specs is transform_evaluator.get_dofn_specs is BEAM_GET_DOFN_SPECS
 
 
+# Every DoFn copy's lifecycle, as ("setup" | "bundle" | "teardown", id of the copy); copies are made by pickling.
+LIFECYCLE: list[tuple[str, int]] = []
+
+
+class _TellLifecycle(beam.DoFn):
+    def setup(self) -> None:
+        LIFECYCLE.append(("setup", id(self)))
+
+    def start_bundle(self) -> None:
+        LIFECYCLE.append(("bundle", id(self)))
+
+    def process(self, element):
+        yield element
+
+    def teardown(self) -> None:
+        LIFECYCLE.append(("teardown", id(self)))
+
+
+def lifecycle_of_streaming_run() -> list[tuple[str, int]]:
+    LIFECYCLE.clear()
+    stream = TestStream()
+    for bundle in range(BUNDLES):
+        stream = stream.add_elements([beam.window.TimestampedValue(bundle, bundle * 10)]).advance_watermark_to(
+            bundle * 10 + 5
+        )
+    options = PipelineOptions(streaming=True, runner="BundleBasedDirectRunner")
+    with beam.Pipeline(options=options) as pipeline:
+        _ = pipeline | stream.advance_watermark_to_infinity() | beam.ParDo(_TellLifecycle())
+    return list(LIFECYCLE)
+
+
+def test_beam_still_sets_up_and_tears_down_a_dofn_for_every_bundle():
+    # When this fails after a Beam upgrade, the DirectRunner keeps its DoFns and dofns_kept_across_bundles can go.
+    lifecycle = lifecycle_of_streaming_run()
+
+    bundles = sum(1 for event, _ in lifecycle if event == "bundle")
+    assert bundles >= BUNDLES
+    assert sum(1 for event, _ in lifecycle if event == "setup") == bundles
+
+
+def test_a_dofn_is_set_up_once_and_kept_for_later_bundles_while_patched():
+    with dofns_kept_across_bundles():
+        during_run = lifecycle_of_streaming_run()
+    lifecycle = list(LIFECYCLE)
+
+    assert not any(event == "teardown" for event, _ in during_run)
+    bundles = [copy for event, copy in lifecycle if event == "bundle"]
+    set_up = [copy for event, copy in lifecycle if event == "setup"]
+    torn_down = [copy for event, copy in lifecycle if event == "teardown"]
+    assert len(bundles) >= BUNDLES
+    # Bundles run on several threads, a copy serving one at a time: a copy at most per thread, not one per bundle.
+    assert len(set_up) < len(bundles) and set(bundles) == set(set_up)
+    assert sorted(torn_down) == sorted(set_up)
+    assert lifecycle[-len(torn_down) :] == [("teardown", copy) for copy in torn_down]  # once the run is over
+
+
+def test_the_dofn_runner_is_restored_afterwards():
+    before = (transform_evaluator.DoFnRunner, transform_evaluator.pickler)
+    with dofns_kept_across_bundles():
+        assert transform_evaluator.DoFnRunner is not before[0]
+    assert (transform_evaluator.DoFnRunner, transform_evaluator.pickler) == before
+
+
 def test_beams_pubsub_read_is_restored_afterwards():
     evaluator_class = transform_evaluator._PubSubReadEvaluator
     before = (evaluator_class.finish_bundle, evaluator_class._get_subscriber_client)
@@ -221,6 +285,8 @@ def beam_classes() -> tuple:
         evaluator_class.finish_bundle,
         evaluator_class._get_subscriber_client,
         userstate.get_dofn_specs,
+        transform_evaluator.DoFnRunner,
+        transform_evaluator.pickler,
     )
 
 
