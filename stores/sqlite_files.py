@@ -11,7 +11,9 @@ import contextlib
 import functools
 import itertools
 import os
+import random
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -51,11 +53,26 @@ def open_store_file(
         # Transactions are begun explicitly (IMMEDIATE for writes). Beam may run a DoFn's setup and its bundles on
         # different threads, so the connection may move between threads; only one uses it at a time.
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.executescript(schema)
+        _apply_schema(connection, schema)
     except (OSError, sqlite3.Error) as error:
         raise StoreUnavailableError(f"{what} {path} cannot be opened: {error}") from None
     return connection
+
+
+def _apply_schema(connection: sqlite3.Connection, schema: str) -> None:
+    """WAL mode and ``schema`` (statements that may run again) on ``connection``. Where another connection opens the
+    same new file at the same moment, SQLite can refuse these at once, without its busy handler waiting (it does
+    where waiting could deadlock): so they are tried again, for as long as a writer would wait for the lock."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(schema)
+            return
+        except sqlite3.OperationalError as error:
+            if not is_busy(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.02))
 
 
 @contextlib.contextmanager

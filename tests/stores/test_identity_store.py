@@ -262,7 +262,7 @@ def test_parallel_writers_end_with_the_facts_of_one(empty_store_url: Callable[[]
     # Every observation goes to one writer, in turn, and many to a second one too (a redelivery).
     shares = [[o for n, o in enumerate(observations) if w in (n % writers, n % 5)] for w in range(writers)]
     url = empty_store_url()
-    start = threading.Barrier(writers)
+    start = threading.Barrier(writers, timeout=60)
 
     def write(share: list[Observation]) -> None:
         with open_identity_store(url) as store:
