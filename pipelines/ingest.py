@@ -117,16 +117,11 @@ class Ingest(beam.PTransform):
         if self._dead_letter_topic is not None:
             _ = failed | "DeadLetter" >> PublishFailedRecords(self._dead_letter_topic)
         failed_rows = failed | "FailedRows" >> beam.Map(failed_row)
-        return (
-            (valid_rows, failed_rows, change_rows)
-            | "LakeRows" >> beam.Flatten()
-            | "WriteLake"
-            >> WriteToLake(
-                self._lake_dir,
-                lake_schemas(self._registry),
-                commit_interval_s=self._config.commit_interval_seconds,
-                table_builder=table_from_rows,
-            )
+        return (valid_rows, failed_rows, change_rows) | "WriteLake" >> WriteToLake(
+            self._lake_dir,
+            lake_schemas(self._registry),
+            commit_interval_s=self._config.commit_interval_seconds,
+            table_builder=table_from_rows,
         )
 
 

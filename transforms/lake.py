@@ -3,7 +3,8 @@
 ``WriteToLake`` is the lake's only writer; ``LakeFile`` describes what it committed; its local folders, temporary
 files and their clean-up are :mod:`lake.folders`'.
 
-In: a ``PCollection`` of :class:`~core.records.LakeRow` whose element timestamps are ingestion (publish) times; only
+In: a ``PCollection`` of :class:`~core.records.LakeRow`, or a tuple of them, whose element timestamps are ingestion
+(publish) times; only
 the element timestamp places a row. ``schemas`` maps each dataset to the Arrow schema of its rows; a row for a dataset
 without one fails the bundle (a configuration error, not a record error). Rows must not carry columns named ``date``
 or ``hour`` (the hive partitions). Out: one :class:`LakeFile` per Parquet file committed (dataset, final path, rows,
@@ -138,7 +139,9 @@ class WriteToLake(beam.PTransform):
         self._table_builder = table_builder
         self._clock = clock
 
-    def expand(self, rows: beam.PCollection[LakeRow]) -> beam.PCollection[LakeFile]:
+    def expand(
+        self, rows: beam.PCollection[LakeRow] | tuple[beam.PCollection[LakeRow], ...]
+    ) -> beam.PCollection[LakeFile]:
         if is_local(self._lake_dir):
             refuse_linked_folders(self._lake_dir)
             clean_stale_temp_files(self._lake_dir)
@@ -149,11 +152,20 @@ class WriteToLake(beam.PTransform):
             "table_builder": self._table_builder,
             "clock": self._clock,
         }
-        # Each bundle's rows as one list per key: the shuffle and the bag cost per list, not per row.
-        keyed = rows | "KeyByCommitWindow" >> KeyedBundleBatches(
+        # Each bundle's rows as one list per key: the shuffle and the bag cost per list, not per row. Several inputs
+        # are keyed each and then flattened: FnApiRunner and Prism write every element of a flatten out and read it
+        # back in a stage of its own, which would encode each row.
+        key_by_window = KeyedBundleBatches(
             functools.partial(_commit_window_key, interval_us=self._commit_interval_s * _MICROS)
         ).with_output_types(tuple[tuple[str, int], list[LakeRow]])
-        if rows.pipeline.options.view_as(StandardOptions).streaming:
+        if isinstance(rows, beam.PCollection):
+            keyed = rows | "KeyByCommitWindow" >> key_by_window
+        else:
+            keyed = [
+                part | f"KeyByCommitWindow{index}" >> key_by_window for index, part in enumerate(rows)
+            ] | "KeyedRows" >> beam.Flatten()
+        pipeline = keyed.pipeline
+        if pipeline.options.view_as(StandardOptions).streaming:
             write_panes = _BufferAndWritePanesFn(
                 self._lake_dir, self._schemas, interval_us=self._commit_interval_s * _MICROS, **writer_options
             )

@@ -60,7 +60,7 @@ from schemas.registry import SchemaRegistry
 from stores.identity import IdentityStore
 from stores.opening import StoreHandler
 from stores.profiles import ProfileStore
-from transforms.bundle_batches import KeyedBundleBatches
+from transforms.bundle_batches import KeyedBundleBatches, KeysOf
 from transforms.coders import RecordCoder
 from transforms.metrics import (
     PROFILE_FRESHNESS_MS,
@@ -174,7 +174,7 @@ class _MergeProfilesFn(beam.DoFn):
 class _MergeBundlesFn(beam.DoFn):
     """Batch: buffers a bundle's updates by shard in memory; see the module docstring."""
 
-    def __init__(self, writers: ProfileWriterHandler, clock: Callable[[], int], shards_of: Callable[[Any], list[int]]):
+    def __init__(self, writers: ProfileWriterHandler, clock: Callable[[], int], shards_of: KeysOf):
         self._writers = writers
         self._clock = clock
         self._shards_of = shards_of
@@ -193,8 +193,10 @@ class _MergeBundlesFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._buffers = {}
 
-    def process(self, update: ValidRecord | IdentityChange) -> Iterator[ProfileFlush]:
-        for shard in self._shards_of(update):
+    def process(
+        self, update: ValidRecord | IdentityChange, timestamp=beam.DoFn.TimestampParam
+    ) -> Iterator[ProfileFlush]:
+        for shard in self._shards_of(update, timestamp.micros):
             buffer = self._buffers.setdefault(shard, [])
             buffer.append(update)
             if len(buffer) >= self._max_buffered:
@@ -259,12 +261,13 @@ class MergeProfiles(beam.PTransform):
         record_shards = functools.partial(_record_shards, profile_datasets=frozenset(profile_datasets), shards=shards)
         change_shards = functools.partial(_change_shards, shards=shards)
         if not streaming:
-            shards_of = functools.partial(_update_shards, record_shards=record_shards, change_shards=change_shards)
+            # Records and changes each merged where they were stitched: FnApiRunner would write every element of a
+            # flatten of the two out and read it back in a stage of its own. A flush resolves persons as the graph
+            # is then, so which of the two flushes first changes nothing.
             return (
-                (records, changes)
-                | "Updates" >> beam.Flatten()
-                | "MergeAndFlush" >> beam.ParDo(_MergeBundlesFn(self._writers, self._clock, shards_of))
-            )
+                records | "MergeRecords" >> beam.ParDo(_MergeBundlesFn(self._writers, self._clock, record_shards)),
+                changes | "MergeChanges" >> beam.ParDo(_MergeBundlesFn(self._writers, self._clock, change_shards)),
+            ) | "Flushes" >> beam.Flatten()
         # An int key: a deterministic coder for the state's key.
         keyed = typehints.KV[int, typehints.List[typehints.Any]]
         keyed_records = records | "KeyRecordsByShard" >> KeyedBundleBatches(record_shards).with_output_types(keyed)
@@ -285,17 +288,6 @@ def _record_shards(record: ValidRecord, _at_us: int, *, profile_datasets: frozen
     if record.person_id is not None and record.dataset in profile_datasets:
         return [shard_of(record.person_id, shards)]
     return []
-
-
-def _update_shards(
-    update: ValidRecord | IdentityChange,
-    *,
-    record_shards: Callable[[ValidRecord, int], list[int]],
-    change_shards: Callable[[IdentityChange, int], list[int]],
-) -> list[int]:
-    if isinstance(update, ValidRecord):
-        return record_shards(update, 0)
-    return change_shards(update, 0)
 
 
 def _change_shards(change: IdentityChange, _at_us: int, *, shards: int) -> list[int]:
