@@ -5,7 +5,9 @@
 
 Writes ``DIR/loop.svg`` and ``DIR/batch.svg`` (flame graphs: open them in a browser) and ``DIR/*.txt`` (py-spy's
 collapsed stacks, one line per stack and its sample count), and prints the frames most samples were taken in, by
-their own time. ``python -m tools.profile loop INPUT`` runs the reference loop alone (what the first graph samples).
+their own time among the samples of the work itself (the loop's calls, the pipeline's bundles), so that imports and
+start-up, seconds of a run this short, do not crowd out the hot path. ``python -m tools.profile loop INPUT`` runs the
+reference loop alone (what the first graph samples).
 """
 
 from __future__ import annotations
@@ -29,23 +31,32 @@ TOP_FRAMES = 10
 # py-spy names a frame "function (file:line)".
 _FRAME_LINE = re.compile(r":\d+\)$")
 RUN_TIMEOUT_S = 900
+# The frame each graph's work runs under: the loop's own function, and the SDK worker's processing of a bundle.
+WORK_FRAMES = {
+    "loop": "plain_loop (tools/bench.py",
+    "batch": "BundleProcessor.process_bundle (apache_beam/runners/worker/bundle_processor.py",
+}
 
 
-def top_frames(collapsed: str, count: int = TOP_FRAMES) -> list[tuple[str, float]]:
+def top_frames(collapsed: str, count: int = TOP_FRAMES, within: str = "") -> list[tuple[str, float]]:
     """The ``count`` functions with the most samples of their own in py-spy's collapsed stacks, with their share
-    (lines of one function count together; a sample of a process between Python frames counts for none)."""
+    (lines of one function count together; a sample of a process between Python frames counts for none). With
+    ``within``, only the stacks passing through a frame that starts with it count."""
     own: collections.Counter[str] = collections.Counter()
     for line in collapsed.splitlines():
         stack, _, samples = line.rpartition(" ")
-        leaf = stack.rsplit(";", 1)[-1]
-        if samples.isdigit() and not leaf.startswith("process "):
-            own[_FRAME_LINE.sub(")", leaf)] += int(samples)
+        frames = stack.split(";")
+        if within and not any(frame.startswith(within) for frame in frames):
+            continue
+        if samples.isdigit() and not frames[-1].startswith("process "):
+            own[_FRAME_LINE.sub(")", frames[-1])] += int(samples)
     total = sum(own.values()) or 1
     return [(frame, samples / total) for frame, samples in own.most_common(count)]
 
 
-def record(command: list[str], out: Path, name: str) -> list[tuple[str, float]]:
-    """Runs ``command`` under py-spy twice (a flame graph, then the collapsed stacks); its hottest frames."""
+def record(command: list[str], out: Path, name: str, within: str) -> list[tuple[str, float]]:
+    """Runs ``command`` under py-spy twice (a flame graph, then the collapsed stacks); its hottest frames under
+    ``within``."""
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy not found: make venv installs it with the tools")
@@ -58,7 +69,7 @@ def record(command: list[str], out: Path, name: str) -> list[tuple[str, float]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-    return top_frames((out / f"{name}.txt").read_text())
+    return top_frames((out / f"{name}.txt").read_text(), within=within)
 
 
 def run_loop(path: Path) -> None:
@@ -85,12 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One worker: the graph of the pipeline itself, not of a process waiting for its workers.
         run = [*cli, "run", f"--source=replay:{path}", "--batch", "--workers=1", f"--lake={work}/lake"]
         stores = [f"--identity-store=sqlite:///{work}/identity.sqlite", f"--profile-store=sqlite:///{work}/p.sqlite"]
-        targets = {"loop": [sys.executable, "-m", "tools.profile", "loop", str(path)], "batch": [*run, *stores]}
+        targets = {
+            "loop": ([sys.executable, "-m", "tools.profile", "loop", str(path)], WORK_FRAMES["loop"]),
+            "batch": ([*run, *stores], WORK_FRAMES["batch"]),
+        }
         print(f"input: {messages} messages ({args.copies} copies of {SAMPLE.name}); graphs in {args.out}/")
-        for name, command in targets.items():
+        for name, (command, within) in targets.items():
             started = time.perf_counter()
-            frames = record(command, args.out, name)
-            print(f"{name}: {args.out / f'{name}.svg'} ({time.perf_counter() - started:.0f} s), hottest frames:")
+            frames = record(command, args.out, name, within)
+            took = time.perf_counter() - started
+            print(f"{name}: {args.out / f'{name}.svg'} ({took:.0f} s), hottest frames under {within.split()[0]}:")
             for frame, share in frames:
                 print(f"  {share:6.1%}  {frame}")
     return 0

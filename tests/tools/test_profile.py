@@ -31,3 +31,15 @@ def test_make_profile_writes_both_flame_graphs_and_prints_ten_frames_each(tmp_pa
         assert (tmp_path / f"{name}.txt").stat().st_size > 0
     frames = [line for line in out.splitlines() if re.fullmatch(r" +\d+\.\d%  \S.*", line)]
     assert len(frames) == 20
+
+
+def test_the_hottest_frames_within_a_frame_leave_out_the_stacks_outside_it():
+    collapsed = "\n".join(
+        [
+            "main (a.py:1);_find_and_load (<frozen importlib>:3) 50",
+            "main (a.py:1);work (w.py:4);parse (b.py:10) 3",
+            "main (a.py:1);work (w.py:5) 1",
+        ]
+    )
+
+    assert top_frames(collapsed, 3, within="work (w.py") == [("parse (b.py)", 3 / 4), ("work (w.py)", 1 / 4)]
