@@ -20,6 +20,7 @@ SHIPPED_PACKAGES = (
     "stores",
     "messages",
     "lake",
+    "privacy",
     "transforms",
     "pipelines",
     "service",

@@ -26,13 +26,25 @@ MAY_IMPORT = {
     "profiles": {"core", "schemas", "identity"},
     "lake": {"core", "schemas", "identity"},
     "stores": {"core", "schemas", "identity", "profiles"},
-    "transforms": {"core", "schemas", "messages", "identity", "profiles", "stores", "lake"},
-    "service": {"core", "schemas", "messages", "identity", "profiles", "stores", "lake"},
-    "pipelines": {"core", "schemas", "messages", "identity", "profiles", "stores", "lake", "transforms", "service"},
+    "privacy": {"core", "schemas", "messages", "identity", "profiles", "stores", "lake"},
+    "transforms": {"core", "schemas", "messages", "identity", "profiles", "stores", "lake", "privacy"},
+    "service": {"core", "schemas", "messages", "identity", "profiles", "stores", "lake", "privacy"},
+    "pipelines": {
+        "core",
+        "schemas",
+        "messages",
+        "identity",
+        "profiles",
+        "stores",
+        "lake",
+        "privacy",
+        "transforms",
+        "service",
+    },
 }
 MAY_IMPORT["tools"] = {*MAY_IMPORT["pipelines"], "pipelines"}
 PACKAGES = tuple(MAY_IMPORT)
-BEAM_FREE = ("core", "schemas", "messages", "identity", "profiles", "lake", "stores", "service")
+BEAM_FREE = ("core", "schemas", "messages", "identity", "profiles", "lake", "stores", "privacy", "service")
 BEAM_STAGES = frozenset(
     {
         "bundle_batches",
