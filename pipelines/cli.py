@@ -31,11 +31,13 @@ from typing import Any
 from pipelines.config import ConfigError
 from pipelines.one_line_parser import USAGE_ERROR
 from pipelines.usage import PUBSUB_NAME, UsageError
+from privacy.jobs import REGULATIONS
 from schemas.registry import SchemaFileError
 
 DEFAULT_LAKE = "data/lake"
 DEFAULT_IDENTITY_STORE = "sqlite:///data/identity.sqlite"
 DEFAULT_PROFILE_STORE = "sqlite:///data/profiles.sqlite"
+DEFAULT_PRIVACY_STORE = "sqlite:///data/privacy.sqlite"
 DEFAULT_API_HOST = "127.0.0.1"  # loopback: the API serves personal data, so reaching it from elsewhere is a choice
 DEFAULT_API_PORT = 8080
 # Commands that development tools add to the CLI (tools/pyproject.toml), so the pipeline layer does not depend on them.
@@ -152,6 +154,39 @@ def command_parser() -> argparse.ArgumentParser:
     )
     profile_get.add_argument("--config", help="configuration file (namespaces, identity rules, profiles)")
     profile_get.set_defaults(handler="pipelines.lookup_commands:profile_get")
+
+    privacy = commands.add_parser("privacy", help="erase or export a person by any identity (GDPR/CCPA requests)")
+    privacy_commands = privacy.add_subparsers(dest="privacy_command", required=True, parser_class=_Parser)
+    for action, help_text in (
+        ("delete", "erase the person from the stores and the lake"),
+        ("access", "export everything held about the person into --out"),
+    ):
+        job = privacy_commands.add_parser(action, help=help_text)
+        job.add_argument("--identity", action="append", required=True, metavar="NAMESPACE:ID", help="repeatable")
+        job.add_argument("--regulation", choices=REGULATIONS, default="gdpr", help="gdpr (default) or ccpa")
+        job.add_argument("--dry-run", action="store_true", help="say what the job would touch and change nothing")
+        job.add_argument("--lake", default=DEFAULT_LAKE, help=f"lake directory (default {DEFAULT_LAKE})")
+        job.add_argument(
+            "--identity-store",
+            default=DEFAULT_IDENTITY_STORE,
+            help=f"identity store URL (default {DEFAULT_IDENTITY_STORE})",
+        )
+        job.add_argument(
+            "--profile-store",
+            default=DEFAULT_PROFILE_STORE,
+            help=f"profile store URL (default {DEFAULT_PROFILE_STORE})",
+        )
+        job.add_argument(
+            "--privacy-store",
+            default=DEFAULT_PRIVACY_STORE,
+            help=f"where jobs and the suppression list are kept (default {DEFAULT_PRIVACY_STORE})",
+        )
+        job.add_argument("--key-file", help="file holding the privacy key (default: $PROFILESTREAM_PRIVACY_KEY)")
+        job.add_argument("--out", help="where an access job writes (default data/privacy/access/JOB_ID)")
+        job.add_argument("--config", help="configuration file (namespaces, identity rules, profiles)")
+        if action == "delete":
+            job.add_argument("--suppress", action="store_true", help="drop the person's later messages at ingestion")
+        job.set_defaults(handler="pipelines.privacy_command:privacy_command")
 
     for tool in importlib.metadata.entry_points(group=TOOL_COMMANDS):
         tool.load()(commands)
