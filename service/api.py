@@ -15,7 +15,8 @@ inlet's). The token comes from ``--token-file`` or ``PROFILESTREAM_API_TOKEN``; 
 one, and logs no requests (query strings carry identities). :class:`ServerLimits` (``serve``'s flags) bound what one
 client holds: header and body timeouts, keep-alive timeout, ``--max-connections`` (503 beyond), 16 KiB of headers.
 :func:`create_app` builds the app; other routers passed to it sit behind the API token (the inlet's routes are not:
-each of its connections has its own).
+each of its connections has its own), and each :class:`Role`'s behind a token of its own (the privacy job routes of
+:mod:`service.privacy_api`), which the API token does not open.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ _BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _BEARER = HTTPBearer(auto_error=False, description=f"The API token (--token-file or {API_TOKEN_ENV})")
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "No bearer token"},
-    403: {"description": "Not this API's bearer token"},
+    403: {"description": "Another bearer token than these routes'"},
 }
 # Logged where uvicorn logs its own start-up, in its format.
 _log = logging.getLogger("uvicorn.error")
@@ -107,22 +108,35 @@ class Health(BaseModel):
     status: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """Routes behind a bearer token of their own: ``token`` opens ``routers`` and no other route. ``scheme`` is how
+    the OpenAPI document names and describes the token; a 403 answers that the token is not ``whose``."""
+
+    token: str
+    routers: tuple[APIRouter, ...]
+    scheme: HTTPBearer
+    whose: str
+
+
 def create_app(
     store: ProfileStore,
     settings: StitchSettings,
     token: str,
     *,
     routers: Iterable[APIRouter] = (),
+    roles: Iterable[Role] = (),
     inlet: Inlet | None = None,
     event_ttl_us: int | None = None,
     clock: Callable[[], int] = wall_clock_us,
     auth_failures: AuthFailureLimit | None = None,
 ) -> FastAPI:
     """The API on ``store``, with identities normalised by ``settings`` and the profile routes and those of
-    ``routers`` behind ``token``; with ``inlet``, its routes (under its connections' own tokens) and ``/metrics``.
+    ``routers`` behind ``token``, each of ``roles``' routers behind its role's token (a ValueError when two share
+    one); with ``inlet``, its routes (under its connections' own tokens) and ``/metrics``.
     With ``event_ttl_us``, profiles leave out recent events older than that by ``clock`` (:func:`lookup_profile`).
     ``auth_failures`` (default :class:`AuthFailureLimit`'s) limits failed authentications per client address, on
-    the API's token and the inlet's alike."""
+    every role's token and the inlet's alike."""
     # Swagger UI's scripts and styles from the fastapi-offline package rather than a CDN: /docs works offline.
     app = FastAPIOffline(
         redoc_url=None,
@@ -133,10 +147,15 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error_without_input)
     app.include_router(_health_router())
     auth_failures = auth_failures if auth_failures is not None else AuthFailureLimit()
-    authenticated = [Depends(_bearer_auth(token, auth_failures))]
     lookup = functools.partial(lookup_profile, store=store, settings=settings, event_ttl_us=event_ttl_us, clock=clock)
-    for router in (_profiles_router(lookup), *routers):
-        app.include_router(router, dependencies=authenticated, responses=_AUTH_RESPONSES)
+    api_role = Role(token, (_profiles_router(lookup), *routers), _BEARER, whose="this API's")
+    all_roles = [api_role, *roles]
+    if len({role.token for role in all_roles}) < len(all_roles):
+        raise ValueError("two sets of routes cannot share a bearer token: the privacy token must not be the API token")
+    for role in all_roles:
+        authenticated = [Depends(_bearer_auth(role, auth_failures))]
+        for router in role.routers:
+            app.include_router(router, dependencies=authenticated, responses=_AUTH_RESPONSES)
     if inlet is not None:
         app.include_router(inlet.router(auth_failures))
         app.include_router(_metrics_router(inlet.metrics))
@@ -145,17 +164,27 @@ def create_app(
 
 def api_token(token_file: str | None, environ: Mapping[str, str]) -> str:
     """The API token from ``token_file`` (which wins) or :data:`API_TOKEN_ENV`; raises a one-line ValueError."""
+    token = bearer_token(token_file, environ, flag="--token-file", env=API_TOKEN_ENV)
+    if token is None:
+        raise ValueError(f"the API serves personal data and needs a token: --token-file FILE or {API_TOKEN_ENV}")
+    return token
+
+
+def bearer_token(token_file: str | None, environ: Mapping[str, str], *, flag: str, env: str) -> str | None:
+    """A bearer token from ``token_file`` (given as ``flag``, which wins) or the environment variable ``env``, or
+    None when neither gives one; raises a one-line ValueError for a file that cannot be read or a token that is not
+    one word."""
     if token_file is not None:
-        source = f"--token-file {token_file}"
+        source = f"{flag} {token_file}"
         try:
             token = FilePath(token_file).read_text(encoding="utf-8", errors="replace").strip()
         except OSError as error:
             raise ValueError(f"{source}: {error.strerror}") from None
     else:
-        source = API_TOKEN_ENV
-        token = environ.get(API_TOKEN_ENV, "").strip()
+        source = env
+        token = environ.get(env, "").strip()
         if not token:
-            raise ValueError(f"the API serves personal data and needs a token: --token-file FILE or {API_TOKEN_ENV}")
+            return None
     if not _BEARER_TOKEN.fullmatch(token):
         raise ValueError(f"{source}: a token is one word of letters, digits and -._~+/ (then = padding)")
     return token
@@ -329,7 +358,7 @@ def _profiles_router(lookup: Callable[..., dict[str, Any]]) -> APIRouter:
     ) -> dict[str, Any]:
         start_us, end_us = _time_param(start, "start"), _time_param(end, "end")
         if start_us is not None and end_us is not None and start_us > end_us:
-            raise _unprocessable(("query", "end"), "end is before start")
+            raise unprocessable(("query", "end"), "end is before start")
         profile = _found(person_id, lookup, by="person", where=("path", "person_id"))
         recent = profile["events"]["recent"]
         events = events_between(recent, limit=limit, start_us=start_us, end_us=end_us)
@@ -344,7 +373,7 @@ def _found(
     try:
         profile = lookup(asked, by=by)
     except MalformedLookupError as error:
-        raise _unprocessable(where, error.reason) from None
+        raise unprocessable(where, error.reason) from None
     if profile["person_id"] is None:
         raise HTTPException(status_code=404, detail="not found")
     return profile
@@ -355,20 +384,23 @@ def _time_param(text: str | None, name: str) -> int | None:
         return None
     moment = parse_rfc3339(text)
     if moment is None:
-        raise _unprocessable(("query", name), "not an RFC 3339 date-time")
+        raise unprocessable(("query", name), "not an RFC 3339 date-time")
     return micros(moment)
 
 
-def _unprocessable(where: tuple[str, str], message: str) -> RequestValidationError:
+def unprocessable(where: tuple[str, ...], message: str) -> RequestValidationError:
     """A 422 shaped like the ones FastAPI gives for its own checks, which the OpenAPI document describes."""
     return RequestValidationError([{"type": "value_error", "loc": where, "msg": message}])
 
 
-def _bearer_auth(token: str, auth_failures: AuthFailureLimit) -> Callable[..., Coroutine[Any, Any, None]]:
-    expected = token.encode()
+def _bearer_auth(role: Role, auth_failures: AuthFailureLimit) -> Callable[..., Coroutine[Any, Any, None]]:
+    """The dependency that lets through requests bearing ``role``'s token, counting failures in ``auth_failures``."""
+    expected = role.token.encode()
+    # The parameter's default rather than in Annotated: annotations are strings here, resolved in the module's names.
+    credentials_of_scheme = Depends(role.scheme)
 
     async def require_token(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+        request: Request, credentials: HTTPAuthorizationCredentials | None = credentials_of_scheme
     ) -> None:
         client = client_address(request)
         if blocked_s := auth_failures.wait_s(client):
@@ -385,7 +417,7 @@ def _bearer_auth(token: str, auth_failures: AuthFailureLimit) -> Callable[..., C
         # Constant time, so that response timing does not tell how much of a guessed token was right.
         if not hmac.compare_digest(credentials.credentials.encode(), expected):
             auth_failures.failed(client)
-            raise HTTPException(status_code=403, detail="the bearer token is not this API's")
+            raise HTTPException(status_code=403, detail=f"the bearer token is not {role.whose}")
 
     return require_token
 
@@ -394,5 +426,13 @@ async def _validation_error_without_input(_request: Request, error: Exception) -
     """FastAPI's 422 body without each error's ``input`` (and ``ctx``), which would echo what was asked: an
     identity, an e-mail address."""
     assert isinstance(error, RequestValidationError)
-    details = [{key: value for key, value in item.items() if key in ("type", "loc", "msg")} for item in error.errors()]
+    details = [_error_without_input(item) for item in error.errors()]
     return JSONResponse({"detail": jsonable_encoder(details)}, status_code=422)
+
+
+def _error_without_input(error: Mapping[str, Any]) -> dict[str, Any]:
+    shown = {key: value for key, value in error.items() if key in ("type", "loc", "msg")}
+    # An unknown field's name is whatever the client wrote (as likely an identity as a typo): its loc stops above it.
+    if shown["type"] == "extra_forbidden":
+        shown["loc"] = tuple(shown["loc"])[:-1]
+    return shown
