@@ -2,7 +2,8 @@
 
     profilestream run --source (replay:PATH | pubsub:projects/P/subscriptions/S) [--batch] [--lake DIR]
                       [--dead-letter-topic projects/P/topics/T] [--schema-dir DIR] [--config FILE]
-                      [--runner NAME] [--commit-interval SECONDS] [Beam options]
+                      [--runner NAME] [--commit-interval SECONDS] [--privacy-store URL] [--key-file FILE]
+                      [Beam options]
     profilestream validate [--schema-dir DIR] [--schema ID] [--conformance] [--config FILE] FILE...
     profilestream profile get [--store URL] [--config FILE] (--identity NAMESPACE:ID | --person ID)...
     profilestream loadgen --target (pubsub:projects/P/topics/T | http://HOST:PORT/collection/[batch/]ID)
@@ -110,6 +111,14 @@ def command_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--profile-store", default=DEFAULT_PROFILE_STORE, help=f"profile store URL (default {DEFAULT_PROFILE_STORE})"
+    )
+    run.add_argument(
+        "--privacy-store",
+        default=DEFAULT_PRIVACY_STORE,
+        help=f"whose suppression list the run drops messages by, if any (default {DEFAULT_PRIVACY_STORE})",
+    )
+    run.add_argument(
+        "--key-file", help="privacy key, when the suppression list is not empty (default: $PROFILESTREAM_PRIVACY_KEY)"
     )
     _add_shared(run)
     run.set_defaults(handler="pipelines.run_command:run_command")

@@ -5,7 +5,9 @@
                                   failures          + PublishFailedRecords → dead-letter topic (when one is set)
 
 :class:`Ingest` is that sentence as one composite transform; :func:`run` builds it on a source (a replay, or a
-Pub/Sub subscription), runs it on the chosen runner and returns the run summary (:mod:`pipelines.summary`).
+Pub/Sub subscription), runs it on the chosen runner and returns the run summary (:mod:`pipelines.summary`). With a
+suppression list to check (:mod:`privacy.suppression`), StitchIdentities drops the records of suppressed identities
+before the stores and the lake.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pipelines.flink import FLINK_RUNNER, flink_runner_args
 from pipelines.local_runner import disable_prism_splits
 from pipelines.runners import RunnerCapabilities, run_capabilities
 from pipelines.summary import RunSummary, counters, summary_of
+from privacy.suppression import Suppression
 from schemas.arrow import table_from_rows
 from schemas.registry import SchemaRegistry
 from stores.opening import identity_store_handler, profile_store_handler
@@ -52,7 +55,8 @@ LOCAL_BATCH_RUNNER = "FnApiRunner"
 
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
-    """What ``profilestream run`` was asked to do, checked and resolved: a replay path or a subscription to read."""
+    """What ``profilestream run`` was asked to do, checked and resolved: a replay path or a subscription to read;
+    ``suppression``, the suppression list stitching checks, when there is one to check."""
 
     replay_path: str | None
     lake_dir: str
@@ -65,10 +69,12 @@ class RunRequest:
     dead_letter_topic: str | None = None
     workers: int = 1
     share: Share = EVERY_MESSAGE
+    suppression: Suppression | None = None
 
 
 class Ingest(beam.PTransform):
-    """``PCollection[Message]`` in; ``PCollection[LakeFile]``, the lake files committed, out."""
+    """``PCollection[Message]`` in; ``PCollection[LakeFile]``, the lake files committed, out. With ``suppression``,
+    stitching drops the records of suppressed identities (:class:`~transforms.stitch.StitchIdentities`)."""
 
     def __init__(
         self,
@@ -79,6 +85,7 @@ class Ingest(beam.PTransform):
         profile_store: str,
         *,
         dead_letter_topic: str | None = None,
+        suppression: Suppression | None = None,
     ) -> None:
         super().__init__()
         self._registry = registry
@@ -87,6 +94,7 @@ class Ingest(beam.PTransform):
         self._identity_store = identity_store
         self._profile_store = profile_store
         self._dead_letter_topic = dead_letter_topic
+        self._suppression = suppression
 
     def expand(self, messages: beam.PCollection) -> beam.PCollection:
         policy = self._config.validation_policy()
@@ -100,7 +108,9 @@ class Ingest(beam.PTransform):
         )
         validated = decoded.entities | "Validate" >> Validate(registry, policy=policy)
         stitching = self._config.stitch_settings()
-        stitched = validated.valid | "StitchIdentities" >> StitchIdentities(registry, identities, stitching)
+        stitched = validated.valid | "StitchIdentities" >> StitchIdentities(
+            registry, identities, stitching, suppression=self._suppression
+        )
         writers = ProfileWriterHandler(
             registry,
             identities,
@@ -150,7 +160,11 @@ def run(
     """
     if request.batch and request.runner is None and request.workers > 1:
         return _run_in_worker_processes(request, registry, config)
-    return summary_of(_counters_of_run(request, registry, config, stop), datasets=list(lake_schemas(registry)))
+    return summary_of(
+        _counters_of_run(request, registry, config, stop),
+        datasets=list(lake_schemas(registry)),
+        suppression_checked=request.suppression is not None,
+    )
 
 
 def _counters_of_run(
@@ -178,6 +192,7 @@ def _counters_of_run(
         request.identity_store,
         request.profile_store,
         dead_letter_topic=request.dead_letter_topic,
+        suppression=request.suppression,
     )
     with tuned_garbage_collection(), patched_direct_runner(stop) if runner.direct_runner else contextlib.nullcontext():
         result = pipeline.run()
@@ -227,7 +242,9 @@ def _run_in_worker_processes(request: RunRequest, registry: SchemaRegistry, conf
     with concurrent.futures.ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
         counted = list(pool.map(_counters_of_run, shares, itertools.repeat(registry), itertools.repeat(config)))
     return summary_of(
-        sum(map(collections.Counter, counted), collections.Counter()), datasets=list(lake_schemas(registry))
+        sum(map(collections.Counter, counted), collections.Counter()),
+        datasets=list(lake_schemas(registry)),
+        suppression_checked=request.suppression is not None,
     )
 
 

@@ -23,6 +23,10 @@ from messages.replay_files import ReplayPathError, expand_replay_path
 from pipelines.flink import FLINK_RUNNER, JOB_SERVER_ARTIFACT, flink_runner_args
 from pipelines.ingest import RunRequest, run
 from pipelines.usage import PUBSUB_NAME, UsageError, config_and_registry, opened_identity_store, opened_profile_store
+from privacy.keys import privacy_key
+from privacy.runner import privacy_store_path
+from privacy.suppression import Suppression, SuppressionList
+from stores.errors import StoreUnavailableError
 from transforms.lake import is_local
 
 REPLAY_SCHEME = "replay:"
@@ -36,6 +40,7 @@ def run_command(args: argparse.Namespace, beam_args: list[str]) -> int:
     # Fail now, in one line, rather than inside a worker.
     opened_identity_store(args.identity_store).close()
     opened_profile_store(args.profile_store).close()
+    suppression = _suppression(args.privacy_store, args.key_file)
     if args.runner == FLINK_RUNNER:
         _check_flink(beam_args)
     subscription = _subscription(args.source)
@@ -62,12 +67,36 @@ def run_command(args: argparse.Namespace, beam_args: list[str]) -> int:
         beam_args=tuple(beam_args),
         subscription=subscription,
         dead_letter_topic=args.dead_letter_topic,
+        suppression=suppression,
     )
     stop = threading.Event()
     with _stopped_by_signals(stop):
         summary = run(request, registry, config, stop=stop)
     print(json.dumps(summary.as_json(), sort_keys=False), flush=True)
     return 0
+
+
+def _suppression(privacy_store: str, key_file: str | None) -> Suppression | None:
+    """The suppression list the run checks: the privacy store's, when it holds a hash, with the privacy key, which it
+    then needs. None when there is nothing to check (no such file, or an empty list): the run costs what it did."""
+    try:
+        path = privacy_store_path(privacy_store)
+        suppression_list = SuppressionList(path)
+        try:
+            suppressed = suppression_list.hashes()
+        finally:
+            suppression_list.close()
+    except (ValueError, StoreUnavailableError) as error:
+        raise UsageError(str(error)) from None
+    if not suppressed:
+        return None
+    try:
+        key = privacy_key(key_file, os.environ)
+    except ValueError as error:
+        raise UsageError(
+            f"privacy store {path} has a suppression list, which the run checks with the key: {error}"
+        ) from None
+    return Suppression(path, key)
 
 
 def _workers(args: argparse.Namespace) -> int:

@@ -1,11 +1,14 @@
 """The run summary: the counters of a finished pipeline as the one JSON line ``profilestream run`` prints last.
 
-    {"messages": n, "records": n, "valid": n, "failed": n, "duplicates": n, "failed_duplicates": n,
+    {"messages": n, "records": n, "valid": n, "failed": n, ["suppressed": n,] "duplicates": n, "failed_duplicates": n,
      "profiles_written": n, "lake": {"<dataset>": {"files": n, "rows": n}, ...}, "failed_by_code": {"<CODE>": n, ...},
      "profile_freshness_ms": {"p50": ms, "p95": ms, "p99": ms}}
 
 ``records`` counts XDM entities (a batch envelope holds several; a message that fails before it can be split counts
-as one), and ``records = valid + failed`` always. ``duplicates`` counts valid records the lake dropped as repeats, and
+as one), and ``records = valid + failed`` always, or ``records = valid + failed + suppressed`` for a run that checked a
+suppression list (:mod:`privacy.suppression`): ``suppressed`` counts the valid records stitching dropped for carrying
+a suppressed identity, which are not among ``valid`` (nor ``failed``: a failed record keeps its data), and a run
+without a list has no such field. ``duplicates`` counts valid records the lake dropped as repeats, and
 ``failed_duplicates`` failed records it dropped as repeats (a redelivered bad message), so ``failed`` equals the rows
 ``failed_records`` gained plus ``failed_duplicates``.
 ``profile_freshness_ms`` gives p50, p95 and p99 of the time from reading a record to writing its profile, as bucket
@@ -39,9 +42,20 @@ class RunSummary:
     lake: Mapping[str, Mapping[str, int]]
     failed_by_code: Mapping[str, int]
     profile_freshness_ms: Mapping[str, int | None]
+    # None: the run checked no suppression list.
+    suppressed: int | None = None
 
     def as_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """The summary line's fields in the module docstring's order; ``suppressed`` only when the run checked a
+        suppression list."""
+        fields = dataclasses.asdict(self)
+        suppressed = fields.pop("suppressed")
+        summary = {}
+        for name, value in fields.items():
+            summary[name] = value
+            if name == "failed" and suppressed is not None:
+                summary["suppressed"] = suppressed
+        return summary
 
 
 def counters(result: PipelineResult) -> dict[str, int]:
@@ -54,8 +68,12 @@ def counters(result: PipelineResult) -> dict[str, int]:
     return values
 
 
-def summary_of(values: Mapping[str, int], datasets: Iterable[str]) -> RunSummary:
-    valid = values.get(metrics.VALID, 0)
+def summary_of(values: Mapping[str, int], datasets: Iterable[str], *, suppression_checked: bool = False) -> RunSummary:
+    """The summary of a run's counters (:func:`counters`) over its lake's ``datasets``; with ``suppression_checked``
+    (the run checked a suppression list) it has ``suppressed``."""
+    suppressed = values.get(metrics.SUPPRESSED, 0)
+    # Validate counted the suppressed records valid before stitching dropped them.
+    valid = values.get(metrics.VALID, 0) - suppressed
     failed = values.get(metrics.DECODE_FAILED, 0) + values.get(metrics.VALIDATE_FAILED, 0)
     return RunSummary(
         messages=values.get(metrics.MESSAGES, 0),
@@ -80,6 +98,7 @@ def summary_of(values: Mapping[str, int], datasets: Iterable[str]) -> RunSummary
             if code is not None
         },
         profile_freshness_ms=freshness_percentiles(values),
+        suppressed=suppressed if suppression_checked else None,
     )
 
 

@@ -22,9 +22,11 @@ DECODE_FAILED: Final = "decode_failed"
 # Validate.
 VALID: Final = "valid"
 VALIDATE_FAILED: Final = "validate_failed"
-# StitchIdentities.
+# StitchIdentities: records stitched, identities rejected, and records dropped for carrying an identity on the
+# suppression list (privacy.suppression), which Validate had counted valid.
 STITCHED: Final = "stitched"
 IDENTITIES_REJECTED: Final = "identities_rejected"
+SUPPRESSED: Final = "suppressed"
 # MergeProfiles: profile views written, writes that lost a race, and how fresh each record's write was (a
 # distribution, and one counter per bucket of FRESHNESS_BUCKETS_MS, bounds in ms, from which the summary takes
 # percentiles).

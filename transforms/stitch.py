@@ -6,6 +6,11 @@ identity-enabled datasets with ``person_id`` set (``None`` when a record carries
 ``PCollection[IdentityChange]``: identities rejected by normalisation (``rejected``, with their ``IDENTITY.*``
 code) and the merges, splits, removed links and quarantines the batch caused.
 
+With a ``suppression`` (:class:`privacy.suppression.Suppression`), a record carrying an identity on the suppression
+list is dropped before anything else sees it: it is not linked in the identity store, nor merged into a profile, nor
+written to the lake (whose rows come from ``records``), and the identities it had rejected are not told. Without one,
+stitching costs what it did.
+
 Records are stitched a batch at a time (up to ``batch_size``, and whatever a bundle holds when it ends): their
 identities are extracted and normalised (:mod:`identity.namespaces`), the batch's observations go to the
 store in one round trip (:mod:`stores.identity`), which returns the facts of the touched components before
@@ -18,7 +23,8 @@ time is its own (event ``timestamp``, a profile's ``extSourceSystemAudit.lastUpd
 
 The logic, without Beam, is :mod:`identity.stitching`'s.
 
-Metrics (namespace ``profilestream``): ``stitched``, ``identities_rejected`` and ``identity_changes.<kind>``.
+Metrics (namespace ``profilestream``): ``stitched``, ``identities_rejected``, ``identity_changes.<kind>`` and
+``suppressed``, the records dropped.
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from core.records import ValidRecord
 from identity.stitching import RecordIdentities, StitchSettings, link_batch, record_identities
+from privacy.suppression import Suppression, SuppressionCheck
 from schemas.registry import SchemaRegistry
 from stores.identity import IdentityStore
 from stores.opening import StoreHandler
-from transforms.metrics import IDENTITIES_REJECTED, STITCHED, counter, identity_changes_of
+from transforms.metrics import IDENTITIES_REJECTED, STITCHED, SUPPRESSED, counter, identity_changes_of
 from transforms.shared_registry import SharedRegistry, shared_registry
 
 _CHANGES = "changes"
@@ -53,22 +60,30 @@ class _StitchFn(beam.DoFn):
         store: StoreHandler[IdentityStore],
         settings: StitchSettings,
         batch_size: int,
+        suppression: Suppression | None,
     ):
         self._registry = registry
         self._store_handler = store
         self._settings = settings
         self._batch_size = batch_size
+        self._suppression = suppression
         self._store = None
+        self._suppression_check: SuppressionCheck | None = None
         self._pending: list[tuple[ValidRecord, RecordIdentities, Any, Any]] = []
         self._stitched = counter(STITCHED)
         self._rejected = counter(IDENTITIES_REJECTED)
+        self._suppressed = counter(SUPPRESSED)
 
     def setup(self) -> None:
         self._store = self._store_handler.open()
+        if self._suppression is not None:
+            self._suppression_check = self._suppression.open()
 
     def teardown(self) -> None:
         if self._store is not None:
             self._store.close()
+        if self._suppression_check is not None:
+            self._suppression_check.close()
 
     def start_bundle(self) -> None:
         self._pending = []
@@ -77,6 +92,9 @@ class _StitchFn(beam.DoFn):
         found = record_identities(record, self._registry.load(), self._settings)
         if found is None:
             yield record
+            return
+        if self._suppression_check is not None and self._suppression_check.suppressed(found.identities):
+            self._suppressed.inc()
             return
         for rejected in found.rejected:
             self._rejected.inc()
@@ -108,7 +126,8 @@ class _StitchFn(beam.DoFn):
 class StitchIdentities(beam.PTransform):
     """Gives each record of an identity-enabled dataset its person; see the module docstring.
 
-    ``store`` is the identity store's handler (:func:`stores.opening.identity_store_handler`), opened on the worker.
+    ``store`` is the identity store's handler (:func:`stores.opening.identity_store_handler`), opened on the worker;
+    ``suppression``, when given, the suppression list records are checked against, opened there too.
     """
 
     def __init__(
@@ -118,15 +137,17 @@ class StitchIdentities(beam.PTransform):
         settings: StitchSettings,
         *,
         batch_size: int = 500,
+        suppression: Suppression | None = None,
     ) -> None:
         super().__init__()
         self._registry = shared_registry(registry)
         self._store = store
         self._settings = settings
         self._batch_size = batch_size
+        self._suppression = suppression
 
     def expand(self, records: beam.PCollection) -> StitchResult:
         outputs = records | "LinkIdentities" >> beam.ParDo(
-            _StitchFn(self._registry, self._store, self._settings, self._batch_size)
+            _StitchFn(self._registry, self._store, self._settings, self._batch_size, self._suppression)
         ).with_outputs(_CHANGES, main="records")
         return StitchResult(records=outputs.records, changes=outputs[_CHANGES])

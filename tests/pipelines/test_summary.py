@@ -69,6 +69,17 @@ def test_the_summary_line_is_the_readme_contract():
     ]
 
 
+def test_a_run_that_checked_a_suppression_list_counts_the_records_it_dropped_apart_from_the_valid():
+    # Validate counted the two valid; stitching then dropped them.
+    counted = {**COUNTED, metrics.SUPPRESSED: 2}
+
+    summary = summary_of(counted, DATASETS, suppression_checked=True).as_json()
+
+    assert (summary["records"], summary["valid"], summary["failed"], summary["suppressed"]) == (13, 8, 3, 2)
+    assert list(summary)[:5] == ["messages", "records", "valid", "failed", "suppressed"]
+    assert "suppressed" not in summary_of(COUNTED, DATASETS).as_json()
+
+
 def test_a_run_that_wrote_no_profile_has_no_freshness():
     assert freshness_percentiles({}) == {"p50": None, "p95": None, "p99": None}
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
@@ -15,8 +18,12 @@ from identity.graph import person_id
 from identity.model import Identity
 from identity.stitching import link_batch, record_identities
 from pipelines.config import Config
+from pipelines.direct_runner_patches import patched_direct_runner
+from privacy.keys import identity_hash
+from privacy.suppression import Suppression, SuppressionList
 from schemas.registry import SchemaRegistry
 from stores.opening import identity_store_handler, open_identity_store
+from transforms.metrics import SUPPRESSED
 from transforms.stitch import StitchIdentities
 
 EVENT_SCHEMA = "https://ns.adobe.com/xdm/context/experienceevent"
@@ -173,3 +180,50 @@ def append_line(path: str, change) -> None:
 def read_lines(path: str) -> list[str]:
     with open(path) as log:
         return log.read().splitlines()
+
+
+PRIVACY_KEY = b"k" * 32
+ANN = Identity("Email", "ann@example.com")
+
+
+def timestamped(record: ValidRecord) -> beam.window.TimestampedValue:
+    return beam.window.TimestampedValue(record, record.publish_time_us / 1e6)
+
+
+def suppress_ann_after(record: ValidRecord, privacy: str, refresh_s: float) -> ValidRecord:
+    """Puts Ann on the suppression list once ``record`` has been stitched, and lets the refresh interval pass."""
+    SuppressionList(privacy).add([identity_hash(PRIVACY_KEY, ANN)], "pj-1")
+    time.sleep(refresh_s)
+    return record
+
+
+def test_a_suppression_added_while_a_streaming_run_goes_on_drops_the_later_records(tmp_path, registry):
+    """The DirectRunner takes the next TestStream event once the pipeline is idle: the first login is stitched before
+    Ann is suppressed, and her later events come after it."""
+    store = f"sqlite:///{tmp_path}/identity.sqlite"
+    privacy = str(tmp_path / "privacy.sqlite")
+    suppression = Suppression(privacy, PRIVACY_KEY, refresh_s=0.2)
+    SuppressionList(privacy).add(["someone else"], "pj-0")
+    before = event("m1", 1, ECID=DEVICE, Email="Ann@Example.com")
+    after = [event("m2", 2, Email="ann@example.com"), event("m3", 2, ECID=DEVICE)]
+    stream = (
+        TestStream()
+        .add_elements([timestamped(before)])
+        .add_elements([timestamped(record) for record in after])
+        .advance_watermark_to_infinity()
+    )
+    pipeline = beam.Pipeline(options=PipelineOptions(streaming=True, runner="BundleBasedDirectRunner"))
+    stitched = (
+        pipeline | stream | StitchIdentities(registry, identity_store_handler(store), SETTINGS, suppression=suppression)
+    ).records
+    first = stitched | beam.Filter(lambda record: record.message_id == "m1")
+    _ = first | beam.Map(suppress_ann_after, privacy, 2 * suppression.refresh_s)
+    assert_that(stitched | beam.Map(lambda record: record.message_id), equal_to(["m1", "m3"]))
+    # As profilestream run runs it: each DoFn kept across bundles (set up before Ann was suppressed), every bundle's
+    # metrics kept.
+    with patched_direct_runner(threading.Event()):
+        result = pipeline.run()
+        result.wait_until_finish()
+
+    (suppressed,) = result.metrics().query(MetricsFilter().with_name(SUPPRESSED))["counters"]
+    assert suppressed.committed == 1
