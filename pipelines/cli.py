@@ -10,6 +10,7 @@
                           [--rate N] (--duration S | --count N) [traffic shape] [--send-log FILE]
     profilestream serve [--host HOST] [--port PORT] [--profile-store URL] [--config FILE] [--token-file FILE]
                         [--pubsub-topic projects/P/topics/T] [--schema-dir DIR] [limits on each client]
+                        [--privacy-token-file FILE --key-file FILE] [privacy job stores]
 
 Every usage or input error prints one line on stderr and exits 2; no traceback reaches the user. ``run`` prints its
 summary as the last line on stdout; ``validate`` prints a JSON line per entity and exits 0 when all are valid, 1 when
@@ -39,6 +40,7 @@ DEFAULT_LAKE = "data/lake"
 DEFAULT_IDENTITY_STORE = "sqlite:///data/identity.sqlite"
 DEFAULT_PROFILE_STORE = "sqlite:///data/profiles.sqlite"
 DEFAULT_PRIVACY_STORE = "sqlite:///data/privacy.sqlite"
+DEFAULT_PRIVACY_OUT = "data/privacy/access"
 DEFAULT_API_HOST = "127.0.0.1"  # loopback: the API serves personal data, so reaching it from elsewhere is a choice
 DEFAULT_API_PORT = 8080
 # Commands that development tools add to the CLI (tools/pyproject.toml), so the pipeline layer does not depend on them.
@@ -218,6 +220,27 @@ def command_parser() -> argparse.ArgumentParser:
     limits = serve.add_argument_group("limits on each client (README: Hostile clients)")
     for flag, kind, default, help_text in _SERVE_LIMITS:
         limits.add_argument(flag, type=_positive(kind), default=default, metavar="N", help=f"{help_text} ({default:g})")
+    jobs = serve.add_argument_group("privacy jobs (README: Privacy jobs), served only with a privacy token")
+    jobs.add_argument(
+        "--privacy-token-file", help="file holding the privacy routes' token (default: $PROFILESTREAM_PRIVACY_TOKEN)"
+    )
+    jobs.add_argument("--key-file", help="file holding the privacy key (default: $PROFILESTREAM_PRIVACY_KEY)")
+    jobs.add_argument(
+        "--privacy-store",
+        default=DEFAULT_PRIVACY_STORE,
+        help=f"where jobs and the suppression list are kept (default {DEFAULT_PRIVACY_STORE})",
+    )
+    jobs.add_argument("--lake", default=DEFAULT_LAKE, help=f"lake directory (default {DEFAULT_LAKE})")
+    jobs.add_argument(
+        "--identity-store",
+        default=DEFAULT_IDENTITY_STORE,
+        help=f"identity store URL (default {DEFAULT_IDENTITY_STORE})",
+    )
+    jobs.add_argument(
+        "--privacy-out",
+        default=DEFAULT_PRIVACY_OUT,
+        help=f"where access jobs write, each under its job id (default {DEFAULT_PRIVACY_OUT})",
+    )
     serve.set_defaults(handler="pipelines.serve_command:serve_command")
     return parser
 

@@ -1,38 +1,56 @@
-"""``profilestream serve``: the HTTP Profile Access API (:mod:`service.api`) and, with ``--pubsub-topic``, the HTTP
-inlet (:mod:`service.inlet`), until interrupted."""
+"""``profilestream serve``: the HTTP Profile Access API (:mod:`service.api`), with ``--pubsub-topic`` the HTTP inlet
+(:mod:`service.inlet`), and with a privacy token the privacy job routes (:mod:`service.privacy_api`), until
+interrupted."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 
 from google.auth.exceptions import DefaultCredentialsError
 
 from core.errors import ConfigError
+from identity.stitching import StitchSettings
 from messages.pubsub import PubSubUnavailableError, check_topic
 from pipelines.config import load_config
 from pipelines.usage import UsageError, config_and_registry, opened_profile_store
-from service import api
+from privacy.jobs import JobStore, PrivacyJobs
+from privacy.keys import privacy_key
+from privacy.runner import PrivacySettings, normalised_identities, privacy_store_path, run_job
+from service import api, privacy_api
 from service.inlet import AuthFailureLimit, Inlet, Judge, PubSubPublisher
+from stores.opening import IDENTITY_STORE, parse_store_url
 
 
 def serve_command(args: argparse.Namespace, _beam_args: list[str]) -> int:
-    """``profilestream serve``: the Profile Access API, and the inlet with ``--pubsub-topic``, until interrupted."""
+    """``profilestream serve``: the Profile Access API, the inlet with ``--pubsub-topic`` and the privacy job routes
+    with a privacy token, until interrupted; the privacy jobs' worker ends (after its job in progress) with it."""
     config = load_config(args.config)
     settings = config.stitch_settings()
     with contextlib.ExitStack() as stack:
         inlet = stack.enter_context(contextlib.closing(_inlet(args))) if args.pubsub_topic is not None else None
         try:
             token = api.api_token(args.token_file, os.environ)
+            roles = _privacy_roles(args, settings, stack)
             listener = stack.enter_context(api.listen(args.host, args.port))
         except ValueError as error:
             raise UsageError(str(error)) from None
         store = stack.enter_context(opened_profile_store(args.profile_store))
         auth_failures = AuthFailureLimit(args.auth_failures, args.auth_failure_window)
-        app = api.create_app(
-            store, settings, token, inlet=inlet, event_ttl_us=config.event_ttl_us(), auth_failures=auth_failures
-        )
+        try:
+            app = api.create_app(
+                store,
+                settings,
+                token,
+                roles=roles,
+                inlet=inlet,
+                event_ttl_us=config.event_ttl_us(),
+                auth_failures=auth_failures,
+            )
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         limits = api.ServerLimits(
             header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
@@ -41,6 +59,32 @@ def serve_command(args: argparse.Namespace, _beam_args: list[str]) -> int:
         )
         api.serve(app, listener, limits)
     return 0
+
+
+def _privacy_roles(args: argparse.Namespace, stitch: StitchSettings, stack: contextlib.ExitStack) -> list[api.Role]:
+    """The privacy job routes when ``serve`` has a privacy token, else none. Their jobs run one at a time on the lake
+    and stores the flags name, and ``stack`` stops them (after the job in progress) and closes the job store. A
+    missing key or a bad store URL is a one-line ValueError."""
+    token = privacy_api.privacy_token(args.privacy_token_file, os.environ)
+    if token is None:
+        return []
+    key = privacy_key(args.key_file, os.environ)
+    parse_store_url(args.identity_store, IDENTITY_STORE)
+    job_store = JobStore(privacy_store_path(args.privacy_store))
+    stack.callback(job_store.close)
+    settings = PrivacySettings(
+        lake_dir=args.lake,
+        identity_store=args.identity_store,
+        profile_store=args.profile_store,
+        privacy_store=args.privacy_store,
+        key=key,
+        stitch=stitch,
+        access_out=args.privacy_out,
+    )
+    normalise = functools.partial(normalised_identities, stitch=stitch)
+    jobs = PrivacyJobs(job_store, key, normalise, functools.partial(run_job, settings=settings))
+    stack.callback(jobs.close)
+    return [privacy_api.privacy_role(jobs, token)]
 
 
 def _inlet(args: argparse.Namespace):

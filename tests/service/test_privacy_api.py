@@ -1,29 +1,34 @@
 """The privacy job routes of ``profilestream serve``: submitting a job, its receipt, the privacy token's role.
 
 The app is called in process (FastAPI's TestClient) with :class:`~privacy.jobs.PrivacyJobs` on an in-memory job store
-and stand-ins for normalising and running a job, so each test controls how a job goes.
+and stand-ins for normalising and running a job, so each test controls how a job goes; the ``serve`` tests build the
+app through ``profilestream serve``, and one of them runs jobs with the real runner on empty SQLite stores.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
+import privacy.runner  # noqa: F401 (imported before a test patches the store openers, which it binds on import)
+import service.api
+import stores.opening as store_opening
 from identity.model import Identity
+from pipelines.cli import main
 from pipelines.config import load_config
 from privacy.jobs import DONE, FAILED, MAX_IDENTITIES, QUEUED, JobRequest, JobRequestError, JobStore, PrivacyJobs
-from privacy.keys import identity_hash
-from service.api import create_app
+from privacy.keys import PRIVACY_KEY_ENV, identity_hash
+from service.api import API_TOKEN_ENV, create_app
 from service.inlet import AuthFailureLimit
 from service.privacy_api import PRIVACY_TOKEN_ENV, privacy_role, privacy_token
 from tests.service.test_api import AUTH as API_AUTH
 from tests.service.test_api import PROFILE_ROUTES
 from tests.service.test_api import TOKEN as API_TOKEN
-from tests.service.test_profile_lookup import ANN, sample_store
+from tests.service.test_profile_lookup import ANN, OpenedStores, needs_sqlite_store, sample_store
 
 PRIVACY_TOKEN = "privacy-Token_2"
 PRIVACY_AUTH = {"Authorization": f"Bearer {PRIVACY_TOKEN}"}
@@ -294,3 +299,96 @@ def test_a_privacy_token_file_that_gives_no_token_is_an_error_naming_it(tmp_path
         token_file.write_text(content)
     with pytest.raises(ValueError, match=fragment):
         privacy_token(str(token_file), {})
+
+
+def serving(exercise: Callable[[TestClient], object]) -> tuple[Callable[..., None], list[object]]:
+    """Stands for :func:`service.api.serve` in CLI tests: while ``serve`` runs, calls ``exercise`` with a client of the
+    app it built and keeps what it returns."""
+    outcomes: list[object] = []
+
+    def serve(app, _listener, _limits) -> None:
+        with TestClient(app) as client:
+            outcomes.append(exercise(client))
+
+    return serve, outcomes
+
+
+@pytest.fixture
+def serve_env(monkeypatch):
+    """``serve``'s environment with the API token only."""
+    monkeypatch.setenv(API_TOKEN_ENV, API_TOKEN)
+    monkeypatch.delenv(PRIVACY_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(PRIVACY_KEY_ENV, raising=False)
+    monkeypatch.setattr(store_opening, "open_profile_store", OpenedStores())
+    return monkeypatch
+
+
+def test_serve_without_a_privacy_token_has_no_privacy_routes(serve_env):
+    serve, outcomes = serving(lambda client: client.post("/privacy/jobs", json=ANN_JOB, headers=API_AUTH).status_code)
+    serve_env.setattr(service.api, "serve", serve)
+    assert main(["serve", "--port", "0"]) == 0
+    assert outcomes == [404]
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({PRIVACY_TOKEN_ENV: PRIVACY_TOKEN}, PRIVACY_KEY_ENV),
+        ({PRIVACY_TOKEN_ENV: PRIVACY_TOKEN, PRIVACY_KEY_ENV: "short"}, "at least"),
+        ({PRIVACY_TOKEN_ENV: API_TOKEN, PRIVACY_KEY_ENV: KEY.decode()}, "must not be the API token"),
+    ],
+)
+def test_serve_with_a_privacy_token_refuses_to_start_without_a_key_or_with_the_api_token(
+    serve_env, capsys, tmp_path, environ, fragment
+):
+    for name, value in environ.items():
+        serve_env.setenv(name, value)
+    code = main(["serve", "--port", "0", "--privacy-store", f"sqlite:///{tmp_path}/privacy.sqlite"])
+    [line] = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert fragment in line
+
+
+def test_serve_refuses_a_privacy_store_that_is_not_a_sqlite_url(serve_env, capsys):
+    serve_env.setenv(PRIVACY_TOKEN_ENV, PRIVACY_TOKEN)
+    serve_env.setenv(PRIVACY_KEY_ENV, KEY.decode())
+    assert main(["serve", "--port", "0", "--privacy-store", "redis://localhost:6379/0"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "privacy store" in line
+
+
+@needs_sqlite_store
+def test_serve_runs_privacy_jobs_on_its_lake_and_stores_then_stops_them(monkeypatch, tmp_path):
+    """Through ``profilestream serve`` and the real job runner, on an empty lake and empty SQLite stores."""
+    (tmp_path / "privacy.token").write_text(PRIVACY_TOKEN)
+    (tmp_path / "lake").mkdir()
+    monkeypatch.setenv(API_TOKEN_ENV, API_TOKEN)
+    monkeypatch.setenv(PRIVACY_KEY_ENV, KEY.decode())
+
+    def delete_then_access(client: TestClient) -> list[dict]:
+        jobs = [submit(client, ANN_JOB), submit(client, {**ANN_JOB, "action": "access", "regulation": "ccpa"})]
+        return [finished(client, job.json()["job_id"]) for job in jobs]
+
+    serve, outcomes = serving(delete_then_access)
+    monkeypatch.setattr(service.api, "serve", serve)
+    flags = {
+        "--privacy-token-file": tmp_path / "privacy.token",
+        "--profile-store": f"sqlite:///{tmp_path}/profiles.sqlite",
+        "--identity-store": f"sqlite:///{tmp_path}/identity.sqlite",
+        "--privacy-store": f"sqlite:///{tmp_path}/privacy.sqlite",
+        "--lake": tmp_path / "lake",
+        "--privacy-out": tmp_path / "access",
+    }
+    assert main(["serve", "--port", "0", *(str(part) for flag in flags.items() for part in flag)]) == 0
+
+    [[deleted, accessed]] = outcomes
+    assert (deleted["status"], deleted["error"], deleted["counts"]["persons"]) == (DONE, None, 0)
+    assert (accessed["status"], accessed["error"]) == (DONE, None)
+    assert accessed["out_dir"] == str(tmp_path / "access" / accessed["job_id"])
+    assert (tmp_path / "access" / accessed["job_id"] / "manifest.json").is_file()
+    assert not [thread for thread in threading.enumerate() if thread.name == "privacy-jobs"]
+    kept = JobStore(str(tmp_path / "privacy.sqlite"))
+    try:
+        assert kept.get(deleted["job_id"]) == deleted
+    finally:
+        kept.close()
