@@ -235,6 +235,11 @@ def test_the_privacy_routes_take_only_the_privacy_token(client, runs, method, ur
     assert status(PRIVACY_AUTH) in (202, 404)
 
 
+def test_without_a_token_a_malformed_job_is_401_before_its_body_is_judged(client):
+    response = client.post("/privacy/jobs", json={"identities": SECRET_EMAIL})
+    assert (response.status_code, response.json()) == (401, {"detail": "a bearer token is required"})
+
+
 def test_the_privacy_token_does_not_open_the_profile_routes(client):
     for url in PROFILE_ROUTES:
         assert client.get(url, headers=PRIVACY_AUTH).status_code == 403, url
