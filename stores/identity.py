@@ -15,13 +15,16 @@ changed.
   (:class:`~identity.model.LoggedBatch`: its cause, the facts it found and added), found again by
   :meth:`IdentityStore.logged` from the cause's message id; :meth:`~IdentityStore.discard` drops an entry with the next
   write; entries are kept ``CHANGE_LOG_RETENTION_S`` (30 days).
+- :meth:`IdentityStore.erase` removes identities for a privacy request: their sightings, their links and the log
+  entries that mention them; what remains of their components is split into the raw components it now makes.
 - A store object is used by one thread at a time; open one per worker (:mod:`stores.opening`).
 
 A backend subclasses :class:`IdentityStore` with ``_add`` (add a batch's facts atomically in one round trip, log it
 when asked, drop the discarded entries, and return the touched components' facts from before and the log entry),
-``facts_of``, ``logged`` and ``close``; :class:`FactsBuilder` makes the :class:`~identity.model.GraphFacts` of what it
-reads. Why facts and raw components: docs/decisions/0015-the-identity-store-keeps-facts-and-raw-components.md; why
-the log: docs/decisions/0016-identity-changes-are-logged-with-their-batch.md.
+``facts_of``, ``logged``, ``erase`` and ``close``; :class:`FactsBuilder` makes the
+:class:`~identity.model.GraphFacts` of what it reads. Why facts and raw components:
+docs/decisions/0015-the-identity-store-keeps-facts-and-raw-components.md; why the log:
+docs/decisions/0016-identity-changes-are-logged-with-their-batch.md.
 
     with open_identity_store("sqlite:///data/identity.sqlite") as store:
         before, after = store.observe(observations)
@@ -30,7 +33,7 @@ the log: docs/decisions/0016-identity-changes-are-logged-with-their-batch.md.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from types import TracebackType
 
 from identity.model import GraphFacts, Identity, LinkFact, LoggedBatch, Observation, Stamp
@@ -86,6 +89,17 @@ class IdentityStore(abc.ABC):
         """The raw components of these identities (unknown identities have none); read only."""
 
     @abc.abstractmethod
+    def erase(self, identities: Iterable[Identity]) -> dict[str, int]:
+        """Remove these identities from the store, atomically (in one write where the backend allows it): their
+        sightings, every link touching any of them, and every change-log entry whose facts (found or added) hold any
+        of them; the entry only serves telling a batch's changes again after a crash. Returns the counts removed,
+        ``{"identities": n, "links": n, "log_entries": n}``, and what a backend adds about the erasure of the bytes.
+
+        Other identities keep their sightings and the links among themselves; a component that the erased identities
+        held together comes apart into the raw components that remain, so reads find only what is still linked.
+        Erasing again removes nothing and returns zeros."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the connection."""
 
@@ -100,6 +114,12 @@ class IdentityStore(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+def logs_any(batch: LoggedBatch, identities: Container[Identity]) -> bool:
+    """Whether a logged batch's facts, those it found or those it added, hold any of these identities (a link's
+    identities are among its facts' sightings)."""
+    return any(identity in identities for facts in (batch.before, batch.batch) for identity in facts.sightings)
 
 
 class FactsBuilder:

@@ -9,23 +9,30 @@ and one round trip, on a standalone server (a Redis Cluster would need every key
 under ``prefix`` (``ps:id:``): ``component``, ``next``, ``facts:<component>``, ``log:<message id>`` (expiring after
 the retention) and ``logseq``; their layout and byte encodings (stamps compare as bytes, never with Lua's
 locale-dependent ``<``) are docs/decisions/0017-one-lua-script-per-redis-store-call.md's.
+
+An erase (:meth:`RedisIdentityStore.erase`) reads the log with ``SCAN`` to find the entries to drop, then deletes them
+and the facts in one script, and starts rewriting the server's files (:func:`rewrite_persisted_copies`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
 
 from identity.model import GraphFacts, Identity, LoggedBatch, Stamp
 from stores.errors import StoreUnavailableError
-from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore
+from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore, logs_any
 
 _TIME_OFFSET = 1 << 63
 # A server that stops answering (stopped, swapping, overloaded) is an outage after this long rather than a hang.
 CLIENT_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+# Keys a SCAN step looks at, and log entries' keys read per request, when an erase looks for what to delete.
+KEYS_PER_SCAN = 1000
 
 
 def is_unreachable(error: BaseException) -> bool:
@@ -33,7 +40,34 @@ def is_unreachable(error: BaseException) -> bool:
     return isinstance(error, (redis.ConnectionError, redis.TimeoutError))
 
 
-# Shared by both scripts. KEYS: the component hash, the component counter; ARGV[1]: the prefix.
+def keys_starting(client: redis.Redis, prefix: str) -> Iterator[bytes]:
+    """Every key that starts with ``prefix``, found with ``SCAN``, a page at a time: the server serves other clients
+    in between, and a key added or deleted meanwhile may be found or not."""
+    literal = re.sub(r"([*?\[\]\\])", r"\\\1", prefix)
+    return client.scan_iter(match=literal.encode() + b"*", count=KEYS_PER_SCAN)
+
+
+def rewrite_persisted_copies(client: redis.Redis) -> dict[str, int]:
+    """Starts rewriting the server's files, which keep deleted keys until then: the append-only file
+    (``BGREWRITEAOF``) when ``appendonly`` is on, the snapshot (``BGSAVE``) when ``save`` is configured. Returns
+    ``{"aof_rewrite": 0|1, "snapshot": 0|1}``, 1 for each rewrite started. A rewrite already running (its file then
+    holds the keys and their deletion), replicas, and copies of the files elsewhere are beyond the store's reach;
+    so is a server that refuses ``CONFIG`` (managed services often do), which counts as neither."""
+    started = {"aof_rewrite": 0, "snapshot": 0}
+    try:
+        config = {**client.config_get("appendonly"), **client.config_get("save")}
+        if config.get("appendonly") == "yes":
+            client.bgrewriteaof()
+            started["aof_rewrite"] = 1
+        if config.get("save"):
+            client.bgsave(schedule=True)
+            started["snapshot"] = 1
+    except redis.ResponseError:
+        pass
+    return started
+
+
+# Shared by all scripts. KEYS: the component hash, the component counter; ARGV[1]: the prefix.
 _READ_COMPONENTS = r"""
 local component_of, last_component = KEYS[1], KEYS[2]
 local prefix = ARGV[1]
@@ -50,6 +84,18 @@ local function call_in_chunks(command, key, items, width)
     end
   end
   return replies
+end
+
+-- The root of x's tree in a union-find forest (parent: node -> its parent), halving the path to it.
+local function find_root(parent, x)
+  local top = x
+  while parent[top] do top = parent[top] end
+  while parent[x] do
+    local up = parent[x]
+    parent[x] = top
+    x = up
+  end
+  return top
 end
 
 local function link_stamps(value)
@@ -127,16 +173,7 @@ local function node(i)
   if component[i] then return 'c' .. component[i] end
   return 'i' .. i
 end
-local function root(x)
-  local top = x
-  while parent[top] do top = parent[top] end
-  while parent[x] do
-    local up = parent[x]
-    parent[x] = top
-    x = up
-  end
-  return top
-end
+local function root(x) return find_root(parent, x) end
 for position = first_link, #ARGV, 4 do
   local a, b = root(node(tonumber(ARGV[position]))), root(node(tonumber(ARGV[position + 1])))
   if a ~= b then parent[a] = b end
@@ -228,6 +265,93 @@ return {before, entry}
 )
 
 
+# ARGV[2]: n, the identities to erase; ARGV[3..2+n]: them; then (message id, entry number) pairs of the log entries
+# to drop. Deletes the identities' sightings and links; each component they were in keeps its largest remaining
+# raw component (ties: the first found) and each other one moves to a component of its own. Returns the counts of
+# sightings, links and log entries deleted.
+_ERASE = (
+    _READ_COMPONENTS
+    + r"""
+local n = tonumber(ARGV[2])
+local identities, erased = {}, {}
+for i = 3, 2 + n do
+  identities[#identities + 1] = ARGV[i]
+  erased[ARGV[i]] = true
+end
+local entries = 0
+for i = 3 + n, #ARGV, 2 do entries = entries + redis.call('HDEL', prefix .. 'log:' .. ARGV[i], ARGV[i + 1]) end
+
+local sightings, links = 0, 0
+local component, fields = read(identities)
+for c, flat in pairs(fields) do
+  local members, stamp, kept, gone, parent = {}, {}, {}, {}, {}
+  for j = 1, #flat, 2 do
+    local field = flat[j]
+    local tab = string.find(field, '	', 1, true)
+    if tab then
+      local a, b = string.sub(field, 1, tab - 1), string.sub(field, tab + 1)
+      if erased[a] or erased[b] then
+        gone[#gone + 1] = field
+        links = links + 1
+      else
+        kept[#kept + 1] = {a, field, flat[j + 1]}
+        local root_a, root_b = find_root(parent, a), find_root(parent, b)
+        if root_a ~= root_b then parent[root_a] = root_b end
+      end
+    elseif erased[field] then
+      gone[#gone + 1] = field
+      sightings = sightings + 1
+    else
+      members[#members + 1] = field
+      stamp[field] = flat[j + 1]
+    end
+  end
+  call_in_chunks('HDEL', facts_key(c), gone, 1)
+
+  local parts, part_of = {}, {}
+  for _, member in ipairs(members) do
+    local r = find_root(parent, member)
+    if not part_of[r] then
+      part_of[r] = {}
+      parts[#parts + 1] = part_of[r]
+    end
+    table.insert(part_of[r], member)
+  end
+  local largest = 1
+  for p = 2, #parts do
+    if #parts[p] > #parts[largest] then largest = p end
+  end
+  for p, part in ipairs(parts) do
+    if p ~= largest then
+      local target = tostring(redis.call('INCR', last_component))
+      local moved, names, placed, in_part = {}, {}, {}, {}
+      for _, member in ipairs(part) do
+        in_part[member] = true
+        moved[#moved + 1] = member
+        moved[#moved + 1] = stamp[member]
+        names[#names + 1] = member
+        placed[#placed + 1] = member
+        placed[#placed + 1] = target
+      end
+      for _, link in ipairs(kept) do
+        if in_part[link[1]] then
+          moved[#moved + 1] = link[2]
+          moved[#moved + 1] = link[3]
+          names[#names + 1] = link[2]
+        end
+      end
+      call_in_chunks('HSET', facts_key(target), moved, 2)
+      call_in_chunks('HDEL', facts_key(c), names, 1)
+      call_in_chunks('HSET', component_of, placed, 2)
+    end
+  end
+end
+call_in_chunks('HDEL', component_of, identities, 1)
+return {sightings, links, entries}
+"""
+)
+
+
 class RedisIdentityStore(IdentityStore):
     """The identity graph's facts on a Redis server, under keys that start with ``prefix``."""
 
@@ -238,7 +362,7 @@ class RedisIdentityStore(IdentityStore):
         self._keys = (prefix + "component", prefix + "next")
         # Loaded now so that every call is one EVALSHA, and so that an unreachable server is found at once.
         try:
-            self._scripts = {source: self._client.script_load(source) for source in (_OBSERVE, _FACTS_OF)}
+            self._scripts = {source: self._client.script_load(source) for source in (_OBSERVE, _FACTS_OF, _ERASE)}
         except redis.RedisError as error:
             raise StoreUnavailableError(f"identity store {url} cannot be reached: {error}") from None
 
@@ -276,11 +400,36 @@ class RedisIdentityStore(IdentityStore):
         args = [_identity_bytes(identity) for identity in set(identities)]
         return _facts(self._run(_FACTS_OF, args)) if args else GraphFacts.empty()
 
+    def erase(self, identities: Iterable[Identity]) -> dict[str, int]:
+        """See :meth:`IdentityStore.erase`. The log entries to drop are found first, with ``SCAN`` (the server is not
+        held up by reading the whole log) and read in pages, and dropped in the one script that deletes the facts; an
+        entry logged between the two, of a batch that saw one of the identities again, stays, with the identity that
+        batch put back. The keys are gone from memory at once; the server's files may keep them until rewritten
+        (:func:`rewrite_persisted_copies`, whose counts are added)."""
+        erased = set(identities)
+        args: list[Any] = [len(erased), *map(_identity_bytes, erased)]
+        for batch in self._logged_mentioning(erased):
+            number, _, message_id = batch.entry.partition(":")
+            args += [message_id, number]
+        sightings, links, entries = self._run(_ERASE, args)
+        counts = {"identities": sightings, "links": links, "log_entries": entries}
+        return {**counts, **rewrite_persisted_copies(self._client)}
+
     def close(self) -> None:
         self._client.close()
 
     def is_transient(self, error: BaseException) -> bool:
         return is_unreachable(error)
+
+    def _logged_mentioning(self, identities: set[Identity]) -> list[LoggedBatch]:
+        """The logged batches whose facts hold any of these identities."""
+        log = self._prefix + "log:"
+        keys = keys_starting(self._client, log)
+        found = []
+        while page := list(itertools.islice(keys, KEYS_PER_SCAN)):
+            message_ids = [key[len(log.encode()) :].decode() for key in page]
+            found += [batch for batch in self.logged(message_ids) if logs_any(batch, identities)]
+        return found
 
     def _run(self, source: str, args: Sequence[Any]) -> Any:
         try:

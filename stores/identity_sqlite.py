@@ -30,10 +30,12 @@ import operator
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
+import orjson
+
 from core.clock import wall_clock_us
 from identity.model import GraphFacts, Identity, LoggedBatch, Stamp
-from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore
-from stores.sqlite_files import insert_rows, is_busy, open_store_file, transaction
+from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore, logs_any
+from stores.sqlite_files import erase_rows, insert_rows, is_busy, open_store_file, transaction
 
 # Bound parameters per IN list, well under SQLite's limit of 32,766.
 _IDS_PER_QUERY = 500
@@ -137,6 +139,13 @@ ON CONFLICT (a_namespace, a_id, b_namespace, b_id) DO UPDATE SET
 """
 
 
+_LOGGED_ROWS = "SELECT entry, cause_time_us, cause_message_id, before, batch FROM identity_change_log"
+_WANTED_ROWS = "SELECT namespace, id FROM temp.wanted"
+_ERASE_LINKS = f"""
+DELETE FROM identity_links WHERE (a_namespace, a_id) IN ({_WANTED_ROWS}) OR (b_namespace, b_id) IN ({_WANTED_ROWS})
+"""
+
+
 class SqliteIdentityStore(IdentityStore):
     """The identity graph's facts in a SQLite file (or ``:memory:``, private to this store)."""
 
@@ -192,16 +201,14 @@ class SqliteIdentityStore(IdentityStore):
             for chunk in chunks:
                 marks = ",".join("?" * len(chunk))
                 found += self._connection.execute(
-                    "SELECT entry, cause_time_us, cause_message_id, before, batch FROM identity_change_log"
-                    f" WHERE cause_message_id IN ({marks}) ORDER BY entry",
+                    f"{_LOGGED_ROWS} WHERE cause_message_id IN ({marks}) ORDER BY entry",
                     chunk,
                 ).fetchall()
-        return [
-            LoggedBatch(
-                str(entry), Stamp(time_us, message_id), GraphFacts.from_bytes(before), GraphFacts.from_bytes(batch)
-            )
-            for entry, time_us, message_id, before, batch in found
-        ]
+        return [_logged_batch(*row) for row in found]
+
+    def erase(self, identities: Iterable[Identity]) -> dict[str, int]:
+        erased = set(identities)
+        return erase_rows(self._connection, lambda: self._erase(erased))
 
     def facts_of(self, identities: Iterable[Identity]) -> GraphFacts:
         # A read transaction, so the members and the links come from one snapshot.
@@ -211,6 +218,56 @@ class SqliteIdentityStore(IdentityStore):
 
     def close(self) -> None:
         self._connection.close()
+
+    def _erase(self, erased: set[Identity]) -> dict[str, int]:
+        """Deletes the identities' rows and the log entries that mention them, and splits what remains of their
+        components; within the caller's transaction."""
+        execute = self._connection.execute
+        before, component_of = self._read(erased)
+        links = execute(_ERASE_LINKS).rowcount
+        sightings = execute(f"DELETE FROM identity_sightings WHERE (namespace, id) IN ({_WANTED_ROWS})").rowcount
+        execute(f"DELETE FROM identity_components WHERE (namespace, id) IN ({_WANTED_ROWS})")
+        self._split(_without(before, erased), component_of)
+        entries = [(int(batch.entry),) for batch in self._logged_mentioning(erased) if logs_any(batch, erased)]
+        self._connection.executemany("DELETE FROM identity_change_log WHERE entry = ?", entries)
+        return {"identities": sightings, "links": links, "log_entries": len(entries)}
+
+    def _logged_mentioning(self, identities: set[Identity]) -> list[LoggedBatch]:
+        """The logged batches whose facts' bytes hold the JSON text of one of the identities' ids: every batch that
+        logs one of them, and maybe some others (an id may be part of another id or of a message id)."""
+        texts = list({orjson.dumps(identity.id)[1:-1] for identity in identities})
+        found = {}
+        for start in range(0, len(texts), _IDS_PER_QUERY):
+            chunk = texts[start : start + _IDS_PER_QUERY]
+            # instr() of BLOBs compares bytes: the entries are searched without decoding them.
+            where = " OR ".join(f"instr(before, ?{i}) OR instr(batch, ?{i})" for i in range(1, len(chunk) + 1))
+            for row in self._connection.execute(f"{_LOGGED_ROWS} WHERE {where}", chunk):
+                found[row[0]] = row
+        return [_logged_batch(*row) for row in found.values()]
+
+    def _split(self, remaining: GraphFacts, component_of: dict[Identity, int]) -> None:
+        """Gives each raw component of the remaining facts a component of its own: the largest part of each former
+        component (ties: the first found) keeps it, each other part takes a new one."""
+        parts: dict[int, list[list[Identity]]] = defaultdict(list)
+        for members in _raw_components(remaining):
+            parts[component_of[members[0]]].append(members)
+        (next_component,) = self._connection.execute(
+            "SELECT COALESCE(MAX(component), 0) + 1 FROM identity_components"
+        ).fetchone()
+        moved: dict[Identity, int] = {}
+        for split in parts.values():
+            for members in sorted(split, key=len, reverse=True)[1:]:
+                moved.update(dict.fromkeys(members, next_component))
+                next_component += 1
+        self._connection.executemany(
+            "UPDATE identity_components SET component = ? WHERE namespace = ? AND id = ?",
+            [(component, *identity) for identity, component in moved.items()],
+        )
+        self._connection.executemany(
+            "UPDATE identity_links SET component = ?"
+            " WHERE a_namespace = ? AND a_id = ? AND b_namespace = ? AND b_id = ?",
+            [(moved[a], *a, *b) for a, b in remaining.links if a in moved],
+        )
 
     def is_transient(self, error: BaseException) -> bool:
         return is_busy(error)
@@ -276,3 +333,41 @@ class SqliteIdentityStore(IdentityStore):
         self._connection.executemany("UPDATE identity_links SET component = ? WHERE component = ?", moves)
         insert_rows(self._connection, "INSERT INTO identity_components VALUES {rows}", placements)
         return target_of
+
+
+def _logged_batch(entry: int, time_us: int, message_id: str, before: bytes, batch: bytes) -> LoggedBatch:
+    """A logged batch from its row of ``identity_change_log``."""
+    return LoggedBatch(
+        str(entry), Stamp(time_us, message_id), GraphFacts.from_bytes(before), GraphFacts.from_bytes(batch)
+    )
+
+
+def _without(facts: GraphFacts, erased: set[Identity]) -> GraphFacts:
+    """The facts without the erased identities' sightings and the links that touch them."""
+    return GraphFacts(
+        {identity: stamp for identity, stamp in facts.sightings.items() if identity not in erased},
+        {pair: link for pair, link in facts.links.items() if erased.isdisjoint(pair)},
+    )
+
+
+def _raw_components(facts: GraphFacts) -> list[list[Identity]]:
+    """The identities of the facts grouped by raw component: those their links connect, directly or not."""
+    neighbours: dict[Identity, list[Identity]] = defaultdict(list)
+    for a, b in facts.links:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    seen: set[Identity] = set()
+    components = []
+    for start in facts.sightings:
+        if start in seen:
+            continue
+        seen.add(start)
+        members, frontier = [start], [start]
+        while frontier:
+            for neighbour in neighbours[frontier.pop()]:
+                if neighbour not in seen:
+                    seen.add(neighbour)
+                    members.append(neighbour)
+                    frontier.append(neighbour)
+        components.append(members)
+    return components

@@ -17,6 +17,10 @@ again and recomputes, so a view never misses another flush's delta and two compa
 :mod:`stores.profiles_sqlite`, :mod:`stores.profiles_redis`, :mod:`stores.profiles_bigtable`, opened by URL
 (:mod:`stores.opening`). A store written before fragments had deltas is read as it is: its fragments are bases.
 
+``erase`` removes a person for a privacy request: the views of its person ids, the redirects from or to them, the
+index entries of its identities and those pointing to its person ids, and every fragment of its identities.
+``retired_into`` finds the person ids merged into a person's, so that a request covers every id the person has had.
+
 Why fragments and views: docs/decisions/0012-profile-fragments-belong-to-identities.md; why writes name what they
 read: docs/decisions/0011-profile-writes-name-the-fragments-they-read.md; why deltas:
 docs/decisions/0031-profile-deltas-appended-not-rewritten.md.
@@ -51,6 +55,20 @@ class ProfileStore(abc.ABC):
     @abc.abstractmethod
     def view_by_person(self, person_id: str) -> bytes | None:
         """The view of this person, following a redirect left by a merge, in one read."""
+
+    @abc.abstractmethod
+    def erase(self, person_ids: Iterable[str], identity_keys: Iterable[str]) -> dict[str, int]:
+        """Deletes a person: the views of ``person_ids``; the redirects from or to any of them; the index entries of
+        ``identity_keys`` (``"<NAMESPACE>:<id>"``) and those pointing to one of ``person_ids``; and every fragment,
+        base and deltas, whose key starts with ``"<identity key>|"`` for one of ``identity_keys``. Returns the counts
+        deleted, ``{"views": n, "fragments": n, "index": n, "redirects": n}`` (a fragment counts once, with its base
+        and deltas), and what a backend adds about the erasure of the bytes. Erasing again deletes nothing and
+        returns zeros."""
+
+    @abc.abstractmethod
+    def retired_into(self, person_ids: Iterable[str]) -> set[str]:
+        """The person ids that redirect to any of these: those retired by merging them into one of these. Redirects
+        are one step long (docs/decisions/0020-redirects-are-one-step-long.md), so these are all of them."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

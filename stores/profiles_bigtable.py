@@ -15,6 +15,9 @@ of the layout before deltas gets the deltas' family when opened, and its bases a
 Bigtable has no multi-row transactions: a reader may see some rows of a write before the others, and a write that
 fails part-way raises and is finished by its retry.
 
+An erase (:meth:`BigtableProfileStore.erase`) deletes whole rows, found from the persons' view rows; Bigtable removes
+deleted cells from its storage at a compaction, up to a week later.
+
 Why views are copied into identity rows, the columns, and what a failed write leaves:
 docs/decisions/0019-bigtable-copies-views-into-identity-rows.md.
 """
@@ -39,13 +42,16 @@ from google.cloud.bigtable.data import (
     ReadRowsQuery,
     Row,
     RowMutationEntry,
+    RowRange,
     SetCell,
 )
 from google.cloud.bigtable.data.row_filters import (
     CellsColumnLimitFilter,
+    CellsRowLimitFilter,
     ColumnQualifierRegexFilter,
     FamilyNameRegexFilter,
     RowFilterChain,
+    StripValueTransformerFilter,
     ValueRangeFilter,
 )
 from google.cloud.bigtable_admin_v2.types import GcRule, Table
@@ -119,6 +125,62 @@ class BigtableProfileStore(ProfileStore):
             return _copy(rows[redirect_key])
         return rows.get(view_key, {}).get((_DATA, _DOC))
 
+    def erase(self, person_ids: Iterable[str], identity_keys: Iterable[str]) -> dict[str, int]:
+        """See :meth:`ProfileStore.erase`. Deletes whole rows: the persons' view and redirect rows, the rows their
+        views list (the copies, in the identity rows of their members and the redirect rows of the persons merged
+        into them; the identity rows of their members), the identities' rows and their fragments' rows, in one
+        ``mutate_rows`` batch after two reads; and the names of deleted rows from the lists of the view rows of other
+        persons. A row that holds a copy of one of the views goes whoever its person is. Like every write here it is
+        not one transaction; run again, it finishes what a failed run left.
+
+        Deleted cells cannot be read at once; Bigtable removes them from its storage at a compaction, up to a week
+        later (https://cloud.google.com/bigtable/docs/delete-data), and a backup of the table keeps them until it
+        expires."""
+        persons, keys = set(person_ids), set(identity_keys)
+        rows = self._latest_of([_key(kind, person) for person in persons for kind in (_VIEW, _REDIRECT)])
+        rows.update(self._latest_of([_key(_IDENTITY, key) for key in keys]))
+        listed = set()
+        for person in persons:
+            for family, qualifier in rows.get(_key(_VIEW, person), {}):
+                if family == _COPIES:
+                    listed.add(qualifier)
+                elif family == _MEMBERS:
+                    listed.add(_key(_IDENTITY, qualifier.decode()))
+        rows.update(self._latest_of(listed - rows.keys()))
+
+        mutations: defaultdict[bytes, list[Mutation]] = defaultdict(list)
+        counts = {"views": 0, "fragments": 0, "index": 0, "redirects": 0}
+        for row, cells in rows.items():
+            kind, name = row[:2], row[2:].decode()
+            mutations[row].append(DeleteAllFromRow())
+            if kind == _VIEW:
+                counts["views"] += (_DATA, _DOC) in cells
+                continue
+            counts["index" if kind == _IDENTITY else "redirects"] += 1
+            # The lists of live persons that name the row: whose view it copies, and, for an identity, its person.
+            holder, person = _text(cells.get((_DATA, _HOLDER))), _text(cells.get((_DATA, _PERSON)))
+            if holder is not None and holder not in persons:
+                mutations[_key(_VIEW, holder)].append(DeleteRangeFromColumn(_COPIES, row))
+            if person is not None and person not in persons:
+                mutations[_key(_VIEW, person)].append(DeleteRangeFromColumn(_MEMBERS, name.encode()))
+        for row in self._fragment_rows(keys):
+            mutations[row].append(DeleteAllFromRow())
+            counts["fragments"] += 1
+        if mutations:
+            self._table.bulk_mutate_rows([RowMutationEntry(row, changes) for row, changes in mutations.items()])
+        return counts
+
+    def retired_into(self, person_ids: Iterable[str]) -> set[str]:
+        # The redirect rows of the persons merged into a person hold copies of its view, so its row lists them.
+        copies = RowFilterChain([FamilyNameRegexFilter(_COPIES), StripValueTransformerFilter(True)])
+        query_keys = [_key(_VIEW, person) for person in set(person_ids)]
+        if not query_keys:
+            return set()
+        rows = self._table.read_rows(ReadRowsQuery(row_keys=query_keys, row_filter=copies))
+        return {
+            cell.qualifier[2:].decode() for row in rows for cell in row.cells if cell.qualifier.startswith(_REDIRECT)
+        }
+
     def close(self) -> None:
         self._client.close()
 
@@ -142,6 +204,22 @@ class BigtableProfileStore(ProfileStore):
             [*stored_doc.filters, CellsColumnLimitFilter(1), ValueRangeFilter(expected, expected, True, True)]
         )
         return self._table.check_and_mutate_row(_key(_FRAGMENT, key), same, true_case_mutations=mutations)
+
+    def _latest_of(self, keys: Iterable[bytes]) -> dict[bytes, dict[tuple[str, bytes], bytes]]:
+        """The newest cells of each of these rows that exists, in one read."""
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        return {row.row_key: _latest(row) for row in self._table.read_rows(ReadRowsQuery(row_keys=wanted))}
+
+    def _fragment_rows(self, identity_keys: Iterable[str]) -> list[bytes]:
+        """The keys of the rows of the identities' fragments (``f#<identity key>|...``), in one read."""
+        # From "<key>|" up to "<key>}", "}" following "|".
+        ranges = [RowRange(_key(_FRAGMENT, f"{key}|"), _key(_FRAGMENT, f"{key}}}")) for key in identity_keys]
+        if not ranges:
+            return []
+        keys_only = RowFilterChain([CellsRowLimitFilter(1), StripValueTransformerFilter(True)])
+        return [row.row_key for row in self._table.read_rows(ReadRowsQuery(row_ranges=ranges, row_filter=keys_only))]
 
     def _stored(
         self, change: ProfileWrite

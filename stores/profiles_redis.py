@@ -1,13 +1,15 @@
 """The profile store on Redis: one server that every worker of a cluster shares.
 
-Opened by :func:`~stores.opening.open_profile_store` from ``redis://host:port/db``. Each call is one round trip: a
+Opened by :func:`~stores.opening.open_profile_store` from ``redis://host:port/db``. Each call but an erase is one
+round trip: a
 read of fragments, a write and each lookup run one Lua script (``EVALSHA``; ``EVAL`` when the server has lost its
 script cache), so a write is atomic; it checks the delta names and bases of the fragments it expects (the SHA-1 of a
 base it replaces) before it writes anything. Names and documents are stored as they are, under ``prefix``
 (``ps:pf:``): ``f:<fragment key>`` (the base), ``d:<fragment key>`` (a hash of the deltas by name),
 ``v:<person>``, ``i:<identity key>`` (its person), ``r:<person>`` (the person that absorbed it) and ``a:<person>``
 (the persons redirected to it). A write drops views and index entries first and then puts; redirects are one step
-long, so a lookup follows at most one. A store of the layout before deltas (bases only) is read as it is.
+long, so a lookup follows at most one. A store of the layout before deltas (bases only) is read as it is. An erase
+(:meth:`RedisProfileStore.erase`) finds with ``SCAN`` what no key of the request names, then deletes in one script.
 
 Why scripts: docs/decisions/0017-one-lua-script-per-redis-store-call.md; redirects:
 docs/decisions/0020-redirects-are-one-step-long.md.
@@ -16,6 +18,7 @@ docs/decisions/0020-redirects-are-one-step-long.md.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,7 +26,13 @@ import redis
 
 from profiles.writer import ProfileWrite, ProfileWriteConflict, StoredFragment, delta_id
 from stores.errors import StoreUnavailableError
-from stores.identity_redis import CLIENT_TIMEOUTS, is_unreachable
+from stores.identity_redis import (
+    CLIENT_TIMEOUTS,
+    KEYS_PER_SCAN,
+    is_unreachable,
+    keys_starting,
+    rewrite_persisted_copies,
+)
 from stores.profiles import ProfileStore, changes_nothing
 
 # ARGV[1]: the prefix. The lookups resolve a person through its redirect, if any, to the view.
@@ -56,12 +65,8 @@ for i = 2, #ARGV do
 end
 return found
 """
-# ARGV[2..]: nine sections, each its length and then its items: (fragment key, base, delta names) triples, checked
-# before anything is written (a mismatch answers "conflict"): the base is "" for none, "+" for any, or the SHA-1 of
-# the bytes, the names sorted and joined by ","; the views to drop, the identities to unindex; (fragment key, name)
-# pairs of deltas to drop; (name, value) pairs of fragment bases; (fragment key, name, doc) triples of deltas to
-# append; (name, value) pairs of views, index entries and redirects.
-_WRITE = r"""
+# Shared by the scripts whose ARGV[2..] are sections, each its length and then its items.
+_SECTIONS = r"""
 local prefix = ARGV[1]
 local position = 2
 local function section(width)
@@ -71,15 +76,25 @@ local function section(width)
   return items
 end
 local function key(kind, name) return prefix .. kind .. ':' .. name end
-local function put(kind, items)
-  for i = 1, #items, 2 do redis.call('SET', key(kind, items[i]), items[i + 1]) end
-end
+-- Drops the person's redirect, if it has one; whether it had.
 local function unredirect(person)
   local target = redis.call('GET', key('r', person))
-  if target then
-    redis.call('SREM', key('a', target), person)
-    redis.call('DEL', key('r', person))
-  end
+  if not target then return false end
+  redis.call('SREM', key('a', target), person)
+  redis.call('DEL', key('r', person))
+  return true
+end
+"""
+# ARGV[2..]: nine sections: (fragment key, base, delta names) triples, checked
+# before anything is written (a mismatch answers "conflict"): the base is "" for none, "+" for any, or the SHA-1 of
+# the bytes, the names sorted and joined by ","; the views to drop, the identities to unindex; (fragment key, name)
+# pairs of deltas to drop; (name, value) pairs of fragment bases; (fragment key, name, doc) triples of deltas to
+# append; (name, value) pairs of views, index entries and redirects.
+_WRITE = (
+    _SECTIONS
+    + r"""
+local function put(kind, items)
+  for i = 1, #items, 2 do redis.call('SET', key(kind, items[i]), items[i + 1]) end
 end
 
 local expected = section(3)
@@ -124,7 +139,36 @@ for i = 1, #redirects, 2 do
   end
 end
 """
-_SCRIPTS = (_FRAGMENTS, _WRITE, _VIEW_BY_IDENTITY, _VIEW_BY_PERSON)
+)
+# ARGV[2..]: four sections: the persons; the identity keys; identity keys found indexed to one of the persons (each
+# deleted if it still is); fragment keys. Returns the counts of views, fragments, index entries and redirects deleted.
+_ERASE = (
+    _SECTIONS
+    + r"""
+local persons, identities, indexed, fragments = section(1), section(1), section(1), section(1)
+local erased = {}
+for _, person in ipairs(persons) do erased[person] = true end
+local views, index, redirects, deleted = 0, 0, 0, 0
+for _, person in ipairs(persons) do
+  views = views + redis.call('DEL', key('v', person))
+  if unredirect(person) then redirects = redirects + 1 end
+  for _, retired in ipairs(redis.call('SMEMBERS', key('a', person))) do
+    redirects = redirects + redis.call('DEL', key('r', retired))
+  end
+  redis.call('DEL', key('a', person))
+end
+for _, identity in ipairs(identities) do index = index + redis.call('DEL', key('i', identity)) end
+for _, identity in ipairs(indexed) do
+  local person = redis.call('GET', key('i', identity))
+  if person and erased[person] then index = index + redis.call('DEL', key('i', identity)) end
+end
+for _, fragment in ipairs(fragments) do
+  if redis.call('DEL', key('f', fragment), key('d', fragment)) > 0 then deleted = deleted + 1 end
+end
+return {views, deleted, index, redirects}
+"""
+)
+_SCRIPTS = (_FRAGMENTS, _WRITE, _VIEW_BY_IDENTITY, _VIEW_BY_PERSON, _ERASE)
 
 
 class RedisProfileStore(ProfileStore):
@@ -179,11 +223,47 @@ class RedisProfileStore(ProfileStore):
     def view_by_person(self, person_id: str) -> bytes | None:
         return self._run(_VIEW_BY_PERSON, [person_id])
 
+    def erase(self, person_ids: Iterable[str], identity_keys: Iterable[str]) -> dict[str, int]:
+        """See :meth:`ProfileStore.erase`. What to delete that no key names is found first, with ``SCAN``: the
+        fragments of the identities, and the index entries pointing to the persons (the index is kept by identity
+        only: every entry is read, a page at a time); then one script deletes it all, an index entry only if it still
+        points to one of the persons. A fragment or index entry written between the two stays. The keys are gone from
+        memory at once; the server's files may keep them until rewritten
+        (:func:`~stores.identity_redis.rewrite_persisted_copies`, whose counts are added)."""
+        persons, keys = list(dict.fromkeys(person_ids)), list(dict.fromkeys(identity_keys))
+        fragments: dict[str, None] = {}
+        for kind in ("f:", "d:"):
+            named = f"{self._prefix}{kind}".encode()
+            for key in keys:
+                found = keys_starting(self._client, f"{self._prefix}{kind}{key}|")
+                fragments.update(dict.fromkeys(name[len(named) :].decode() for name in found))
+        args = [*_names(persons), *_names(keys), *_names(self._indexed_to(set(persons))), *_names(list(fragments))]
+        views, deleted, index, redirects = self._run(_ERASE, args)
+        counts = {"views": views, "fragments": deleted, "index": index, "redirects": redirects}
+        return {**counts, **rewrite_persisted_copies(self._client)}
+
+    def retired_into(self, person_ids: Iterable[str]) -> set[str]:
+        pipeline = self._client.pipeline(transaction=False)
+        for person in person_ids:
+            pipeline.smembers(f"{self._prefix}a:{person}")
+        return {retired.decode() for members in pipeline.execute() for retired in members}
+
     def close(self) -> None:
         self._client.close()
 
     def is_transient(self, error: BaseException) -> bool:
         return is_unreachable(error)
+
+    def _indexed_to(self, persons: set[str]) -> list[str]:
+        """The identity keys indexed to any of these persons, read from every index entry, a page at a time."""
+        index = f"{self._prefix}i:"
+        entries = keys_starting(self._client, index)
+        found = []
+        while page := list(itertools.islice(entries, KEYS_PER_SCAN)):
+            for entry, person in zip(page, self._client.mget(page), strict=True):
+                if person is not None and person.decode() in persons:
+                    found.append(entry[len(index.encode()) :].decode())
+        return found
 
     def _run(self, source: str, args: Sequence[str | bytes | int]) -> Any:
         # redis-py's Script sends EVALSHA, and loads the script again should the server answer NOSCRIPT.

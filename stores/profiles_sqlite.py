@@ -42,7 +42,7 @@ from collections.abc import Iterable
 
 from profiles.writer import ProfileWrite, ProfileWriteConflict, StoredFragment, delta_id
 from stores.profiles import ProfileStore, changed_since_read, changes_nothing
-from stores.sqlite_files import is_busy, open_store_file, transaction
+from stores.sqlite_files import erase_rows, is_busy, open_store_file, transaction
 
 CACHE_KIB = 16 * 1024
 CHECKPOINT_PAGES = 4000
@@ -147,6 +147,17 @@ class SqliteProfileStore(ProfileStore):
     def view_by_person(self, person_id: str) -> bytes | None:
         return _first(self._connection.execute(_VIEW_BY_PERSON, {"person": person_id}).fetchone())
 
+    def erase(self, person_ids: Iterable[str], identity_keys: Iterable[str]) -> dict[str, int]:
+        persons, keys = list(person_ids), list(identity_keys)
+        # The erase writes: what the last read found is no longer known to hold.
+        self._read_at = {}
+        return erase_rows(self._connection, lambda: self._erase(persons, keys))
+
+    def retired_into(self, person_ids: Iterable[str]) -> set[str]:
+        return {
+            person for (person,) in self._select("SELECT person FROM redirects WHERE target IN ({keys})", person_ids)
+        }
+
     def close(self) -> None:
         self._connection.close()
 
@@ -157,8 +168,30 @@ class SqliteProfileStore(ProfileStore):
         """SQLite's count of the commits of other connections to the file, as of this transaction."""
         return self._connection.execute("PRAGMA data_version").fetchone()[0]
 
+    def _erase(self, persons: list[str], keys: list[str]) -> dict[str, int]:
+        """Deletes the persons' rows and the identities' index entries and fragments; within the caller's
+        transaction."""
+        views = self._select("DELETE FROM views WHERE person IN ({keys}) RETURNING person", persons)
+        redirects = self._select(
+            "DELETE FROM redirects WHERE person IN ({keys}) OR target IN ({keys}) RETURNING person", persons
+        )
+        # Every entry pointing to a person: a scan, as the index is kept by identity only (an erase is rare).
+        index = self._select("DELETE FROM identity_index WHERE identity IN ({keys}) RETURNING identity", keys)
+        index += self._select("DELETE FROM identity_index WHERE person IN ({keys}) RETURNING identity", persons)
+        fragments: set[str] = set()
+        for key in keys:
+            # The keys from "<key>|" up to "<key>}", "}" following "|": a range of the primary key.
+            bounds = (f"{key}|", f"{key}}}")
+            for table in ("fragments", "fragment_deltas"):
+                deleted = self._connection.execute(
+                    f"DELETE FROM {table} WHERE key >= ? AND key < ? RETURNING key", bounds
+                )
+                fragments.update(fragment for (fragment,) in deleted)
+        return {"views": len(views), "fragments": len(fragments), "index": len(index), "redirects": len(redirects)}
+
     def _select(self, query: str, keys: Iterable[str]) -> list[tuple]:
-        """The rows of ``query`` (a SELECT whose every ``{keys}`` is an IN list) for these fragment keys."""
+        """The rows of ``query`` (a SELECT, or a DELETE that returns rows, whose every ``{keys}`` is an IN list) for
+        these keys."""
         wanted = list(dict.fromkeys(keys))
         found: list[tuple] = []
         # A plain IN list per chunk: filling a temporary table with the keys first cost twice the read itself.

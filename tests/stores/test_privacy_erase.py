@@ -1,0 +1,232 @@
+"""Erasing a person from the identity and profile stores (issue 15), on every backend.
+
+Two persons, Ann and Bob, are written through the stores' own write paths; Ann is erased. Her facts, log entries,
+views, fragments, index entries and redirects must be gone, Bob's must read exactly as before, and erasing again
+must find nothing. On SQLite the file, its write-ahead log and its shared-memory file must not hold a byte of Ann's
+ids or person ids afterwards. Identity stores run on SQLite and Redis, profile stores on Bigtable too (the servers of
+tests/conftest.py, skipped when missing; the profile stores' from tests/stores/test_profile_store.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from identity.model import Identity, Observation, Stamp
+from profiles.writer import ProfileWrite
+from stores.identity import IdentityStore
+from stores.opening import open_identity_store, open_profile_store
+from stores.profiles import ProfileStore
+from tests.stores import test_profile_store
+from tests.stores.test_identity_store import flushed
+from tests.stores.test_profile_store import OLD_SQLITE_LAYOUT
+
+ANN = (
+    Identity("Email", "ann@example.com"),
+    Identity("ECID", "12345678901234567890123456789012345678"),
+    Identity("CRMID", "crm-ann"),
+)
+BOB = (
+    Identity("Email", "bob@example.com"),
+    Identity("ECID", "98765432109876543210987654321098765432"),
+    Identity("CRMID", "crm-bob"),
+)
+# Ann's first person id was retired when her CRM profile joined her web profile.
+ANN_PERSON, ANN_RETIRED, BOB_PERSON = "p-ann-5f2c", "p-ann-old-77d1", "p-bob-93e0"
+ANN_KEYS, BOB_KEYS = [str(identity) for identity in ANN], [str(identity) for identity in BOB]
+DATASETS = ("profile_records", "experience_events")
+
+# What must leave no byte behind: Ann's ids and person ids.
+ANN_TEXTS = [identity.id.encode() for identity in ANN] + [ANN_PERSON.encode(), ANN_RETIRED.encode()]
+BOB_TEXTS = [identity.id.encode() for identity in BOB] + [BOB_PERSON.encode()]
+
+# The profile stores' contract tests' fixture: an empty store of each backend.
+empty_store_url = test_profile_store.empty_store_url
+
+IDENTITY_COUNTS = ("identities", "links", "log_entries")
+PROFILE_COUNTS = ("views", "fragments", "index", "redirects")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def identity_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty identity store of the backend under test."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'identity.sqlite'}"
+    return flushed(request.getfixturevalue("redis_server"))
+
+
+def stamp(minute: int) -> Stamp:
+    return Stamp(minute * 60_000_000, f"m{minute}")
+
+
+def observe_both(store: IdentityStore) -> None:
+    """Ann's and Bob's records, one identity at a time and then together, each batch logged."""
+    for minute, identities in enumerate([ANN[:1], ANN[1:], ANN, BOB[:2], BOB], start=1):
+        store.observe_and_log([Observation(identities, stamp(minute))], stamp(minute))
+
+
+def logged_batches(store: IdentityStore) -> int:
+    return len(store.logged(f"m{minute}" for minute in range(1, 10)))
+
+
+def view(person: str, keys: list[str], version: int) -> bytes:
+    return json.dumps({"person": person, "identities": keys, "version": version}).encode()
+
+
+def fragment_keys(keys: list[str]) -> list[str]:
+    return [f"{key}|{dataset}" for key in keys for dataset in DATASETS]
+
+
+def write_both(store: ProfileStore) -> None:
+    """Ann's and Bob's profiles as flushes write them: deltas, a merge that retires Ann's first person id, views
+    written again, a compaction."""
+    store.write(
+        ProfileWrite(
+            deltas={key: view(ANN_RETIRED, [key], 1) for key in fragment_keys(ANN_KEYS[2:])},
+            views={ANN_RETIRED: view(ANN_RETIRED, ANN_KEYS[2:], 1)},
+            index=dict.fromkeys(ANN_KEYS[2:], ANN_RETIRED),
+        )
+    )
+    for version in (1, 2):
+        keys = fragment_keys(ANN_KEYS[:2] + BOB_KEYS)
+        store.write(
+            ProfileWrite(
+                deltas={key: view(key, [key], version) for key in keys},
+                views={
+                    ANN_PERSON: view(ANN_PERSON, ANN_KEYS[:2], version),
+                    BOB_PERSON: view(BOB_PERSON, BOB_KEYS, version),
+                },
+                index={**dict.fromkeys(ANN_KEYS[:2], ANN_PERSON), **dict.fromkeys(BOB_KEYS, BOB_PERSON)},
+                expected=store.fragments(keys),
+            )
+        )
+    store.write(
+        ProfileWrite(
+            views={ANN_PERSON: view(ANN_PERSON, ANN_KEYS, 3)},
+            index=dict.fromkeys(ANN_KEYS, ANN_PERSON),
+            redirects={ANN_RETIRED: ANN_PERSON},
+            drop_views=(ANN_RETIRED,),
+        )
+    )
+    compacted = fragment_keys(ANN_KEYS[:1] + BOB_KEYS[:1])
+    expected = store.fragments(compacted)
+    store.write(ProfileWrite(fragments={key: view(key, [key], 3) for key in compacted}, expected=expected))
+
+
+def profile_contents(store: ProfileStore, persons: list[str], keys: list[str]) -> dict[str, object]:
+    return {
+        "by_person": {person: store.view_by_person(person) for person in persons},
+        "by_identity": {key: store.view_by_identity(key) for key in keys},
+        "fragments": store.fragments(fragment_keys(keys)),
+    }
+
+
+def erase_ann(store: ProfileStore) -> dict[str, int]:
+    persons = {ANN_PERSON} | store.retired_into([ANN_PERSON])
+    return store.erase(persons, ANN_KEYS)
+
+
+def counts(result: dict[str, int], names: tuple[str, ...]) -> dict[str, int]:
+    return {name: result[name] for name in names}
+
+
+def test_erasing_a_person_s_identities_leaves_the_other_person_s_facts(identity_store_url: str) -> None:
+    with open_identity_store(identity_store_url) as store:
+        observe_both(store)
+        bob_before = store.facts_of(BOB)
+        assert logged_batches(store) == 5
+
+        erased = store.erase(ANN)
+
+        assert counts(erased, IDENTITY_COUNTS) == {"identities": 3, "links": 3, "log_entries": 3}
+        assert store.facts_of(ANN).sightings == {}
+        assert store.facts_of(BOB) == bob_before
+        assert [batch.cause for batch in store.logged(f"m{minute}" for minute in range(1, 10))] == [stamp(4), stamp(5)]
+        assert counts(store.erase(ANN), IDENTITY_COUNTS) == dict.fromkeys(IDENTITY_COUNTS, 0)
+
+
+def test_a_component_held_together_by_an_erased_identity_comes_apart(identity_store_url: str) -> None:
+    shared = Identity("Phone", "+441632960961")
+    with open_identity_store(identity_store_url) as store:
+        store.observe([Observation(ANN[:2], stamp(1)), Observation((ANN[1], shared), stamp(2))])
+        store.observe([Observation(BOB[:2], stamp(3)), Observation((shared, BOB[0]), stamp(4))])
+
+        store.erase([shared])
+
+        assert set(store.facts_of([ANN[0]]).sightings) == set(ANN[:2])
+        assert set(store.facts_of([BOB[0]]).sightings) == set(BOB[:2])
+        # The parts are components of their own: a batch joining one changes nothing of the other.
+        before, _ = store.observe([Observation((BOB[1], BOB[2]), stamp(5))])
+        assert set(before.sightings) == set(BOB[:2])
+
+
+def test_erasing_a_person_leaves_the_other_person_s_profile(empty_store_url: Callable[[], str]) -> None:
+    with open_profile_store(empty_store_url()) as store:
+        write_both(store)
+        bob_before = profile_contents(store, [BOB_PERSON], BOB_KEYS)
+        assert store.retired_into([ANN_PERSON]) == {ANN_RETIRED}
+
+        erased = erase_ann(store)
+
+        assert counts(erased, PROFILE_COUNTS) == {"views": 1, "fragments": 6, "index": 3, "redirects": 1}
+        assert profile_contents(store, [ANN_PERSON, ANN_RETIRED], ANN_KEYS) == {
+            "by_person": {ANN_PERSON: None, ANN_RETIRED: None},
+            "by_identity": dict.fromkeys(ANN_KEYS),
+            "fragments": {},
+        }
+        assert profile_contents(store, [BOB_PERSON], BOB_KEYS) == bob_before
+        assert store.retired_into([ANN_PERSON]) == set()
+        assert counts(store.erase([ANN_PERSON, ANN_RETIRED], ANN_KEYS), PROFILE_COUNTS) == dict.fromkeys(
+            PROFILE_COUNTS, 0
+        )
+
+
+def test_an_erased_person_leaves_no_byte_in_the_sqlite_files(tmp_path: Path) -> None:
+    identity_path, profile_path = tmp_path / "identity.sqlite", tmp_path / "profiles.sqlite"
+    with (
+        open_identity_store(f"sqlite:///{identity_path}") as identities,
+        open_profile_store(f"sqlite:///{profile_path}") as profiles,
+    ):
+        observe_both(identities)
+        write_both(profiles)
+        assert all(text in raw_bytes(identity_path) for text in ANN_TEXTS[:3])
+        assert all(text in raw_bytes(profile_path) for text in ANN_TEXTS)
+
+        assert identities.erase(ANN)["wal_truncated"] == 1
+        assert erase_ann(profiles)["wal_truncated"] == 1
+
+        for path, bob_texts in ((identity_path, BOB_TEXTS[:3]), (profile_path, BOB_TEXTS)):
+            stored = raw_bytes(path)
+            assert [text for text in ANN_TEXTS if text in stored] == []
+            assert [text for text in bob_texts if text not in stored] == []
+
+
+def raw_bytes(path: Path) -> bytes:
+    """The bytes of a SQLite file, its write-ahead log and its shared-memory file, as they are on disk."""
+    return b"".join(file.read_bytes() for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if file.exists())
+
+
+def test_stores_written_before_erase_existed_open_and_erase(tmp_path: Path) -> None:
+    identity_path, profile_path = tmp_path / "identity.sqlite", tmp_path / "profiles.sqlite"
+    with sqlite3.connect(profile_path) as old:
+        old.executescript(OLD_SQLITE_LAYOUT)
+        old.execute("INSERT INTO views VALUES (?, ?)", (ANN_PERSON, b"ann"))
+        old.execute("INSERT INTO identity_index VALUES (?, ?)", (ANN_KEYS[0], ANN_PERSON))
+        old.execute("INSERT INTO fragments VALUES (?, ?)", (f"{ANN_KEYS[0]}|profile_records", b"ann"))
+    with open_identity_store(f"sqlite:///{identity_path}") as identities:
+        observe_both(identities)
+    with (
+        open_identity_store(f"sqlite:///{identity_path}") as identities,
+        open_profile_store(f"sqlite:///{profile_path}") as profiles,
+    ):
+        assert counts(identities.erase(ANN), IDENTITY_COUNTS) == {"identities": 3, "links": 3, "log_entries": 3}
+        assert counts(profiles.erase([ANN_PERSON], ANN_KEYS), PROFILE_COUNTS) == {
+            "views": 1,
+            "fragments": 1,
+            "index": 1,
+            "redirects": 0,
+        }
