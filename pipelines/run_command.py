@@ -23,7 +23,7 @@ from messages.replay_files import ReplayPathError, expand_replay_path
 from pipelines.flink import FLINK_RUNNER, JOB_SERVER_ARTIFACT, flink_runner_args
 from pipelines.ingest import RunRequest, run
 from pipelines.usage import PUBSUB_NAME, UsageError, config_and_registry, opened_identity_store, opened_profile_store
-from privacy.keys import privacy_key
+from privacy.keys import PRIVACY_KEY_ENV, privacy_key
 from privacy.runner import privacy_store_path
 from privacy.suppression import Suppression, SuppressionList
 from stores.errors import StoreUnavailableError
@@ -77,8 +77,9 @@ def run_command(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _suppression(privacy_store: str, key_file: str | None) -> Suppression | None:
-    """The suppression list the run checks: the privacy store's, when it holds a hash, with the privacy key, which it
-    then needs. None when there is nothing to check (no such file, or an empty list): the run costs what it did."""
+    """The suppression list the run checks: the privacy store's, when it holds a hash (the run then needs the privacy
+    key) or when the run has the key (a delete with suppress may start the list while the run goes on). None when
+    there is nothing to check and no key: the run costs what it did."""
     try:
         path = privacy_store_path(privacy_store)
         suppression_list = SuppressionList(path)
@@ -88,7 +89,7 @@ def _suppression(privacy_store: str, key_file: str | None) -> Suppression | None
             suppression_list.close()
     except (ValueError, StoreUnavailableError) as error:
         raise UsageError(str(error)) from None
-    if not suppressed:
+    if not suppressed and key_file is None and not os.environ.get(PRIVACY_KEY_ENV, "").strip():
         return None
     try:
         key = privacy_key(key_file, os.environ)

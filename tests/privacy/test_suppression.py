@@ -227,3 +227,14 @@ def test_a_run_without_a_privacy_store_checks_nothing_and_creates_none(tmp_path,
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert "suppressed" not in summary and summary["valid"] == 2
     assert not (tmp_path / "privacy.sqlite").exists()
+
+
+def test_a_run_given_the_key_checks_a_list_that_is_not_there_yet(tmp_path, monkeypatch, capsys):
+    """A delete with suppress may start the list while a long run goes on: a run with the key must be checking."""
+    monkeypatch.setenv(PRIVACY_KEY_ENV, KEY.decode())
+
+    assert main(run_args(tmp_path)) == 0
+
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (summary["valid"], summary["suppressed"]) == (2, 0)
+    assert not (tmp_path / "privacy.sqlite").exists()
