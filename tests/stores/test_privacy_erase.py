@@ -9,21 +9,27 @@ tests/conftest.py, skipped when missing; the profile stores' from tests/stores/t
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
+from google.cloud.bigtable.data import ReadRowsQuery
 
 from identity.model import Identity, Observation, Stamp
 from profiles.writer import ProfileWrite
 from stores.identity import IdentityStore
 from stores.opening import open_identity_store, open_profile_store
 from stores.profiles import ProfileStore
+from tests.conftest import start_redis
 from tests.stores import test_profile_store
 from tests.stores.test_identity_store import flushed
 from tests.stores.test_profile_store import OLD_SQLITE_LAYOUT
+from tools.local_servers import free_port
 
 ANN = (
     Identity("Email", "ann@example.com"),
@@ -41,8 +47,8 @@ ANN_KEYS, BOB_KEYS = [str(identity) for identity in ANN], [str(identity) for ide
 DATASETS = ("profile_records", "experience_events")
 
 # What must leave no byte behind: Ann's ids and person ids.
-ANN_TEXTS = [identity.id.encode() for identity in ANN] + [ANN_PERSON.encode(), ANN_RETIRED.encode()]
-BOB_TEXTS = [identity.id.encode() for identity in BOB] + [BOB_PERSON.encode()]
+ANN_IDS, BOB_IDS = [identity.id.encode() for identity in ANN], [identity.id.encode() for identity in BOB]
+ANN_TEXTS, BOB_TEXTS = [*ANN_IDS, ANN_PERSON.encode(), ANN_RETIRED.encode()], [*BOB_IDS, BOB_PERSON.encode()]
 
 # The profile stores' contract tests' fixture: an empty store of each backend.
 empty_store_url = test_profile_store.empty_store_url
@@ -185,29 +191,111 @@ def test_erasing_a_person_leaves_the_other_person_s_profile(empty_store_url: Cal
         )
 
 
-def test_an_erased_person_leaves_no_byte_in_the_sqlite_files(tmp_path: Path) -> None:
-    identity_path, profile_path = tmp_path / "identity.sqlite", tmp_path / "profiles.sqlite"
-    with (
-        open_identity_store(f"sqlite:///{identity_path}") as identities,
-        open_profile_store(f"sqlite:///{profile_path}") as profiles,
-    ):
-        observe_both(identities)
-        write_both(profiles)
-        assert all(text in raw_bytes(identity_path) for text in ANN_TEXTS[:3])
-        assert all(text in raw_bytes(profile_path) for text in ANN_TEXTS)
+def test_an_erased_person_leaves_no_byte_in_an_identity_store(identity_store_url: str) -> None:
+    with open_identity_store(identity_store_url) as store:
+        observe_both(store)
+        assert [text for text in ANN_IDS if text not in held_bytes(store)] == []
 
-        assert identities.erase(ANN)["wal_truncated"] == 1
-        assert erase_ann(profiles)["wal_truncated"] == 1
+        erased = store.erase(ANN)
 
-        for path, bob_texts in ((identity_path, BOB_TEXTS[:3]), (profile_path, BOB_TEXTS)):
-            stored = raw_bytes(path)
-            assert [text for text in ANN_TEXTS if text in stored] == []
-            assert [text for text in bob_texts if text not in stored] == []
+        assert erased.get("wal_truncated", 1) == 1  # SQLite's log, truncated
+        held = held_bytes(store)
+        assert [text for text in ANN_IDS if text in held] == []
+        assert [text for text in BOB_IDS if text not in held] == []
 
 
-def raw_bytes(path: Path) -> bytes:
-    """The bytes of a SQLite file, its write-ahead log and its shared-memory file, as they are on disk."""
-    return b"".join(file.read_bytes() for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if file.exists())
+def test_an_erased_person_leaves_no_byte_in_a_profile_store(empty_store_url: Callable[[], str]) -> None:
+    with open_profile_store(empty_store_url()) as store:
+        write_both(store)
+        assert [text for text in ANN_TEXTS if text not in held_bytes(store)] == []
+
+        erased = erase_ann(store)
+
+        assert erased.get("wal_truncated", 1) == 1  # SQLite's log, truncated
+        held = held_bytes(store)
+        assert [text for text in ANN_TEXTS if text in held] == []
+        assert [text for text in BOB_TEXTS if text not in held] == []
+
+
+def test_an_identity_erased_from_a_person_that_stays_leaves_no_byte(empty_store_url: Callable[[], str]) -> None:
+    # The person's view holds no trace of the identity here: what is left of it is the store's own bookkeeping.
+    with open_profile_store(empty_store_url()) as store:
+        store.write(ProfileWrite(views={BOB_PERSON: b"bob"}, index=dict.fromkeys(BOB_KEYS, BOB_PERSON)))
+
+        erased = store.erase([], BOB_KEYS[2:])
+
+        assert counts(erased, PROFILE_COUNTS) == {"views": 0, "fragments": 0, "index": 1, "redirects": 0}
+        assert [store.view_by_identity(key) for key in BOB_KEYS] == [b"bob", b"bob", None]
+        assert BOB[2].id.encode() not in held_bytes(store)
+
+
+def held_bytes(store: IdentityStore | ProfileStore) -> bytes:
+    """Everything a store holds, as bytes: a SQLite file with its write-ahead log and shared-memory file as they are
+    on disk; every key and value of a Redis database; every row key, column and value of a Bigtable table."""
+    if hasattr(store, "_connection"):
+        (_, _, path) = store._connection.execute("PRAGMA database_list").fetchone()
+        files = [Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")]
+        return b"".join(file.read_bytes() for file in files if file.exists())
+    if hasattr(store, "_client") and isinstance(store._client, redis.Redis):
+        return b"\0".join(redis_items(store._client))
+    return b"\0".join(
+        part
+        for row in store._table.read_rows(ReadRowsQuery())
+        for cell in row.cells
+        for part in (row.row_key, cell.qualifier, cell.value)
+    )
+
+
+def redis_items(client: redis.Redis) -> list[bytes]:
+    """Every key of the database and every item of its value."""
+    items = []
+    for key in client.scan_iter():
+        kind = client.type(key)
+        items.append(key)
+        if kind == b"string":
+            items.append(client.get(key))
+        elif kind == b"hash":
+            items += itertools.chain.from_iterable(client.hgetall(key).items())
+        else:
+            assert kind == b"set", kind
+            items += client.smembers(key)
+    return items
+
+
+@pytest.mark.integration
+def test_an_erase_on_a_redis_with_an_append_only_file_rewrites_it(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_redis(tmp_path, port, durable=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        with (
+            open_identity_store(url) as identities,
+            open_profile_store(url) as profiles,
+            redis.Redis.from_url(url) as client,
+        ):
+            observe_both(identities)
+            write_both(profiles)
+            # Uncompressed, so that the bytes of a rewritten file can be searched.
+            client.config_set("rdbcompression", "no")
+
+            assert identities.erase(ANN)["aof_rewrite"] == 1
+            wait_for_rewrite(client)
+            assert erase_ann(profiles)["aof_rewrite"] == 1
+            wait_for_rewrite(client)
+    finally:
+        server.terminate()
+        server.wait()
+    files = b"".join(path.read_bytes() for path in (tmp_path / "appendonlydir").iterdir())
+    assert [text for text in ANN_TEXTS if text in files] == []
+    assert [text for text in BOB_TEXTS if text not in files] == []
+
+
+def wait_for_rewrite(client: redis.Redis, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (info := client.info("persistence"))["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]:
+        assert time.monotonic() < deadline, "the append-only file was not rewritten in time"
+        time.sleep(0.05)
+    assert info["aof_last_bgrewrite_status"] == "ok"
 
 
 def test_stores_written_before_erase_existed_open_and_erase(tmp_path: Path) -> None:
