@@ -36,6 +36,7 @@ bench: venv ## Run the throughput benchmark
 	$(VENV)/bin/python -m tools.bench
 	$(VENV)/bin/python -m tools.bench_identity
 	$(VENV)/bin/python -m tools.bench_profiles
+	$(VENV)/bin/python -m tools.bench_privacy
 
 RATE ?= 500
 RUNNER_ARGS ?=

@@ -15,6 +15,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# The footer keys of a lake file (Parquet key-value metadata): the run and the pane digest that wrote it, and its rows'
+# identities, each the IDENTITY_BYTES of a digest, base64-encoded; 2^-64 per pair of rows in a window is far below any
+# other way a row could be lost.
+RUN_KEY = "profilestream.run"
+PANE_KEY = "profilestream.pane"
+IDENTITIES_KEY = "profilestream.keys"
+IDENTITY_BYTES = 8
 # pyarrow's own footer entry, the Arrow schema it writes on its own.
 _ARROW_SCHEMA_KEY = b"ARROW:schema"
 

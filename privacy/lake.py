@@ -83,8 +83,8 @@ _FAILED_ATTRIBUTES = "attributes"
 # The namespace kind whose normal form is not the id trimmed and perhaps lower-cased (identity.namespaces: a phone
 # number is parsed and written in E.164), so that no cheap comparison can rule out one of its ids.
 _REFORMATTED_KIND = "phone"
-# Printable ASCII: of these characters Python's str.strip() removes only the space, and str.lower() is ASCII's.
-_PRINTABLE_ASCII = "^[ -~]*$"
+# What Python's str.strip() removes from an ASCII string; on one, str.lower() is ASCII's too.
+_ASCII_WHITESPACE = "".join(char for char in map(chr, range(128)) if char.isspace())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,8 +186,10 @@ class LakeMatcher:
             return np.zeros(len(ids), dtype=bool)
         if namespace.code.casefold() != _REFORMATTED_KIND:
             lowered = pa.array([target.lower() for target in targets if target.isascii()], pa.string())
-            plain = _filled(pc.match_substring_regex(ids, _PRINTABLE_ASCII))
-            candidates &= ~plain | _filled(pc.is_in(pc.ascii_lower(pc.utf8_trim(ids, " ")), value_set=lowered))
+            trimmed = pc.utf8_trim(ids, _ASCII_WHITESPACE)
+            candidates &= ~_filled(pc.string_is_ascii(ids)) | _filled(
+                pc.is_in(pc.ascii_lower(trimmed), value_set=lowered)
+            )
         raw_ids = pc.unique(ids.filter(pa.array(candidates))).to_pylist()
         theirs = [raw_id for raw_id in raw_ids if self._is_subjects(field, key, raw_id)]
         return candidates & _filled(pc.is_in(ids, value_set=pa.array(theirs, pa.string())))

@@ -63,7 +63,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from core.clock import EPOCH, wall_clock_us
 from core.records import LakeRow
-from lake.files import read_footer, write_parquet
+from lake.files import IDENTITIES_KEY, IDENTITY_BYTES, PANE_KEY, RUN_KEY, read_footer, write_parquet
 from lake.folders import clean_stale_temp_files, make_folders, refuse_linked_folders, writer_temp_dir
 from lake.windows import COMMIT_INTERVAL_S, divides_an_hour
 from transforms import metrics
@@ -74,12 +74,6 @@ TableBuilder = Callable[[list[Mapping[str, Any]], pa.Schema], pa.Table]
 
 _LOGGER = logging.getLogger(__name__)
 _MICROS = 1_000_000
-# The footer keys of a lake file (Parquet key-value metadata), and the bytes of one row identity's digest: 2^-64 per
-# pair of rows in a window is far below any other way a row could be lost.
-_RUN = "profilestream.run"
-_PANE = "profilestream.pane"
-_KEYS = "profilestream.keys"
-_IDENTITY_BYTES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,14 +215,14 @@ def read_committed_file(path: str) -> CommittedFile:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as opened:
         metadata = pq.read_metadata(opened)
     found = read_footer(metadata)
-    packed = base64.b64decode(found.get(_KEYS, ""))
-    identities = frozenset(packed[at : at + _IDENTITY_BYTES] for at in range(0, len(packed), _IDENTITY_BYTES))
+    packed = base64.b64decode(found.get(IDENTITIES_KEY, ""))
+    identities = frozenset(packed[at : at + IDENTITY_BYTES] for at in range(0, len(packed), IDENTITY_BYTES))
     pane_index = int(os.path.basename(path).rsplit("-", 4)[-4])
     return CommittedFile(
         path=path,
         pane_index=pane_index,
-        run_id=found.get(_RUN, ""),
-        pane_digest=found.get(_PANE, ""),
+        run_id=found.get(RUN_KEY, ""),
+        pane_digest=found.get(PANE_KEY, ""),
         identities=identities,
         rows=metadata.num_rows,
     )
@@ -254,7 +248,7 @@ def row_identity(row: LakeRow) -> bytes:
     """The digest that stands for a row's identity within its dataset and window: its dedupe key's, else its
     content's."""
     text = row.dedupe_key if row.dedupe_key is not None else "\0" + _content_key(row)
-    return hashlib.blake2b(text.encode(), digest_size=_IDENTITY_BYTES).digest()
+    return hashlib.blake2b(text.encode(), digest_size=IDENTITY_BYTES).digest()
 
 
 class _WritePaneFn(beam.DoFn):
@@ -341,9 +335,9 @@ class _WritePaneFn(beam.DoFn):
         files = []
         for shard, chunk in enumerate(chunks):
             footer = {
-                _RUN: self._run_id,
-                _PANE: pane_digest,
-                _KEYS: base64.b64encode(b"".join(identity for _, identity in chunk)).decode(),
+                RUN_KEY: self._run_id,
+                PANE_KEY: pane_digest,
+                IDENTITIES_KEY: base64.b64encode(b"".join(identity for _, identity in chunk)).decode(),
             }
             table = self._table_builder([row.row for row, _ in chunk], schema)
             path = f"{prefix}-{pane_index}-{shard}-of-{shards}.parquet"

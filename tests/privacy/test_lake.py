@@ -24,7 +24,7 @@ from identity.graph import GraphRules
 from identity.model import Identity
 from identity.namespaces import IdentityRules, NamespaceRegistry, extract_identities
 from identity.stitching import StitchSettings
-from lake.files import read_footer, write_parquet
+from lake.files import IDENTITIES_KEY, IDENTITY_BYTES, PANE_KEY, RUN_KEY, read_footer, write_parquet
 from lake.folders import clean_stale_temp_files
 from lake.rows import FAILED_RECORDS, IDENTITY_CHANGES, lake_schemas
 from privacy.lake import FileHit, LakeMatcher, erase, export, scan
@@ -95,12 +95,10 @@ def write_lake_file(lake: pathlib.Path, dataset: str, name: str, rows: list[dict
     relative = f"{dataset}/{PARTITION}/{name}"
     path = lake / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    digests = b"".join(hashlib.blake2b(row["_message_id"].encode(), digest_size=8).digest() for row in rows)
-    footer = {
-        "profilestream.run": "run-1",
-        "profilestream.pane": "digest",
-        "profilestream.keys": base64.b64encode(digests).decode(),
-    }
+    digests = b"".join(
+        hashlib.blake2b(row["_message_id"].encode(), digest_size=IDENTITY_BYTES).digest() for row in rows
+    )
+    footer = {RUN_KEY: "run-1", PANE_KEY: "digest", IDENTITIES_KEY: base64.b64encode(digests).decode()}
     write_parquet(table_from_rows(rows, SCHEMAS[dataset]), footer, str(path))
     return relative
 
@@ -222,7 +220,7 @@ def test_identity_fields_are_read_at_their_paths_and_normalised():
 IDS = st.sampled_from(
     ["ann@example.com", "bob@example.com", ANN_ECID, BOB_ECID, "(202) 555-0123", "2025550199", "null", "x@y@z"]
 )
-VARIANTS = st.tuples(IDS, st.sampled_from(["", " ", "\u00a0", "\t", "\u2003"]), st.booleans())
+VARIANTS = st.tuples(IDS, st.sampled_from(["", " ", "\u00a0", "\t", "\u2003", "\x1f"]), st.booleans())
 KEYS = st.sampled_from(
     ["Email", "email", "ECID", "Phone", "CRMID", "Unknown", "https://data.adobe.io/entities/namespace/4"]
 )
