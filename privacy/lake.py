@@ -33,11 +33,13 @@ temporary folder in the lake (:func:`lake.folders.writer_temp_dir`), synced, and
 meanwhile leaves a temporary file that :func:`lake.folders.clean_stale_temp_files` removes (the next erasure and the
 next lake writer call it). The new file keeps the name (so pane numbering holds; a file left without rows stays, as
 an empty file), the schema, the row order, the compression and dictionary options (:func:`lake.files.write_parquet`)
-and the footer, the row-identity digests of the removed rows included: they are 8-byte BLAKE2b digests of dedupe
-keys, not personal data, and they are how the lake writer knows a row it holds already, so that a redelivered or
+and the footer, the row-identity digests of the removed rows included. Those are 8-byte BLAKE2b digests of each
+row's dedupe key (or content), which hold no id and can confirm a guess only to someone who knows the whole key,
+message id included; and they are how the lake writer knows a row it holds already, so that a redelivered or
 replayed copy of an erased message is dropped as a duplicate rather than written again. Erasing twice rewrites
-nothing the second time. Rows the lake writer commits after the erasure listed the lake are not erased: run it after
-the subject's messages stop being ingested (suppression), or again.
+nothing the second time. Erasures of one lake take turns (a lock file in its temporary folder): two rewriting one
+file at once would each bring back the rows the other removed. Rows the lake writer commits after the erasure
+listed the lake are not erased: run it once the subject's messages are no longer ingested (suppression), or again.
 
 Only a local lake: a ``gs://`` lake is refused (this package runs without Beam, whose file systems reach object
 stores). No identity of the subject is logged or put into an exception message.
@@ -55,6 +57,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import uuid
@@ -69,7 +72,14 @@ import pyarrow.parquet as pq
 from identity.namespaces import IDENTITY_MAP, extract_identities
 from identity.stitching import StitchSettings
 from lake.files import read_footer, write_parquet
-from lake.folders import LakeFolderError, clean_stale_temp_files, refuse_linked_folders, writer_temp_dir
+from lake.folders import (
+    TEMP_DIR_NAME,
+    LakeFolderError,
+    clean_stale_temp_files,
+    make_folders,
+    refuse_linked_folders,
+    writer_temp_dir,
+)
 from lake.rows import FAILED_RECORDS, IDENTITY_CHANGES
 from privacy.subjects import Subject
 from schemas.names import storage_name
@@ -80,6 +90,8 @@ _CHANGE_IDENTITIES = "identities"
 _CHANGE_PERSONS = ("persons_before", "persons_after")
 _FAILED_DATA = "data"
 _FAILED_ATTRIBUTES = "attributes"
+# Beside the writers' folders in the lake's temporary folder; clean_stale_temp_files leaves it alone.
+_ERASURE_LOCK = "privacy-erasure.lock"
 # The namespace kind whose normal form is not the id trimmed and perhaps lower-cased (identity.namespaces: a phone
 # number is parsed and written in E.164), so that no cheap comparison can rule out one of its ids.
 _REFORMATTED_KIND = "phone"
@@ -247,21 +259,18 @@ def erase(lake_dir: str, matcher: LakeMatcher) -> LakeErasure:
     """Rewrites each lake file holding the subject's rows without them, atomically, keeping its name, schema, row
     order, options and footer (the removed rows' identity digests too, so copies of them stay duplicates)."""
     _refuse_object_store(lake_dir)
-    refuse_linked_folders(lake_dir)
-    # A killed writer's or erasure's temporary file may hold the subject's rows.
-    clean_stale_temp_files(lake_dir)
     rewritten: list[str] = []
     removed: dict[str, int] = collections.Counter()
     bytes_written = 0
-    for hit in scan(lake_dir, matcher):
-        path = os.path.join(lake_dir, hit.path)
-        table, matched, footer = _read_matched(path, hit.dataset, matcher)
-        count = pc.sum(matched).as_py() or 0
-        if not count:
-            continue  # erased since the scan
-        bytes_written += _replace(lake_dir, path, table.filter(pc.invert(matched)), footer)
-        rewritten.append(hit.path)
-        removed[hit.dataset] += count
+    with _erasing(lake_dir):
+        # A killed writer's or erasure's temporary file may hold the subject's rows.
+        clean_stale_temp_files(lake_dir)
+        for hit in scan(lake_dir, matcher):
+            path = os.path.join(lake_dir, hit.path)
+            table, matched, footer = _read_matched(path, hit.dataset, matcher)
+            bytes_written += _replace(lake_dir, path, table.filter(pc.invert(matched)), footer)
+            rewritten.append(hit.path)
+            removed[hit.dataset] += pc.sum(matched).as_py()
     _LOGGER.info(
         "Erased %d lake rows: %d files rewritten, %d bytes", sum(removed.values()), len(rewritten), bytes_written
     )
@@ -298,14 +307,28 @@ def _refuse_object_store(lake_dir: str) -> None:
         raise ValueError(f"privacy jobs need a local lake folder, not {lake_dir}")
 
 
+@contextlib.contextmanager
+def _erasing(lake_dir: str) -> Iterator[None]:
+    """Holds the lake's erasure lock: two erasures rewriting one file at once would each bring back what the other
+    removed."""
+    lock_path = os.path.join(make_folders(lake_dir, TEMP_DIR_NAME), _ERASURE_LOCK)
+    lock = os.open(lock_path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)
+
+
 def _lake_files(lake_dir: str) -> Iterator[tuple[str, str]]:
     """(dataset, path) of every lake file, in path order; a link below the lake's root is refused, not followed."""
-    with contextlib.suppress(FileNotFoundError), os.scandir(lake_dir) as entries:
-        datasets = sorted(entry.name for entry in entries if entry.name[0] not in "._")
+    if not os.path.isdir(lake_dir):
+        return
+    refuse_linked_folders(lake_dir)
+    with os.scandir(lake_dir) as entries:
+        datasets = sorted(entry.name for entry in entries if entry.name[0] not in "._" and entry.is_dir())
     for dataset in datasets:
         dataset_dir = os.path.join(lake_dir, dataset)
-        if not os.path.isdir(dataset_dir) or os.path.islink(dataset_dir):
-            continue  # a stray file beside the datasets; refuse_linked_folders refuses links where it is called
         paths = []
         for folder, folders, names in os.walk(dataset_dir):
             for name in folders + names:

@@ -6,7 +6,9 @@ helpers of tests/transforms/test_lake.py. Ann is the subject throughout; Bob and
 """
 
 import base64
+import concurrent.futures
 import dataclasses
+import fcntl
 import hashlib
 import os
 import pathlib
@@ -14,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -376,14 +379,32 @@ def test_an_object_store_lake_is_refused_in_one_line_without_the_subject():
         assert "\n" not in str(refused.value) and "ann" not in str(refused.value).lower()
 
 
-def test_a_linked_folder_in_the_lake_is_refused_not_followed(tmp_path):
+@pytest.mark.parametrize("linked", [EVENTS, f"{EVENTS}/date=2026-03-05"])
+def test_a_linked_folder_in_the_lake_is_refused_not_followed(tmp_path, linked):
     lake, elsewhere = tmp_path / "lake", tmp_path / "elsewhere"
     sample_lake(elsewhere)
-    (lake / EVENTS).mkdir(parents=True)
-    (lake / EVENTS / "date=2026-03-05").symlink_to(elsewhere / EVENTS / "date=2026-03-05")
+    (lake / linked).parent.mkdir(parents=True, exist_ok=True)
+    (lake / linked).symlink_to(elsewhere / linked)
+    before = lake_state(elsewhere)
 
-    with pytest.raises(ValueError, match="symbolic link"):
-        erase(str(lake), ann_matcher())
+    for run in (scan, erase):
+        with pytest.raises(ValueError, match="symbolic link"):
+            run(str(lake), ann_matcher())
+
+    assert lake_state(elsewhere) == before
+
+
+def test_erasures_of_one_lake_take_turns(tmp_path):
+    sample_lake(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    with open(tmp_path / ".tmp" / "privacy-erasure.lock", "w") as other_erasure:
+        fcntl.flock(other_erasure, fcntl.LOCK_EX)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(erase, str(tmp_path), ann_matcher())
+            time.sleep(0.5)
+            assert not waiting.done()
+            fcntl.flock(other_erasure, fcntl.LOCK_UN)
+            assert waiting.result(timeout=60).rows_removed[EVENTS] == 4
 
 
 # The lake writer over files an erasure rewrote.
