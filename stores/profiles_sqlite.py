@@ -12,7 +12,9 @@ if any differs, then drops views and index entries and puts. It skips that check
 that no other connection has committed since this one's last read found every fragment the write expects as it expects
 it, and this one has not written since: as for a single writer's flushes, each of which reads and then writes. A file of
 the layout before deltas (bases only) is read as it is: the table of deltas is added, empty.
-Redirects are one step long, so each lookup is one query that follows at most one. Why:
+Redirects are one step long, so each lookup is one query that follows at most one. An erase
+(:meth:`SqliteProfileStore.erase`) deletes in one transaction and then truncates the write-ahead log; a writing store
+sets ``secure_delete``, so deleted rows leave no bytes in the file (:mod:`stores.sqlite_files`). Why:
 docs/decisions/0018-sqlite-stores-take-turns-in-immediate-transactions.md,
 docs/decisions/0020-redirects-are-one-step-long.md.
 
@@ -148,6 +150,9 @@ class SqliteProfileStore(ProfileStore):
         return _first(self._connection.execute(_VIEW_BY_PERSON, {"person": person_id}).fetchone())
 
     def erase(self, person_ids: Iterable[str], identity_keys: Iterable[str]) -> dict[str, int]:
+        """See :meth:`ProfileStore.erase`: one transaction, after which the write-ahead log is truncated and
+        ``"wal_truncated"`` says whether it was (:func:`~stores.sqlite_files.erase_rows`). The index entries pointing
+        to the persons are found by reading the whole index, which is kept by identity only."""
         persons, keys = list(person_ids), list(identity_keys)
         # The erase writes: what the last read found is no longer known to hold.
         self._read_at = {}
@@ -175,7 +180,6 @@ class SqliteProfileStore(ProfileStore):
         redirects = self._select(
             "DELETE FROM redirects WHERE person IN ({keys}) OR target IN ({keys}) RETURNING person", persons
         )
-        # Every entry pointing to a person: a scan, as the index is kept by identity only (an erase is rare).
         index = self._select("DELETE FROM identity_index WHERE identity IN ({keys}) RETURNING identity", keys)
         index += self._select("DELETE FROM identity_index WHERE person IN ({keys}) RETURNING identity", persons)
         fragments: set[str] = set()

@@ -19,15 +19,18 @@ from pathlib import Path
 import pytest
 import redis
 from google.cloud.bigtable.data import ReadRowsQuery
+from hypothesis import given
+from hypothesis import strategies as st
 
-from identity.model import Identity, Observation, Stamp
+from identity.model import GraphFacts, Identity, Observation, Stamp
 from profiles.writer import ProfileWrite
+from stores import sqlite_files
 from stores.identity import IdentityStore
 from stores.opening import open_identity_store, open_profile_store
 from stores.profiles import ProfileStore
 from tests.conftest import start_redis
-from tests.stores import test_profile_store
-from tests.stores.test_identity_store import flushed
+from tests.stores import test_identity_store, test_profile_store
+from tests.stores.test_identity_store import IDENTITIES, OBSERVATIONS, PROPERTY_SETTINGS, components, reference
 from tests.stores.test_profile_store import OLD_SQLITE_LAYOUT
 from tools.local_servers import free_port
 
@@ -50,19 +53,12 @@ DATASETS = ("profile_records", "experience_events")
 ANN_IDS, BOB_IDS = [identity.id.encode() for identity in ANN], [identity.id.encode() for identity in BOB]
 ANN_TEXTS, BOB_TEXTS = [*ANN_IDS, ANN_PERSON.encode(), ANN_RETIRED.encode()], [*BOB_IDS, BOB_PERSON.encode()]
 
-# The profile stores' contract tests' fixture: an empty store of each backend.
-empty_store_url = test_profile_store.empty_store_url
+# The contract tests' fixtures, under names of their own here: URLs of empty stores of each backend.
+identity_store_urls = test_identity_store.empty_store_url
+profile_store_urls = test_profile_store.empty_store_url
 
 IDENTITY_COUNTS = ("identities", "links", "log_entries")
 PROFILE_COUNTS = ("views", "fragments", "index", "redirects")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
-def identity_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of an empty identity store of the backend under test."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'identity.sqlite'}"
-    return flushed(request.getfixturevalue("redis_server"))
 
 
 def stamp(minute: int) -> Stamp:
@@ -140,8 +136,8 @@ def counts(result: dict[str, int], names: tuple[str, ...]) -> dict[str, int]:
     return {name: result[name] for name in names}
 
 
-def test_erasing_a_person_s_identities_leaves_the_other_person_s_facts(identity_store_url: str) -> None:
-    with open_identity_store(identity_store_url) as store:
+def test_erasing_a_person_s_identities_leaves_the_other_person_s_facts(identity_store_urls: Callable[[], str]) -> None:
+    with open_identity_store(identity_store_urls()) as store:
         observe_both(store)
         bob_before = store.facts_of(BOB)
         assert logged_batches(store) == 5
@@ -155,9 +151,9 @@ def test_erasing_a_person_s_identities_leaves_the_other_person_s_facts(identity_
         assert counts(store.erase(ANN), IDENTITY_COUNTS) == dict.fromkeys(IDENTITY_COUNTS, 0)
 
 
-def test_a_component_held_together_by_an_erased_identity_comes_apart(identity_store_url: str) -> None:
+def test_a_component_held_together_by_an_erased_identity_comes_apart(identity_store_urls: Callable[[], str]) -> None:
     shared = Identity("Phone", "+441632960961")
-    with open_identity_store(identity_store_url) as store:
+    with open_identity_store(identity_store_urls()) as store:
         store.observe([Observation(ANN[:2], stamp(1)), Observation((ANN[1], shared), stamp(2))])
         store.observe([Observation(BOB[:2], stamp(3)), Observation((shared, BOB[0]), stamp(4))])
 
@@ -170,8 +166,43 @@ def test_a_component_held_together_by_an_erased_identity_comes_apart(identity_st
         assert set(before.sightings) == set(BOB[:2])
 
 
-def test_erasing_a_person_leaves_the_other_person_s_profile(empty_store_url: Callable[[], str]) -> None:
-    with open_profile_store(empty_store_url()) as store:
+@PROPERTY_SETTINGS
+@given(
+    observations=st.lists(OBSERVATIONS, max_size=6),
+    erased=st.sets(IDENTITIES, max_size=3),
+    later=st.lists(OBSERVATIONS, max_size=2),
+)
+def test_after_an_erase_reads_and_writes_find_the_raw_components_of_what_remains(
+    identity_store_urls: Callable[[], str],
+    observations: list[Observation],
+    erased: set[Identity],
+    later: list[Observation],
+) -> None:
+    facts = reference(observations)
+    remaining = GraphFacts(
+        {identity: stamp for identity, stamp in facts.sightings.items() if identity not in erased},
+        {pair: link for pair, link in facts.links.items() if erased.isdisjoint(pair)},
+    )
+    touched = [identity for observation in later for identity in observation.identities]
+    with open_identity_store(identity_store_urls()) as store:
+        store.observe(observations)
+
+        assert counts(store.erase(erased), IDENTITY_COUNTS) == {
+            "identities": len(facts.sightings) - len(remaining.sightings),
+            "links": len(facts.links) - len(remaining.links),
+            "log_entries": 0,
+        }
+        assert store.facts_of(erased) == GraphFacts.empty()
+        for identity in remaining.sightings:
+            assert store.facts_of([identity]) == components(remaining, [identity])
+        assert store.observe(later) == (
+            components(remaining, touched),
+            components(remaining.merged_with(later), touched),
+        )
+
+
+def test_erasing_a_person_leaves_the_other_person_s_profile(profile_store_urls: Callable[[], str]) -> None:
+    with open_profile_store(profile_store_urls()) as store:
         write_both(store)
         bob_before = profile_contents(store, [BOB_PERSON], BOB_KEYS)
         assert store.retired_into([ANN_PERSON]) == {ANN_RETIRED}
@@ -191,8 +222,8 @@ def test_erasing_a_person_leaves_the_other_person_s_profile(empty_store_url: Cal
         )
 
 
-def test_an_erased_person_leaves_no_byte_in_an_identity_store(identity_store_url: str) -> None:
-    with open_identity_store(identity_store_url) as store:
+def test_an_erased_person_leaves_no_byte_in_an_identity_store(identity_store_urls: Callable[[], str]) -> None:
+    with open_identity_store(identity_store_urls()) as store:
         observe_both(store)
         assert [text for text in ANN_IDS if text not in held_bytes(store)] == []
 
@@ -204,8 +235,8 @@ def test_an_erased_person_leaves_no_byte_in_an_identity_store(identity_store_url
         assert [text for text in BOB_IDS if text not in held] == []
 
 
-def test_an_erased_person_leaves_no_byte_in_a_profile_store(empty_store_url: Callable[[], str]) -> None:
-    with open_profile_store(empty_store_url()) as store:
+def test_an_erased_person_leaves_no_byte_in_a_profile_store(profile_store_urls: Callable[[], str]) -> None:
+    with open_profile_store(profile_store_urls()) as store:
         write_both(store)
         assert [text for text in ANN_TEXTS if text not in held_bytes(store)] == []
 
@@ -217,9 +248,9 @@ def test_an_erased_person_leaves_no_byte_in_a_profile_store(empty_store_url: Cal
         assert [text for text in BOB_TEXTS if text not in held] == []
 
 
-def test_an_identity_erased_from_a_person_that_stays_leaves_no_byte(empty_store_url: Callable[[], str]) -> None:
+def test_an_identity_erased_from_a_person_that_stays_leaves_no_byte(profile_store_urls: Callable[[], str]) -> None:
     # The person's view holds no trace of the identity here: what is left of it is the store's own bookkeeping.
-    with open_profile_store(empty_store_url()) as store:
+    with open_profile_store(profile_store_urls()) as store:
         store.write(ProfileWrite(views={BOB_PERSON: b"bob"}, index=dict.fromkeys(BOB_KEYS, BOB_PERSON)))
 
         erased = store.erase([], BOB_KEYS[2:])
@@ -296,6 +327,28 @@ def wait_for_rewrite(client: redis.Redis, timeout_s: float = 10.0) -> None:
         assert time.monotonic() < deadline, "the append-only file was not rewritten in time"
         time.sleep(0.05)
     assert info["aof_last_bgrewrite_status"] == "ok"
+
+
+def test_a_log_a_reader_holds_is_reported_untruncated_and_an_erase_again_truncates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "profiles.sqlite"
+    monkeypatch.setattr(sqlite_files, "TRUNCATE_ATTEMPTS", 1)
+    with open_profile_store(f"sqlite:///{path}") as store, sqlite3.connect(path, isolation_level=None) as reader:
+        write_both(store)
+        store._connection.execute("PRAGMA busy_timeout=50")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM views").fetchone()
+
+        assert erase_ann(store)["wal_truncated"] == 0
+        assert store.view_by_person(ANN_PERSON) is None
+
+        reader.execute("COMMIT")
+        assert store.erase([ANN_PERSON, ANN_RETIRED], ANN_KEYS) == {
+            **dict.fromkeys(PROFILE_COUNTS, 0),
+            "wal_truncated": 1,
+        }
+        assert [text for text in ANN_TEXTS if text in held_bytes(store)] == []
 
 
 def test_stores_written_before_erase_existed_open_and_erase(tmp_path: Path) -> None:
