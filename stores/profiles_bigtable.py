@@ -105,7 +105,8 @@ class BigtableProfileStore(ProfileStore):
         guarded = {key: doc for key, doc in change.fragments.items() if key in change.expected}
         for key, doc in guarded.items():
             if not self._put_if_unchanged(key, doc, change.expected[key] or StoredFragment(None, {})):
-                raise ProfileWriteConflict(f"fragment {key} changed since it was read")
+                # Not the key: it names an identity, which no message may show.
+                raise ProfileWriteConflict("a fragment changed since it was read")
         plan = _Plan(persons, identities)
         unguarded = {key: doc for key, doc in change.fragments.items() if key not in guarded}
         plan.apply(dataclasses.replace(change, fragments=unguarded))
