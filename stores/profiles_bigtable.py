@@ -131,15 +131,16 @@ class BigtableProfileStore(ProfileStore):
         views list (the copies, in the identity rows of their members and the redirect rows of the persons merged
         into them; the identity rows of their members), the identities' rows and their fragments' rows, in one
         ``mutate_rows`` batch after two reads; and the names of deleted rows from the lists of the view rows of other
-        persons. A row that holds a copy of one of the views goes whoever its person is. Like every write here it is
-        not one transaction; run again, it finishes what a failed run left.
+        persons. A row that holds a copy of one of the views goes whoever its person is; a row a list names that is
+        another person's by now stays. Like every write here it is not one transaction; run again, it finishes what a
+        failed run left.
 
         Deleted cells cannot be read at once; Bigtable removes them from its storage at a compaction, up to a week
         later (https://cloud.google.com/bigtable/docs/delete-data), and a backup of the table keeps them until it
         expires."""
         persons, keys = set(person_ids), set(identity_keys)
-        rows = self._latest_of([_key(kind, person) for person in persons for kind in (_VIEW, _REDIRECT)])
-        rows.update(self._latest_of([_key(_IDENTITY, key) for key in keys]))
+        named = [_key(kind, person) for person in persons for kind in (_VIEW, _REDIRECT)]
+        rows = self._latest_of([*named, *(_key(_IDENTITY, key) for key in keys)])
         listed = set()
         for person in persons:
             for family, qualifier in rows.get(_key(_VIEW, person), {}):
@@ -147,7 +148,10 @@ class BigtableProfileStore(ProfileStore):
                     listed.add(qualifier)
                 elif family == _MEMBERS:
                     listed.add(_key(_IDENTITY, qualifier.decode()))
-        rows.update(self._latest_of(listed - rows.keys()))
+        for row, cells in self._latest_of(listed - rows.keys()).items():
+            # A list may name a row that is another person's by now (a write that failed part-way left it): it stays.
+            if {_text(cells.get((_DATA, _PERSON))), _text(cells.get((_DATA, _HOLDER)))} & persons:
+                rows[row] = cells
 
         mutations: defaultdict[bytes, list[Mutation]] = defaultdict(list)
         counts = {"views": 0, "fragments": 0, "index": 0, "redirects": 0}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from google.cloud.bigtable.data import ReadRowsQuery
+from google.cloud.bigtable.data import ReadRowsQuery, RowMutationEntry, SetCell
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -252,6 +252,23 @@ def test_an_identity_erased_from_a_person_that_stays_leaves_no_byte(profile_stor
         assert counts(erased, PROFILE_COUNTS) == {"views": 0, "fragments": 0, "index": 1, "redirects": 0}
         assert [store.view_by_identity(key) for key in BOB_KEYS] == [b"bob", b"bob", None]
         assert BOB[2].id.encode() not in held_bytes(store)
+
+
+@pytest.mark.integration
+def test_a_bigtable_erase_leaves_a_row_its_person_s_list_names_by_mistake(
+    bigtable_emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", bigtable_emulator)
+    with open_profile_store(f"bigtable://test-project/test-instance/erase-{next(test_profile_store._TABLES)}") as store:
+        write_both(store)
+        # As a write that failed part-way may leave it: Ann's members list names Bob's email.
+        member = SetCell("m", BOB_KEYS[0].encode(), b"")
+        store._table.bulk_mutate_rows([RowMutationEntry(f"v#{ANN_PERSON}".encode(), [member])])
+        bob_before = contents(store, [BOB_PERSON], BOB_KEYS, fragment_keys(BOB_KEYS))
+
+        erase_ann(store)
+
+        assert contents(store, [BOB_PERSON], BOB_KEYS, fragment_keys(BOB_KEYS)) == bob_before
 
 
 def held_bytes(store: IdentityStore | ProfileStore) -> bytes:
