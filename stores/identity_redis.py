@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -31,6 +32,9 @@ from stores.identity import CHANGE_LOG_RETENTION_S, FactsBuilder, IdentityStore,
 _TIME_OFFSET = 1 << 63
 # A server that stops answering (stopped, swapping, overloaded) is an outage after this long rather than a hang.
 CLIENT_TIMEOUTS = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+# How long an erase waits for a rewrite of the append-only file that began before it (an identity store's erase, just
+# before the profile store's on the same server), to start its own.
+AOF_REWRITE_WAIT_S = 30.0
 # Keys a SCAN step looks at, and log entries' keys read per request, when an erase looks for what to delete.
 KEYS_PER_SCAN = 1000
 
@@ -50,13 +54,16 @@ def keys_starting(client: redis.Redis, prefix: str) -> Iterator[bytes]:
 def rewrite_persisted_copies(client: redis.Redis) -> dict[str, int]:
     """Starts rewriting the server's files, which keep deleted keys until then: the append-only file
     (``BGREWRITEAOF``) when ``appendonly`` is on, the snapshot (``BGSAVE``) when ``save`` is configured. Returns
-    ``{"aof_rewrite": 0|1, "snapshot": 0|1}``, 1 for each rewrite started. A rewrite already running (its file then
-    holds the keys and their deletion), replicas, and copies of the files elsewhere are beyond the store's reach;
-    so is a server that refuses ``CONFIG`` (managed services often do), which counts as neither."""
+    ``{"aof_rewrite": 0|1, "snapshot": 0|1}``, 1 for each rewrite started.
+
+    A rewrite of the append-only file that is running began before the keys were deleted, and the file it makes
+    holds them (and their deletion after): a new one starts once it ends, waited for up to
+    :data:`AOF_REWRITE_WAIT_S` (0 if it is still running then). Replicas and copies of the files elsewhere are beyond
+    the store's reach; so is a server that refuses ``CONFIG`` (managed services often do), which counts as neither."""
     started = {"aof_rewrite": 0, "snapshot": 0}
     try:
         config = {**client.config_get("appendonly"), **client.config_get("save")}
-        if config.get("appendonly") == "yes":
+        if config.get("appendonly") == "yes" and _no_aof_rewrite_running(client):
             client.bgrewriteaof()
             started["aof_rewrite"] = 1
         if config.get("save"):
@@ -65,6 +72,17 @@ def rewrite_persisted_copies(client: redis.Redis) -> dict[str, int]:
     except redis.ResponseError:
         pass
     return started
+
+
+def _no_aof_rewrite_running(client: redis.Redis) -> bool:
+    """Waits up to :data:`AOF_REWRITE_WAIT_S` for a running rewrite of the append-only file to end; whether none
+    runs."""
+    deadline = time.monotonic() + AOF_REWRITE_WAIT_S
+    while client.info("persistence")["aof_rewrite_in_progress"]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 # Shared by all scripts. KEYS: the component hash, the component counter; ARGV[1]: the prefix.
