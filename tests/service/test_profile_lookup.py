@@ -102,6 +102,23 @@ class MemoryProfileStore(ProfileStore):
     def view_by_person(self, person_id: str) -> bytes | None:
         return self.views.get(self.redirects.get(person_id, person_id))
 
+    def retired_into(self, person_ids: Iterable[str]) -> set[str]:
+        persons = set(person_ids)
+        return {retired for retired, target in self.redirects.items() if target in persons}
+
+    def erase(self, person_ids: Iterable[str], identity_keys: Iterable[str]) -> dict[str, int]:
+        persons, keys = set(person_ids), set(identity_keys)
+        views = [person for person in self.views if person in persons]
+        index = [key for key, person in self.index.items() if key in keys or person in persons]
+        redirects = [old for old, target in self.redirects.items() if old in persons or target in persons]
+        fragments = [key for key in self.fragment_docs if key.partition("|")[0] in keys]
+        for held, gone in ((self.views, views), (self.index, index), (self.redirects, redirects)):
+            for key in gone:
+                del held[key]
+        for key in fragments:
+            del self.fragment_docs[key]
+        return {"views": len(views), "fragments": len(fragments), "index": len(index), "redirects": len(redirects)}
+
     def close(self) -> None:
         self.closed = True
 
