@@ -39,8 +39,8 @@ from privacy.lake import LakeMatcher
 from privacy.subjects import Subject
 from privacy.suppression import SuppressionList
 from profiles.model import view_from_bytes
+from stores import opening
 from stores.identity import IdentityStore
-from stores.opening import open_identity_store, open_profile_store
 from stores.profiles import ProfileStore
 
 PRIVACY_STORE = "privacy store"
@@ -102,9 +102,9 @@ def find_subject(
 def run_job(job_id: str, request: JobRequest, settings: PrivacySettings, out_dir: str | None = None) -> dict[str, Any]:
     """Carries out the job; what its receipt records. ``out_dir`` is where an access writes (by default the
     settings' ``access_out`` / job id)."""
-    identities = open_identity_store(settings.identity_store)
+    identities = opening.open_identity_store(settings.identity_store)
     try:
-        profiles = open_profile_store(settings.profile_store)
+        profiles = opening.open_profile_store(settings.profile_store)
         try:
             subject, facts = find_subject(request, identities, profiles, settings.stitch)
             matcher = LakeMatcher(subject, settings.stitch)
