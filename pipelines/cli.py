@@ -176,23 +176,12 @@ def command_parser() -> argparse.ArgumentParser:
         job.add_argument("--identity", action="append", required=True, metavar="NAMESPACE:ID", help="repeatable")
         job.add_argument("--regulation", choices=REGULATIONS, default="gdpr", help="gdpr (default) or ccpa")
         job.add_argument("--dry-run", action="store_true", help="say what the job would touch and change nothing")
-        job.add_argument("--lake", default=DEFAULT_LAKE, help=f"lake directory (default {DEFAULT_LAKE})")
-        job.add_argument(
-            "--identity-store",
-            default=DEFAULT_IDENTITY_STORE,
-            help=f"identity store URL (default {DEFAULT_IDENTITY_STORE})",
-        )
         job.add_argument(
             "--profile-store",
             default=DEFAULT_PROFILE_STORE,
             help=f"profile store URL (default {DEFAULT_PROFILE_STORE})",
         )
-        job.add_argument(
-            "--privacy-store",
-            default=DEFAULT_PRIVACY_STORE,
-            help=f"where jobs and the suppression list are kept (default {DEFAULT_PRIVACY_STORE})",
-        )
-        job.add_argument("--key-file", help="file holding the privacy key (default: $PROFILESTREAM_PRIVACY_KEY)")
+        _add_privacy_job_flags(job)
         job.add_argument("--out", help="where an access job writes (default data/privacy/access/JOB_ID)")
         job.add_argument("--config", help="configuration file (namespaces, identity rules, profiles)")
         if action == "delete":
@@ -224,18 +213,7 @@ def command_parser() -> argparse.ArgumentParser:
     jobs.add_argument(
         "--privacy-token-file", help="file holding the privacy routes' token (default: $PROFILESTREAM_PRIVACY_TOKEN)"
     )
-    jobs.add_argument("--key-file", help="file holding the privacy key (default: $PROFILESTREAM_PRIVACY_KEY)")
-    jobs.add_argument(
-        "--privacy-store",
-        default=DEFAULT_PRIVACY_STORE,
-        help=f"where jobs and the suppression list are kept (default {DEFAULT_PRIVACY_STORE})",
-    )
-    jobs.add_argument("--lake", default=DEFAULT_LAKE, help=f"lake directory (default {DEFAULT_LAKE})")
-    jobs.add_argument(
-        "--identity-store",
-        default=DEFAULT_IDENTITY_STORE,
-        help=f"identity store URL (default {DEFAULT_IDENTITY_STORE})",
-    )
+    _add_privacy_job_flags(jobs)
     jobs.add_argument(
         "--privacy-out",
         default=DEFAULT_PRIVACY_OUT,
@@ -267,6 +245,23 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 def _lookup(by: str) -> Callable[[str], tuple[str, str]]:
     """An argparse type that tags a lookup with its kind."""
     return lambda asked: (by, asked)
+
+
+def _add_privacy_job_flags(command: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """What privacy jobs work on, the same for ``privacy`` and ``serve``: the lake, the identity store, the privacy
+    store and the key."""
+    command.add_argument("--lake", default=DEFAULT_LAKE, help=f"lake directory (default {DEFAULT_LAKE})")
+    command.add_argument(
+        "--identity-store",
+        default=DEFAULT_IDENTITY_STORE,
+        help=f"identity store URL (default {DEFAULT_IDENTITY_STORE})",
+    )
+    command.add_argument(
+        "--privacy-store",
+        default=DEFAULT_PRIVACY_STORE,
+        help=f"where jobs and the suppression list are kept (default {DEFAULT_PRIVACY_STORE})",
+    )
+    command.add_argument("--key-file", help="file holding the privacy key (default: $PROFILESTREAM_PRIVACY_KEY)")
 
 
 def _add_shared(command: argparse.ArgumentParser) -> None:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from pipelines.config import load_config
-from pipelines.usage import UsageError
-from privacy.jobs import DONE, JobRequest, JobStore, run_queued
-from privacy.keys import privacy_key
-from privacy.runner import PrivacySettings, normalised_identities, privacy_store_path, run_job
-from stores.opening import IDENTITY_STORE, PROFILE_STORE, parse_store_url
+from pipelines.usage import UsageError, privacy_settings
+from privacy.jobs import DONE, JobRequest, JobStore, privacy_store_path, run_queued
+from privacy.runner import normalised_identities, run_job
 
 
 def privacy_command(args: argparse.Namespace, _beam_args: list[str]) -> int:
@@ -33,22 +30,12 @@ def privacy_command(args: argparse.Namespace, _beam_args: list[str]) -> int:
             suppress=getattr(args, "suppress", False),
         )
         normalised = normalised_identities(request, stitch)
-        key = privacy_key(args.key_file, os.environ)
-        parse_store_url(args.identity_store, IDENTITY_STORE)
-        parse_store_url(args.profile_store, PROFILE_STORE)
-        store = JobStore(privacy_store_path(args.privacy_store))
+        settings = privacy_settings(args, stitch)
+        store = JobStore(privacy_store_path(settings.privacy_store))
     except ValueError as error:
         raise UsageError(str(error)) from None
-    settings = PrivacySettings(
-        lake_dir=args.lake,
-        identity_store=args.identity_store,
-        profile_store=args.profile_store,
-        privacy_store=args.privacy_store,
-        key=key,
-        stitch=stitch,
-    )
     try:
-        job_id = store.create(request, normalised, key)
+        job_id = store.create(request, normalised, settings.key)
         receipt = run_queued(store, job_id, request, lambda job, asked: run_job(job, asked, settings, args.out))
     finally:
         store.close()

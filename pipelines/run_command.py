@@ -23,8 +23,8 @@ from messages.replay_files import ReplayPathError, expand_replay_path
 from pipelines.flink import FLINK_RUNNER, JOB_SERVER_ARTIFACT, flink_runner_args
 from pipelines.ingest import RunRequest, run
 from pipelines.usage import PUBSUB_NAME, UsageError, config_and_registry, opened_identity_store, opened_profile_store
+from privacy.jobs import privacy_store_path
 from privacy.keys import PRIVACY_KEY_ENV, privacy_key
-from privacy.runner import privacy_store_path
 from privacy.suppression import Suppression, SuppressionList
 from stores.errors import StoreUnavailableError
 from transforms.lake import is_local

@@ -15,13 +15,11 @@ from core.errors import ConfigError
 from identity.stitching import StitchSettings
 from messages.pubsub import PubSubUnavailableError, check_topic
 from pipelines.config import load_config
-from pipelines.usage import UsageError, config_and_registry, opened_profile_store
-from privacy.jobs import JobStore, PrivacyJobs
-from privacy.keys import privacy_key
-from privacy.runner import PrivacySettings, normalised_identities, privacy_store_path, run_job
+from pipelines.usage import UsageError, config_and_registry, opened_profile_store, privacy_settings
+from privacy.jobs import JobStore, PrivacyJobs, privacy_store_path
+from privacy.runner import normalised_identities, run_job
 from service import api, privacy_api
 from service.inlet import AuthFailureLimit, Inlet, Judge, PubSubPublisher
-from stores.opening import IDENTITY_STORE, parse_store_url
 
 
 def serve_command(args: argparse.Namespace, _beam_args: list[str]) -> int:
@@ -68,21 +66,11 @@ def _privacy_roles(args: argparse.Namespace, stitch: StitchSettings, stack: cont
     token = privacy_api.privacy_token(args.privacy_token_file, os.environ)
     if token is None:
         return []
-    key = privacy_key(args.key_file, os.environ)
-    parse_store_url(args.identity_store, IDENTITY_STORE)
-    job_store = JobStore(privacy_store_path(args.privacy_store))
+    settings = privacy_settings(args, stitch)
+    job_store = JobStore(privacy_store_path(settings.privacy_store))
     stack.callback(job_store.close)
-    settings = PrivacySettings(
-        lake_dir=args.lake,
-        identity_store=args.identity_store,
-        profile_store=args.profile_store,
-        privacy_store=args.privacy_store,
-        key=key,
-        stitch=stitch,
-        access_out=args.privacy_out,
-    )
     normalise = functools.partial(normalised_identities, stitch=stitch)
-    jobs = PrivacyJobs(job_store, key, normalise, functools.partial(run_job, settings=settings))
+    jobs = PrivacyJobs(job_store, settings.key, normalise, functools.partial(run_job, settings=settings))
     stack.callback(jobs.close)
     return [privacy_api.privacy_role(jobs, token)]
 

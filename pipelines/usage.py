@@ -4,12 +4,17 @@ opened from their flags, each failure a usage error."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import os
 import re
 from collections.abc import Callable
 from typing import Any
 
+from identity.stitching import StitchSettings
 from pipelines.config import load_config
+from privacy.jobs import PrivacySettings, privacy_store_path
+from privacy.keys import privacy_key
 from schemas.registry import SchemaRegistry
 from stores import opening
 from stores.identity import IdentityStore
@@ -50,6 +55,25 @@ def _opened(open_store: Callable[[str], Any], url: str, kind: str) -> Any:
     except ValueError as error:
         message = str(error)
         raise UsageError(message if kind in message else f"{kind}: {message}") from None
+
+
+def privacy_settings(args: argparse.Namespace, stitch: StitchSettings) -> PrivacySettings:
+    """What privacy jobs work on, from the flags ``privacy`` and ``serve`` share: the lake, the stores (URLs checked),
+    the privacy store and the key (``--key-file`` or the environment). A missing key or a bad URL is a ValueError of
+    one line."""
+    privacy_store_path(args.privacy_store)
+    opening.parse_store_url(args.identity_store, opening.IDENTITY_STORE)
+    opening.parse_store_url(args.profile_store, opening.PROFILE_STORE)
+    settings = PrivacySettings(
+        lake_dir=args.lake,
+        identity_store=args.identity_store,
+        profile_store=args.profile_store,
+        privacy_store=args.privacy_store,
+        key=privacy_key(args.key_file, os.environ),
+        stitch=stitch,
+    )
+    out = getattr(args, "privacy_out", None)
+    return settings if out is None else dataclasses.replace(settings, access_out=out)
 
 
 def shown(path: str, limit: int = 120) -> str:

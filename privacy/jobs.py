@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from identity.model import Identity
+from identity.stitching import StitchSettings
 from privacy.keys import identity_hashes
 from stores.sqlite_files import open_store_file, transaction
 
@@ -40,6 +41,28 @@ BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, receipt TEXT NOT NULL);
 COMMIT;
 """
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySettings:
+    """Where a deployment keeps what privacy jobs work on: the lake, the stores by URL, the job store
+    (``sqlite:///PATH``), the privacy key, the identity rules, and the folder access jobs export into (each under its
+    job id) unless the caller names one."""
+
+    lake_dir: str
+    identity_store: str
+    profile_store: str
+    privacy_store: str
+    key: bytes
+    stitch: StitchSettings
+    access_out: str = "data/privacy/access"
+
+
+def privacy_store_path(url: str) -> str:
+    """The file of a ``sqlite:///PATH`` privacy store URL; a one-line ValueError for any other."""
+    if not url.startswith("sqlite:///") or not url.removeprefix("sqlite:///"):
+        raise ValueError(f"malformed privacy store URL {url!r}: expected sqlite:///PATH")
+    return url.removeprefix("sqlite:///")
 
 
 class JobRequestError(ValueError):

@@ -20,7 +20,6 @@ identities and the links touching them, with first and last seen), ``profile.jso
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -33,7 +32,7 @@ from identity.model import GraphFacts, Identity, Stamp
 from identity.namespaces import extract_identities
 from identity.stitching import StitchSettings
 from privacy import lake as privacy_lake
-from privacy.jobs import JobRequest, JobRequestError
+from privacy.jobs import JobRequest, JobRequestError, PrivacySettings, privacy_store_path
 from privacy.keys import identity_hashes
 from privacy.lake import LakeMatcher
 from privacy.subjects import Subject
@@ -42,30 +41,6 @@ from profiles.model import view_from_bytes
 from stores import opening
 from stores.identity import IdentityStore
 from stores.profiles import ProfileStore
-
-PRIVACY_STORE = "privacy store"
-
-
-@dataclasses.dataclass(frozen=True)
-class PrivacySettings:
-    """Where a deployment keeps what privacy jobs work on: the lake, the stores by URL, the job store
-    (``sqlite:///PATH``), the privacy key, the identity rules, and the folder access jobs export into (each under its
-    job id) unless the caller names one."""
-
-    lake_dir: str
-    identity_store: str
-    profile_store: str
-    privacy_store: str
-    key: bytes
-    stitch: StitchSettings
-    access_out: str = "data/privacy/access"
-
-
-def privacy_store_path(url: str) -> str:
-    """The file of a ``sqlite:///PATH`` privacy store URL; a one-line ValueError for any other."""
-    if not url.startswith("sqlite:///") or not url.removeprefix("sqlite:///"):
-        raise ValueError(f"malformed {PRIVACY_STORE} URL {url!r}: expected sqlite:///PATH")
-    return url.removeprefix("sqlite:///")
 
 
 def normalised_identities(request: JobRequest, stitch: StitchSettings) -> list[Identity]:
