@@ -26,6 +26,7 @@ SHIPPED_PACKAGES = (
     "service",
 )
 DATA_FILES = [f"**/*.{ext}" for ext in ("json", "jsonl", "md", "txt", "yaml", "toml")]
+CONSOLE_FILES = [f"console/*.{ext}" for ext in ("html", "js", "css")]
 
 setup(
     name="profilestream",
@@ -37,7 +38,8 @@ setup(
     python_requires=">=3.11",
     # Every package the pipeline runs; not tools/, a distribution of its own (tools/pyproject.toml).
     packages=find_packages(include=[f"{package}*" for package in SHIPPED_PACKAGES]),
-    package_data={"schemas": DATA_FILES, "pipelines": DATA_FILES},
+    # The console's page and assets (service/console/), which `serve` sends as they are.
+    package_data={"schemas": DATA_FILES, "pipelines": DATA_FILES, "service": CONSOLE_FILES},
     install_requires=[
         # Beam 2.77.0 is the newest on PyPI. Beam's Flink job-server jar
         # (org.apache.beam:beam-runners-flink-<1.19|1.20|2.0>-job-server) was checked with `mvn dependency:get` on
@@ -66,6 +68,7 @@ setup(
             "setuptools>=70.1",  # builds the wheel (bdist_wheel) the Dataflow package test checks, with no download
             "redis>=5.0",  # the identity store's contract tests run against a real redis-server
             "google-cloud-bigtable>=2.50",  # the profile store's contract tests run against the Bigtable emulator
+            "selenium>=4.40",  # the browser end-to-end test drives Debian's chromium through its chromedriver
             # Capped at the minor: `ruff format --check` runs in CI, and ruff changes its formatting style only in
             # minor releases, so a fresh clone must not pick up a new style the code was never formatted with.
             "ruff>=0.17,<0.18",
