@@ -1,0 +1,55 @@
+"""The web SDK (``clients/web``): its own tests under Node's test runner, and the envelopes it makes, judged by the
+inlet's decoding and validation and by identity extraction, so the SDK cannot drift from what the inlet takes."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from identity.namespaces import IdentityRules, NamespaceRegistry, extract_identities
+from schemas.registry import SchemaRegistry
+from service.inlet import Accepted, Judge, Receipt
+from service.settings import InletConnection
+from tests.conftest import missing_prerequisite
+from tests.helpers import finished
+
+WEB_SDK = Path(__file__).parents[2] / "clients" / "web"
+NODE_TIMEOUT_S = 120.0
+OUTPUT_TAIL_CHARS = 4000
+
+
+def node() -> str:
+    binary = shutil.which("node")
+    if binary is None:
+        missing_prerequisite("node not found (Node.js 20 or later runs the web SDK's tests)")
+    return binary
+
+
+def test_the_sdks_node_tests_pass() -> None:
+    tests = sorted(str(path) for path in (WEB_SDK / "test").glob("*.test.js"))
+    result = finished([node(), "--test", *tests], NODE_TIMEOUT_S)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-OUTPUT_TAIL_CHARS:]
+
+
+def test_the_sdks_envelopes_pass_the_inlets_validation_and_identity_rules() -> None:
+    result = finished([node(), str(WEB_SDK / "scripts" / "envelopes.js")], NODE_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-OUTPUT_TAIL_CHARS:]
+    receipt = Receipt("web", int(time.time() * 1000), "1:sdk:0")
+    judge = Judge(SchemaRegistry.load())
+
+    verdicts = judge.batch(result.stdout.encode(), receipt, InletConnection(), sync_validation=True)
+
+    assert [type(verdict) for verdict in verdicts] == [Accepted] * 3, verdicts
+    entities = [message["body"]["xdmEntity"] for message in json.loads(result.stdout)["messages"]]
+    assert [entity["eventType"] for entity in entities] == [
+        "web.webpagedetails.pageViews",
+        "web.webinteraction.linkClicks",
+        "commerce.productViews",
+    ]
+    extractions = [extract_identities(entity, NamespaceRegistry(), IdentityRules()) for entity in entities]
+    assert [extraction.rejections for extraction in extractions] == [(), (), ()]
+    assert [sorted({identity.namespace for identity in extraction.identities}) for extraction in extractions] == [
+        ["ECID"],
+        ["ECID"],
+        ["CRMID", "ECID", "Email"],
+    ]
