@@ -206,6 +206,9 @@ def command_parser() -> argparse.ArgumentParser:
         help="serve the HTTP inlet too, publishing to this topic (connections: inlet in --config)",
     )
     serve.add_argument("--schema-dir", help="directory of user-composed schema files (for syncValidation=true)")
+    serve.add_argument(
+        "--metrics-file", help="the console's pipeline figures: the file a run writes with run --metrics-file"
+    )
     limits = serve.add_argument_group("limits on each client (README: Hostile clients)")
     for flag, kind, default, help_text in _SERVE_LIMITS:
         limits.add_argument(flag, type=_positive(kind), default=default, metavar="N", help=f"{help_text} ({default:g})")

@@ -1,6 +1,6 @@
-"""``profilestream serve``: the HTTP Profile Access API (:mod:`service.api`), with ``--pubsub-topic`` the HTTP inlet
-(:mod:`service.inlet`), and with a privacy token the privacy job routes (:mod:`service.privacy_api`), until
-interrupted."""
+"""``profilestream serve``: the HTTP Profile Access API (:mod:`service.api`) and its console (:mod:`service.console`),
+with ``--pubsub-topic`` the HTTP inlet (:mod:`service.inlet`), and with a privacy token the privacy job routes
+(:mod:`service.privacy_api`), until interrupted."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 
+from fastapi import APIRouter
 from google.auth.exceptions import DefaultCredentialsError
 
 from core.errors import ConfigError
@@ -18,8 +19,10 @@ from pipelines.config import load_config
 from pipelines.usage import UsageError, config_and_registry, opened_profile_store, privacy_settings
 from privacy.jobs import JobStore, PrivacyJobs, privacy_store_path
 from privacy.runner import normalised_identities, run_job
-from service import api, privacy_api
+from service import api, console, privacy_api
 from service.inlet import AuthFailureLimit, Inlet, Judge, PubSubPublisher
+from service.pipeline_metrics import PipelineMetrics
+from stores import opening
 
 
 def serve_command(args: argparse.Namespace, _beam_args: list[str]) -> int:
@@ -32,6 +35,7 @@ def serve_command(args: argparse.Namespace, _beam_args: list[str]) -> int:
         try:
             token = api.api_token(args.token_file, os.environ)
             roles = _privacy_roles(args, settings, stack)
+            opening.parse_store_url(args.identity_store, opening.IDENTITY_STORE)
             listener = stack.enter_context(api.listen(args.host, args.port))
         except ValueError as error:
             raise UsageError(str(error)) from None
@@ -42,7 +46,9 @@ def serve_command(args: argparse.Namespace, _beam_args: list[str]) -> int:
                 store,
                 settings,
                 token,
+                routers=_console_routers(args, settings),
                 roles=roles,
+                open_routers=[console.console_router()],
                 inlet=inlet,
                 event_ttl_us=config.event_ttl_us(),
                 auth_failures=auth_failures,
@@ -57,6 +63,16 @@ def serve_command(args: argparse.Namespace, _beam_args: list[str]) -> int:
         )
         api.serve(app, listener, limits)
     return 0
+
+
+def _console_routers(args: argparse.Namespace, settings: StitchSettings) -> list[APIRouter]:
+    """The console's data routes: identity graphs from ``--identity-store`` (opened read-only for each lookup) and
+    the figures of the run writing ``--metrics-file``."""
+    open_store = functools.partial(opening.open_identity_store, args.identity_store, read_only=True)
+    return [
+        console.identities_router(open_store, settings),
+        console.pipeline_router(PipelineMetrics(args.metrics_file)),
+    ]
 
 
 def _privacy_roles(args: argparse.Namespace, stitch: StitchSettings, stack: contextlib.ExitStack) -> list[api.Role]:

@@ -126,6 +126,7 @@ def create_app(
     *,
     routers: Iterable[APIRouter] = (),
     roles: Iterable[Role] = (),
+    open_routers: Iterable[APIRouter] = (),
     inlet: Inlet | None = None,
     event_ttl_us: int | None = None,
     clock: Callable[[], int] = wall_clock_us,
@@ -133,7 +134,8 @@ def create_app(
 ) -> FastAPI:
     """The API on ``store``, with identities normalised by ``settings`` and the profile routes and those of
     ``routers`` behind ``token``, each of ``roles``' routers behind its role's token (a ValueError when two share
-    one); with ``inlet``, its routes (under its connections' own tokens) and ``/metrics``.
+    one); ``open_routers`` without a token (the console's page and assets, :mod:`service.console`, which hold no
+    data); with ``inlet``, its routes (under its connections' own tokens) and ``/metrics``.
     With ``event_ttl_us``, profiles leave out recent events older than that by ``clock`` (:func:`lookup_profile`).
     ``auth_failures`` (default :class:`AuthFailureLimit`'s) limits failed authentications per client address, on
     every role's token and the inlet's alike."""
@@ -146,6 +148,8 @@ def create_app(
     )
     app.add_exception_handler(RequestValidationError, _validation_error_without_input)
     app.include_router(_health_router())
+    for router in open_routers:
+        app.include_router(router)
     auth_failures = auth_failures if auth_failures is not None else AuthFailureLimit()
     lookup = functools.partial(lookup_profile, store=store, settings=settings, event_ttl_us=event_ttl_us, clock=clock)
     api_role = Role(token, (_profiles_router(lookup), *routers), _BEARER, whose="this API's")
