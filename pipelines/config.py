@@ -8,8 +8,10 @@ patterns, phone region, identity fields), ``inlet`` (``serve --pubsub-topic``) a
 guardrails, TTL, flushing). A section may give any subset of its keys.
 
 A connection takes ``token`` or ``token_env`` (the variable holding it; neither: no token asked), ``rate_per_second``
-and ``burst`` (its token bucket, counted in requests), and ``schema`` and ``dataset``, the ``schemaRef`` and
-``datasetId`` attributes of messages that name none themselves (:class:`service.settings.InletConnection`).
+and ``burst`` (its token bucket, counted in requests), ``schema`` and ``dataset``, the ``schemaRef`` and
+``datasetId`` attributes of messages that name none themselves, ``allowed_origins`` (the web pages whose browsers
+may send to it) and ``public`` (no token, for browsers; it must set ``rate_per_second``, ``burst`` and
+``allowed_origins``) (:class:`service.settings.InletConnection`).
 
 ``event_ttl_days`` applies where profiles are read (``profile get``, ``serve``), by each event's ``timestamp``
 against the lookup's clock: it hides old bodies from ``recent`` only; ``count``, ``by_type``, ``first_seen`` and
@@ -277,7 +279,11 @@ _CONNECTION_KEYS = {
     "burst": int,
     "schema": str,
     "dataset": str,
+    "allowed_origins": list,
+    "public": bool,
 }
+# A public connection is open to every visitor of its pages, so its rate limit is chosen, never a default.
+_PUBLIC_CONNECTION_NEEDS = ("rate_per_second", "burst")
 _PROFILES_KEYS = {
     "merge_policy": str,
     "dataset_order": list,
@@ -333,8 +339,10 @@ def _inlet_settings(settings: dict) -> InletSettings:
         if not isinstance(connection, dict):
             raise ConfigError(f"{where} must be a mapping (of {', '.join(_CONNECTION_KEYS)})")
         _check_keys(connection, _CONNECTION_KEYS, where)
+        if connection.get("public") and not all(key in connection for key in _PUBLIC_CONNECTION_NEEDS):
+            raise ConfigError(f"{where}: a public connection must set its rate limit: rate_per_second and burst")
         try:
-            connections[str(connection_id)] = InletConnection(**connection)
+            connections[str(connection_id)] = InletConnection(**_lists_as_tuples(connection))
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
     return InletSettings(**{**settings, "connections": connections})

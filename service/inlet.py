@@ -4,23 +4,34 @@ Routes (:meth:`Inlet.router`; no API token, each connection has its own), status
 ("`profilestream serve`: the HTTP inlet"):
 
 - ``POST /collection/{connection_id}[?syncValidation=true]``: one message in any JSON payload form but the batch
-  envelope (a streaming envelope, or a bare entity when the connection names a ``schema``), published as sent;
-  200 ``{"inletId", "xactionId", "receivedTimeMs"}`` (plus ``"syncValidation": {"status": "pass"}`` when asked).
+  envelope (a streaming envelope, or a bare entity when the connection names a ``schema``), published as sent
+  (decompressed); 200 ``{"inletId", "xactionId", "receivedTimeMs"}`` (plus ``"syncValidation": {"status":
+  "pass"}`` when asked).
 - ``POST /collection/batch/{connection_id}[?syncValidation=true]``: ``{"messages": [message, ...]}``, each judged and
   published on its own, re-serialised compactly (``json.dumps(entry, separators=(",", ":"), ensure_ascii=False)``);
   207 ``{"inletId", "batchId", "receivedTimeMs", "responses": [...]}``, in request order ``{"xactionId"}`` or
   ``{"statusCode": 400, "message"}`` (cut at :data:`MAX_ENTRY_MESSAGE_CHARS` characters).
+- ``OPTIONS`` on both: the CORS preflight. From an origin in the connection's ``allowed_origins``, 204 allowing
+  ``POST`` with :data:`CORS_ALLOWED_HEADERS` for :data:`CORS_MAX_AGE_S` seconds; from any other (or to an unknown
+  connection), 403 without CORS headers. Every answer to a POST from an allowed origin carries
+  ``Access-Control-Allow-Origin: <that origin>`` and ``Vary: Origin`` (and exposes ``Retry-After``), errors
+  included; no other answer carries CORS headers.
+
+Bodies are JSON whatever their ``Content-Type`` says (``text/plain`` is what ``navigator.sendBeacon`` sends without
+a preflight). ``Content-Encoding: gzip`` bodies are decompressed as they are read, never past the body limit.
 
 Statuses, in the order they are decided: 429 past the address's failed-authentication limit (:class:`AuthFailureLimit`,
 shared with the profile API); 401 / 403 a missing / wrong token (constant-time; an unknown connection answers as a
-wrong token); 429 over the connection's rate, counted in messages; 413 a body over ``inlet.max_request_bytes`` (read
-no further) or a batch over ``max_batch_entries`` (``DECODE.BATCH_TOO_LARGE``); 400 not strict JSON, a message that
-fails decoding (or validation with ``syncValidation=true``), or a batch body that is not ``{"messages": [...]}``; 503
-when Pub/Sub has not confirmed every message within ``inlet.publish_timeout_seconds``. A client that goes away before
-its body is read is one log line (status 499). Error bodies have the problem shape
-``{"type", "status", "title", "report": {"message", "cause"?}}``; ``report.cause._streamingValidation`` lists each
-violation as ``{"schemaLocation": "#", "pointerToViolation": "#" + JSON pointer, "causingExceptions": [], "keyword":
-code, "message"}`` (``"#"``: our violations point into the entity, not into a JSON Schema document).
+wrong token); 429 over the connection's rate, counted in messages; 415 a ``Content-Encoding`` other than gzip; 413 a
+body over ``inlet.max_request_bytes`` as sent or decompressed (read and decompressed no further) or a batch over
+``max_batch_entries`` (``DECODE.BATCH_TOO_LARGE``); 400 a gzip body that is not one whole gzip stream
+(:data:`BAD_GZIP`), not strict JSON, a message that fails decoding (or validation with ``syncValidation=true``), or a
+batch body that is not ``{"messages": [...]}``; 503 when Pub/Sub has not confirmed every message within
+``inlet.publish_timeout_seconds``. A client that goes away before its body is read is one log line (status 499).
+Error bodies have the problem shape ``{"type", "status", "title", "report": {"message", "cause"?}}``;
+``report.cause._streamingValidation`` lists each violation as ``{"schemaLocation": "#", "pointerToViolation": "#" +
+JSON pointer, "causingExceptions": [], "keyword": code, "message"}`` (``"#"``: our violations point into the entity,
+not into a JSON Schema document).
 
 Guarantees: a response is sent only once every publish of its request has resolved, so nothing answered 200 or 207
 is lost; each message is judged by the pipeline's own :func:`~messages.decoding.decode_message` (and
@@ -47,11 +58,12 @@ import re
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -84,6 +96,16 @@ SINGLE_ROUTE, BATCH_ROUTE = "single", "batch"
 CLIENT_CLOSED_REQUEST = 499
 # A rejected batch message's text is cut here, so that the answer to a batch stays within a small multiple of it.
 MAX_ENTRY_MESSAGE_CHARS = 200
+# The 400 code of a Content-Encoding: gzip body that is not one whole gzip stream.
+BAD_GZIP = "DECODE.BAD_GZIP"
+GZIP_ENCODING, NO_ENCODING = "gzip", "identity"
+# zlib's window bits for a gzip wrapper (16 + the largest window), as Content-Encoding: gzip means.
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+# How long a browser may keep a preflight's answer: Chromium's cap (Firefox keeps up to a day).
+CORS_MAX_AGE_S = 7200
+# A page needs no more than this: JSON or text/plain bodies, maybe gzipped, and a token on a connection asking one.
+CORS_ALLOWED_HEADERS = "content-type, content-encoding, authorization"
+CORS_ALLOWED_METHODS = "POST, OPTIONS"
 
 _log = logging.getLogger(__name__)
 
@@ -533,12 +555,15 @@ class Inlet:
             name: TokenBucket(connection.rate_per_second, connection.burst, clock)
             for name, connection in settings.connections.items()
         }
+        self._origins = {
+            name: frozenset(connection.allowed_origins) for name, connection in settings.connections.items()
+        }
 
     def close(self) -> None:
         self._publisher.close()
 
     def router(self, auth_failures: AuthFailureLimit) -> APIRouter:
-        """The inlet's two routes, counting failed authentications in ``auth_failures``."""
+        """The inlet's two routes and their CORS preflights, counting failed authentications in ``auth_failures``."""
         router = APIRouter(tags=["inlet"])
 
         @router.post("/collection/{connection_id}", summary="Send one message")
@@ -549,6 +574,14 @@ class Inlet:
         async def collect_batch(connection_id: str, request: Request) -> JSONResponse:
             return await self._answer(BATCH_ROUTE, connection_id, request, auth_failures)
 
+        @router.options("/collection/{connection_id}", summary="CORS preflight of POST /collection")
+        async def preflight(connection_id: str, request: Request) -> Response:
+            return self._preflight(SINGLE_ROUTE, connection_id, request)
+
+        @router.options("/collection/batch/{connection_id}", summary="CORS preflight of POST /collection/batch")
+        async def preflight_batch(connection_id: str, request: Request) -> Response:
+            return self._preflight(BATCH_ROUTE, connection_id, request)
+
         return router
 
     async def _answer(
@@ -556,7 +589,33 @@ class Inlet:
     ) -> JSONResponse:
         status, body, headers = await self._handle(route, connection_id, request, auth_failures)
         self.metrics.count_response(route, status)
+        headers = dict(headers or {})
+        if cors := self._cors_headers(connection_id, request):
+            # Every answer, errors included, so that the page can read why it was refused and when to retry.
+            headers.update(cors)
+            if "Retry-After" in headers:
+                headers["Access-Control-Expose-Headers"] = "Retry-After"
         return JSONResponse(body, status_code=status, headers=headers)
+
+    def _preflight(self, route: str, connection_id: str, request: Request) -> Response:
+        """204 with what a browser needs to send the POST, for an origin the connection allows; else 403 without
+        CORS headers, so that the browser does not send it."""
+        cors = self._cors_headers(connection_id, request)
+        status = 204 if cors else 403
+        self.metrics.count_response(route, status)
+        if cors:
+            cors["Access-Control-Allow-Methods"] = CORS_ALLOWED_METHODS
+            cors["Access-Control-Allow-Headers"] = CORS_ALLOWED_HEADERS
+            cors["Access-Control-Max-Age"] = str(CORS_MAX_AGE_S)
+        return Response(status_code=status, headers=cors)
+
+    def _cors_headers(self, connection_id: str, request: Request) -> dict[str, str]:
+        """The CORS headers of any answer to ``request``: none unless its ``Origin`` is one the connection allows
+        (an unknown connection allows none), in which case that exact origin is allowed."""
+        origin = request.headers.get("origin")
+        if origin is None or origin not in self._origins.get(connection_id, ()):
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
     async def _handle(
         self, route: str, connection_id: str, request: Request, auth_failures: AuthFailureLimit
@@ -581,14 +640,21 @@ class Inlet:
         # A batch is paid for by its messages once they are counted; until then it needs one token to be read.
         if wait_s := bucket.take() if route == SINGLE_ROUTE else bucket.wait_s():
             return self._rate_limited(connection_id, connection, wait_s)
+        encoding = request.headers.get("content-encoding", "").strip().lower() or NO_ENCODING
+        if encoding not in (NO_ENCODING, GZIP_ENCODING):
+            detail = f"Content-Encoding is {GZIP_ENCODING} or none"
+            return 415, problem(415, "Unsupported Media Type", connection_id, detail), None
         limit = self._settings.max_request_bytes
         try:
-            body = await _body_within(request, limit)
+            body = await _body_within(request, limit, gzipped=encoding == GZIP_ENCODING)
         except ClientDisconnect:
             _log.info("inlet: the client went away before its %s request's body was read", route)
             return CLIENT_CLOSED_REQUEST, {}, None
+        except BadRequest as bad:
+            return 400, invalid_message(connection_id, [bad.error]), None
         if body is None:
-            return 413, problem(413, "Payload Too Large", connection_id, f"the body is over {limit} bytes"), None
+            detail = f"the body is over {limit} bytes (as sent, or once decompressed)"
+            return 413, problem(413, "Payload Too Large", connection_id, detail), None
         sync_text = request.query_params.get(SYNC_VALIDATION, "false").lower()
         if sync_text not in ("true", "false"):
             return 400, problem(400, "Bad Request", connection_id, "syncValidation is true or false"), None
@@ -652,15 +718,48 @@ def _retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
-async def _body_within(request: Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to be over ``limit`` bytes (nothing more is read)."""
+async def _body_within(request: Request, limit: int, *, gzipped: bool) -> bytes | None:
+    """The request body, decompressed when ``gzipped``, or None as soon as it is known to be over ``limit`` bytes as
+    sent or once decompressed: nothing more is read, and at most ``limit + 1`` bytes are ever decompressed, so a
+    small body that would inflate to gigabytes costs no more memory than a body at the limit. Raises
+    :class:`BadRequest` (:data:`BAD_GZIP`) for a gzipped body that is not one whole gzip stream."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    inflater = zlib.decompressobj(wbits=_GZIP_WBITS) if gzipped else None
+    chunks, sent, size = [], 0, 0
+    try:
+        async for chunk in request.stream():
+            sent += len(chunk)
+            if sent > limit:
+                return None
+            pieces = [chunk] if inflater is None else _inflated(inflater, chunk, limit - size)
+            if pieces is None:
+                return None
+            size += sum(len(piece) for piece in pieces)
+            chunks += pieces
+    except zlib.error:
+        raise _not_gzip() from None
+    if inflater is not None and (not inflater.eof or inflater.unused_data):
+        raise _not_gzip()  # cut short, or followed by more than one gzip stream holds
     return b"".join(chunks)
+
+
+def _inflated(inflater: Any, data: bytes, room: int) -> list[bytes] | None:
+    """``data`` fed to ``inflater`` (a ``zlib.decompressobj``), decompressed in pieces; None once they come to more
+    than ``room`` bytes, having decompressed at most one byte more."""
+    pieces = []
+    while data:
+        piece = inflater.decompress(data, room + 1)
+        room -= len(piece)
+        if room < 0:
+            return None
+        pieces.append(piece)
+        data = inflater.unconsumed_tail
+    return pieces
+
+
+def _not_gzip() -> BadRequest:
+    return BadRequest(
+        RecordError(BAD_GZIP, "", f"Content-Encoding: {GZIP_ENCODING}, but the body is not one whole gzip stream")
+    )

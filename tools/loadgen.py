@@ -3,6 +3,7 @@
     profilestream loadgen --target TARGET [--rate 500] (--duration S | --count N) [--people 1000]
                           [--devices-per-person 3] [--login-share 0.5] [--invalid-fraction 0] [--duplicate-fraction 0]
                           [--seed N] [--send-log FILE] [--batch-size 50] [--concurrency 32] [--token TOKEN]
+                          [--browser ORIGIN]
 
 In: a target (``pubsub:projects/P/topics/T``, ``http://HOST:PORT/collection/CONNECTION_ID`` or
 ``http://HOST:PORT/collection/batch/CONNECTION_ID``) and the traffic's shape. Out: the messages, sent to the target;
@@ -17,7 +18,8 @@ error code ingestion gives it. :class:`Pacer` keeps the open-loop schedule (mess
 after the start). A :class:`Target` takes what is due: Google's ``PublisherClient`` with the attributes the inlet sets
 (the send time standing in for ``receivedTimeMs``; the emulator when ``PUBSUB_EMULATOR_HOST`` is set), or HTTP POSTs,
 ``--concurrency`` at a time (a batch's message that is not JSON goes in as a JSON string, which the inlet rejects in
-its 207 answer).
+its 207 answer); with ``--browser ORIGIN``, shaped as a page of ``ORIGIN`` sends them (gzip bodies as ``text/plain``,
+with ``Origin: ORIGIN``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import gzip
 import json
 import math
 import re
@@ -361,15 +364,30 @@ class PubSubTarget(Target):
 
 
 class HttpTarget(Target):
-    """POSTs to the inlet: each message to ``/collection/ID``, or batches to ``/collection/batch/ID``."""
+    """POSTs to the inlet: each message to ``/collection/ID``, or batches to ``/collection/batch/ID``.
 
-    def __init__(self, url: str, *, batch_size: int, concurrency: int, token: str | None = None):
+    With ``browser_origin``, requests are shaped as the browser SDK's from a page of that origin: gzip bodies sent
+    as ``text/plain`` (the type ``navigator.sendBeacon`` sends), with its ``Origin``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int,
+        concurrency: int,
+        token: str | None = None,
+        browser_origin: str | None = None,
+    ):
         import httpx2
 
         self._url = url
         self._batched = "/collection/batch/" in url
+        self._gzipped = browser_origin is not None
         self.chunk = batch_size if self._batched else 1
         headers = {"Content-Type": "application/json"}
+        if browser_origin is not None:
+            headers = {"Content-Type": "text/plain;charset=UTF-8", "Content-Encoding": "gzip", "Origin": browser_origin}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -389,7 +407,7 @@ class HttpTarget(Target):
 
     def _post(self, body: bytes, messages: Sequence[LoadMessage]) -> None:
         self._in_flight.begin()
-        self._pool.submit(self._request, body, messages)
+        self._pool.submit(self._request, gzip.compress(body, mtime=0) if self._gzipped else body, messages)
 
     def _request(self, body: bytes, messages: Sequence[LoadMessage]) -> None:
         status, failed = "unanswered", len(messages)
@@ -468,10 +486,13 @@ def open_target(
     batch_size: int = DEFAULT_BATCH_SIZE,
     concurrency: int = DEFAULT_CONCURRENCY,
     token: str | None = None,
+    browser_origin: str | None = None,
 ) -> Target:
     if spec.kind == "pubsub":
         return PubSubTarget(spec.address)
-    return HttpTarget(spec.address, batch_size=batch_size, concurrency=concurrency, token=token)
+    return HttpTarget(
+        spec.address, batch_size=batch_size, concurrency=concurrency, token=token, browser_origin=browser_origin
+    )
 
 
 def send_load(
@@ -579,6 +600,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"HTTP: requests in flight (default {DEFAULT_CONCURRENCY})",
     )
     parser.add_argument("--token", help="HTTP: sent as Authorization: Bearer TOKEN")
+    parser.add_argument(
+        "--browser",
+        metavar="ORIGIN",
+        help="HTTP: send as a page of ORIGIN would (gzip bodies, Content-Type: text/plain, Origin: ORIGIN)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -586,6 +612,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.duration is None and args.count is None:
             raise ValueError("give --duration or --count")
+        if args.browser is not None and args.target.kind != "http":
+            raise ValueError("--browser applies to an HTTP target")
         shape = TrafficShape(
             people=args.people,
             devices_per_person=args.devices_per_person,
@@ -603,7 +631,11 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as files:
             send_log = files.enter_context(open(args.send_log, "w", encoding="utf-8")) if args.send_log else None
             target = open_target(
-                args.target, batch_size=args.batch_size, concurrency=args.concurrency, token=args.token
+                args.target,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+                token=args.token,
+                browser_origin=args.browser,
             )
             pacer = Pacer(args.rate)
             try:
