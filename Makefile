@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test bench bench-e2e profile lint format sample pubsub-up pubsub-down prism flink-up flink-down clean distclean
+.PHONY: help venv run demo test bench bench-e2e profile lint format sample pubsub-up pubsub-down prism flink-up flink-down clean distclean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ $(VENV)/.installed: setup.py tools/pyproject.toml
 
 run: venv ## Replay the sample stream into ./data/ (append flags with ARGS='...')
 	$(VENV)/bin/profilestream run --source replay:pipelines/samples/stream.jsonl $(ARGS)
+
+demo: venv ## A shop page sending XDM beacons through the web SDK, the pipeline and the console (Ctrl-C stops it)
+	$(VENV)/bin/python -m tools.demo $(ARGS)
 
 lint: venv ## Check lint and formatting with ruff
 	$(VENV)/bin/ruff check .
