@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { gunzipSync } from "node:zlib";
 
 import { answer, BATCH_URL, harness, multiStatus } from "./fakes.js";
 
@@ -84,5 +85,31 @@ test("a 413 halves the batch until the inlet takes it", async () => {
   for (let n = 0; n < 8; n++) client.sendEvent({ eventType: "a" });
   await client.flush();
   assert.deepEqual(sizes, [8, 4, 2, 2, 2, 2]);
+  assert.equal(client.queued, 0);
+});
+
+test("a plain batch is text/plain JSON, a simple CORS request; a token adds the Authorization header", async () => {
+  const { client, fetch } = harness({ batchSize: 1 });
+  client.sendEvent({});
+  await client.flush();
+  assert.deepEqual(fetch.requests[0].init.headers, { "Content-Type": "text/plain;charset=UTF-8" });
+  assert.equal(fetch.requests[0].init.credentials, "omit");
+  const withToken = harness({ batchSize: 1, token: "t0ken" });
+  withToken.client.sendEvent({});
+  await withToken.client.flush();
+  assert.equal(withToken.fetch.requests[0].init.headers.Authorization, "Bearer t0ken");
+});
+
+test("with gzip a batch is sent compressed, with Content-Encoding: gzip", async () => {
+  const bodies = [];
+  const fetch = async (url, init) => {
+    bodies.push({ headers: init.headers, json: JSON.parse(gunzipSync(Buffer.from(init.body)).toString()) });
+    return multiStatus([true]);
+  };
+  const { client } = harness({ fetch, gzip: true, batchSize: 1 });
+  const id = client.sendEvent({ eventType: "a" });
+  await client.flush();
+  assert.equal(bodies[0].headers["Content-Encoding"], "gzip");
+  assert.equal(bodies[0].json.messages[0].body.xdmEntity._id, id);
   assert.equal(client.queued, 0);
 });
