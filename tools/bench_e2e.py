@@ -1,7 +1,7 @@
 """``make bench-e2e``: from a device's POST to a fresh profile and a lake file, measured against README's "Targets".
 
     python -m tools.bench_e2e [--rate 500] [--duration 60] [--commit-interval 60] [--sample 50]
-                                  [--latencies FILE] [--runner-args '--runner PrismRunner ...']
+                                  [--latencies FILE] [--runner-args '--runner PrismRunner ...'] [--shape browser]
 
 The whole path runs on this machine, each part a process of its own as in production: :mod:`tools.loadgen`'s traffic
 (1% invalid, 1% duplicates) at ``--rate`` events/s for ``--duration`` seconds, POSTed to the batch route of the inlet
@@ -17,7 +17,10 @@ Figures (README, "End to end: `make bench-e2e`"), each beside its target with pa
   events, polled every :data:`POLL_S`; target p99 at most 5 s.
 - **receive → lake file visible**, p99: for every valid event, until a Parquet file of ``experience_events`` holding
   it appears (files are moved into place whole); target the commit interval plus 60 s.
-- **inlet requests/s**: single-message POSTs from 32 clients, for a few seconds, to a topic nobody reads.
+- **inlet requests/s**: single-message POSTs from 32 clients, for a few seconds, to a topic nobody reads. With
+  ``--shape browser`` (``SHAPE=browser``), also gzip batches of ``--batch-size`` sent as ``text/plain`` from an
+  allowed origin, as the browser SDK sends them, to the same inlet in the same run; the measured load is then sent
+  that way too.
 - **kill -9 loss**: a run reading a stream published straight to Pub/Sub is killed with SIGKILL (its whole process
   group) :data:`KILL_AFTER_S` seconds in; a second run reads the rest and what Pub/Sub delivers again once the killed
   run's unacknowledged messages pass their ack deadline (:data:`KILL_ACK_DEADLINE_S`), and is stopped cleanly; the
@@ -25,7 +28,8 @@ Figures (README, "End to end: `make bench-e2e`"), each beside its target with pa
   profile store (README, "Limits of local development").
 
 The last line is one JSON object:
-``{"rate", "profile_p50_s", "profile_p95_s", "profile_p99_s", "lake_p99_s", "inlet_rps", "pass"}``.
+``{"rate", "profile_p50_s", "profile_p95_s", "profile_p99_s", "lake_p99_s", "inlet_rps", "pass"}``, plus
+``"inlet_browser_rps"`` (requests/s) with ``--shape browser``.
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ import os
 import shlex
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import httpx2
@@ -84,6 +89,9 @@ KILL_ACK_DEADLINE_S = 10
 REDELIVERY_SLACK_S = 5.0
 CONNECTION = "bench"
 API_TOKEN = "bench-token"
+JSON_SHAPE, BROWSER_SHAPE = "json", "browser"
+# The page the browser-shaped load comes from, which the benchmark's connection allows.
+BROWSER_ORIGIN = "http://shop.localhost:8000"
 
 
 @dataclasses.dataclass
@@ -196,7 +204,13 @@ def percentile(values: list[float], percent: int) -> float:
 
 def write_config(folder: Path, commit_interval_s: int) -> Path:
     path = folder / "profilestream.yaml"
-    connection = {"rate_per_second": 1_000_000, "burst": 1_000_000}
+    # Public, allowing the browser-shaped load's origin: neither load sends a token, as before.
+    connection = {
+        "rate_per_second": 1_000_000,
+        "burst": 1_000_000,
+        "public": True,
+        "allowed_origins": [BROWSER_ORIGIN],
+    }
     path.write_text(
         yaml.safe_dump(
             {"commit_interval_seconds": commit_interval_s, "inlet": {"connections": {CONNECTION: connection}}}
@@ -205,16 +219,25 @@ def write_config(folder: Path, commit_interval_s: int) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A running ``profilestream serve``: its base URL and its process."""
+
+    url: str
+    process: subprocess.Popen
+
+
 @contextlib.contextmanager
-def inlet(folder: Path, config: Path, topic: str, env: dict[str, str], name: str) -> Iterator[str]:
-    """``profilestream serve`` with the inlet on ``topic``; yields its base URL once it answers."""
+def inlet(folder: Path, config: Path, topic: str, env: Mapping[str, str], name: str) -> Iterator[Served]:
+    """``profilestream serve`` with the inlet on ``topic``, its files named ``name`` in ``folder``; yields it once it
+    answers, and stops it after."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--config", str(config)]
     command += ["--pubsub-topic", topic, "--profile-store", f"sqlite:///{folder}/{name}.profiles.sqlite"]
     env = {**env, "PROFILESTREAM_API_TOKEN": API_TOKEN}
-    with local_server("serve", command, folder / f"{name}.log", lambda: _healthy(url), port=port, env=env):
-        yield url
+    with local_server("serve", command, folder / f"{name}.log", lambda: _healthy(url), port=port, env=env) as process:
+        yield Served(url, process)
 
 
 def _healthy(url: str) -> bool:
@@ -229,10 +252,15 @@ def pipeline_run(command: list[str], log: Path, env: dict[str, str]) -> contextl
     return local_server("profilestream run", command, log, lambda: True, env=env, stop_timeout_s=STOP_TIMEOUT_S)
 
 
-def send(url: str, rate: float, count: int, seed: int, log: SendLog | None, batch_size: int, clients: int) -> dict:
-    """Sends ``count`` messages to ``url`` at ``rate``; returns the loadgen's figures."""
+def http_target(url: str, shape: str, *, batch_size: int, clients: int) -> HttpTarget:
+    """The loadgen's HTTP target on ``url``, sending as ``shape`` says: plain JSON, or as the browser SDK does."""
+    origin = BROWSER_ORIGIN if shape == BROWSER_SHAPE else None
+    return HttpTarget(url, batch_size=batch_size, concurrency=clients, browser_origin=origin)
+
+
+def send(target: HttpTarget, rate: float, count: int, seed: int, log: SendLog | None) -> dict:
+    """Sends ``count`` messages to ``target`` at ``rate``, then closes it; returns the loadgen's figures."""
     shape = TrafficShape(people=2000, invalid_fraction=0.01, duplicate_fraction=0.01)
-    target = HttpTarget(url, batch_size=batch_size, concurrency=clients)
     pacer = Pacer(rate)
     started = time.monotonic()
     try:
@@ -249,23 +277,41 @@ def send(url: str, rate: float, count: int, seed: int, log: SendLog | None, batc
     }
 
 
-def measure_inlet(seconds: float, folder: Path, config: Path, topic: str, env: dict[str, str]) -> float:
-    """Requests/s of the inlet alone for ``seconds``: single-message POSTs as fast as it answers them."""
-    with inlet(folder, config, topic, env, "inlet-alone") as url:
-        target = HttpTarget(f"{url}/collection/{CONNECTION}", batch_size=1, concurrency=INLET_CLIENTS)
-        traffic = Traffic(TrafficShape(people=2000), seed=1)
-        sent = 0
-        started = time.monotonic()
-        try:
-            while time.monotonic() - started < seconds:
-                now = wall_clock_us()
-                target.send([traffic.message(now)], now)
-                sent += 1
-        finally:
-            delivery = target.close()
-        elapsed = time.monotonic() - started
-    answered = sum(count for status, count in delivery.statuses.items() if status == "200")
+def measure_inlet(seconds: float, target: HttpTarget) -> float:
+    """Requests/s the inlet answers (200, or 207 to a batch) for ``seconds`` of ``target``'s requests, sent as fast
+    as it answers them."""
+    traffic = Traffic(TrafficShape(people=2000), seed=1)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            now = wall_clock_us()
+            target.send([traffic.message(now) for _ in range(target.chunk)], now)
+    finally:
+        delivery = target.close()
+    elapsed = time.monotonic() - started
+    answered = sum(count for status, count in delivery.statuses.items() if status in ("200", "207"))
     return answered / elapsed if elapsed else 0.0
+
+
+def measure_inlet_alone(
+    shape: str, batch_size: int, folder: Path, config: Path, topic: str, env: Mapping[str, str]
+) -> dict[str, float]:
+    """The inlet's requests/s on ``topic``, printed, and returned as the JSON line has them: ``inlet_rps`` for
+    single-message POSTs and, for the browser ``shape``, ``inlet_browser_rps`` for browser-shaped batches of
+    ``batch_size`` sent to the same server just after."""
+    with inlet(folder, config, topic, env, "inlet-alone") as alone:
+        single = http_target(f"{alone.url}/collection/{CONNECTION}", JSON_SHAPE, batch_size=1, clients=INLET_CLIENTS)
+        figures = {"inlet_rps": measure_inlet(INLET_BURST_S, single)}
+        print(f"inlet alone: {figures['inlet_rps']:,.0f} requests/s (single-message POSTs, {INLET_CLIENTS} clients)")
+        if shape == BROWSER_SHAPE:
+            batch_url = f"{alone.url}/collection/batch/{CONNECTION}"
+            batches = http_target(batch_url, BROWSER_SHAPE, batch_size=batch_size, clients=INLET_CLIENTS)
+            figures["inlet_browser_rps"] = rps = measure_inlet(INLET_BURST_S, batches)
+            print(
+                f"inlet alone, browser-shaped: {rps:,.0f} requests/s, {rps * batch_size:,.0f} messages/s (gzip "
+                f"batches of {batch_size} as text/plain from an allowed origin, {INLET_CLIENTS} clients)"
+            )
+    return figures
 
 
 def wait_for(condition, timeout_s: float) -> bool:
@@ -286,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=10, help="messages per inlet batch request")
     parser.add_argument("--latencies", type=Path, help="write each watched event's send time and latencies here")
     parser.add_argument(
+        "--shape",
+        choices=(JSON_SHAPE, BROWSER_SHAPE),
+        default=os.environ.get("SHAPE") or JSON_SHAPE,
+        help="how the load is sent: plain JSON, or as the browser SDK does, gzip as text/plain (default json)",
+    )
+    parser.add_argument(
         "--runner-args",
         type=shlex.split,
         default=os.environ.get("RUNNER_ARGS", ""),
@@ -299,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         topology = Topology.named("profilestream-bench", "events", "events-pipeline", "events-nobody")
         with running_emulator(folder / "pubsub", topology) as host:
             env = {**os.environ, EMULATOR_HOST_ENV: host}
-            inlet_rps = measure_inlet(INLET_BURST_S, folder, config, topology.dead_letter_topic, env)
-            print(f"inlet alone: {inlet_rps:,.0f} requests/s (single-message POSTs, {INLET_CLIENTS} clients)")
+            inlet_rps = measure_inlet_alone(
+                args.shape, args.batch_size, folder, config, topology.dead_letter_topic, env
+            )
             figures = measure_path(args, folder, config, topology, env)
             killed = Topology.named("profilestream-bench", "killed", "killed-pipeline", "killed-nobody")
             create_topology(host, killed, ack_deadline_s=KILL_ACK_DEADLINE_S)
@@ -336,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile_p95_s": round(figures["profile_p95_s"], 3),
         "profile_p99_s": round(profile_p99, 3),
         "lake_p99_s": round(figures["lake_p99_s"], 3),
-        "inlet_rps": round(inlet_rps, 1),
+        **{name: round(value, 1) for name, value in inlet_rps.items()},
         "pass": profile_pass and lake_pass,
     }
     print(json.dumps(result))
@@ -436,13 +489,13 @@ def measure_path(args: argparse.Namespace, folder: Path, config: Path, topology:
     run_command += ["--identity-store", f"sqlite:///{folder}/identity.sqlite"]
     with (
         pipeline_run(run_command, folder / "run.log", env) as pipeline,
-        inlet(folder, config, topology.topic, env, "inlet") as url,
+        inlet(folder, config, topology.topic, env, "inlet") as served,
     ):
-        batch_url = f"{url}/collection/batch/{CONNECTION}"
+        batch_url = f"{served.url}/collection/batch/{CONNECTION}"
         warm_up = SendLog(sample=1)
         warm_watch = ProfileWatcher(profiles, config, warm_up)
         warm_watch.start()
-        send(batch_url, 20, 20, 2, warm_up, args.batch_size, 4)
+        send(http_target(batch_url, args.shape, batch_size=args.batch_size, clients=4), 20, 20, 2, warm_up)
         if not wait_for(lambda: warm_watch.latencies_s, WARM_UP_TIMEOUT_S):
             raise RuntimeError(f"no profile written during the warm-up: {(folder / 'run.log').read_text()}")
         warm_watch.stopping.set()
@@ -452,7 +505,7 @@ def measure_path(args: argparse.Namespace, folder: Path, config: Path, topology:
         for watcher in watchers:
             watcher.start()
         count = math.ceil(args.rate * args.duration)
-        sent = send(batch_url, args.rate, count, 3, log, args.batch_size, 8)
+        sent = send(http_target(batch_url, args.shape, batch_size=args.batch_size, clients=8), args.rate, count, 3, log)
         profile_watch, lake_watch = watchers
         wait_for(lambda: profile_watch.waiting() == 0, PROFILE_WAIT_S)
         wait_for(lambda: lake_watch.waiting() == 0, args.commit_interval + LAKE_SLACK_S + 30)
