@@ -83,7 +83,7 @@ class Client {
     this._header = { schemaRef: ref };
     if (o.datasetId) this._header.datasetId = o.datasetId;
 
-    this._queue = []; // entries {id, json, bytes, sending}
+    this._queue = []; // entries {json, bytes, sending}, oldest first
     this._attempt = 0;
     this._retryAt = 0;
     this._timer = null;
@@ -96,7 +96,7 @@ class Client {
     if (this._consent === "n") {
       this._forget();
     } else {
-      this._identities = parseJson(this._storage.get(IDENTITIES_KEY), {});
+      this._identities = storedIdentities(this._storage.get(IDENTITIES_KEY));
       this._restoreQueue();
       this._store();
     }
@@ -112,19 +112,25 @@ class Client {
 
   /** Queues `xdm` as an ExperienceEvent; returns its `_id`, or null when consent is "n". */
   sendEvent(xdm = {}) {
+    if (!xdm || typeof xdm !== "object" || Array.isArray(xdm))
+      throw new TypeError("profilestream: an event is an object");
     if (this._consent === "n") return null;
     const entity = { ...xdm };
     entity._id = entity._id || this._randomUUID();
     entity.timestamp = entity.timestamp || new Date(this._now()).toISOString();
     entity.identityMap = this._identityMap(xdm.identityMap);
-    const envelope = { header: this._header, body: { xdmMeta: { schemaRef: this._header.schemaRef }, xdmEntity: entity } };
+    const envelope = {
+      header: this._header,
+      body: { xdmMeta: { schemaRef: this._header.schemaRef }, xdmEntity: entity },
+    };
     this._enqueue(entryOf(envelope));
     return entity._id;
   }
 
   /** Adds `id` in `namespace` to every later event (sign-in); a null `id` removes the namespace (sign-out). */
   setIdentity(namespace, id, authenticatedState = "authenticated") {
-    if (!namespace || namespace === "ECID") throw new TypeError("profilestream: the namespace is not ECID, which the SDK keeps");
+    if (!namespace || namespace === "ECID")
+      throw new TypeError("profilestream: the namespace is not ECID, which the SDK keeps");
     if (id === null || id === undefined) {
       delete this._identities[namespace];
     } else {
@@ -272,11 +278,14 @@ class Client {
     if (this._timer !== null && this._timerAt <= at) return;
     this._clearTimer();
     this._timerAt = at;
-    this._timer = this._setTimeout(() => {
-      this._timer = null;
-      this._timerAt = Infinity;
-      this._drain(true);
-    }, Math.max(0, at - this._now()));
+    this._timer = this._setTimeout(
+      () => {
+        this._timer = null;
+        this._timerAt = Infinity;
+        this._drain(true);
+      },
+      Math.max(0, at - this._now()),
+    );
   }
 
   _clearTimer() {
@@ -473,6 +482,18 @@ export function retryAfterMs(value, now) {
   return Number.isNaN(ms) ? null : Math.min(Math.max(ms, 0), MAX_RETRY_AFTER_MS);
 }
 
+/** The identities a page stored, each checked: storage is the user's to change. */
+function storedIdentities(text) {
+  const stored = parseJson(text, {});
+  const identities = {};
+  for (const [namespace, item] of Object.entries(stored && typeof stored === "object" ? stored : {})) {
+    if (item && typeof item.id === "string" && AUTHENTICATED_STATES.has(item.authenticatedState)) {
+      identities[namespace] = { id: item.id, authenticatedState: item.authenticatedState };
+    }
+  }
+  return identities;
+}
+
 function readConsent(storage) {
   const stored = storage.get(CONSENT_KEY);
   return CONSENTS.has(stored) ? stored : null;
@@ -566,7 +587,8 @@ export function init(options) {
 }
 
 export const sendEvent = (xdm) => client().sendEvent(xdm);
-export const setIdentity = (namespace, id, authenticatedState) => client().setIdentity(namespace, id, authenticatedState);
+export const setIdentity = (namespace, id, authenticatedState) =>
+  client().setIdentity(namespace, id, authenticatedState);
 export const clearIdentity = (namespace) => client().clearIdentity(namespace);
 export const setConsent = (consent) => client().setConsent(consent);
 export const flush = () => client().flush();

@@ -13,7 +13,10 @@ test("while consent is pending nothing is sent or stored; events wait, bounded, 
   assert.deepEqual([...storage.items.keys()], []);
   assert.equal(document.cookie, "");
   assert.equal(client.queued, 3);
-  assert.equal(errors.reduce((sum, error) => sum + error.dropped, 0), 2);
+  assert.equal(
+    errors.reduce((sum, error) => sum + error.dropped, 0),
+    2,
+  );
 
   client.setConsent({ collect: "y" });
   await client.flush();

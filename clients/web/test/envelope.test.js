@@ -24,12 +24,14 @@ test("an event is a streaming envelope with _id, timestamp and the device's ECID
   assert.equal(entity._id, id);
   assert.match(entity._id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   assert.equal(entity.timestamp, "2026-12-01T09:00:00.000Z");
-  assert.deepEqual(entity.identityMap, { ECID: [{ id: run.client.ecid, authenticatedState: "ambiguous", primary: true }] });
+  assert.deepEqual(entity.identityMap, {
+    ECID: [{ id: run.client.ecid, authenticatedState: "ambiguous", primary: true }],
+  });
   assert.match(run.client.ecid, /^\d{38}$/);
   assert.deepEqual(entity.commerce, { productViews: { value: 1 } });
 });
 
-test("without a datasetId the header names only the schema; a schemaRef may be an id or {id, contentType}", async () => {
+test("without a datasetId the header names only the schema, which may be an id or {id, contentType}", async () => {
   const run = harness({ schemaRef: "https://ns.example.com/custom" });
   run.client.sendEvent({});
   const [message] = await sent(run);
@@ -83,6 +85,20 @@ test("identities set survive a reload", async () => {
   second.client.sendEvent({});
   const [message] = await sent(second);
   assert.deepEqual(message.body.xdmEntity.identityMap.CRMID, [{ id: "c-1", authenticatedState: "authenticated" }]);
+});
+
+test("stored identities that are not well-formed are ignored; an event must be an object", () => {
+  const storage = new MemoryStorage();
+  storage.setItem(
+    "profilestream.identities",
+    JSON.stringify({ CRMID: { id: 7 }, Email: "x", Phone: { id: "1", authenticatedState: "ambiguous" } }),
+  );
+  const { client } = harness({ storage });
+  assert.deepEqual(Object.keys(client._identityMap()), ["ECID", "Phone"]);
+  storage.setItem("profilestream.identities", "[1, 2");
+  assert.deepEqual(Object.keys(harness({ storage }).client._identityMap()), ["ECID"]);
+  assert.throws(() => client.sendEvent("page view"), TypeError);
+  assert.throws(() => client.sendEvent(null), TypeError);
 });
 
 test("an identityMap the event brings is kept; its primary identity wins over the ECID", async () => {

@@ -116,7 +116,10 @@ export class FakeTarget {
     this.listeners.set(type, [...(this.listeners.get(type) || []), listener]);
   }
   removeEventListener(type, listener) {
-    this.listeners.set(type, (this.listeners.get(type) || []).filter((other) => other !== listener));
+    this.listeners.set(
+      type,
+      (this.listeners.get(type) || []).filter((other) => other !== listener),
+    );
   }
   fire(type, event = {}) {
     for (const listener of this.listeners.get(type) || []) listener(event);

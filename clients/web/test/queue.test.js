@@ -30,7 +30,10 @@ test("the queue is bounded: beyond maxQueue the oldest events are dropped, in me
   const ids = Array.from({ length: 8 }, () => client.sendEvent({ eventType: "a" }));
   await settle();
   assert.equal(client.queued, 5);
-  assert.equal(errors.reduce((sum, error) => sum + error.dropped, 0), 3);
+  assert.equal(
+    errors.reduce((sum, error) => sum + error.dropped, 0),
+    3,
+  );
   const stored = JSON.parse(storage.getItem("profilestream.queue.web"));
   assert.deepEqual(
     stored.map((envelope) => envelope.body.xdmEntity._id),
@@ -107,7 +110,14 @@ test("with a token the page's last events go by keepalive fetch, which carries t
   const navigator = { sendBeacon: () => assert.fail("a beacon cannot carry the token") };
   const clock = new FakeClock();
   const fetch = fakeFetch([], clock);
-  const { client, window } = harness({ clock, fetch, navigator, token: "t0ken", batchSize: 10, flushIntervalMs: 60000 });
+  const { client, window } = harness({
+    clock,
+    fetch,
+    navigator,
+    token: "t0ken",
+    batchSize: 10,
+    flushIntervalMs: 60000,
+  });
   client.sendEvent({ eventType: "a" });
   window.fire("pagehide");
   await settle();
