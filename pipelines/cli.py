@@ -3,13 +3,14 @@
     profilestream run --source (replay:PATH | pubsub:projects/P/subscriptions/S) [--batch] [--lake DIR]
                       [--dead-letter-topic projects/P/topics/T] [--schema-dir DIR] [--config FILE]
                       [--runner NAME] [--commit-interval SECONDS] [--privacy-store URL] [--key-file FILE]
-                      [Beam options]
+                      [--metrics-file FILE] [Beam options]
     profilestream validate [--schema-dir DIR] [--schema ID] [--conformance] [--config FILE] FILE...
     profilestream profile get [--store URL] [--config FILE] (--identity NAMESPACE:ID | --person ID)...
     profilestream loadgen --target (pubsub:projects/P/topics/T | http://HOST:PORT/collection/[batch/]ID)
                           [--rate N] (--duration S | --count N) [traffic shape] [--send-log FILE]
     profilestream serve [--host HOST] [--port PORT] [--profile-store URL] [--config FILE] [--token-file FILE]
                         [--pubsub-topic projects/P/topics/T] [--schema-dir DIR] [limits on each client]
+                        [--identity-store URL] [--metrics-file FILE]
                         [--privacy-token-file FILE --key-file FILE] [privacy job stores]
 
 Every usage or input error prints one line on stderr and exits 2; no traceback reaches the user. ``run`` prints its
@@ -121,6 +122,9 @@ def command_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--key-file", help="privacy key, when the suppression list is not empty (default: $PROFILESTREAM_PRIVACY_KEY)"
+    )
+    run.add_argument(
+        "--metrics-file", help="write the run summary here as the run goes, for serve's console (serve --metrics-file)"
     )
     _add_shared(run)
     run.set_defaults(handler="pipelines.run_command:run_command")

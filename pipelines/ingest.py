@@ -16,18 +16,20 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import gc
 import itertools
 import multiprocessing
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from lake.rows import change_row, failed_row, lake_schemas, valid_row
 from messages.replay_files import EVERY_MESSAGE, Share
+from pipelines import metrics_file
 from pipelines.config import Config
 from pipelines.direct_runner_patches import patched_direct_runner
 from pipelines.flink import FLINK_RUNNER, flink_runner_args
@@ -56,7 +58,8 @@ LOCAL_BATCH_RUNNER = "FnApiRunner"
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
     """What ``profilestream run`` was asked to do, checked and resolved: a replay path or a subscription to read;
-    ``suppression``, the suppression list stitching checks, when there is one to check."""
+    ``suppression``, the suppression list stitching checks, when there is one to check; ``metrics_file``, where the
+    run's summary is written as it goes (:mod:`pipelines.metrics_file`)."""
 
     replay_path: str | None
     lake_dir: str
@@ -70,6 +73,7 @@ class RunRequest:
     workers: int = 1
     share: Share = EVERY_MESSAGE
     suppression: Suppression | None = None
+    metrics_file: str | None = None
 
 
 class Ingest(beam.PTransform):
@@ -159,11 +163,16 @@ def run(
     SIGTERM), after which the pipeline flushes what it holds and finishes as a replay does.
     """
     if request.batch and request.runner is None and request.workers > 1:
-        return _run_in_worker_processes(request, registry, config)
+        summary = _run_in_worker_processes(request, registry, config)
+    else:
+        summary = _summary(request, registry, _counters_of_run(request, registry, config, stop))
+    metrics_file.write_final(request.metrics_file, summary)
+    return summary
+
+
+def _summary(request: RunRequest, registry: SchemaRegistry, values: Mapping[str, int]) -> RunSummary:
     return summary_of(
-        _counters_of_run(request, registry, config, stop),
-        datasets=list(lake_schemas(registry)),
-        suppression_checked=request.suppression is not None,
+        values, datasets=list(lake_schemas(registry)), suppression_checked=request.suppression is not None
     )
 
 
@@ -196,7 +205,11 @@ def _counters_of_run(
     )
     with tuned_garbage_collection(), patched_direct_runner(stop) if runner.direct_runner else contextlib.nullcontext():
         result = pipeline.run()
-        result.wait_until_finish()
+        # Read while running only on the DirectRunner classes: other runners' results keep the first metrics read.
+        snapshots_to = request.metrics_file if runner.direct_runner else None
+        summarise = functools.partial(_summary, request, registry)
+        with metrics_file.live_snapshots(snapshots_to, functools.partial(counters, result), summarise):
+            result.wait_until_finish()
     return counters(result)
 
 
@@ -235,17 +248,13 @@ def _run_in_worker_processes(request: RunRequest, registry: SchemaRegistry, conf
     """
     window_us = config.commit_interval_seconds * 1_000_000
     shares = [
-        dataclasses.replace(request, workers=1, share=Share(index, request.workers, window_us))
+        dataclasses.replace(request, workers=1, share=Share(index, request.workers, window_us), metrics_file=None)
         for index in range(request.workers)
     ]
     # A fresh interpreter for each: a fork would copy this process's threads and locks mid-use.
     with concurrent.futures.ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
         counted = list(pool.map(_counters_of_run, shares, itertools.repeat(registry), itertools.repeat(config)))
-    return summary_of(
-        sum(map(collections.Counter, counted), collections.Counter()),
-        datasets=list(lake_schemas(registry)),
-        suppression_checked=request.suppression is not None,
-    )
+    return _summary(request, registry, sum(map(collections.Counter, counted), collections.Counter()))
 
 
 def _say_when_stopped_in_vain(stop: threading.Event) -> None:

@@ -22,7 +22,14 @@ from messages.pubsub import PubSubUnavailableError, check_subscription, check_to
 from messages.replay_files import ReplayPathError, expand_replay_path
 from pipelines.flink import FLINK_RUNNER, JOB_SERVER_ARTIFACT, flink_runner_args
 from pipelines.ingest import RunRequest, run
-from pipelines.usage import PUBSUB_NAME, UsageError, config_and_registry, opened_identity_store, opened_profile_store
+from pipelines.usage import (
+    PUBSUB_NAME,
+    UsageError,
+    config_and_registry,
+    opened_identity_store,
+    opened_profile_store,
+    shown,
+)
 from privacy.jobs import privacy_store_path
 from privacy.keys import PRIVACY_KEY_ENV, privacy_key
 from privacy.suppression import Suppression, SuppressionList
@@ -68,12 +75,21 @@ def run_command(args: argparse.Namespace, beam_args: list[str]) -> int:
         subscription=subscription,
         dead_letter_topic=args.dead_letter_topic,
         suppression=suppression,
+        metrics_file=_metrics_file(args.metrics_file),
     )
     stop = threading.Event()
     with _stopped_by_signals(stop):
         summary = run(request, registry, config, stop=stop)
     print(json.dumps(summary.as_json(), sort_keys=False), flush=True)
     return 0
+
+
+def _metrics_file(path: str | None) -> str | None:
+    """The metrics file ``--metrics-file`` names, in a folder that exists and can be written: the file is replaced
+    whole at each write, by a new one made beside it."""
+    if path is not None and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK | os.X_OK):
+        raise UsageError(f"--metrics-file {shown(path)}: its folder does not exist or cannot be written")
+    return path
 
 
 def _suppression(privacy_store: str, key_file: str | None) -> Suppression | None:
