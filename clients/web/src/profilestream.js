@@ -83,7 +83,9 @@ class Client {
     this._header = { schemaRef: ref };
     if (o.datasetId) this._header.datasetId = o.datasetId;
 
-    this._queue = []; // entries {json, bytes, sending}, oldest first
+    this._queue = []; // entries {id, json, bytes, sending}, oldest first
+    this._held = new Set(); // the ids of the events this client held when it last read or wrote the stored queue
+    this._identitiesChanged = false;
     this._attempt = 0;
     this._retryAt = 0;
     this._timer = null;
@@ -139,6 +141,7 @@ class Client {
       }
       this._identities[namespace] = { id: String(id), authenticatedState };
     }
+    this._identitiesChanged = true;
     this._store();
   }
 
@@ -146,6 +149,7 @@ class Client {
   clearIdentity(namespace) {
     if (namespace === undefined) this._identities = {};
     else delete this._identities[namespace];
+    this._identitiesChanged = true;
     this._store();
   }
 
@@ -212,9 +216,8 @@ class Client {
   }
 
   _restoreQueue() {
-    const stored = parseJson(this._storage.get(this._queueKey), []);
-    if (!Array.isArray(stored)) return;
-    this._queue = stored.slice(-this._o.maxQueue).map(entryOf);
+    this._queue = this._storedQueue().slice(-this._o.maxQueue);
+    this._held = new Set(this._queue.map((entry) => entry.id));
   }
 
   /** Writes the ECID, identities and queue, once consent is "y" (nothing is stored before), at the end of the
@@ -232,14 +235,27 @@ class Client {
     if (this._consent !== "y") return;
     writeCookie(this._document, ECID_NAME, this._ecid);
     this._storage.set(ECID_NAME, this._ecid);
-    this._storage.set(IDENTITIES_KEY, JSON.stringify(this._identities));
-    while (!this._storage.set(this._queueKey, `[${this._queue.map((entry) => entry.json).join(",")}]`)) {
-      // Over the storage quota: keep the newer half.
-      const dropped = Math.ceil(this._queue.length / 2);
-      if (!dropped) return;
-      this._queue.splice(0, dropped);
+    if (this._identitiesChanged) this._storage.set(IDENTITIES_KEY, JSON.stringify(this._identities));
+    this._identitiesChanged = false;
+    // Other tabs of the site share the stored queue: what they added (events this client never held) is kept.
+    let others = this._storedQueue().filter((entry) => !this._held.has(entry.id));
+    for (;;) {
+      const all = [...others, ...this._queue];
+      if (this._storage.set(this._queueKey, `[${all.map((entry) => entry.json).join(",")}]`)) break;
+      // Over the storage quota: keep the newer half, dropping other tabs' events first.
+      const dropped = Math.ceil(all.length / 2);
+      if (!dropped) break;
+      const theirs = Math.min(dropped, others.length);
+      others = others.slice(theirs);
+      this._queue.splice(0, dropped - theirs);
       this._error({ status: 0, message: "storage is full: the oldest events are dropped", dropped });
     }
+    this._held = new Set(this._queue.map((entry) => entry.id));
+  }
+
+  _storedQueue() {
+    const stored = parseJson(this._storage.get(this._queueKey), []);
+    return Array.isArray(stored) ? stored.map(entryOf) : [];
   }
 
   _forget() {
@@ -461,7 +477,8 @@ class Client {
 
 function entryOf(envelope) {
   const json = JSON.stringify(envelope);
-  return { json, bytes: utf8.encode(json).length, sending: false };
+  const id = envelope && envelope.body && envelope.body.xdmEntity && envelope.body.xdmEntity._id;
+  return { id, json, bytes: utf8.encode(json).length, sending: false };
 }
 
 function pageView(document) {

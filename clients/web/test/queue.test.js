@@ -24,6 +24,32 @@ test("the queue survives a reload: a new client over the same storage sends what
   assert.equal(storage.getItem("profilestream.queue.web"), "[]");
 });
 
+test("two tabs share the stored queue and identities: neither writes away what the other stored", async () => {
+  const storage = new MemoryStorage();
+  const stored = () => JSON.parse(storage.getItem("profilestream.queue.web")).map((e) => e.body.xdmEntity.eventType);
+  const first = harness({ storage, batchSize: 100, flushIntervalMs: 60000 });
+  const second = harness({ storage, fetch: fakeFetch([OFFLINE]), batchSize: 100, flushIntervalMs: 60000 });
+  first.client.sendEvent({ eventType: "a" });
+  second.client.sendEvent({ eventType: "b" });
+  await settle();
+  first.client.setIdentity("CRMID", "c-1");
+  first.client.sendEvent({ eventType: "c" });
+  await settle();
+  second.client.sendEvent({ eventType: "d" });
+  await settle();
+  assert.deepEqual(stored().sort(), ["a", "b", "c", "d"]);
+  assert.match(storage.getItem("profilestream.identities"), /c-1/);
+
+  await first.client.flush();
+  await settle();
+  assert.deepEqual(
+    first.fetch.requests[0].messages.map((m) => m.body.xdmEntity.eventType),
+    ["a", "c"],
+  );
+  assert.deepEqual(stored(), ["b", "d"], "what a tab delivered leaves the stored queue, the other tab's stays");
+  assert.equal(harness({ storage }).client.queued, 2);
+});
+
 test("the queue is bounded: beyond maxQueue the oldest events are dropped, in memory and in storage", async () => {
   const storage = new MemoryStorage();
   const { client, errors } = harness({ storage, fetch: fakeFetch([OFFLINE]), maxQueue: 5, batchSize: 100 });
