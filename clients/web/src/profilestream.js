@@ -242,9 +242,10 @@ class Client {
     for (;;) {
       const all = [...others, ...this._queue];
       if (this._storage.set(this._queueKey, `[${all.map((entry) => entry.json).join(",")}]`)) break;
-      // Over the storage quota: keep the newer half, dropping other tabs' events first.
+      // Over the storage quota: keep the newer half, dropping other tabs' events first. A storage that takes not
+      // even an empty queue is not full but refused (private browsing, storage disabled): the queue lives in memory.
       const dropped = Math.ceil(all.length / 2);
-      if (!dropped) break;
+      if (!dropped || !this._storage.set(this._queueKey, "[]")) break;
       const theirs = Math.min(dropped, others.length);
       others = others.slice(theirs);
       this._queue.splice(0, dropped - theirs);

@@ -91,11 +91,13 @@ test("a storage that throws on every call leaves the SDK working in memory", asy
       throw new Error("SecurityError");
     },
   };
-  const { client, fetch } = harness({ storage: refusing, batchSize: 1 });
-  client.sendEvent({ eventType: "a" });
-  await client.flush();
+  const { client, fetch, errors } = harness({ storage: refusing, batchSize: 100 });
+  for (let n = 0; n < 3; n++) client.sendEvent({ eventType: "a" });
   await settle();
-  assert.equal(fetch.requests.length, 1);
+  assert.equal(client.queued, 3, "events are kept in memory, not dropped as if storage were full");
+  await client.flush();
+  assert.equal(fetch.requests[0].messages.length, 3);
+  assert.deepEqual(errors, []);
 });
 
 test("on pagehide what is queued leaves as a text/plain beacon, and leaves the queue", async () => {
