@@ -104,6 +104,13 @@ class Client {
     }
     this._listeners = [];
     this._listen(this._window, "pagehide", () => this._beacon());
+    // Back online after a network error: retry now rather than at the end of the back-off.
+    this._listen(this._window, "online", () => {
+      if (!this._offline) return;
+      this._retryAt = 0;
+      this._clearTimer();
+      this._schedule();
+    });
     this._listen(this._document, "visibilitychange", () => {
       if (this._document.visibilityState === "hidden") this._beacon();
     });
@@ -350,8 +357,10 @@ class Client {
       response = await this._fetch(this._url, await this._request(body, keepalive));
     } catch {
       this._retryLater(batch, null);
+      this._offline = true;
       return;
     }
+    this._offline = false;
     const status = response.status;
     if (status === 207 || (status >= 200 && status < 300)) {
       await this._answered(batch, response);
@@ -453,14 +462,18 @@ class Client {
     const link = target && target.closest ? target.closest("a[href]") : null;
     if (!link) return;
     const here = this._document && this._document.location;
+    // An SVG link's href is an object: its attribute is the address.
+    let href = typeof link.href === "string" ? link.href : String(link.getAttribute("href"));
     let type = "other";
     try {
-      if (here && new URL(link.href, here.href).host !== here.host) type = "exit";
+      const url = new URL(href, here && here.href);
+      href = url.href;
+      if (here && url.host !== here.host) type = "exit";
     } catch {
-      // An address URL cannot parse stays "other".
+      // An address URL cannot parse is sent as written, as "other".
     }
     const name = (link.textContent || "").trim().replace(/\s+/g, " ").slice(0, 100);
-    const webInteraction = { type, URL: link.href, linkClicks: { value: 1 } };
+    const webInteraction = { type, URL: href, linkClicks: { value: 1 } };
     if (name) webInteraction.name = name;
     this.sendEvent({ eventType: "web.webinteraction.linkClicks", web: { webInteraction } });
   }

@@ -128,11 +128,19 @@ test("autoClicks sends a link click for a click inside a link, exit when it leav
   run.document.fire("click", { target: link("https://shop.test/cart", "  Your\n cart ") });
   run.document.fire("click", { target: link("https://elsewhere.test/", "") });
   run.document.fire("click", { target: { closest: () => null } });
+  const svgLink = { href: { baseVal: "/sale" }, getAttribute: () => "/sale", textContent: "Sale" };
+  run.document.fire("click", { target: { closest: () => svgLink } });
   const interactions = (await sent(run)).map((message) => message.body.xdmEntity);
   assert.deepEqual(
     interactions.map((entity) => entity.eventType),
-    ["web.webinteraction.linkClicks", "web.webinteraction.linkClicks"],
+    ["web.webinteraction.linkClicks", "web.webinteraction.linkClicks", "web.webinteraction.linkClicks"],
   );
+  assert.deepEqual(interactions[2].web.webInteraction, {
+    type: "other",
+    URL: "https://shop.test/sale",
+    linkClicks: { value: 1 },
+    name: "Sale",
+  });
   assert.deepEqual(interactions[0].web.webInteraction, {
     type: "other",
     URL: "https://shop.test/cart",
@@ -148,7 +156,7 @@ test("close removes the listeners it added", () => {
   run.client.close();
   assert.deepEqual(
     [...window.listeners.values(), ...run.document.listeners.values()].map((listeners) => listeners.length),
-    [0, 0, 0],
+    [0, 0, 0, 0],
   );
 });
 

@@ -56,6 +56,22 @@ test("network errors are retried, and the event kept until it is accepted", asyn
   assert.equal(run.client.queued, 0);
 });
 
+test("back online after a network error, the retry goes at once; not after a 503", async () => {
+  const run = retrying([new TypeError("Failed to fetch")], { random: () => 1, maxRetryDelayMs: 60000 });
+  await run.clock.advance(100);
+  run.window.fire("online");
+  await run.clock.advance(0);
+  assert.deepEqual(
+    run.fetch.requests.map((request) => request.at - run.fetch.requests[0].at),
+    [0, 100],
+  );
+  const busy = retrying([answer(503)], { random: () => 1 });
+  await busy.clock.advance(100);
+  busy.window.fire("online");
+  await busy.clock.advance(0);
+  assert.equal(busy.fetch.requests.length, 1);
+});
+
 test("a 400 is never retried: the batch is dropped and reported", async () => {
   const run = retrying([answer(400)]);
   assert.deepEqual(await requestTimes(run, 100000), [0]);
