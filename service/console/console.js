@@ -15,6 +15,10 @@
     return sessionStorage.getItem(TOKEN_KEY) || "";
   }
 
+  // Set when the server refused the token (401, 403, 429): polling stops until the token changes, since each refusal
+  // counts against this address and the server shuts it out past a few (429).
+  let refused = false;
+
   // A GET with the bearer token: {status, body} (body null when not JSON).
   async function get(path) {
     const response = await fetch(path, {
@@ -22,6 +26,7 @@
       cache: "no-store",
       credentials: "omit",
     });
+    if ([401, 403, 429].includes(response.status)) refused = true;
     let body = null;
     try {
       body = await response.json();
@@ -68,6 +73,7 @@
   async function lookUp() {
     const asked = $("lookup").value.trim();
     if (!asked || lookupInFlight) return;
+    refused = false;
     lookupInFlight = true;
     try {
       const path = PERSON_ID.test(asked)
@@ -261,9 +267,12 @@
   // --- start --------------------------------------------------------------------------------------------------
 
   document.addEventListener("DOMContentLoaded", () => {
-    $("token").value = token();
-    $("token").addEventListener("input", () => {
+    $("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
+    // On change (a paste, Enter, leaving the field), not on each key: a half-typed token is a failed authentication,
+    // and the server refuses an address past a few of those (429).
+    $("token").addEventListener("change", () => {
       sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+      refused = false;
       pollPipeline();
     });
     $("lookup-form").addEventListener("submit", (event) => {
@@ -271,9 +280,11 @@
       lookUp();
     });
     setInterval(() => {
-      if ($("follow").checked) lookUp();
+      if ($("follow").checked && !refused) lookUp();
     }, POLL_MS);
     pollPipeline();
-    setInterval(pollPipeline, POLL_MS);
+    setInterval(() => {
+      if (!refused) pollPipeline();
+    }, POLL_MS);
   });
 })();
