@@ -1,5 +1,6 @@
-"""The web SDK (``clients/web``): its own tests under Node's test runner, and the envelopes it makes, judged by the
-inlet's decoding and validation and by identity extraction, so the SDK cannot drift from what the inlet takes."""
+"""The web SDK (``clients/web``): its own tests under Node's test runner; the envelopes it makes, judged by the
+inlet's decoding and validation and by identity extraction; and the SDK sending to a real inlet over loopback, so that
+neither what it sends nor how it reads the inlet's 207 can drift from the inlet."""
 
 import json
 import shutil
@@ -8,10 +9,12 @@ from pathlib import Path
 
 from identity.namespaces import IdentityRules, NamespaceRegistry, extract_identities
 from schemas.registry import SchemaRegistry
-from service.inlet import Accepted, Judge, Receipt
-from service.settings import InletConnection
+from service.inlet import Accepted, Inlet, Judge, Receipt
+from service.settings import InletConnection, InletSettings
 from tests.conftest import missing_prerequisite
 from tests.helpers import finished
+from tests.service.test_api import running_server
+from tests.service.test_inlet import FakePublisher, app_with
 
 WEB_SDK = Path(__file__).parents[2] / "clients" / "web"
 NODE_TIMEOUT_S = 120.0
@@ -53,3 +56,20 @@ def test_the_sdks_envelopes_pass_the_inlets_validation_and_identity_rules() -> N
         ["ECID"],
         ["CRMID", "ECID", "Email"],
     ]
+
+
+def test_the_sdk_sends_to_a_real_inlet_and_drops_only_what_it_rejects() -> None:
+    publisher = FakePublisher()
+    inlet = Inlet(
+        InletSettings(connections={"web": InletConnection()}), Judge(SchemaRegistry.load()), publisher, environ={}
+    )
+    with running_server(app_with(inlet)) as url:
+        result = finished([node(), str(WEB_SDK / "scripts" / "send.js"), url, "web"], NODE_TIMEOUT_S)
+
+    assert result.returncode == 0, result.stderr[-OUTPUT_TAIL_CHARS:]
+    outcome = json.loads(result.stdout)
+    assert outcome["queued"] == 0
+    assert [(error["status"], error["dropped"]) for error in outcome["errors"]] == [(207, 1)]
+    published = [json.loads(data)["body"]["xdmEntity"] for data, _ in publisher.published]
+    assert [entity["eventType"] for entity in published] == ["web.webpagedetails.pageViews", "commerce.productViews"]
+    assert {attributes["connectionId"] for _, attributes in publisher.published} == {"web"}

@@ -43,6 +43,7 @@ const DEFAULTS = {
   autoClicks: false,
   defaultConsent: "y",
   gzip: false,
+  syncValidation: false,
   baseRetryDelayMs: 1000,
   maxRetryDelayMs: 60000,
   onError: undefined,
@@ -75,6 +76,7 @@ class Client {
     this._randomUUID = o.randomUUID || (() => g.crypto.randomUUID());
     this._storage = safeStorage(o.storage !== undefined ? o.storage : defaultStorage());
     this._url = `${o.endpoint.replace(/\/+$/, "")}/collection/batch/${encodeURIComponent(o.connectionId)}`;
+    if (o.syncValidation) this._url += "?syncValidation=true";
     this._queueKey = `profilestream.queue.${o.connectionId}`;
     this._batchSize = Math.max(1, Math.min(o.batchSize, MAX_BATCH_ENTRIES));
     this._countCap = this._batchSize; // lowered when the inlet answers 413
