@@ -7,6 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from identity.namespaces import IdentityRules, NamespaceRegistry, extract_identities
 from schemas.registry import SchemaRegistry
 from service.inlet import Accepted, Inlet, Judge, Receipt
@@ -19,6 +21,11 @@ from tests.service.test_inlet import FakePublisher, app_with
 WEB_SDK = Path(__file__).parents[2] / "clients" / "web"
 NODE_TIMEOUT_S = 120.0
 OUTPUT_TAIL_CHARS = 4000
+
+
+@pytest.fixture(scope="module")
+def registry() -> SchemaRegistry:
+    return SchemaRegistry.load()
 
 
 def node() -> str:
@@ -34,13 +41,11 @@ def test_the_sdks_node_tests_pass() -> None:
     assert result.returncode == 0, (result.stdout + result.stderr)[-OUTPUT_TAIL_CHARS:]
 
 
-def test_the_sdks_envelopes_pass_the_inlets_validation_and_identity_rules() -> None:
+def test_the_sdks_envelopes_pass_the_inlets_validation_and_identity_rules(registry) -> None:
     result = finished([node(), str(WEB_SDK / "scripts" / "envelopes.js")], NODE_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-OUTPUT_TAIL_CHARS:]
     receipt = Receipt("web", int(time.time() * 1000), "1:sdk:0")
-    judge = Judge(SchemaRegistry.load())
-
-    verdicts = judge.batch(result.stdout.encode(), receipt, InletConnection(), sync_validation=True)
+    verdicts = Judge(registry).batch(result.stdout.encode(), receipt, InletConnection(), sync_validation=True)
 
     assert [type(verdict) for verdict in verdicts] == [Accepted] * 3, verdicts
     entities = [message["body"]["xdmEntity"] for message in json.loads(result.stdout)["messages"]]
@@ -58,11 +63,9 @@ def test_the_sdks_envelopes_pass_the_inlets_validation_and_identity_rules() -> N
     ]
 
 
-def test_the_sdk_sends_to_a_real_inlet_and_drops_only_what_it_rejects() -> None:
+def test_the_sdk_sends_to_a_real_inlet_and_drops_only_what_it_rejects(registry) -> None:
     publisher = FakePublisher()
-    inlet = Inlet(
-        InletSettings(connections={"web": InletConnection()}), Judge(SchemaRegistry.load()), publisher, environ={}
-    )
+    inlet = Inlet(InletSettings(connections={"web": InletConnection()}), Judge(registry), publisher, environ={})
     with running_server(app_with(inlet)) as url:
         result = finished([node(), str(WEB_SDK / "scripts" / "send.js"), url, "web"], NODE_TIMEOUT_S)
 
