@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+import service.api
 import tests.pipelines.test_identity_cli as identity_cli
 from pipelines.cli import command_parser, main
 from pipelines.config import load_config
 from service import console
-from service.api import create_app
+from service.api import API_TOKEN_ENV, create_app
 from service.identity_lookup import lookup_identity
 from service.pipeline_metrics import PipelineMetrics, write_snapshot
 from stores import opening
-from tests.service.test_profile_lookup import sample_store
+from tests.service.test_api import Served
+from tests.service.test_profile_lookup import OpenedStores, sample_store
 
 TOKEN = "console-Token_1"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -238,3 +240,33 @@ def test_serve_without_a_metrics_file_says_so(client):
 def test_serve_takes_a_metrics_file_and_an_identity_store():
     args = command_parser().parse_args(["serve", "--metrics-file", "m.json", "--identity-store", "sqlite:///i.db"])
     assert (args.metrics_file, args.identity_store) == ("m.json", "sqlite:///i.db")
+
+
+# --- profilestream serve -----------------------------------------------------------------------------------------
+
+
+def served_app(monkeypatch, *flags: str):
+    """The app ``profilestream serve`` builds with ``flags`` (its profile store and server stood in for)."""
+    served = Served()
+    monkeypatch.setattr(opening, "open_profile_store", OpenedStores(), raising=False)
+    monkeypatch.setattr(service.api, "serve", served)
+    monkeypatch.setenv(API_TOKEN_ENV, TOKEN)
+    assert main(["serve", "--port", "0", *flags]) == 0
+    [(app, _)] = served.calls
+    return app
+
+
+def test_serve_serves_the_console_on_its_identity_store_and_metrics_file(monkeypatch, identity_store, tmp_path):
+    path = tmp_path / "metrics.json"
+    write_snapshot(str(path), SUMMARY, running=True, at_us=T0_US)
+    app = served_app(monkeypatch, "--identity-store", identity_store, "--metrics-file", str(path))
+    with TestClient(app) as client:
+        assert client.get("/console").status_code == 200
+        assert client.get("/identities/CRMID:ann", headers=AUTH).json()["person_id"] is not None
+        assert client.get("/pipeline/metrics", headers=AUTH).json()["messages"] == SUMMARY["messages"]
+
+
+def test_serve_refuses_an_identity_store_url_it_cannot_read(monkeypatch, capsys):
+    monkeypatch.setenv(API_TOKEN_ENV, TOKEN)
+    assert main(["serve", "--port", "0", "--identity-store", "mysql://db/identities"]) == 2
+    assert "mysql" in capsys.readouterr().err
