@@ -15,23 +15,23 @@ Routes (:meth:`Inlet.router`; no API token, each connection has its own), status
   ``POST`` with :data:`CORS_ALLOWED_HEADERS` for :data:`CORS_MAX_AGE_S` seconds; from any other (or to an unknown
   connection), 403 without CORS headers. Every answer to a POST from an allowed origin carries
   ``Access-Control-Allow-Origin: <that origin>`` and ``Vary: Origin`` (and exposes ``Retry-After``), errors
-  included; no other answer carries CORS headers.
+  included; no other answer carries CORS headers. A POST whose ``Origin`` the connection does not allow is 403.
 
 Bodies are JSON whatever their ``Content-Type`` says (``text/plain`` is what ``navigator.sendBeacon`` sends without
 a preflight). ``Content-Encoding: gzip`` bodies are decompressed as they are read, never past the body limit.
 
 Statuses, in the order they are decided: 429 past the address's failed-authentication limit (:class:`AuthFailureLimit`,
-shared with the profile API); 401 / 403 a missing / wrong token (constant-time; an unknown connection answers as a
-wrong token); 429 over the connection's rate, counted in messages; 415 a ``Content-Encoding`` other than gzip; 413 a
-body over ``inlet.max_request_bytes`` as sent or decompressed (read and decompressed no further) or a batch over
-``max_batch_entries`` (``DECODE.BATCH_TOO_LARGE``); 400 a gzip body that is not one whole gzip stream
-(:data:`BAD_GZIP`), not strict JSON, a message that fails decoding (or validation with ``syncValidation=true``), or a
-batch body that is not ``{"messages": [...]}``; 503 when Pub/Sub has not confirmed every message within
-``inlet.publish_timeout_seconds``. A client that goes away before its body is read is one log line (status 499).
-Error bodies have the problem shape ``{"type", "status", "title", "report": {"message", "cause"?}}``;
-``report.cause._streamingValidation`` lists each violation as ``{"schemaLocation": "#", "pointerToViolation": "#" +
-JSON pointer, "causingExceptions": [], "keyword": code, "message"}`` (``"#"``: our violations point into the entity,
-not into a JSON Schema document).
+shared with the profile API); 401 / 403 a missing / wrong token (constant-time; an unknown connection answers as a wrong
+token); 403 an ``Origin`` the connection does not allow; 429 over the connection's rate, counted in messages; 415 a
+``Content-Encoding`` other than gzip; 413 a body over ``inlet.max_request_bytes`` as sent or decompressed (read and
+decompressed no further) or a batch over ``max_batch_entries`` (``DECODE.BATCH_TOO_LARGE``); 400 a gzip body that is not
+one whole gzip stream (:data:`BAD_GZIP`), not strict JSON, a message that fails decoding (or validation with
+``syncValidation=true``), or a batch body that is not ``{"messages": [...]}``; 503 when Pub/Sub has not confirmed every
+message within ``inlet.publish_timeout_seconds``. A client that goes away before its body is read is one log line
+(status 499). Error bodies have the problem shape ``{"type", "status", "title", "report": {"message", "cause"?}}``;
+``report.cause._streamingValidation`` lists each violation as ``{"schemaLocation": "#", "pointerToViolation": "#" + JSON
+pointer, "causingExceptions": [], "keyword": code, "message"}`` (``"#"``: our violations point into the entity, not into
+a JSON Schema document).
 
 Guarantees: a response is sent only once every publish of its request has resolved, so nothing answered 200 or 207
 is lost; each message is judged by the pipeline's own :func:`~messages.decoding.decode_message` (and
@@ -636,6 +636,12 @@ class Inlet:
             detail = "a bearer token is required" if status == 401 else "the bearer token is not this connection's"
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             return status, problem(status, "Authorization", connection_id, detail), headers
+        # Browsers send a simple POST (text/plain, no token) without a preflight, and only hide the answer from a
+        # page whose origin is not allowed: refused here, before it is published or spends the connection's rate.
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in self._origins[connection_id]:
+            detail = "this connection takes no requests from pages of this origin"
+            return 403, problem(403, "Forbidden", connection_id, detail), None
         bucket = self._buckets[connection_id]
         # A batch is paid for by its messages once they are counted; until then it needs one token to be read.
         if wait_s := bucket.take() if route == SINGLE_ROUTE else bucket.wait_s():
