@@ -63,13 +63,15 @@ def test_without_a_path_nothing_is_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("batch", [False, True], ids=["streaming", "batch"])
-def test_a_run_ends_with_its_summary_in_the_metrics_file(tmp_path, small_stream, capsys, batch):
+@pytest.mark.parametrize(
+    "mode", [[], ["--batch", "--workers", "1"], ["--batch", "--workers", "2"]], ids=["streaming", "batch", "workers"]
+)
+def test_a_run_ends_with_its_summary_in_the_metrics_file(tmp_path, small_stream, capsys, mode):
     path = tmp_path / "metrics.json"
     args = ["run", "--source", f"replay:{small_stream}", "--lake", str(tmp_path / "lake"), "--metrics-file", str(path)]
     args += ["--identity-store", f"sqlite:///{tmp_path}/identity.sqlite"]
     args += ["--profile-store", f"sqlite:///{tmp_path}/profiles.sqlite"]
-    assert main(args + (["--batch"] if batch else [])) == 0
+    assert main(args + mode) == 0
     printed = json.loads(capsys.readouterr().out.splitlines()[-1])
     snapshot = json.loads(path.read_text())
     assert snapshot["running"] is False
