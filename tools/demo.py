@@ -133,9 +133,11 @@ def running_demo(folder: Path) -> Iterator[Demo]:
     ]
     api = f"http://{LOOPBACK}:{api_port}"
     cli = [sys.executable, "-m", "pipelines.cli"]
+    metrics = f"--metrics-file={folder}/metrics.json"
     serve = [*cli, "serve", f"--port={api_port}", f"--config={config}", f"--pubsub-topic={topology.topic}", *stores]
+    serve.append(metrics)
     run = [*cli, "run", f"--source=pubsub:{topology.subscription}", f"--config={config}", f"--lake={folder}/lake"]
-    run += [*stores, f"--dead-letter-topic={topology.dead_letter_topic}"]
+    run += [*stores, f"--dead-letter-topic={topology.dead_letter_topic}", metrics]
     with running_emulator(folder / "pubsub", topology) as host:
         env = {**os.environ, EMULATOR_HOST_ENV: host, "PROFILESTREAM_API_TOKEN": token}
         healthy = functools.partial(_healthy, api)
@@ -144,7 +146,7 @@ def running_demo(folder: Path) -> Iterator[Demo]:
             pipeline_run(run, folder / "run.log", env),
             shop_server(shop_port, api) as shop,
         ):
-            yield Demo(shop=f"{shop}/index.html", console=f"{api}/console/", api=api, token=token, folder=folder)
+            yield Demo(shop=f"{shop}/index.html", console=f"{api}/console", api=api, token=token, folder=folder)
 
 
 def _healthy(api: str) -> bool:
