@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import queue
 import threading
 import uuid
@@ -35,6 +36,7 @@ REGULATIONS = ("gdpr", "ccpa")
 ACTIONS = ("delete", "access")
 MAX_IDENTITIES = 100
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+INTERRUPTED = "interrupted, submit the job again"
 
 _SCHEMA = """
 BEGIN IMMEDIATE;
@@ -132,9 +134,26 @@ class JobStore:
             "counts": {},
             "files_rewritten": [],
             "error": None,
+            # The process that runs it: a job whose process is gone never finishes, and is said to have failed.
+            "pid": os.getpid(),
         }
         self._put(receipt)
         return job_id
+
+    def fail_abandoned(self) -> list[str]:
+        """Marks failed every queued or running job whose process has stopped (on this machine, where the store's
+        file is); their ids. Their identities are kept as hashes only, so they cannot be run again from here: the
+        error says to submit them again."""
+        with self._lock:
+            rows = self._connection.execute("SELECT receipt FROM jobs").fetchall()
+        abandoned = [
+            receipt["job_id"]
+            for receipt in (json.loads(row) for (row,) in rows)
+            if receipt["status"] in (QUEUED, RUNNING) and not _alive(receipt.get("pid"))
+        ]
+        for job_id in abandoned:
+            self.update(job_id, status=FAILED, error=f"{INTERRUPTED}: the process running it stopped")
+        return abandoned
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -186,6 +205,7 @@ class PrivacyJobs:
         self._normalise = normalise
         self._run = run
         self._queue: queue.Queue[tuple[str, JobRequest] | None] = queue.Queue()
+        store.fail_abandoned()
         self._worker = threading.Thread(target=self._work, name="privacy-jobs", daemon=True)
         self._worker.start()
 
@@ -199,7 +219,14 @@ class PrivacyJobs:
         return self._store.get(job_id)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Lets the job in progress finish (up to ``timeout_s``); queued ones stay queued in the store."""
+        """Lets the job in progress finish (up to ``timeout_s``); the jobs still queued are marked failed, to be
+        submitted again."""
+        while True:
+            try:
+                job_id, _ = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._store.update(job_id, status=FAILED, error=f"{INTERRUPTED}: serve stopped before it ran")
         self._queue.put(None)
         self._worker.join(timeout_s)
 
@@ -207,6 +234,18 @@ class PrivacyJobs:
         while (item := self._queue.get()) is not None:
             job_id, request = item
             run_queued(self._store, job_id, request, self._run)
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
 
 
 def run_queued(
