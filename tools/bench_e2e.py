@@ -236,11 +236,12 @@ def inlet(folder: Path, config: Path, topic: str, env: Mapping[str, str], name: 
     command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--config", str(config)]
     command += ["--pubsub-topic", topic, "--profile-store", f"sqlite:///{folder}/{name}.profiles.sqlite"]
     env = {**env, "PROFILESTREAM_API_TOKEN": API_TOKEN}
-    with local_server("serve", command, folder / f"{name}.log", lambda: _healthy(url), port=port, env=env) as process:
+    with local_server("serve", command, folder / f"{name}.log", lambda: healthy(url), port=port, env=env) as process:
         yield Served(url, process)
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """Whether the ``profilestream serve`` at ``url`` answers ``/health`` with 200 within a second."""
     try:
         return httpx2.get(f"{url}/health", timeout=1.0).status_code == 200
     except httpx2.HTTPError:

@@ -26,10 +26,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2
 import yaml
 
-from tools.bench_e2e import pipeline_run
+from tools.bench_e2e import healthy, pipeline_run
 from tools.local_servers import LOOPBACK, free_port, local_server
 from tools.pubsub_emulator import EMULATOR_HOST_ENV, Topology, running_emulator
 
@@ -40,7 +39,6 @@ CONNECTION = "shop"
 EXPERIENCE_EVENT = "https://ns.adobe.com/xdm/context/experienceevent"
 SCHEMA_REF = {"id": EXPERIENCE_EVENT, "contentType": "application/vnd.adobe.xed-full+json;version=1"}
 COMMIT_INTERVAL_S = 10
-HEALTH_TIMEOUT_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,20 +138,13 @@ def running_demo(folder: Path) -> Iterator[Demo]:
     run += [*stores, f"--dead-letter-topic={topology.dead_letter_topic}", metrics]
     with running_emulator(folder / "pubsub", topology) as host:
         env = {**os.environ, EMULATOR_HOST_ENV: host, "PROFILESTREAM_API_TOKEN": token}
-        healthy = functools.partial(_healthy, api)
+        serve_healthy = functools.partial(healthy, api)
         with (
-            local_server("profilestream serve", serve, folder / "serve.log", healthy, port=api_port, env=env),
+            local_server("profilestream serve", serve, folder / "serve.log", serve_healthy, port=api_port, env=env),
             pipeline_run(run, folder / "run.log", env),
             shop_server(shop_port, api) as shop,
         ):
             yield Demo(shop=f"{shop}/index.html", console=f"{api}/console", api=api, token=token, folder=folder)
-
-
-def _healthy(api: str) -> bool:
-    try:
-        return httpx2.get(f"{api}/health", timeout=HEALTH_TIMEOUT_S).status_code == 200
-    except httpx2.HTTPError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
