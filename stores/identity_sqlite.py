@@ -257,9 +257,7 @@ class SqliteIdentityStore(IdentityStore):
         parts: dict[int, list[list[Identity]]] = defaultdict(list)
         for members in _raw_components(remaining):
             parts[component_of[members[0]]].append(members)
-        (next_component,) = self._connection.execute(
-            "SELECT COALESCE(MAX(component), 0) + 1 FROM identity_components"
-        ).fetchone()
+        next_component = self._next_component()
         moved: dict[Identity, int] = {}
         for split in parts.values():
             for members in sorted(split, key=len, reverse=True)[1:]:
@@ -328,9 +326,7 @@ class SqliteIdentityStore(IdentityStore):
                 target = max(components, key=lambda component: (sizes[component], -component))
             else:
                 if next_component is None:
-                    (next_component,) = self._connection.execute(
-                        "SELECT COALESCE(MAX(component), 0) + 1 FROM identity_components"
-                    ).fetchone()
+                    next_component = self._next_component()
                 target, next_component = next_component, next_component + 1
             moves += [(target, component) for component in components if component != target]
             placements += [(i.namespace, i.id, target) for i in members if i not in component_of]
@@ -339,6 +335,13 @@ class SqliteIdentityStore(IdentityStore):
         self._connection.executemany("UPDATE identity_links SET component = ? WHERE component = ?", moves)
         insert_rows(self._connection, "INSERT INTO identity_components VALUES {rows}", placements)
         return target_of
+
+    def _next_component(self) -> int:
+        """The number after the largest component any identity is in: a new component's."""
+        (next_component,) = self._connection.execute(
+            "SELECT COALESCE(MAX(component), 0) + 1 FROM identity_components"
+        ).fetchone()
+        return next_component
 
 
 def _logged_batch(entry: int, time_us: int, message_id: str, before: bytes, batch: bytes) -> LoggedBatch:
