@@ -23,12 +23,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.clock import EPOCH
 from identity.graph import resolve
-from identity.model import GraphFacts, Identity, Stamp
+from identity.model import GraphFacts, Identity, LinkFact, Stamp
 from identity.namespaces import extract_identities
 from identity.stitching import StitchSettings
 from privacy import lake as privacy_lake
@@ -139,15 +139,8 @@ def _dry_run(
     lake: dict[str, int] = {}
     for hit in hits:
         lake[hit.dataset] = lake.get(hit.dataset, 0) + hit.matched
-    known = [identity for identity in subject.identities if identity in facts.sightings]
-    links = [link for link in facts.links.values() if link.a in subject.identities or link.b in subject.identities]
-    views = [person for person in sorted(subject.person_ids) if profiles.view_by_person(person) is not None]
-    counts = {
-        "identity_store": {"identities": len(known), "links": len(links)},
-        "profile_store": {"views": len(views)},
-        "lake": dict(sorted(lake.items())),
-        "persons": len(subject.person_ids),
-    }
+    known, links, views = _held(subject, facts, profiles)
+    counts = _counts(subject, known, links, views, lake)
     files = sorted(os.path.relpath(hit.path, settings.lake_dir) for hit in hits)
     return {"counts": counts, "would_rewrite": files}
 
@@ -161,34 +154,52 @@ def _export(
     folder: str,
 ) -> dict[str, Any]:
     os.makedirs(folder, exist_ok=True)
-    known = sorted(identity for identity in subject.identities if identity in facts.sightings)
-    links = [
-        {
-            "a": str(link.a),
-            "b": str(link.b),
-            "first_seen": _rfc3339(link.first),
-            "last_seen": _rfc3339(link.last),
-        }
-        for _, link in sorted(facts.links.items())
-        if link.a in subject.identities or link.b in subject.identities
-    ]
+    known, links, views = _held(subject, facts, profiles)
     identities = [
         {"namespace": identity.namespace, "id": identity.id, "first_seen": _rfc3339(facts.sightings[identity])}
         for identity in known
     ]
-    views = {person: profiles.view_by_person(person) for person in sorted(subject.person_ids)}
-    merged = {person: view_from_bytes(view) for person, view in views.items() if view is not None}
-    _write_json(os.path.join(folder, "identities.json"), {"identities": identities, "links": links})
-    _write_json(os.path.join(folder, "profile.json"), merged)
+    exported_links = [
+        {"a": str(link.a), "b": str(link.b), "first_seen": _rfc3339(link.first), "last_seen": _rfc3339(link.last)}
+        for link in links
+    ]
+    _write_json(os.path.join(folder, "identities.json"), {"identities": identities, "links": exported_links})
+    _write_json(os.path.join(folder, "profile.json"), {person: view_from_bytes(view) for person, view in views.items()})
     rows = privacy_lake.export(settings.lake_dir, matcher, os.path.join(folder, "lake"))
-    counts = {
-        "identity_store": {"identities": len(identities), "links": len(links)},
-        "profile_store": {"views": len(merged)},
-        "lake": dict(sorted(rows.items())),
-        "persons": len(subject.person_ids),
-    }
+    counts = _counts(subject, known, links, views, rows)
     _write_json(os.path.join(folder, "manifest.json"), counts)
     return {"counts": counts, "out_dir": folder}
+
+
+def _held(
+    subject: Subject, facts: GraphFacts, profiles: ProfileStore
+) -> tuple[list[Identity], list[LinkFact], dict[str, bytes]]:
+    """What the stores hold of the subject, in order: the identities the graph has seen, the links touching them, and
+    the stored view of each person id that has one."""
+    known = sorted(identity for identity in subject.identities if identity in facts.sightings)
+    links = [
+        link for _, link in sorted(facts.links.items()) if link.a in subject.identities or link.b in subject.identities
+    ]
+    views = {
+        person: view for person in sorted(subject.person_ids) if (view := profiles.view_by_person(person)) is not None
+    }
+    return known, links, views
+
+
+def _counts(
+    subject: Subject,
+    known: Sequence[Identity],
+    links: Sequence[LinkFact],
+    views: Mapping[str, bytes],
+    lake: Mapping[str, int],
+) -> dict[str, Any]:
+    """The counts of a dry run's or an access's receipt."""
+    return {
+        "identity_store": {"identities": len(known), "links": len(links)},
+        "profile_store": {"views": len(views)},
+        "lake": dict(sorted(lake.items())),
+        "persons": len(subject.person_ids),
+    }
 
 
 def _normalised(namespace: str, identity_id: str, stitch: StitchSettings) -> Sequence[Identity]:
