@@ -141,7 +141,7 @@ def _dry_run(
         lake[hit.dataset] = lake.get(hit.dataset, 0) + hit.matched
     known, links, views = _held(subject, facts, profiles)
     counts = _counts(subject, known, links, views, lake)
-    files = sorted(os.path.relpath(hit.path, settings.lake_dir) for hit in hits)
+    files = sorted(hit.path for hit in hits)
     return {"counts": counts, "would_rewrite": files}
 
 

@@ -156,6 +156,11 @@ def test_a_dry_run_counts_what_a_delete_would_touch_and_changes_no_file(deployme
     assert after == {path: data for path, data in before.items() if path in after}
     assert set(after) == set(before)
 
+    assert main(privacy(deployment, "delete", f"--identity={COOKIE}")) == 0
+    deleted = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert receipt["would_rewrite"] == deleted["files_rewritten"]
+    assert receipt["counts"]["lake"] == deleted["counts"]["lake"]
+
 
 def test_access_exports_the_person_and_nobody_else(deployment, tmp_path, capsys):
     identities, persons = the_person(deployment)
